@@ -1,0 +1,49 @@
+"""The study's CNN and recipe: 256x256 RGB, rescale 1/255, class weights, Adam 1e-3, 10 epochs, batch 16."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the study's configuration; variants import it and change a few fields."""
+  config = ml_collections.ConfigDict()
+  config.name = 'cnn'
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  # A folder holding train/ and optionally test/, each with one sub-folder per class.
+  # Empty: download the Kaggle dataset below with kagglehub (needs a network).
+  config.data.root = ''
+  config.data.kaggle_dataset = 'pranavraikokte/covid19-image-dataset'
+  config.data.classes = ('Covid', 'Normal', 'Viral Pneumonia')
+  config.data.image_size = 256
+  config.data.val_fraction = 0.2
+  config.data.skip_bad_images = False
+  config.data.decode_threads = 0  # 0: one per CPU core.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'cnn'
+  config.model.conv_features = (32, 64, 128)
+  config.model.dense_features = (128, 128)
+  config.model.dropout_rate = 0.3
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 10
+  config.train.batch_size = 16
+  config.train.learning_rate = 1e-3
+  config.train.adam_b1 = 0.9  # Keras' Adam defaults.
+  config.train.adam_b2 = 0.999
+  config.train.adam_eps = 1e-7
+  config.train.class_weighting = 'balanced'  # 'balanced' (n / (k * count_c)) or 'none'.
+  config.train.log_every_steps = 5
+
+  config.checkpoint = ml_collections.ConfigDict()
+  # Validation metric that picks the best checkpoint: the study ranks recall > F1 > precision > accuracy.
+  config.checkpoint.best_metric = 'macro_recall'
+  config.checkpoint.keep_latest = 1
+  config.checkpoint.keep_best = 1
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.dir = ''  # --mode=eval: the folder of class sub-folders to evaluate.
+  config.eval.step = -1  # -1: the best checkpoint by checkpoint.best_metric.
+  config.eval.batch_size = 16
+  return config

@@ -1,0 +1,72 @@
+"""From a config to decoded image sets: resolve the root, scan, decode once, split train / validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lungjax.data import download, folders, images, splits
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderImages:
+  """A decoded folder and the files in it that were not read (not images, or undecodable)."""
+
+  folder: str
+  decoded: images.DecodedImages
+  ignored_files: tuple[str, ...]
+
+  def skipped_report(self) -> list[tuple[str, str]]:
+    """Returns (path, reason) for every file of the folder that did not become an example."""
+    return [(p, 'not a .jpg/.jpeg/.png file') for p in self.ignored_files] + list(self.decoded.skipped)
+
+
+def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_classes: bool) -> FolderImages:
+  """Scans and decodes one folder of class sub-folders, logging what was skipped."""
+  scan = folders.scan_split(folder, config.data.classes, require_all_classes=require_all_classes)
+  decoded = images.decode_records(scan.records, config.data.image_size,
+                                  skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads)
+  loaded = FolderImages(folder, decoded, scan.ignored_files)
+  counts = np.bincount(decoded.labels_N, minlength=len(config.data.classes))
+  logging.info('%s: %d images (%s)', folder, len(decoded),
+               ', '.join(f'{c} {n}' for c, n in zip(config.data.classes, counts)))
+  for path, reason in loaded.skipped_report():
+    logging.warning('skipped %s: %s', path, reason)
+  if loaded.skipped_report():
+    logging.warning('%s: %d files skipped (listed above and in the report)', folder, len(loaded.skipped_report()))
+  return loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+  """The decoded training folder split into train and validation parts."""
+
+  root: str
+  train_folder: FolderImages
+  train: images.DecodedImages
+  val: images.DecodedImages
+
+  @property
+  def test_dir(self) -> str | None:
+    """The root's test/ folder, if it has one."""
+    path = os.path.join(self.root, 'test')
+    return path if os.path.isdir(path) else None
+
+
+def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:
+  """Resolves the data root, decodes train/ once and splits off a grouped, stratified validation part."""
+  root = download.resolve_data_root(config.data.root, config.data.kaggle_dataset)
+  loaded = load_folder(os.path.join(root, 'train'), config, require_all_classes=True)
+  decoded = loaded.decoded
+  missing = [c for i, c in enumerate(config.data.classes) if not np.any(decoded.labels_N == i)]
+  if missing:
+    raise ValueError(f'no decodable training images left for classes {missing}')
+  train_indices, val_indices = splits.grouped_stratified_split(
+      decoded.labels_N, decoded.pixel_hashes, config.data.val_fraction, config.seed)
+  logging.info('split %d images: %d train, %d validation (seed %d, exact copies kept on one side)',
+               len(decoded), len(train_indices), len(val_indices), config.seed)
+  return TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))

@@ -1,0 +1,69 @@
+"""grain datasets over decoded images: seeded shuffled train batches, padded and masked eval batches."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GatherBatch:
+  """Maps a global batch of indices to this process's rows {'image': BxHxWx3 uint8, 'label': B int32}."""
+
+  images_NHWC: np.ndarray
+  labels_N: np.ndarray
+  start: int
+  size: int
+
+  def __call__(self, indices_B: np.ndarray) -> dict[str, np.ndarray]:
+    indices_B = indices_B[self.start:self.start + self.size]
+    return {'image': self.images_NHWC[indices_B], 'label': self.labels_N[indices_B]}
+
+
+@dataclasses.dataclass(frozen=True)
+class PadBatch:
+  """Pads a batch to `batch_size` rows and adds 'mask' (1 for real rows, 0 for padding)."""
+
+  batch_size: int
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(batch['label'])
+    padded = {k: np.concatenate([v, np.zeros((self.batch_size - n, *v.shape[1:]), v.dtype)])
+              for k, v in batch.items()}
+    padded['mask'] = (np.arange(self.batch_size) < n).astype(np.float32)
+    return padded
+
+
+def process_batch_size(global_batch_size: int) -> int:
+  """Returns this process's share of a global batch; the batch must split evenly over processes."""
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'batch size {global_batch_size} does not split over {jax.process_count()} processes')
+  return global_batch_size // jax.process_count()
+
+
+def train_dataset(
+    images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int, num_epochs: int, seed: int
+) -> grain.MapDataset:
+  """Returns num_epochs x (n // batch) batches, reshuffled each epoch, the remainder dropped.
+
+  Every process shuffles the same way and keeps its own slice of each global batch.
+  """
+  if len(labels_N) < global_batch_size:
+    raise ValueError(f'{len(labels_N)} training images are fewer than one batch of {global_batch_size}: '
+                     'lower config.train.batch_size or config.data.val_fraction')
+  per_process = process_batch_size(global_batch_size)
+  start = jax.process_index() * per_process
+  dataset = grain.MapDataset.range(len(labels_N)).shuffle(seed=seed)
+  dataset = dataset.batch(global_batch_size, drop_remainder=True)
+  return dataset.map(GatherBatch(images_NHWC, labels_N, start, per_process)).repeat(num_epochs)
+
+
+def eval_dataset(images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int) -> grain.MapDataset:
+  """Returns batches in file order, the last one padded, each with a 'mask' so every image counts once."""
+  per_process = process_batch_size(global_batch_size)
+  start = jax.process_index() * per_process
+  dataset = grain.MapDataset.range(len(labels_N)).batch(global_batch_size, drop_remainder=False)
+  return dataset.map(GatherBatch(images_NHWC, labels_N, start, per_process)).map(PadBatch(per_process))

@@ -1,0 +1,50 @@
+"""Seeded, stratified, group-aware validation splits, and the class weights of a label set."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+
+def grouped_stratified_split(
+    labels_N: Sequence[int], groups_N: Sequence[Hashable], val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Returns sorted (train_indices, val_indices): about `val_fraction` of each class in validation.
+
+  Images that share a group (e.g. the same decoded pixels) always land on the same side, so a copy of a
+  validation image is never trained on. A group is stratified under the label of its first image.
+  """
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f'config.data.val_fraction must be in [0, 1), got {val_fraction}')
+  labels_N = np.asarray(labels_N)
+  members = collections.defaultdict(list)
+  for index, group in enumerate(groups_N):
+    members[group].append(index)
+  groups_by_class = collections.defaultdict(list)
+  for group_members in members.values():
+    groups_by_class[int(labels_N[group_members[0]])].append(group_members)
+  rng = np.random.default_rng(seed)
+  val = []
+  for label in sorted(groups_by_class):
+    class_groups = groups_by_class[label]
+    target = round(val_fraction * sum(len(g) for g in class_groups))
+    taken = 0
+    for position in rng.permutation(len(class_groups)):
+      if taken >= target:
+        break
+      val.extend(class_groups[position])
+      taken += len(class_groups[position])
+  val_indices = np.sort(np.asarray(val, dtype=np.int64))
+  train_indices = np.setdiff1d(np.arange(len(labels_N)), val_indices)
+  return train_indices, val_indices
+
+
+def balanced_class_weights(labels_N: Sequence[int], num_classes: int) -> np.ndarray:
+  """Returns n / (k * count_c) per class, as Keras users compute `class_weight`; absent classes get 0."""
+  counts = np.bincount(np.asarray(labels_N, dtype=np.int64), minlength=num_classes).astype(np.float64)
+  weights = np.zeros(num_classes, np.float64)
+  present = counts > 0
+  weights[present] = counts.sum() / (num_classes * counts[present])
+  return weights.astype(np.float32)

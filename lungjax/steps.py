@@ -1,0 +1,115 @@
+"""The train state pytree and the pure, jit-compiled train and eval steps.
+
+(No `from __future__ import annotations` here: clu reads the metric classes from the annotations.)
+"""
+
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from clu import metrics
+from jax.sharding import Mesh
+
+from lungjax import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything training changes: step, parameters, other model variables, optimizer state, dropout key."""
+
+  step: jax.Array
+  params: Any
+  model_state: Any  # Non-trainable variable collections (e.g. batch_stats); {} for the CNN.
+  opt_state: Any
+  dropout_key: jax.Array
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+  """Per-step training metrics, merged on device between log points."""
+
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+def create_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with the config's learning rate, betas and epsilon (Keras' defaults in the study's config)."""
+  return optax.adam(train_config.learning_rate, b1=train_config.adam_b1, b2=train_config.adam_b2,
+                    eps=train_config.adam_eps)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
+                       rng: jax.Array) -> TrainState:
+  """Initialises the model on a dummy uint8 batch and the optimizer on its parameters."""
+  init_key, dropout_key = jax.random.split(rng)
+  variables = model.init({'params': init_key}, jnp.zeros((1, image_size, image_size, 3), jnp.uint8), train=False)
+  params = variables['params']
+  model_state = {k: v for k, v in variables.items() if k != 'params'}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                    opt_state=tx.init(params), dropout_key=dropout_key)
+
+
+def weighted_cross_entropy(logits_BC: jax.Array, labels_B: jax.Array, class_weights_C: jax.Array) -> jax.Array:
+  """Returns sum_i(w[y_i] * CE_i) / B: Keras' `class_weight` with its sum-over-batch-size reduction."""
+  per_example_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, labels_B)
+  return jnp.sum(class_weights_C[labels_B] * per_example_B) / labels_B.shape[0]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, class_weights_C: jax.Array) -> tuple[TrainState, TrainMetrics]:
+  """One Adam step on the class-weighted cross-entropy of a batch; dropout keyed by the step."""
+  dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+  mutable = list(state.model_state) or False
+
+  def loss_fn(params):
+    outputs = model.apply({'params': params, **state.model_state}, batch['image'], train=True,
+                          rngs={'dropout': dropout_key}, mutable=mutable)
+    logits_BC, new_model_state = outputs if mutable else (outputs, state.model_state)
+    return weighted_cross_entropy(logits_BC, batch['label'], class_weights_C), (logits_BC, new_model_state)
+
+  (loss, (logits_BC, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            model_state=new_model_state, opt_state=opt_state)
+  return new_state, TrainMetrics.single_from_model_output(loss=loss, logits=logits_BC, labels=batch['label'])
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module) -> jax.Array:
+  """Returns the class probabilities of a batch (dropout off)."""
+  logits_BC = model.apply({'params': state.params, **state.model_state}, batch['image'], train=False)
+  return jax.nn.softmax(logits_BC.astype(jnp.float32), axis=-1)
+
+
+def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, class_weights_C: Any, mesh: Mesh):
+  """Returns train_step jitted for the mesh: batch sharded, state replicated and donated."""
+  step_fn = functools.partial(train_step, model=model, tx=tx, class_weights_C=jnp.asarray(class_weights_C))
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(step_fn, in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def jit_eval_step(model: nn.Module, mesh: Mesh):
+  """Returns eval_step jitted for the mesh: batch sharded, probabilities sharded like the batch."""
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
+                 out_shardings=mesh_lib.batch_sharded(mesh))
+
+
+def jit_create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int, mesh: Mesh):
+  """Returns create_train_state jitted to place the new state replicated on the mesh."""
+  return jax.jit(functools.partial(create_train_state, model, tx, image_size),
+                 out_shardings=mesh_lib.replicated(mesh))
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int,
+                         mesh: Mesh) -> TrainState:
+  """Returns the state's shapes, dtypes and shardings (for restoring a checkpoint without initialising)."""
+  shapes = jax.eval_shape(functools.partial(create_train_state, model, tx, image_size), jax.random.PRNGKey(0))
+  replicated = mesh_lib.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)

@@ -1,0 +1,185 @@
+"""train_and_evaluate(config, workdir): the training loop, validation each epoch, checkpoints, final reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from lungjax import checkpoints, evaluate, mesh as mesh_lib, report, steps
+from lungjax.data import loading, pipeline, splits
+from lungjax.models import create_model
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field for values that cannot work."""
+  classes = tuple(config.data.classes)
+  if len(classes) < 2 or len(set(classes)) != len(classes):
+    raise ValueError(f'config.data.classes must list at least 2 distinct names, got {list(classes)}')
+  checks = [
+      ('config.data.image_size', config.data.image_size, config.data.image_size >= 8),
+      ('config.train.num_epochs', config.train.num_epochs, config.train.num_epochs >= 1),
+      ('config.train.learning_rate', config.train.learning_rate, config.train.learning_rate > 0),
+      ('config.train.log_every_steps', config.train.log_every_steps, config.train.log_every_steps >= 1),
+      ('config.data.val_fraction', config.data.val_fraction, 0.0 <= config.data.val_fraction < 1.0),
+      ('config.train.class_weighting', config.train.class_weighting,
+       config.train.class_weighting in ('balanced', 'none')),
+      ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
+      ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
+  ]
+  for field, value, ok in checks:
+    if not ok:
+      raise ValueError(f'{field}={value!r} is not allowed')
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  """Flattens a nested config dict to {'a.b': value} (sequences as strings) for the hparams writer."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value if isinstance(value, (bool, int, float, str)) else str(value)
+  return flat
+
+
+def class_weights(labels_N: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+  """The loss weight of each class: balanced over the training labels, or all ones."""
+  num_classes = len(config.data.classes)
+  if config.train.class_weighting == 'none':
+    return np.ones(num_classes, np.float32)
+  return splits.balanced_class_weights(labels_N, num_classes)
+
+
+def _check_finite(window: list[tuple[int, steps.TrainMetrics]]) -> None:
+  """Raises FloatingPointError naming the first step whose loss is NaN or inf."""
+  losses = jax.device_get([m.loss.total for _, m in window])
+  for (step, _), loss in zip(window, losses):
+    if not np.isfinite(loss):
+      raise FloatingPointError(f'training loss is {loss} at step {step}: stopping (nothing of it is saved)')
+
+
+def _merge(window: list[tuple[int, steps.TrainMetrics]]) -> dict[str, float]:
+  """Merges per-step metrics and fetches their values."""
+  merged = window[0][1]
+  for _, m in window[1:]:
+    merged = merged.merge(m)
+  return {f'train_{k}': float(v) for k, v in merged.compute().items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains config's model on data.root/train, validating each epoch; resumes from workdir's checkpoints.
+
+  Ends by evaluating the best checkpoint on validation (and test/, if present) and drawing the curves.
+  Returns a summary (also written to workdir/summary.json).
+  """
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  classes = tuple(config.data.classes)
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.train.batch_size, mesh, 'config.train.batch_size')
+  mesh_lib.check_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams(_flatten(config.to_dict()))
+
+  data = loading.load_training_data(config)
+  weights_C = class_weights(data.train.labels_N, config)
+  logging.info('class weights: %s', dict(zip(classes, np.round(weights_C, 4).tolist())))
+  steps_per_epoch = len(data.train) // config.train.batch_size
+  num_steps = steps_per_epoch * config.train.num_epochs
+  dataset = pipeline.train_dataset(data.train.images_NHWC, data.train.labels_N,
+                                   global_batch_size=config.train.batch_size,
+                                   num_epochs=config.train.num_epochs, seed=config.seed)
+  data_iter = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+
+  model = create_model(config.model, len(classes))
+  tx = steps.create_optimizer(config.train)
+  manager = checkpoints.create_manager(workdir, config.checkpoint)
+  history: list[dict[str, float]] = []
+  if manager.latest_step() is not None:
+    step = manager.latest_step()
+    abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
+    state, history = checkpoints.restore_for_training(manager, step, abstract, data_iter)
+    logging.info('resumed from %s at step %d', checkpoints.checkpoint_dir(workdir), step)
+  else:
+    state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(config.seed))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  logging.info('model %s: %d parameters; %d steps (%d epochs x %d)', config.model.name, n_params, num_steps,
+               config.train.num_epochs, steps_per_epoch)
+
+  train_step = steps.jit_train_step(model, tx, weights_C, mesh)
+  eval_step = steps.jit_eval_step(model, mesh)
+  batch_sharding = mesh_lib.batch_sharded(mesh)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  first_step = int(state.step)
+  epoch_window: list[tuple[int, steps.TrainMetrics]] = []
+  log_window: list[tuple[int, steps.TrainMetrics]] = []
+  start_time = time.perf_counter()
+  for step in range(first_step + 1, num_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      batch = mesh_lib.to_global_batch(next(data_iter), batch_sharding)
+      state, step_metrics = train_step(state, batch)
+    epoch_window.append((step, step_metrics))
+    log_window.append((step, step_metrics))
+    report_progress(step)
+    epoch_end = step % steps_per_epoch == 0
+    if step % config.train.log_every_steps == 0 or epoch_end:
+      _check_finite(log_window)
+      writer.write_scalars(step, _merge(log_window))
+      log_window = []
+    if epoch_end:
+      row = {'epoch': step // steps_per_epoch, 'step': step, **_merge(epoch_window)}
+      epoch_window = []
+      metrics = None
+      if len(data.val):
+        probabilities_NC = evaluate.predict_probabilities(eval_step, state, data.val, config.eval.batch_size, mesh)
+        val = evaluate.evaluation_metrics(data.val, probabilities_NC, classes)
+        row.update({f'val_{k}': v for k, v in (('loss', val['loss']), ('accuracy', val['accuracy']))})
+        row.update({f'val_macro_{k}': v for k, v in val['macro_avg'].items()})
+        metrics = {k: v for k, v in row.items() if k.startswith('val_')}
+      row['wall_s'] = round(time.perf_counter() - start_time, 2)
+      history.append(row)
+      writer.write_scalars(step, {k: v for k, v in row.items() if k.startswith(('train_', 'val_'))})
+      logging.info('epoch %d: %s', row['epoch'], ', '.join(
+          f'{k} {v:.4f}' for k, v in row.items() if k.startswith(('train_', 'val_'))))
+      checkpoints.save(manager, state, data_iter, history, metrics)
+  manager.wait_until_finished()
+  writer.flush()
+  train_seconds = time.perf_counter() - start_time
+
+  best_step = manager.best_step() if len(data.val) else manager.latest_step()
+  best_step = manager.latest_step() if best_step is None else best_step
+  abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
+  best_state = checkpoints.restore_state(manager, best_step, abstract)
+  manager.close()
+  summary: dict[str, Any] = {
+      'config': config.name, 'model': config.model.name, 'n_params': n_params, 'best_step': best_step,
+      'best_metric': config.checkpoint.best_metric, 'num_steps': num_steps, 'steps_per_epoch': steps_per_epoch,
+      'n_train': len(data.train), 'n_val': len(data.val), 'class_weights': dict(zip(classes, weights_C.tolist())),
+      'train_seconds_this_run': round(train_seconds, 2), 'first_step_this_run': first_step,
+      'skipped_images': [list(item) for item in data.train_folder.skipped_report()],
+      'devices': [str(d) for d in jax.devices()], 'history': history, 'evaluations': {}}
+  if history:
+    report.plot_curves(history, os.path.join(workdir, 'curves.png'))
+  split_folders = {}
+  if len(data.val):
+    split_folders['val'] = loading.FolderImages(data.train_folder.folder, data.val, ())
+  if data.test_dir:
+    split_folders['test'] = loading.load_folder(data.test_dir, config, require_all_classes=False)
+  for name, loaded in split_folders.items():
+    out_dir = os.path.join(workdir, 'eval', name)
+    metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir,
+                                           f'{config.name} on {name}', best_step)
+    summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
+                                    'macro_avg': metrics['macro_avg']}
+  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+    json.dump(summary, f, indent=2)
+  return summary
