@@ -32,10 +32,10 @@ def grouped_stratified_split(
     target = round(val_fraction * sum(len(g) for g in class_groups))
     taken = 0
     for position in rng.permutation(len(class_groups)):
-      if taken >= target:
-        break
-      val.extend(class_groups[position])
-      taken += len(class_groups[position])
+      size = len(class_groups[position])
+      if abs(taken + size - target) < abs(taken - target):  # Take a group only if it brings us closer.
+        val.extend(class_groups[position])
+        taken += size
   val_indices = np.sort(np.asarray(val, dtype=np.int64))
   train_indices = np.setdiff1d(np.arange(len(labels_N)), val_indices)
   return train_indices, val_indices

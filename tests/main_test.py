@@ -1,0 +1,54 @@
+"""The command line end to end on a synthetic folder: train, then evaluate a checkpoint on another folder."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import write_image_folder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  return subprocess.run([sys.executable, '-m', 'lungjax.main', '--config=configs/tiny.py', *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_train_then_eval_from_the_command_line(tmp_path, synthetic_root):
+  workdir = str(tmp_path / 'run')
+  trained = _run(f'--workdir={workdir}', f'--config.data.root={synthetic_root}', '--config.train.num_epochs=3')
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  for name in ('curves.png', 'summary.json', 'eval/val/metrics.json', 'eval/val/report.md',
+               'eval/val/confusion_matrix.png', 'eval/test/metrics.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  summary = json.loads(open(os.path.join(workdir, 'summary.json')).read())
+  assert [row['epoch'] for row in summary['history']] == [1, 2, 3]
+  assert summary['n_train'] + summary['n_val'] == 36
+  assert os.path.abspath(workdir) in trained.stdout
+
+  # A folder with only two of the three classes, in its own name.
+  folder = write_image_folder(str(tmp_path / 'external set'), 3, seed=5, classes=('Covid', 'Normal'))
+  evaluated = _run(f'--workdir={workdir}', '--mode=eval', f'--config.eval.dir={folder}')
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  metrics = json.loads(open(os.path.join(workdir, 'eval', 'external set', 'metrics.json')).read())
+  assert metrics['n_images'] == 6 and metrics['checkpoint_step'] == summary['best_step']
+  assert metrics['per_class']['Viral Pneumonia']['support'] == 0
+  assert set(metrics) >= {'accuracy', 'macro_avg', 'weighted_avg', 'per_class', 'confusion_matrix', 'classes',
+                          'n_images', 'checkpoint_step'}
+  assert sum(map(sum, metrics['confusion_matrix'])) == 6
+
+  # Training again on the finished workdir resumes at its end: nothing is retrained.
+  again = _run(f'--workdir={workdir}', f'--config.data.root={synthetic_root}', '--config.train.num_epochs=3')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.loads(open(os.path.join(workdir, 'summary.json')).read())['first_step_this_run'] == summary['num_steps']
+
+
+def test_bad_config_value_names_the_field(tmp_path, synthetic_root):
+  result = _run(f'--workdir={tmp_path}', f'--config.data.root={synthetic_root}', '--config.data.val_fraction=1.5')
+  assert result.returncode != 0
+  assert 'config.data.val_fraction' in result.stderr

@@ -1,0 +1,47 @@
+"""Data parallelism: train steps on 4 (forced host) devices give the same loss and params as on 1."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SCRIPT = textwrap.dedent('''
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from configs import tiny
+    from lungjax import mesh as mesh_lib, steps
+    from lungjax.models import create_model
+    assert jax.device_count() == 4, jax.devices()
+    config = tiny.get_config()
+    model = create_model(config.model, 3)
+    tx = steps.create_optimizer(config.train)
+    rng = np.random.default_rng(0)
+    batches = [{'image': rng.integers(0, 256, (8, 32, 32, 3), np.uint8),
+                'label': rng.integers(0, 3, 8).astype(np.int32)} for _ in range(3)]
+    results = {}
+    for n in (1, 4):
+      mesh = Mesh(np.asarray(jax.devices()[:n]), ('data',))
+      state = steps.jit_create_train_state(model, tx, 32, mesh)(jax.random.PRNGKey(0))
+      train_step = steps.jit_train_step(model, tx, np.array([0.75, 1.2, 1.2], np.float32), mesh)
+      losses = []
+      for batch in batches:
+        batch = mesh_lib.to_global_batch(batch, mesh_lib.batch_sharded(mesh))
+        assert len(batch['image'].sharding.device_set) == n
+        state, metrics = train_step(state, batch)
+        losses.append(float(metrics.compute()['loss']))
+      results[n] = (losses, jax.device_get(state.params))
+    np.testing.assert_allclose(results[4][0], results[1][0], atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), results[4][1], results[1][1])
+    print('losses', results[1][0], results[4][0])
+''')
+
+
+def test_four_devices_match_one_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
+             PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, '-c', _SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'losses' in result.stdout
