@@ -18,7 +18,7 @@ def _save(image: Image.Image, path, **kwargs) -> str:
 
 
 def _load(path: str) -> np.ndarray:
-  pixels, _ = images.load_image(path, SIZE)
+  pixels = images.load_image(path, SIZE).pixels_HWC
   assert pixels.shape == (SIZE, SIZE, 3) and pixels.dtype == np.uint8
   return pixels
 
@@ -50,7 +50,7 @@ def test_exif_rotation_is_applied(tmp_path):
   exif = Image.Exif()
   exif[0x0112] = 6  # Rotate 90 degrees clockwise to display.
   path = _save(Image.fromarray(pixels), tmp_path / 'rotated.jpg', exif=exif, quality=95)
-  full, _ = images.load_image(path, 30)
+  full = images.load_image(path, 30).pixels_HWC
   upright = np.asarray(Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_270).resize((30, 30)))
   assert np.abs(full.astype(int) - upright.astype(int)).mean() < 10
 
@@ -88,4 +88,5 @@ def test_decode_records_raises_or_skips_and_counts(tmp_path):
   assert [path for path, _ in decoded.skipped] == [str(bad)]
   assert decoded.pixel_hashes[0] == decoded.pixel_hashes[1] != decoded.pixel_hashes[2]
   assert decoded.images_NHWC.shape == (3, SIZE, SIZE, 3)
+  assert decoded.thumbnails_ND.shape == (3, images.THUMBNAIL_SIZE**2)
   assert (decoded.images_NHWC[2] == [3, 2, 1]).all()

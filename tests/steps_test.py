@@ -56,7 +56,7 @@ def test_eval_counts_every_image_exactly_once():
   config, model, tx, mesh, state = _setup()
   batch = _batch(10)
   decoded = images_lib.DecodedImages(batch['image'], batch['label'], tuple(map(str, range(10))),
-                                     tuple(map(str, range(10))), ())
+                                     tuple(map(str, range(10))), np.zeros((10, 4), np.float32), ())
   eval_step = steps.jit_eval_step(model, mesh)
   probabilities = evaluate.predict_probabilities(eval_step, state, decoded, 4, mesh)
   assert probabilities.shape == (10, 3)

@@ -46,8 +46,26 @@ def to_rgb_uint8(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert('RGB'), dtype=np.uint8)
 
 
-def load_image(path: str, size: int) -> tuple[np.ndarray, str]:
-  """Returns (size x size x 3 uint8 pixels, sha256 of the full-size decoded pixels) of one file."""
+THUMBNAIL_SIZE = 32
+
+
+def grey_thumbnail(pixels_HWC: np.ndarray) -> np.ndarray:
+  """Returns a THUMBNAIL_SIZE^2 float32 vector of the grey image: what near-copy detection compares."""
+  grey = Image.fromarray(pixels_HWC).convert('L').resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
+  return np.asarray(grey, np.float32).reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+  """One decoded file: resized pixels, a hash of its full-size pixels, and its grey thumbnail."""
+
+  pixels_HWC: np.ndarray  # size x size x 3 uint8
+  pixel_hash: str  # sha256 of the full-size decoded pixels (and shape): equal for exact copies.
+  thumbnail: np.ndarray  # THUMBNAIL_SIZE^2 float32 grey values in [0, 255].
+
+
+def load_image(path: str, size: int) -> LoadedImage:
+  """Decodes one file once into its resized pixels, full-size pixel hash and grey thumbnail."""
   if os.path.getsize(path) == 0:
     raise BadImageError(path, 'the file is empty')
   try:
@@ -63,7 +81,7 @@ def load_image(path: str, size: int) -> tuple[np.ndarray, str]:
   digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
   digest.update(repr(pixels.shape).encode())
   resized = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
-  return np.asarray(resized, dtype=np.uint8), digest.hexdigest()
+  return LoadedImage(np.asarray(resized, dtype=np.uint8), digest.hexdigest(), grey_thumbnail(pixels))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +92,7 @@ class DecodedImages:
   labels_N: np.ndarray  # int32
   paths: tuple[str, ...]
   pixel_hashes: tuple[str, ...]  # sha256 of the full-size decoded pixels: equal for exact copies.
+  thumbnails_ND: np.ndarray  # float32 grey thumbnails (see grey_thumbnail), for near-copy detection.
   skipped: tuple[tuple[str, str], ...]  # (path, reason) of each undecodable file.
 
   def __len__(self) -> int:
@@ -84,7 +103,7 @@ class DecodedImages:
     indices = np.asarray(indices, dtype=np.int64)
     return DecodedImages(
         self.images_NHWC[indices], self.labels_N[indices], tuple(self.paths[i] for i in indices),
-        tuple(self.pixel_hashes[i] for i in indices), self.skipped)
+        tuple(self.pixel_hashes[i] for i in indices), self.thumbnails_ND[indices], self.skipped)
 
 
 def decode_records(
@@ -93,12 +112,13 @@ def decode_records(
   """Decodes every record once (threads run PIL's decoders in parallel); bad files raise or are skipped."""
   threads = threads or os.cpu_count() or 1
   images = np.zeros((len(records), size, size, 3), np.uint8)
+  thumbnails = np.zeros((len(records), THUMBNAIL_SIZE**2), np.float32)
   kept, hashes, skipped = [], [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     futures = [pool.submit(load_image, record.path, size) for record in records]
     for index, future in enumerate(futures):
       try:
-        pixels, digest = future.result()
+        loaded = future.result()
       except BadImageError as error:
         if not skip_bad_images:
           for pending in futures:
@@ -107,12 +127,14 @@ def decode_records(
                               ) from error
         skipped.append((error.path, error.reason))
         continue
-      images[len(kept)] = pixels
+      images[len(kept)] = loaded.pixels_HWC
+      thumbnails[len(kept)] = loaded.thumbnail
       kept.append(records[index])
-      hashes.append(digest)
+      hashes.append(loaded.pixel_hash)
   return DecodedImages(
       images_NHWC=images[:len(kept)],
       labels_N=np.asarray([r.label for r in kept], np.int32),
       paths=tuple(r.path for r in kept),
       pixel_hashes=tuple(hashes),
+      thumbnails_ND=thumbnails[:len(kept)],
       skipped=tuple(skipped))
