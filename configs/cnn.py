@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_features = (32, 64, 128)
   config.model.dense_features = (128, 128)
   config.model.dropout_rate = 0.3
+  # A Keras ImageNet weights file (.h5 / .weights.h5) to start from; '' trains from scratch.
+  config.model.init_from = ''
 
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 10
@@ -35,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.adam_eps = 1e-7
   config.train.class_weighting = 'balanced'  # 'balanced' (n / (k * count_c)) or 'none'.
   config.train.log_every_steps = 5
+  config.train.freeze_backbone_epochs = 0  # With model.init_from: train only the head for these epochs.
+
+  # On-device augmentation of training batches (the study used none).
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = False
 
   config.checkpoint = ml_collections.ConfigDict()
   # Validation metric that picks the best checkpoint: the study ranks recall > F1 > precision > accuracy.
@@ -46,4 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.dir = ''  # --mode=eval: the folder of class sub-folders to evaluate.
   config.eval.step = -1  # -1: the best checkpoint by checkpoint.best_metric.
   config.eval.batch_size = 16
+
+  config.explain = ml_collections.ConfigDict()
+  config.explain.dir = ''  # --mode=explain: the folder of images to explain.
+  config.explain.layer = 'Conv_2'  # The module whose activations Grad-CAM weighs: the CNN's last conv.
+  config.explain.class_name = ''  # '' explains the predicted class.
   return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -20,6 +21,15 @@ BEST_METRICS = {'macro_recall': 'max', 'macro_f1': 'max', 'macro_precision': 'ma
 def checkpoint_dir(workdir: str) -> str:
   """Where a workdir keeps its checkpoints."""
   return os.path.abspath(os.path.join(workdir, 'checkpoints'))
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """Returns the config a training run saved in workdir/config.json (for predict and explain)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path!r} not found: --workdir must be a folder that lungjax.main trained in')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
 
 
 def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *,

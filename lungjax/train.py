@@ -83,6 +83,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:  # What predict and explain rebuild the model from.
+    f.write(config.to_json_best_effort(indent=2))
   classes = tuple(config.data.classes)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.train.batch_size, mesh, 'config.train.batch_size')

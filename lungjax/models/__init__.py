@@ -6,13 +6,15 @@ import ml_collections
 from lungjax.models.cnn import CNN
 
 MODELS: dict[str, type[nn.Module]] = {'cnn': CNN}
+# config.model fields that configure training around the module, not the module itself.
+NON_MODULE_FIELDS = ('name', 'init_from')
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """Builds the registered module named by model_config.name with the config's other fields."""
   if model_config.name not in MODELS:
     raise ValueError(f'config.model.name={model_config.name!r} is not one of the registered models {sorted(MODELS)}')
-  fields = {k: v for k, v in model_config.items() if k != 'name'}
+  fields = {k: v for k, v in model_config.items() if k not in NON_MODULE_FIELDS}
   module_class = MODELS[model_config.name]
   unknown = sorted(set(fields) - set(module_class.__dataclass_fields__))
   if unknown:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Regenerates results/cnn/: a full run of configs/cnn.py (the study's recipe) on the shared train folder,
+# validated on its grouped, stratified 20% split, then copies the run's reports here.
+# Usage (from the repository root): bash results/cnn/regenerate.sh [DATA_ROOT]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+data_root=${1:-../shared/data/covid19-image-dataset}
+workdir=workdirs/results-cnn
+rm -rf "$workdir"
+mkdir -p workdirs
+command=(python -m lungjax.main --config=configs/cnn.py --workdir="$workdir" --config.data.root="$data_root")
+start=$(date +%s.%N)
+"${command[@]}" 2>&1 | tee workdirs/results-cnn.log
+end=$(date +%s.%N)
+out=results/cnn
+cp "$workdir/curves.png" "$workdir/summary.json" "$out/"
+cp "$workdir/eval/val/metrics.json" "$workdir/eval/val/report.md" "$workdir/eval/val/confusion_matrix.png" "$out/"
+python - "$start" "$end" "${command[*]}" > "$out/run.json" <<'PY'
+import json, os, platform, sys
+import jax
+start, end, command = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+print(json.dumps({'command': 'bash results/cnn/regenerate.sh', 'runs': command,
+                  'wall_seconds': round(end - start, 1), 'cpu_count': os.cpu_count(),
+                  'machine': platform.processor() or platform.machine(), 'jax': jax.__version__,
+                  'devices': [str(d) for d in jax.devices()]}, indent=2))
+PY
+cat "$out/run.json"
