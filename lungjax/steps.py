@@ -5,6 +5,7 @@
 
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -62,18 +63,28 @@ def weighted_cross_entropy(logits_BC: jax.Array, labels_B: jax.Array, class_weig
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, class_weights_C: jax.Array) -> tuple[TrainState, TrainMetrics]:
-  """One Adam step on the class-weighted cross-entropy of a batch; dropout keyed by the step."""
-  dropout_key = jax.random.fold_in(state.dropout_key, state.step)
+               tx: optax.GradientTransformation, class_weights_C: jax.Array,
+               augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+               frozen_mask: Any = None, freeze_steps: int = 0) -> tuple[TrainState, TrainMetrics]:
+  """One Adam step on the class-weighted cross-entropy of a batch; dropout and augmentation keyed by the step.
+
+  With `frozen_mask` (a params-shaped pytree of bools), those parameters get zero gradients for the first
+  `freeze_steps` steps (e.g. a pretrained backbone while the new head settles).
+  """
+  dropout_key, augment_key = jax.random.split(jax.random.fold_in(state.dropout_key, state.step))
+  images_BHWC = batch['image'] if augment_fn is None else augment_fn(batch['image'], augment_key)
   mutable = list(state.model_state) or False
 
   def loss_fn(params):
-    outputs = model.apply({'params': params, **state.model_state}, batch['image'], train=True,
+    outputs = model.apply({'params': params, **state.model_state}, images_BHWC, train=True,
                           rngs={'dropout': dropout_key}, mutable=mutable)
     logits_BC, new_model_state = outputs if mutable else (outputs, state.model_state)
     return weighted_cross_entropy(logits_BC, batch['label'], class_weights_C), (logits_BC, new_model_state)
 
   (loss, (logits_BC, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if frozen_mask is not None and freeze_steps > 0:
+    frozen = state.step < freeze_steps
+    grads = jax.tree.map(lambda g, m: jnp.where(frozen & m, jnp.zeros_like(g), g), grads, frozen_mask)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             model_state=new_model_state, opt_state=opt_state)
@@ -86,9 +97,12 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
   return jax.nn.softmax(logits_BC.astype(jnp.float32), axis=-1)
 
 
-def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, class_weights_C: Any, mesh: Mesh):
+def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, class_weights_C: Any, mesh: Mesh, *,
+                   augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+                   frozen_mask: Any = None, freeze_steps: int = 0):
   """Returns train_step jitted for the mesh: batch sharded, state replicated and donated."""
-  step_fn = functools.partial(train_step, model=model, tx=tx, class_weights_C=jnp.asarray(class_weights_C))
+  step_fn = functools.partial(train_step, model=model, tx=tx, class_weights_C=jnp.asarray(class_weights_C),
+                              augment_fn=augment_fn, frozen_mask=frozen_mask, freeze_steps=freeze_steps)
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(step_fn, in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
                  out_shardings=(replicated, replicated), donate_argnums=0)
