@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.classes = ('Covid', 'Normal', 'Viral Pneumonia')
   config.data.image_size = 256
   config.data.val_fraction = 0.2
+  config.data.split_seed = 0  # Fixes the validation split and the folds; config.seed drives init and shuffling.
   config.data.skip_bad_images = False
   config.data.decode_threads = 0  # 0: one per CPU core.
 
@@ -39,9 +40,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 5
   config.train.freeze_backbone_epochs = 0  # With model.init_from: train only the head for these epochs.
 
-  # On-device augmentation of training batches (the study used none).
+  # On-device augmentation of training batches (the study used none; configs/cnn_augment.py turns it on).
+  # Each op fires per example with its probability and draws a value uniformly from its (low, high) range.
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = False
+  config.augment.rotation_prob = 0.5
+  config.augment.rotation_degrees = (-10.0, 10.0)  # Counter-clockwise: a patient a little off-square.
+  config.augment.zoom_prob = 0.5
+  config.augment.zoom_range = (0.9, 1.1)  # Above 1 zooms in.
+  config.augment.shift_prob = 0.5
+  config.augment.shift_fraction = (-0.08, 0.08)  # Of the height and width, each axis drawn on its own.
+  # A chest is not mirror-symmetric (the heart sits on the patient's left): no horizontal flips by default.
+  config.augment.hflip_prob = 0.0
+  config.augment.brightness_prob = 0.5
+  config.augment.brightness_delta = (-0.1, 0.1)  # Fractions of 255 added: exposure differences.
+  config.augment.contrast_prob = 0.5
+  config.augment.contrast_range = (0.85, 1.15)  # Factors about each image's mean.
 
   config.checkpoint = ml_collections.ConfigDict()
   # Validation metric that picks the best checkpoint: the study ranks recall > F1 > precision > accuracy.
@@ -49,10 +63,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.keep_latest = 1
   config.checkpoint.keep_best = 1
 
+  # Cross-validation and repeats: folds > 1 trains one model per grouped, stratified fold of train;
+  # seeds > 1 repeats the run over seeds seed, seed+1, ... on the same split. Both report mean ± std.
+  config.cv = ml_collections.ConfigDict()
+  config.cv.folds = 0
+  config.seeds = 1
+
   config.eval = ml_collections.ConfigDict()
   config.eval.dir = ''  # --mode=eval: the folder of class sub-folders to evaluate.
   config.eval.step = -1  # -1: the best checkpoint by checkpoint.best_metric.
   config.eval.batch_size = 16
+  config.eval.n_bootstrap = 2000  # Stratified bootstrap resamples behind every 95% interval.
 
   config.explain = ml_collections.ConfigDict()
   config.explain.dir = ''  # --mode=explain: the folder of images to explain.

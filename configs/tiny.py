@@ -17,4 +17,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 4
   config.train.log_every_steps = 2
   config.eval.batch_size = 4
+  config.eval.n_bootstrap = 200
   return config

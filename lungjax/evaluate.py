@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,23 +33,73 @@ def predict_probabilities(eval_step: Callable[..., jax.Array], state: steps.Trai
   return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def evaluation_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray,
+def evaluation_metrics(labels_N: np.ndarray, probabilities_NC: np.ndarray,
                        classes: tuple[str, ...]) -> dict[str, Any]:
-  """The classification metrics of a folder plus its unweighted cross-entropy."""
-  metrics = metrics_lib.classification_metrics(decoded.labels_N, probabilities_NC, classes)
-  metrics['loss'] = metrics_lib.mean_cross_entropy(decoded.labels_N, probabilities_NC)
+  """The classification metrics of a set of predictions plus their unweighted cross-entropy."""
+  metrics = metrics_lib.classification_metrics(labels_N, probabilities_NC, classes)
+  metrics['loss'] = metrics_lib.mean_cross_entropy(labels_N, probabilities_NC)
   return metrics
+
+
+def write_predictions(decoded: images.DecodedImages, probabilities_NC: np.ndarray, classes: tuple[str, ...],
+                      path: str) -> None:
+  """Writes one CSV row per image: file, true class, predicted class, and each class's probability."""
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['file', 'true', 'predicted', *classes])
+    for file, label, row in zip(decoded.paths, decoded.labels_N, probabilities_NC):
+      writer.writerow([file, classes[label], classes[int(np.argmax(row))], *(f'{p:.6f}' for p in row)])
+
+
+def read_predictions(path: str, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """Reads write_predictions' CSV back into (files, labels_N, probabilities_NC)."""
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  files = [row['file'] for row in rows]
+  labels_N = np.asarray([classes.index(row['true']) for row in rows], np.int32)
+  probabilities_NC = np.asarray([[float(row[c]) for c in classes] for row in rows], np.float64).reshape(-1, len(classes))
+  return files, labels_N, probabilities_NC
+
+
+def temperature_path(workdir: str) -> str:
+  """Where training stores the temperature fitted on its validation split."""
+  return os.path.join(workdir, 'calibration.json')
+
+
+def read_temperature(workdir: str) -> float | None:
+  """The temperature a training run fitted on its validation split, if it fitted one."""
+  path = temperature_path(workdir)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return float(json.load(f)['temperature'])
+
+
+def add_temperature(metrics: dict[str, Any], labels_N: np.ndarray, probabilities_NC: np.ndarray,
+                    temperature: float) -> None:
+  """Adds the validation-fitted temperature and the ECE after applying it to metrics['calibration']."""
+  logits_NC = np.log(np.clip(probabilities_NC, 1e-12, 1.0))
+  scaled_NC = metrics_lib.apply_temperature(logits_NC, temperature)
+  metrics['calibration'].update(temperature=temperature, ece_after_temperature=metrics_lib.expected_calibration_error(
+      labels_N, scaled_NC, metrics['calibration']['n_bins']))
 
 
 def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainState, loaded: loading.FolderImages,
                         config: ml_collections.ConfigDict, mesh: Mesh, out_dir: str, title: str,
-                        checkpoint_step: int) -> dict[str, Any]:
-  """Predicts a loaded folder and writes metrics.json, report.md and confusion_matrix.png to out_dir."""
+                        checkpoint_step: int, temperature: float | None = None) -> dict[str, Any]:
+  """Predicts a loaded folder; writes metrics.json (with 95% intervals), report.md, predictions.csv and plots."""
   probabilities_NC = predict_probabilities(eval_step, state, loaded.decoded, config.eval.batch_size, mesh)
-  metrics = evaluation_metrics(loaded.decoded, probabilities_NC, tuple(config.data.classes))
+  labels_N = loaded.decoded.labels_N
+  metrics = evaluation_metrics(labels_N, probabilities_NC, tuple(config.data.classes))
   metrics.update(checkpoint_step=checkpoint_step, folder=os.path.abspath(loaded.folder),
                  skipped_images=[list(item) for item in loaded.skipped_report()])
-  report.write_evaluation(metrics, out_dir, title)
+  metrics = metrics_lib.with_uncertainty(metrics, labels_N, probabilities_NC, n_bootstrap=config.eval.n_bootstrap,
+                                         seed=config.seed)
+  if temperature is not None:
+    add_temperature(metrics, labels_N, probabilities_NC, temperature)
+  report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
+  write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
+                    os.path.join(out_dir, 'predictions.csv'))
   logging.info('%s: accuracy %.4f, macro recall %.4f, macro F1 %.4f → %s', title, metrics['accuracy'],
                metrics['macro_avg']['recall'], metrics['macro_avg']['f1'], out_dir)
   return metrics
@@ -70,4 +122,4 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   name = os.path.basename(os.path.normpath(folder))
   out_dir = os.path.join(workdir, 'eval', name)
   return evaluate_and_report(steps.jit_eval_step(model, mesh), state, loaded, config, mesh, out_dir,
-                             f'{config.name} on {name}', step)
+                             f'{config.name} on {name}', step, read_temperature(workdir))

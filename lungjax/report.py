@@ -1,4 +1,4 @@
-"""Write what an evaluation found: metrics.json, report.md (the study's table and goals), and plots."""
+"""Write what an evaluation found: metrics.json, report.md (the study's table, goals, intervals), and plots."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+from lungjax import metrics as metrics_lib
 
 # The study's goals, in its order of importance: each must exceed 0.90.
 STUDY_GOALS = (('macro recall', ('macro_avg', 'recall')), ('macro F1', ('macro_avg', 'f1')),
@@ -27,11 +30,66 @@ def _lookup(metrics: dict[str, Any], keys: Sequence[str]) -> float:
   return float(value)
 
 
+def _interval_at(metrics: dict[str, Any], keys: Sequence[str]) -> list[float] | None:
+  """Returns the [lo, hi] stored under metrics['intervals'][keys...] (Wilson's for accuracy), or None."""
+  value = metrics.get('intervals')
+  for key in keys:
+    if not isinstance(value, dict) or key not in value:
+      return None
+    value = value[key]
+  return value.get('wilson') if isinstance(value, dict) else value
+
+
+def _with_interval(value: float | None, interval: Sequence[float] | None) -> str:
+  """Formats a value as `0.910 [0.820, 0.960]`, or `0.910` without an interval, or `n/a` without a value."""
+  if value is None:
+    return 'n/a'
+  return f'{value:.3f}' if interval is None else f'{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]'
+
+
 def write_metrics_json(metrics: dict[str, Any], path: str) -> None:
   """Writes the metrics dict as indented JSON."""
   with open(path, 'w') as f:
     json.dump(metrics, f, indent=2)
     f.write('\n')
+
+
+def _uncertainty_markdown(metrics: dict[str, Any]) -> list[str]:
+  """Returns the ROC AUC table, the calibration lines and how to read the intervals, for what metrics holds."""
+  lines = []
+  if 'roc_auc' in metrics:
+    auc = metrics['roc_auc']
+    lines += ['', '## ROC AUC (one class vs the rest)', '', '| class | ROC AUC |', '|---|---|']
+    for name, value in auc['per_class'].items():
+      lines.append(f'| {name} | {_with_interval(value, _interval_at(metrics, ("roc_auc", "per_class", name)))} |')
+    lines.append(f'| macro | {_with_interval(auc["macro"], _interval_at(metrics, ("roc_auc", "macro")))} |')
+    if None in auc['per_class'].values():
+      lines += ['', 'n/a: the folder has no image of that class (or only that class), so its AUC is undefined; '
+                'the macro AUC averages the others.']
+  if 'calibration' in metrics:
+    calibration = metrics['calibration']
+    lines += ['', '## Calibration', '',
+              f'Expected calibration error (top label, {calibration["n_bins"]} equal-width confidence bins): '
+              f'{calibration["ece"]:.3f}.']
+    if 'temperature' in calibration and 'ece_after_temperature' in calibration:
+      lines.append(f'ECE after temperature scaling (T = {calibration["temperature"]:.3f}): '
+                   f'{calibration["ece_after_temperature"]:.3f}.')
+  if 'intervals' in metrics:
+    intervals, n = metrics['intervals'], metrics['n_images']
+    lo, hi = intervals['accuracy']['wilson']
+    percent = round(100 * intervals['confidence'])
+    lines += ['', '## How to read the intervals', '',
+              f'Each `value [low, high]` is a {percent}% interval. Accuracy\'s is the Wilson score interval (the '
+              f'bootstrap gives {_with_interval(metrics["accuracy"], intervals["accuracy"]["bootstrap"])}); the '
+              f'others come from a stratified bootstrap: {intervals["n_bootstrap"]} resamples of these images, '
+              f'drawn with replacement within each true class (so every class keeps its support; seed '
+              f'{intervals["seed"]}), read off as percentiles. On {n} images one image is '
+              f'{100 / max(n, 1):.1f} points of accuracy; the Wilson interval of {metrics["accuracy"]:.2f} on {n} '
+              f'images spans [{lo:.3f}, {hi:.3f}], about ±{(hi - lo) / 2:.2f}. The intervals cover only the '
+              'luck of which images were drawn: not a different training run, and not images from other '
+              'hospitals or populations. Two models whose intervals overlap widely are not told apart by this '
+              f'folder, and a goal is met with confidence only when its whole interval is above {GOAL_THRESHOLD:.2f}.']
+  return lines
 
 
 def report_markdown(metrics: dict[str, Any], title: str) -> str:
@@ -43,13 +101,15 @@ def report_markdown(metrics: dict[str, Any], title: str) -> str:
   if metrics.get('skipped_images'):
     details.append(f'{len(metrics["skipped_images"])} undecodable files skipped (listed below)')
   lines += [', '.join(details) + '.', '', '| | precision | recall | f1-score | support |', '|---|---|---|---|---|']
+  scores = ('precision', 'recall', 'f1')
   for name, row in metrics['per_class'].items():
-    lines.append(f'| {name} | {row["precision"]:.3f} | {row["recall"]:.3f} | {row["f1"]:.3f} | {row["support"]} |')
+    cells = [_with_interval(row[k], _interval_at(metrics, ('per_class', name, k))) for k in scores]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {row["support"]} |')
   n = metrics['n_images']
-  lines.append(f'| accuracy | | | {metrics["accuracy"]:.3f} | {n} |')
+  lines.append(f'| accuracy | | | {_with_interval(metrics["accuracy"], _interval_at(metrics, ("accuracy",)))} | {n} |')
   for label, key in (('macro avg', 'macro_avg'), ('weighted avg', 'weighted_avg')):
-    row = metrics[key]
-    lines.append(f'| {label} | {row["precision"]:.3f} | {row["recall"]:.3f} | {row["f1"]:.3f} | {n} |')
+    cells = [_with_interval(metrics[key][k], _interval_at(metrics, (key, k))) for k in scores]
+    lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {n} |')
   if metrics['macro_avg_classes'] != metrics['classes']:
     lines += ['', f'Macro averages run over the classes present: {", ".join(metrics["macro_avg_classes"])}.']
   lines += ['', '## Confusion matrix (rows: true, columns: predicted)', '',
@@ -57,10 +117,18 @@ def report_markdown(metrics: dict[str, Any], title: str) -> str:
             '|---' * (len(metrics['classes']) + 1) + '|']
   for name, row in zip(metrics['classes'], metrics['confusion_matrix']):
     lines.append(f'| {name} | ' + ' | '.join(str(v) for v in row) + ' |')
-  lines += ['', f'## The study\'s goals (each > {GOAL_THRESHOLD:.2f})', '', '| goal | value | met |', '|---|---|---|']
+  lines += ['', f'## The study\'s goals (each > {GOAL_THRESHOLD:.2f})', '']
+  if 'intervals' in metrics:
+    lines += [f'| goal | value | met | interval above {GOAL_THRESHOLD:.2f} |', '|---|---|---|---|']
+  else:
+    lines += ['| goal | value | met |', '|---|---|---|']
   for label, keys in STUDY_GOALS:
-    value = _lookup(metrics, keys)
-    lines.append(f'| {label} | {value:.3f} | {"yes" if value > GOAL_THRESHOLD else "no"} |')
+    value, interval = _lookup(metrics, keys), _interval_at(metrics, keys)
+    row = f'| {label} | {_with_interval(value, interval)} | {"yes" if value > GOAL_THRESHOLD else "no"} |'
+    if 'intervals' in metrics:
+      row += f' {"n/a" if interval is None else "yes" if interval[0] > GOAL_THRESHOLD else "no"} |'
+    lines.append(row)
+  lines += _uncertainty_markdown(metrics)
   if metrics.get('skipped_images'):
     lines += ['', '## Skipped files', '']
     lines += [f'- `{path}`: {reason}' for path, reason in metrics['skipped_images']]
@@ -104,10 +172,60 @@ def plot_curves(history: Sequence[dict[str, float]], path: str) -> None:
   plt.close(fig)
 
 
-def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str) -> None:
-  """Writes metrics.json, report.md and confusion_matrix.png into out_dir."""
+def plot_roc(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequence[str], path: str) -> None:
+  """Draws one one-vs-rest ROC curve per class (AUC in the legend) and the chance diagonal."""
+  labels_N = np.asarray(labels_N)
+  auc = metrics_lib.roc_auc(labels_N, probabilities_NC, len(classes))
+  fig, ax = plt.subplots(figsize=(4.8, 4.4))
+  ax.plot([0, 1], [0, 1], '--', color='grey', lw=1, label='chance (AUC 0.5)')
+  for c, name in enumerate(classes):
+    if auc['per_class'][c] is not None:
+      fpr, tpr = metrics_lib.roc_curve(labels_N == c, np.asarray(probabilities_NC)[:, c])
+      ax.plot(fpr, tpr, lw=1.8, label=f'{name} (AUC {auc["per_class"][c]:.3f})')
+  macro = 'undefined' if auc['macro'] is None else f'{auc["macro"]:.3f}'
+  ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='false positive rate', ylabel='true positive rate',
+         title=f'ROC, one class vs the rest (macro AUC {macro})')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower right', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  plt.close(fig)
+
+
+def plot_reliability(labels_N: np.ndarray, probabilities_NC: np.ndarray, path: str,
+                     n_bins: int = metrics_lib.ECE_BINS) -> None:
+  """Draws accuracy per top-label confidence bin as bars against the diagonal, ECE in the title."""
+  bins = metrics_lib.reliability_bins(labels_N, probabilities_NC, n_bins)
+  ece = metrics_lib.expected_calibration_error(labels_N, probabilities_NC, n_bins)
+  filled = bins['counts'] > 0
+  width = 1.0 / n_bins
+  fig, ax = plt.subplots(figsize=(4.8, 4.4))
+  ax.bar(bins['edges'][:-1][filled], bins['accuracy'][filled], width=width, align='edge', edgecolor='black',
+         alpha=0.8, label='accuracy')
+  ax.plot(bins['confidence'][filled], bins['accuracy'][filled], 'k.', label='(mean confidence, accuracy)')
+  ax.plot([0, 1], [0, 1], '--', color='grey', lw=1, label='perfect calibration')
+  for left, count, value in zip(bins['edges'][:-1][filled], bins['counts'][filled], bins['accuracy'][filled]):
+    ax.text(left + width / 2, value + 0.01, str(count), ha='center', va='bottom', fontsize=7)
+  ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel='confidence (top class probability)', ylabel='accuracy',
+         title=f'Reliability: ECE {ece:.3f} ({n_bins} bins, n per bar)')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='upper left', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  plt.close(fig)
+
+
+def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str, labels_N: np.ndarray | None = None,
+                     probabilities_NC: np.ndarray | None = None) -> None:
+  """Writes metrics.json, report.md and confusion_matrix.png; also roc.png and reliability.png given predictions."""
+  if (labels_N is None) != (probabilities_NC is None):
+    raise ValueError('write_evaluation needs both labels_N and probabilities_NC (for roc.png, reliability.png) '
+                     'or neither')
   os.makedirs(out_dir, exist_ok=True)
   write_metrics_json(metrics, os.path.join(out_dir, 'metrics.json'))
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
     f.write(report_markdown(metrics, title))
   plot_confusion_matrix(metrics, os.path.join(out_dir, 'confusion_matrix.png'), title)
+  if labels_N is not None:
+    plot_roc(labels_N, probabilities_NC, metrics['classes'], os.path.join(out_dir, 'roc.png'))
+    plot_reliability(labels_N, probabilities_NC, os.path.join(out_dir, 'reliability.png'))

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from lungjax import checkpoints, evaluate, mesh as mesh_lib, report, steps
+from lungjax import checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
 
@@ -34,6 +34,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        config.train.class_weighting in ('balanced', 'none')),
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
+      ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
   ]
   for field, value, ok in checks:
     if not ok:
@@ -75,11 +76,13 @@ def _merge(window: list[tuple[int, steps.TrainMetrics]]) -> dict[str, float]:
   return {f'train_{k}': float(v) for k, v in merged.compute().items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       data: loading.TrainingData | None = None) -> dict[str, Any]:
   """Trains config's model on data.root/train, validating each epoch; resumes from workdir's checkpoints.
 
-  Ends by evaluating the best checkpoint on validation (and test/, if present) and drawing the curves.
-  Returns a summary (also written to workdir/summary.json).
+  `data` (already decoded and split, e.g. one cross-validation fold) skips loading. Ends by evaluating the best
+  checkpoint on validation (and test/, if present) and drawing the curves. Returns a summary (also written to
+  workdir/summary.json).
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -92,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_flatten(config.to_dict()))
 
-  data = loading.load_training_data(config)
+  data = data or loading.load_training_data(config)
   weights_C = class_weights(data.train.labels_N, config)
   logging.info('class weights: %s', dict(zip(classes, np.round(weights_C, 4).tolist())))
   steps_per_epoch = len(data.train) // config.train.batch_size
@@ -143,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       metrics = None
       if len(data.val):
         probabilities_NC = evaluate.predict_probabilities(eval_step, state, data.val, config.eval.batch_size, mesh)
-        val = evaluate.evaluation_metrics(data.val, probabilities_NC, classes)
+        val = evaluate.evaluation_metrics(data.val.labels_N, probabilities_NC, classes)
         row.update({f'val_{k}': v for k, v in (('loss', val['loss']), ('accuracy', val['accuracy']))})
         row.update({f'val_macro_{k}': v for k, v in val['macro_avg'].items()})
         metrics = {k: v for k, v in row.items() if k.startswith('val_')}
@@ -172,14 +175,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if history:
     report.plot_curves(history, os.path.join(workdir, 'curves.png'))
   split_folders = {}
+  temperature = None
   if len(data.val):
     split_folders['val'] = loading.FolderImages(data.train_folder.folder, data.val, ())
+    val_probabilities_NC = evaluate.predict_probabilities(eval_step, best_state, data.val, config.eval.batch_size, mesh)
+    temperature = metrics_lib.fit_temperature(data.val.labels_N, np.log(np.clip(val_probabilities_NC, 1e-12, 1.0)))
+    with open(evaluate.temperature_path(workdir), 'w') as f:
+      json.dump({'temperature': temperature, 'fitted_on': 'validation split', 'checkpoint_step': best_step}, f)
+    summary['temperature'] = temperature
   if data.test_dir:
     split_folders['test'] = loading.load_folder(data.test_dir, config, require_all_classes=False)
   for name, loaded in split_folders.items():
     out_dir = os.path.join(workdir, 'eval', name)
     metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir,
-                                           f'{config.name} on {name}', best_step)
+                                           f'{config.name} on {name}', best_step, temperature)
     summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
                                     'macro_avg': metrics['macro_avg']}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:

@@ -2,8 +2,10 @@
 
 import json
 import os
+import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from lungjax import metrics, report
@@ -62,3 +64,279 @@ def test_report_files_have_the_study_table_goals_and_no_png_metadata(tmp_path):
                       {'epoch': 2, 'train_loss': 0.5, 'train_accuracy': 0.8, 'val_loss': 0.9, 'val_accuracy': 0.6}],
                      os.path.join(tmp_path, 'curves.png'))
   assert os.path.getsize(tmp_path / 'curves.png') > 1000
+
+
+# --- Uncertainty, ROC AUC, calibration and temperature scaling (issue 4). ---
+
+
+def _sixty_of_sixty_six(seed=0):
+  """66 images split 26/20/20 like the study's test folder, 60 predicted right, seeded noisy probabilities."""
+  labels = np.repeat([0, 1, 2], [26, 20, 20])
+  predicted = labels.copy()
+  predicted[[0, 1, 30, 31, 50, 51]] = [1, 2, 0, 2, 0, 1]
+  logits = 2.0 * np.eye(3)[predicted] + np.random.default_rng(seed).normal(scale=0.2, size=(66, 3))
+  return labels, metrics.apply_temperature(logits, 1.0)
+
+
+def _pairwise_auc(positive_scores, negative_scores):
+  """AUC by brute force: the share of (positive, negative) pairs ranked right, ties counted one half."""
+  pairs = [(p > n) + 0.5 * (p == n) for p in positive_scores for n in negative_scores]
+  return float(np.mean(pairs))
+
+
+def test_wilson_interval_pinned_by_hand():
+  # 60/66, z = 1.959964: centre (p + z^2/2n) / (1 + z^2/n) = 0.886589, half-width 0.071078.
+  np.testing.assert_allclose(metrics.wilson_interval(60, 66), (0.815513, 0.957667), atol=1e-6)
+  # 0/10: the upper end is z^2 / (n + z^2); n/n mirrors it.
+  np.testing.assert_allclose(metrics.wilson_interval(0, 10), (0.0, 3.841459 / 13.841459), atol=1e-6)
+  np.testing.assert_allclose(metrics.wilson_interval(10, 10), (1 - 3.841459 / 13.841459, 1.0), atol=1e-6)
+  lo95, hi95 = metrics.wilson_interval(60, 66)
+  lo99, hi99 = metrics.wilson_interval(60, 66, confidence=0.99)
+  assert lo99 < lo95 and hi99 > hi95
+  assert metrics.wilson_interval(0, 0) == (0.0, 1.0)
+  with pytest.raises(ValueError, match='successes'):
+    metrics.wilson_interval(7, 6)
+  with pytest.raises(ValueError, match='confidence'):
+    metrics.wilson_interval(6, 7, confidence=95)
+
+
+def test_roc_auc_matches_a_pairwise_count_with_ties():
+  # Class 0 by hand: positives {0.9, 0.5} vs negatives {0.5, 0.1}: 1 + 1 + 0.5 + 1 of 4 pairs.
+  hand = metrics.roc_auc(np.array([0, 0, 1, 1]), np.array([[0.9, 0.1], [0.5, 0.5], [0.5, 0.5], [0.1, 0.9]]), 2)
+  assert hand['per_class'][0] == 0.875 and hand['per_class'][1] == 0.875 and hand['macro'] == 0.875
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=45)
+  probabilities = np.round(rng.dirichlet(np.ones(3), size=45) + 0.3 * np.eye(3)[labels], 1)  # Many ties.
+  result = metrics.roc_auc(labels, probabilities, 3)
+  expected = [_pairwise_auc(probabilities[labels == c, c], probabilities[labels != c, c]) for c in range(3)]
+  np.testing.assert_allclose(result['per_class'], expected, rtol=1e-12)
+  np.testing.assert_allclose(result['macro'], np.mean(expected), rtol=1e-12)
+  absent = metrics.roc_auc(labels[labels < 2], probabilities[labels < 2], 3)
+  assert absent['per_class'][2] is None  # No positives: undefined, and left out of the macro mean.
+  np.testing.assert_allclose(absent['macro'], np.mean(absent['per_class'][:2]))
+  with pytest.raises(ValueError, match='num_classes'):
+    metrics.roc_auc(labels, probabilities, 4)
+
+
+def test_roc_curve_steps_through_tied_scores_and_its_area_is_the_auc():
+  fpr, tpr = metrics.roc_curve(np.array([1, 1, 0, 0]), np.array([0.9, 0.5, 0.5, 0.1]))
+  np.testing.assert_array_equal(fpr, [0.0, 0.0, 0.5, 1.0])
+  np.testing.assert_array_equal(tpr, [0.0, 0.5, 1.0, 1.0])
+  rng = np.random.default_rng(1)
+  positive = rng.random(60) < 0.4
+  scores = np.round(rng.random(60) + 0.3 * positive, 1)
+  fpr, tpr = metrics.roc_curve(positive, scores)
+  area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+  np.testing.assert_allclose(area, _pairwise_auc(scores[positive], scores[~positive]), rtol=1e-12)
+  with pytest.raises(ValueError, match='positives and negatives'):
+    metrics.roc_curve(np.ones(4, int), np.arange(4.0))
+
+
+def test_stratified_bootstrap_keeps_each_class_support():
+  labels = np.random.default_rng(0).permutation(np.repeat([0, 1, 2], [26, 20, 20]))
+  indices = metrics.stratified_bootstrap_indices(labels, 500, seed=3)
+  assert indices.shape == (500, 66)
+  np.testing.assert_array_equal(labels[indices], np.broadcast_to(labels, (500, 66)))  # Same class in each slot.
+  assert all(len(np.unique(row)) < 66 for row in indices[:20])  # Drawn with replacement.
+  np.testing.assert_array_equal(np.unique(indices), np.arange(66))
+
+
+def test_resampled_metrics_match_recomputing_each_resample():
+  labels, probabilities = _sixty_of_sixty_six()
+  stratified = metrics.stratified_bootstrap_indices(labels, 10, seed=1)
+  # Plain (unstratified) draws from 6 images: some rows lose a class, which leaves the macro average.
+  small_labels, small_probabilities = labels[[0, 1, 2, 30, 31, 50]], probabilities[[0, 1, 2, 30, 31, 50]]
+  plain = np.random.default_rng(2).integers(0, 6, size=(30, 6))
+  for labels_N, probabilities_NC, indices in ((labels, probabilities, stratified),
+                                              (small_labels, small_probabilities, plain)):
+    samples = metrics.resampled_metrics(labels_N, probabilities_NC, indices)
+    for b, rows in enumerate(indices):
+      expected = metrics.classification_metrics(labels_N[rows], probabilities_NC[rows], CLASSES)
+      auc = metrics.roc_auc(labels_N[rows], probabilities_NC[rows], 3)
+      np.testing.assert_allclose(samples['accuracy'][b], expected['accuracy'])
+      for name in ('precision', 'recall', 'f1'):
+        np.testing.assert_allclose(samples[f'macro_{name}'][b], expected['macro_avg'][name])
+        np.testing.assert_allclose(samples[f'weighted_{name}'][b], expected['weighted_avg'][name])
+        np.testing.assert_allclose(samples[name][b], [expected['per_class'][c][name] for c in CLASSES])
+      np.testing.assert_allclose(samples['roc_auc'][b], [np.nan if v is None else v for v in auc['per_class']])
+      np.testing.assert_allclose(samples['macro_roc_auc'][b], np.nan if auc['macro'] is None else auc['macro'])
+
+
+def test_bootstrap_intervals_are_seeded():
+  labels, probabilities = _sixty_of_sixty_six()
+  first = metrics.bootstrap_intervals(labels, probabilities, CLASSES, n_bootstrap=300, seed=0)
+  assert first == metrics.bootstrap_intervals(labels, probabilities, CLASSES, n_bootstrap=300, seed=0)
+  other = metrics.bootstrap_intervals(labels, probabilities, CLASSES, n_bootstrap=300, seed=1)
+  assert other['macro_avg'] != first['macro_avg']
+  assert (first['n_bootstrap'], first['seed'], first['confidence']) == (300, 0, 0.95)
+
+
+def test_bootstrap_interval_contains_the_point_and_narrows_with_more_images():
+  labels, probabilities = _sixty_of_sixty_six()
+  point = metrics.classification_metrics(labels, probabilities, CLASSES)
+  auc = metrics.roc_auc(labels, probabilities, 3)
+  small = metrics.bootstrap_intervals(labels, probabilities, CLASSES)
+  # Nine copies of the set: the same point values, a third of the standard error.
+  large = metrics.bootstrap_intervals(np.tile(labels, 9), np.tile(probabilities, (9, 1)), CLASSES)
+  checks = [(point['accuracy'], ('accuracy',)), (point['macro_avg']['recall'], ('macro_avg', 'recall')),
+            (point['weighted_avg']['f1'], ('weighted_avg', 'f1')),
+            (point['per_class']['Normal']['precision'], ('per_class', 'Normal', 'precision')),
+            (point['per_class']['Covid']['recall'], ('per_class', 'Covid', 'recall')),
+            (auc['macro'], ('roc_auc', 'macro'))]
+  for value, keys in checks:
+    small_interval, large_interval = small, large
+    for key in keys:
+      small_interval, large_interval = small_interval[key], large_interval[key]
+    assert small_interval[0] <= value <= small_interval[1], keys
+    assert large_interval[0] <= value <= large_interval[1], keys
+    assert 0 < large_interval[1] - large_interval[0] < 0.5 * (small_interval[1] - small_interval[0]), keys
+
+
+def test_bootstrap_of_66_images_2000_times_takes_well_under_a_second():
+  labels, probabilities = _sixty_of_sixty_six()
+  seconds = []
+  for _ in range(3):
+    start = time.perf_counter()
+    metrics.bootstrap_intervals(labels, probabilities, CLASSES, n_bootstrap=2000)
+    seconds.append(time.perf_counter() - start)
+  assert min(seconds) < 0.5
+
+
+def test_expected_calibration_error_and_reliability_bins_by_hand():
+  probabilities = np.array([[0.9, 0.05, 0.05], [0.9, 0.05, 0.05], [0.62, 0.3, 0.08], [0.3, 0.62, 0.08],
+                            [0.0, 1.0, 0.0]])
+  labels = np.array([0, 1, 0, 1, 1])
+  # Bin 13 (0.867, 0.933]: accuracy 1/2 at confidence 0.9; bin 9 (0.6, 0.667]: 2/2 at 0.62; bin 14: 1/1 at 1.0.
+  bins = metrics.reliability_bins(labels, probabilities)
+  np.testing.assert_array_equal(bins['counts'], [0] * 9 + [2, 0, 0, 0, 2, 1])
+  np.testing.assert_allclose(bins['accuracy'][[9, 13, 14]], [1.0, 0.5, 1.0])
+  np.testing.assert_allclose(bins['confidence'][[9, 13, 14]], [0.62, 0.9, 1.0])
+  assert np.isnan(bins['accuracy'][0]) and len(bins['edges']) == 16
+  np.testing.assert_allclose(metrics.expected_calibration_error(labels, probabilities),
+                             (2 * 0.38 + 2 * 0.4 + 0.0) / 5)
+  np.testing.assert_allclose(metrics.expected_calibration_error(labels, probabilities, n_bins=1),
+                             abs(4 / 5 - (0.9 + 0.9 + 0.62 + 0.62 + 1.0) / 5))
+  # Bins are (lo, hi]: a confidence of exactly 0.5 falls in the second of four bins, not the third.
+  on_edge = metrics.reliability_bins(np.array([0]), np.array([[0.5, 0.25, 0.25]]), n_bins=4)
+  np.testing.assert_array_equal(on_edge['counts'], [0, 1, 0, 0])
+  with pytest.raises(ValueError, match='labels_N'):
+    metrics.expected_calibration_error(np.array([0, 3]), probabilities[:2])
+
+
+def test_temperature_scaling_undoes_a_threefold_overconfidence():
+  rng = np.random.default_rng(0)
+  logits = 2.0 * rng.normal(size=(4000, 3))
+  calibrated = metrics.apply_temperature(logits, 1.0)  # Labels drawn from these: calibrated by construction.
+  labels = (rng.random(4000)[:, None] > np.cumsum(calibrated, axis=1)).sum(axis=1)
+  temperature = metrics.fit_temperature(labels, 3.0 * logits)
+  np.testing.assert_allclose(temperature, 3.0, rtol=0.1)
+  np.testing.assert_allclose(temperature, 3.0 * metrics.fit_temperature(labels, logits), rtol=1e-5)
+  # Log-probabilities are logits up to a per-row constant: the same T.
+  log_probabilities = np.log(metrics.apply_temperature(3.0 * logits, 1.0))
+  np.testing.assert_allclose(metrics.fit_temperature(labels, log_probabilities), temperature, rtol=1e-5)
+  nll = [metrics.mean_cross_entropy(labels, metrics.apply_temperature(3.0 * logits, t))
+         for t in (temperature / 1.05, temperature, temperature * 1.05)]
+  assert nll[1] < nll[0] and nll[1] < nll[2]
+  before = metrics.expected_calibration_error(labels, metrics.apply_temperature(3.0 * logits, 1.0))
+  after = metrics.expected_calibration_error(labels, metrics.apply_temperature(3.0 * logits, temperature))
+  assert after < before / 2
+
+
+def test_apply_temperature_is_a_scaled_softmax():
+  logits = np.array([[2.0, 0.0, -1.0], [1000.0, 999.0, 0.0]])
+  halved = metrics.apply_temperature(logits, 2.0)
+  np.testing.assert_allclose(halved[0], np.exp([1.0, 0.0, -0.5]) / np.exp([1.0, 0.0, -0.5]).sum())
+  np.testing.assert_allclose(halved.sum(axis=1), 1.0)
+  assert np.all(np.isfinite(halved))
+  for bad in (0.0, -1.0, float('nan')):
+    with pytest.raises(ValueError, match='temperature'):
+      metrics.apply_temperature(logits, bad)
+
+
+def test_with_uncertainty_nests_intervals_like_the_values_and_keeps_every_key():
+  labels, probabilities = _sixty_of_sixty_six()
+  base = metrics.classification_metrics(labels, probabilities, CLASSES)
+  result = metrics.with_uncertainty(base, labels, probabilities, n_bootstrap=500, seed=0)
+  assert 'intervals' not in base and all(result[key] == value for key, value in base.items())
+  intervals = result['intervals']
+  bootstrap = metrics.bootstrap_intervals(labels, probabilities, CLASSES, n_bootstrap=500, seed=0)
+  assert intervals['accuracy'] == {'wilson': list(metrics.wilson_interval(60, 66)),
+                                   'bootstrap': bootstrap['accuracy']}
+  assert intervals['macro_avg']['recall'] == bootstrap['macro_avg']['recall']
+  assert intervals['per_class']['Viral Pneumonia']['f1'] == bootstrap['per_class']['Viral Pneumonia']['f1']
+  assert intervals['roc_auc']['macro'] == bootstrap['roc_auc']['macro']
+  auc = metrics.roc_auc(labels, probabilities, 3)
+  assert result['roc_auc'] == {'per_class': dict(zip(CLASSES, auc['per_class'])), 'macro': auc['macro']}
+  assert result['calibration'] == {'ece': metrics.expected_calibration_error(labels, probabilities), 'n_bins': 15}
+  assert json.loads(json.dumps(result))['intervals']['per_class']['Covid']['recall'] == (
+      intervals['per_class']['Covid']['recall'])
+  with pytest.raises(ValueError, match='confusion_matrix'):
+    metrics.with_uncertainty(base, labels[::-1], probabilities, n_bootstrap=10, seed=0)
+  with pytest.raises(ValueError, match='columns'):
+    metrics.with_uncertainty(base, labels, probabilities[:, :2], n_bootstrap=10, seed=0)
+
+
+def test_report_shows_every_interval_the_auc_table_calibration_and_how_to_read(tmp_path):
+  labels, probabilities = _sixty_of_sixty_six()
+  result = metrics.with_uncertainty(metrics.classification_metrics(labels, probabilities, CLASSES),
+                                    labels, probabilities, n_bootstrap=500, seed=0)
+  result['calibration'].update(temperature=1.7, ece_after_temperature=0.031)
+  report.write_evaluation(result, str(tmp_path), 'cnn on test', labels, probabilities)
+  text = (tmp_path / 'report.md').read_text()
+
+  def cell(value, interval):
+    return f'{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]'
+
+  assert '| accuracy | | | 0.909 [0.816, 0.958] | 66 |' in text  # Wilson for 60/66.
+  row, interval = result['per_class']['Normal'], result['intervals']['per_class']['Normal']
+  assert (f'| Normal | {cell(row["precision"], interval["precision"])} | {cell(row["recall"], interval["recall"])} '
+          f'| {cell(row["f1"], interval["f1"])} | 20 |') in text
+  macro, macro_interval = result['macro_avg'], result['intervals']['macro_avg']
+  assert f'| macro avg | {cell(macro["precision"], macro_interval["precision"])} |' in text
+  assert f'| macro recall | {cell(macro["recall"], macro_interval["recall"])} |' in text
+  assert '| accuracy | 0.909 [0.816, 0.958] | yes | no |' in text  # Met, but not with confidence.
+  auc, auc_interval = result['roc_auc'], result['intervals']['roc_auc']
+  assert '## ROC AUC' in text and f'| macro | {cell(auc["macro"], auc_interval["macro"])} |' in text
+  assert f'| Covid | {cell(auc["per_class"]["Covid"], auc_interval["per_class"]["Covid"])} |' in text
+  assert f'{result["calibration"]["ece"]:.3f}' in text
+  assert 'ECE after temperature scaling (T = 1.700): 0.031.' in text
+  assert '## How to read the intervals' in text
+  assert 'one image is 1.5 points of accuracy' in text and 'about ±0.07' in text
+  pngs = {}
+  for name in ('roc.png', 'reliability.png'):
+    with Image.open(tmp_path / name) as png:
+      assert png.size[0] > 100 and not png.text and 'exif' not in png.info
+      pngs[name] = np.asarray(png.convert('L'))
+  assert pngs['roc.png'].std() > 0 and pngs['reliability.png'].std() > 0
+
+
+def test_write_evaluation_draws_roc_and_reliability_only_given_predictions(tmp_path):
+  labels, probabilities = _sixty_of_sixty_six()
+  result = metrics.classification_metrics(labels, probabilities, CLASSES)
+  report.write_evaluation(result, str(tmp_path / 'old'), 'old call')
+  assert sorted(os.listdir(tmp_path / 'old')) == ['confusion_matrix.png', 'metrics.json', 'report.md']
+  with pytest.raises(ValueError, match='both labels_N and probabilities_NC'):
+    report.write_evaluation(result, str(tmp_path / 'half'), 'half', labels_N=labels)
+  # A folder of one class: every AUC is undefined, and the report and plots say so instead of failing.
+  covid = labels == 0
+  one_class = metrics.with_uncertainty(metrics.classification_metrics(labels[covid], probabilities[covid], CLASSES),
+                                       labels[covid], probabilities[covid], n_bootstrap=50, seed=0)
+  report.write_evaluation(one_class, str(tmp_path / 'covid'), 'covid only', labels[covid], probabilities[covid])
+  text = (tmp_path / 'covid' / 'report.md').read_text()
+  assert '| macro | n/a |' in text and '| Normal | n/a |' in text
+  assert os.path.getsize(tmp_path / 'covid' / 'roc.png') > 1000
+
+
+def test_plots_change_with_what_they_are_given(tmp_path):
+  labels, probabilities = _sixty_of_sixty_six()
+  shuffled = np.random.default_rng(0).permutation(probabilities)  # A classifier no better than chance.
+  drawn = {}
+  for name, probabilities_NC in (('good', probabilities), ('chance', shuffled)):
+    report.plot_roc(labels, probabilities_NC, CLASSES, str(tmp_path / f'roc_{name}.png'))
+    report.plot_reliability(labels, probabilities_NC, str(tmp_path / f'reliability_{name}.png'))
+    for kind in ('roc', 'reliability'):
+      with Image.open(tmp_path / f'{kind}_{name}.png') as png:
+        drawn[kind, name] = np.asarray(png.convert('L'), np.float64)
+  for kind in ('roc', 'reliability'):
+    assert drawn[kind, 'good'].shape == drawn[kind, 'chance'].shape
+    assert np.abs(drawn[kind, 'good'] - drawn[kind, 'chance']).mean() > 0.5, kind

@@ -63,7 +63,7 @@ def test_eval_counts_every_image_exactly_once():
   one_by_one = np.concatenate([
       jax.nn.softmax(model.apply({'params': state.params}, batch['image'][i:i + 1], train=False)) for i in range(10)])
   np.testing.assert_allclose(probabilities, one_by_one, atol=1e-5)
-  metrics = evaluate.evaluation_metrics(decoded, probabilities, ('a', 'b', 'c'))
+  metrics = evaluate.evaluation_metrics(decoded.labels_N, probabilities, ('a', 'b', 'c'))
   assert metrics['n_images'] == 10 and np.sum(metrics['confusion_matrix']) == 10
 
 

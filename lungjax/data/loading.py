@@ -57,16 +57,28 @@ class TrainingData:
     return path if os.path.isdir(path) else None
 
 
-def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:
-  """Resolves the data root, decodes train/ once and splits off a grouped, stratified validation part."""
+def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, FolderImages]:
+  """Resolves the data root and decodes its train/ folder once; every class must keep an image."""
   root = download.resolve_data_root(config.data.root, config.data.kaggle_dataset)
   loaded = load_folder(os.path.join(root, 'train'), config, require_all_classes=True)
-  decoded = loaded.decoded
-  missing = [c for i, c in enumerate(config.data.classes) if not np.any(decoded.labels_N == i)]
+  missing = [c for i, c in enumerate(config.data.classes) if not np.any(loaded.decoded.labels_N == i)]
   if missing:
     raise ValueError(f'no decodable training images left for classes {missing}')
+  return root, loaded
+
+
+def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> list[str]:
+  """The group of each image that splits keep on one side: images with the same decoded pixels share one."""
+  del config
+  return list(decoded.pixel_hashes)
+
+
+def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:
+  """Decodes train/ once and splits off a grouped, stratified validation part."""
+  root, loaded = load_training_folder(config)
+  decoded = loaded.decoded
   train_indices, val_indices = splits.grouped_stratified_split(
-      decoded.labels_N, decoded.pixel_hashes, config.data.val_fraction, config.seed)
-  logging.info('split %d images: %d train, %d validation (seed %d, exact copies kept on one side)',
-               len(decoded), len(train_indices), len(val_indices), config.seed)
+      decoded.labels_N, split_groups(decoded, config), config.data.val_fraction, config.data.split_seed)
+  logging.info('split %d images: %d train, %d validation (split seed %d, copies kept on one side)',
+               len(decoded), len(train_indices), len(val_indices), config.data.split_seed)
   return TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))

@@ -48,3 +48,34 @@ def balanced_class_weights(labels_N: Sequence[int], num_classes: int) -> np.ndar
   present = counts > 0
   weights[present] = counts.sum() / (num_classes * counts[present])
   return weights.astype(np.float32)
+
+
+def grouped_stratified_folds(
+    labels_N: Sequence[int], groups_N: Sequence[Hashable], num_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Returns num_folds (train_indices, val_indices) pairs; every image is validated exactly once.
+
+  Each group (e.g. a near-copy group) sits in one fold; within each class, groups go, largest first and in a seeded
+  order, to the fold that has the fewest images of that class so far.
+  """
+  if num_folds < 2:
+    raise ValueError(f'config.cv.folds must be at least 2, got {num_folds}')
+  labels_N = np.asarray(labels_N)
+  members = collections.defaultdict(list)
+  for index, group in enumerate(groups_N):
+    members[group].append(index)
+  groups_by_class = collections.defaultdict(list)
+  for group_members in members.values():
+    groups_by_class[int(labels_N[group_members[0]])].append(group_members)
+  rng = np.random.default_rng(seed)
+  fold_of = np.zeros(len(labels_N), np.int64)
+  for label in sorted(groups_by_class):
+    class_groups = [groups_by_class[label][i] for i in rng.permutation(len(groups_by_class[label]))]
+    class_groups.sort(key=len, reverse=True)  # Stable: the seeded order breaks ties.
+    counts = np.zeros(num_folds, np.int64)
+    for group_members in class_groups:
+      fold = int(np.argmin(counts))
+      fold_of[group_members] = fold
+      counts[fold] += len(group_members)
+  everything = np.arange(len(labels_N))
+  return [(everything[fold_of != k], everything[fold_of == k]) for k in range(num_folds)]

@@ -1,0 +1,131 @@
+"""Cross-validation and seed repeats: one training run per fold or seed, reported as mean ± std and pooled."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lungjax import evaluate, report, train
+from lungjax.data import loading, splits
+
+# The headline numbers summarised over runs, as paths into metrics.json.
+_HEADLINE = [('accuracy',)] + [(avg, m) for avg in ('macro_avg', 'weighted_avg') for m in ('precision', 'recall', 'f1')]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains as the config asks: K folds (config.cv.folds > 1), N seeds (config.seeds > 1), or one run."""
+  if config.cv.folds > 1 and config.seeds > 1:
+    raise ValueError('set config.cv.folds or config.seeds above 1, not both')
+  if config.cv.folds > 1:
+    return cross_validate(config, workdir)
+  if config.seeds > 1:
+    return repeat_over_seeds(config, workdir)
+  if config.cv.folds == 1 or config.seeds < 1:
+    raise ValueError(f'config.cv.folds={config.cv.folds} and config.seeds={config.seeds}: folds must be 0 or >= 2, '
+                     'seeds >= 1')
+  return train.train_and_evaluate(config, workdir)
+
+
+def cross_validate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains one model per grouped, stratified fold of train; pools the out-of-fold predictions."""
+  root, loaded = loading.load_training_folder(config)
+  decoded = loaded.decoded
+  folds = splits.grouped_stratified_folds(decoded.labels_N, loading.split_groups(decoded, config),
+                                          config.cv.folds, config.data.split_seed)
+  run_dirs = []
+  for k, (train_indices, val_indices) in enumerate(folds):
+    logging.info('fold %d of %d: %d train, %d validation', k + 1, len(folds), len(train_indices), len(val_indices))
+    run_dir = os.path.join(workdir, f'fold_{k}')
+    data = loading.TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))
+    train.train_and_evaluate(config, run_dir, data)
+    run_dirs.append(run_dir)
+  return summarise_runs(config, run_dirs, os.path.join(workdir, 'cv'), f'{config.name}: {len(folds)}-fold CV',
+                        pool=True)
+
+
+def repeat_over_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains the same split with seeds seed, seed+1, ..., seed+seeds-1 (init, shuffling, dropout)."""
+  data = loading.load_training_data(config)
+  run_dirs = []
+  for offset in range(config.seeds):
+    seed_config = copy.deepcopy(config)
+    with seed_config.unlocked():
+      seed_config.seed = config.seed + offset
+    run_dir = os.path.join(workdir, f'seed_{seed_config.seed}')
+    train.train_and_evaluate(seed_config, run_dir, data)
+    run_dirs.append(run_dir)
+  return summarise_runs(config, run_dirs, os.path.join(workdir, 'seeds'), f'{config.name}: {config.seeds} seeds',
+                        pool=False)
+
+
+def _value(metrics: dict[str, Any], path: Sequence[str]) -> float:
+  for key in path:
+    metrics = metrics[key]
+  return float(metrics)
+
+
+def mean_and_std(per_run: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Returns {metric name: {'mean', 'std', 'values'}} over runs (std with ddof=1; 0 for one run)."""
+  paths = [(p, '.'.join(p)) for p in _HEADLINE]
+  paths += [(('per_class', c, m), f'{c}.{m}') for c in classes for m in ('precision', 'recall', 'f1')]
+  summary = {}
+  for path, name in paths:
+    values = np.asarray([_value(m, path) for m in per_run])
+    summary[name] = {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                     'values': values.tolist()}
+  return summary
+
+
+def summarise_runs(config: ml_collections.ConfigDict, run_dirs: Sequence[str], out_dir: str, title: str, *,
+                   pool: bool) -> dict[str, Any]:
+  """Writes out_dir/metrics.json and report.md: each metric's mean ± std over runs (and pooled, if asked)."""
+  classes = tuple(config.data.classes)
+  per_run = []
+  for run_dir in run_dirs:
+    with open(os.path.join(run_dir, 'eval', 'val', 'metrics.json')) as f:
+      per_run.append(json.load(f))
+  result: dict[str, Any] = {'runs': list(run_dirs), 'n_runs': len(run_dirs),
+                            'summary': mean_and_std(per_run, classes)}
+  os.makedirs(out_dir, exist_ok=True)
+  if pool:
+    labels, probabilities = [], []
+    for run_dir in run_dirs:
+      _, labels_N, probabilities_NC = evaluate.read_predictions(
+          os.path.join(run_dir, 'eval', 'val', 'predictions.csv'), classes)
+      labels.append(labels_N)
+      probabilities.append(probabilities_NC)
+    pooled_labels, pooled_probabilities = np.concatenate(labels), np.concatenate(probabilities)
+    pooled = evaluate.evaluation_metrics(pooled_labels, pooled_probabilities, classes)
+    result['pooled_out_of_fold'] = pooled
+    report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, pooled out-of-fold')
+  report.write_metrics_json(result, os.path.join(out_dir, 'metrics.json'))
+  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+    f.write(runs_markdown(result, title))
+  logging.info('%s: %s', title, ', '.join(f'{k} {v["mean"]:.3f} ± {v["std"]:.3f}'
+                                          for k, v in result['summary'].items() if k.startswith(('acc', 'macro'))))
+  return result
+
+
+def runs_markdown(result: dict[str, Any], title: str) -> str:
+  """A table of each metric's mean ± std and per-run values, and the pooled confusion matrix if present."""
+  lines = [f'# {title}', '', f'{result["n_runs"]} runs; validation metrics of each run\'s best checkpoint.', '',
+           '| metric | mean ± std | per run |', '|---|---|---|']
+  for name, row in result['summary'].items():
+    lines.append(f'| {name} | {row["mean"]:.3f} ± {row["std"]:.3f} | '
+                 + ', '.join(f'{v:.3f}' for v in row['values']) + ' |')
+  if 'pooled_out_of_fold' in result:
+    pooled = result['pooled_out_of_fold']
+    lines += ['', f'Pooled out-of-fold predictions ({pooled["n_images"]} images, each predicted once by the model '
+              'that did not train on it): see `pooled/report.md`.', '',
+              '| true \\ predicted | ' + ' | '.join(pooled['classes']) + ' |',
+              '|---' * (len(pooled['classes']) + 1) + '|']
+    for name, row in zip(pooled['classes'], pooled['confusion_matrix']):
+      lines.append(f'| {name} | ' + ' | '.join(str(v) for v in row) + ' |')
+  return '\n'.join(lines) + '\n'

@@ -1,0 +1,53 @@
+"""Grouped k-fold cross-validation and seed repeats: every image validated once, mean ± std over runs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lungjax import crossval
+from lungjax.data import splits
+
+
+def test_folds_validate_every_image_once_keep_groups_and_stratify():
+  labels = np.array([0] * 30 + [1] * 20 + [2] * 10)
+  groups = [i // 3 if i < 12 else i for i in range(60)]  # Four triples of copies among the Covid images.
+  folds = splits.grouped_stratified_folds(labels, groups, 5, seed=0)
+  validated = np.concatenate([val for _, val in folds])
+  assert sorted(validated.tolist()) == list(range(60))
+  for train, val in folds:
+    assert not set(train) & set(val)
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    counts = np.bincount(labels[val], minlength=3)
+    assert abs(counts[0] - 6) <= 2 and counts[1] == 4 and counts[2] == 2
+  again = splits.grouped_stratified_folds(labels, groups, 5, seed=0)
+  assert all((a[1] == b[1]).all() for a, b in zip(folds, again))
+
+
+def test_one_fold_is_an_error_naming_the_field():
+  with pytest.raises(ValueError, match='config.cv.folds'):
+    splits.grouped_stratified_folds([0, 1], [0, 1], 1, 0)
+
+
+def test_mean_and_std_over_runs():
+  def metrics(accuracy):
+    row = {'precision': accuracy, 'recall': accuracy, 'f1': accuracy}
+    return {'accuracy': accuracy, 'macro_avg': row, 'weighted_avg': row, 'per_class': {'a': row}}
+  summary = crossval.mean_and_std([metrics(0.8), metrics(0.9), metrics(1.0)], ['a'])
+  assert summary['accuracy']['values'] == [0.8, 0.9, 1.0]
+  np.testing.assert_allclose(summary['accuracy']['mean'], 0.9)
+  np.testing.assert_allclose(summary['a.f1']['std'], 0.1)
+
+
+@pytest.mark.slow
+def test_cross_validation_pools_out_of_fold_predictions(tmp_path, tiny_config):
+  tiny_config.cv.folds = 3
+  result = crossval.run(tiny_config, str(tmp_path))
+  assert result['n_runs'] == 3
+  pooled = result['pooled_out_of_fold']
+  assert pooled['n_images'] == 36 and sum(map(sum, pooled['confusion_matrix'])) == 36
+  per_fold = [json.load(open(os.path.join(tmp_path, f'fold_{k}', 'eval', 'val', 'metrics.json'))) for k in range(3)]
+  assert sum(m['n_images'] for m in per_fold) == 36
+  np.testing.assert_allclose(result['summary']['accuracy']['mean'], np.mean([m['accuracy'] for m in per_fold]))
+  assert os.path.exists(tmp_path / 'cv' / 'report.md') and os.path.exists(tmp_path / 'cv' / 'pooled' / 'report.md')
