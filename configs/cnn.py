@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.contrast_prob = 0.5
   config.augment.contrast_range = (0.85, 1.15)  # Factors about each image's mean.
 
+  # The study's autoencoder variant (configs/autoencoder.py): pretrain the CNN's conv stack as an encoder.
+  config.autoencoder = ml_collections.ConfigDict()
+  config.autoencoder.enabled = False
+
   config.checkpoint = ml_collections.ConfigDict()
   # Validation metric that picks the best checkpoint: the study ranks recall > F1 > precision > accuracy.
   config.checkpoint.best_metric = 'macro_recall'

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from lungjax import checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps
+from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps, warm_start
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
 
@@ -116,11 +116,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('resumed from %s at step %d', checkpoints.checkpoint_dir(workdir), step)
   else:
     state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(config.seed))
+    state = warm_start.warm_start(config, workdir, state, data, tx)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   logging.info('model %s: %d parameters; %d steps (%d epochs x %d)', config.model.name, n_params, num_steps,
                config.train.num_epochs, steps_per_epoch)
 
-  train_step = steps.jit_train_step(model, tx, weights_C, mesh)
+  frozen_mask, freeze_steps = warm_start.frozen_parameters(config, state.params, steps_per_epoch)
+  train_step = steps.jit_train_step(model, tx, weights_C, mesh, augment_fn=augment.make_augment_fn(config.augment),
+                                    frozen_mask=frozen_mask, freeze_steps=freeze_steps)
   eval_step = steps.jit_eval_step(model, mesh)
   batch_sharding = mesh_lib.batch_sharded(mesh)
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
