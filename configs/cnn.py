@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.classes = ('Covid', 'Normal', 'Viral Pneumonia')
   config.data.image_size = 256
   config.data.val_fraction = 0.2
+  # Images whose 32x32 grey thumbnails correlate at least this much are near copies: kept on one side of splits.
+  config.data.near_copy_threshold = 0.96
   config.data.split_seed = 0  # Fixes the validation split and the folds; config.seed drives init and shuffling.
   config.data.skip_bad_images = False
   config.data.decode_threads = 0  # 0: one per CPU core.

@@ -39,6 +39,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for field, value, ok in checks:
     if not ok:
       raise ValueError(f'{field}={value!r} is not allowed')
+  augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import download, folders, images, splits
+from lungjax.data import download, duplicates, folders, images, splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +67,14 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
   return root, loaded
 
 
-def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> list[str]:
-  """The group of each image that splits keep on one side: images with the same decoded pixels share one."""
-  del config
-  return list(decoded.pixel_hashes)
+def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> np.ndarray:
+  """The group of each image that splits keep on one side: exact copies and near copies (thumbnail r at or above
+  config.data.near_copy_threshold, as `python -m lungjax.audit` finds them) share a group."""
+  pairs = duplicates.find_copy_pairs(decoded.pixel_hashes, decoded.thumbnails_ND, config.data.near_copy_threshold)
+  for pair in pairs:
+    logging.info('%s copy (r %.3f) kept on one side of every split: %s ~ %s', pair.kind, pair.score,
+                 decoded.paths[pair.a], decoded.paths[pair.b])
+  return duplicates.copy_groups(len(decoded), pairs)
 
 
 def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:

@@ -1,0 +1,485 @@
+"""Dataset audit: copies within and across folders, per-class stats, bad files and patient metadata.
+
+python -m lungjax.audit FOLDER [FOLDER...] --out=DIR [--strip=OUT_DIR] [--near_threshold=0.96] [--drop_from=FOLDER]
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+from PIL import Image  # pylint: disable=g-import-not-at-top
+
+from lungjax.data import duplicates, folders, images  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('out', None, 'Where audit.json, pairs.png and drop_list.txt go.')
+flags.DEFINE_string('strip', None, 'Write a metadata-free, pixel-identical copy of every decodable image here, '
+                    'at OUT_DIR/<folder name>/<its path in the folder>.')
+flags.DEFINE_float('near_threshold', 0.96, 'Pearson r of the 32x32 grey thumbnails at or above which two images '
+                   'are near copies.')
+flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
+                    'image in another FOLDER.')
+
+SHEET_PIXELS = 96  # Each image is kept as a 96x96 grey preview (9 KB) for the contact sheet.
+MAX_SHEET_PAIRS = 40
+_ORIENTATION = 0x0112  # The EXIF tag that lungjax's decoder applies (ImageOps.exif_transpose).
+_PNG_METADATA = {'Software': None}  # PNGs we write carry no metadata.
+_JPEG_SOI, _PNG_SIGNATURE = b'\xff\xd8', b'\x89PNG\r\n\x1a\n'
+# PNG chunks a clean copy keeps: the critical ones and ancillary ones that describe pixels, never people.
+_PNG_PIXEL_CHUNKS = frozenset(c.encode() for c in (
+    'IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'gAMA', 'cHRM', 'sRGB', 'iCCP', 'sBIT', 'pHYs', 'bKGD', 'hIST', 'sPLT',
+    'cICP', 'mDCV', 'cLLI', 'acTL', 'fcTL', 'fdAT'))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metadata: byte-level JPEG segments and PNG chunks.
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """A byte range of an image file: kept in a clean copy or not, and what identifying metadata it holds."""
+
+  start: int
+  end: int
+  keep: bool
+  finding: str | None = None
+
+
+def _jpeg_segment_rule(marker: int, payload: bytes) -> tuple[bool, str | None]:
+  """Returns (keep, finding) for one JPEG marker segment: APPn (n >= 1) and COM go, except Adobe APP14."""
+  if marker == 0xFE:
+    return False, 'JPEG comment'
+  if not 0xE1 <= marker <= 0xEF:
+    return True, None  # APP0 (JFIF) and the segments that code the pixels.
+  n = marker - 0xE0
+  if n == 1 and payload.startswith(b'Exif\0'):
+    return False, 'EXIF'
+  if n == 1 and payload.startswith((b'http://ns.adobe.com/xap/1.0/\0', b'http://ns.adobe.com/xmp/extension/\0')):
+    return False, 'XMP'
+  if n == 2 and payload.startswith((b'ICC_PROFILE\0', b'MPF\0')):
+    return False, None  # Colour profile, multi-picture index: nothing about the patient.
+  if n == 13 and payload.startswith(b'Photoshop 3.0\0'):
+    return False, 'IPTC'
+  if n == 14 and payload.startswith(b'Adobe'):
+    return True, None  # Its colour-transform flag changes how the pixels decode.
+  return False, f'JPEG APP{n} segment'
+
+
+def _jpeg_entropy_end(data: bytes, pos: int) -> int:
+  """Returns the offset of the first marker after entropy-coded data that starts at `pos`."""
+  while True:
+    pos = data.find(b'\xff', pos)
+    if pos < 0 or pos + 1 >= len(data):
+      return len(data)
+    if data[pos + 1] == 0x00 or 0xD0 <= data[pos + 1] <= 0xD7 or data[pos + 1] == 0xFF:
+      pos += 1  # Stuffed byte, restart marker or fill byte.
+      continue
+    return pos
+
+
+def _jpeg_pieces(data: bytes) -> tuple[list[Piece], str | None]:
+  """Splits a JPEG into marker segments; returns them and why parsing stopped early (None if it did not)."""
+  pieces, pos = [Piece(0, 2, True)], 2
+  while pos < len(data):
+    start = pos
+    if data[pos] != 0xFF:
+      return pieces + [Piece(start, len(data), True)], f'no JPEG marker at byte {start}'
+    while pos < len(data) and data[pos] == 0xFF:
+      pos += 1
+    if pos + 1 > len(data):
+      break
+    marker, pos = data[pos], pos + 1
+    if marker == 0xD9:  # End of image: whatever follows is not part of it.
+      pieces.append(Piece(start, pos, True))
+      if pos < len(data):
+        pieces.append(Piece(pos, len(data), False, 'data after the end of the image'))
+      return pieces, None
+    if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+      pieces.append(Piece(start, pos, True))
+      continue
+    length = int.from_bytes(data[pos:pos + 2], 'big')
+    if pos + 2 > len(data) or length < 2 or pos + length > len(data):
+      return pieces + [Piece(start, len(data), True)], f'JPEG segment at byte {start} runs past the end'
+    end = pos + length
+    keep, finding = _jpeg_segment_rule(marker, data[pos + 2:end])
+    if marker == 0xDA:  # Start of scan: its entropy-coded data runs to the next marker.
+      end = _jpeg_entropy_end(data, end)
+    pieces.append(Piece(start, end, keep, finding))
+    pos = end
+  return pieces, 'no JPEG end-of-image marker'
+
+
+def _png_chunk_rule(chunk_type: bytes, payload: bytes) -> tuple[bool, str | None]:
+  """Returns (keep, finding) for one PNG chunk: text, EXIF and unknown chunks go; tIME goes silently."""
+  if chunk_type in _PNG_PIXEL_CHUNKS:
+    return True, None
+  if chunk_type == b'eXIf':
+    return False, 'EXIF'
+  if chunk_type == b'tIME':
+    return False, None
+  name = chunk_type.decode('latin-1')
+  if chunk_type in (b'tEXt', b'zTXt', b'iTXt'):
+    keyword = payload.split(b'\0', 1)[0].decode('latin-1')
+    if keyword == 'XML:com.adobe.xmp':
+      return False, 'XMP'
+    if keyword.lower() in ('raw profile type exif', 'raw profile type app1'):
+      return False, 'EXIF'
+    if keyword.lower() in ('raw profile type iptc', 'raw profile type 8bim'):
+      return False, 'IPTC'
+    return False, f'PNG {name} {keyword!r}'
+  return False, f'PNG {name!r} chunk'
+
+
+def _png_pieces(data: bytes) -> tuple[list[Piece], str | None]:
+  """Splits a PNG into chunks; returns them and why parsing stopped early (None if it did not)."""
+  pieces, pos = [Piece(0, len(_PNG_SIGNATURE), True)], len(_PNG_SIGNATURE)
+  while pos < len(data):
+    length = int.from_bytes(data[pos:pos + 4], 'big')
+    end = pos + 12 + length
+    if end > len(data):
+      return pieces + [Piece(pos, len(data), True)], f'PNG chunk at byte {pos} runs past the end'
+    chunk_type = data[pos + 4:pos + 8]
+    pieces.append(Piece(pos, end, *_png_chunk_rule(chunk_type, data[pos + 8:end - 4])))
+    pos = end
+    if chunk_type == b'IEND':
+      if pos < len(data):
+        pieces.append(Piece(pos, len(data), False, 'data after the end of the image'))
+      return pieces, None
+  return pieces, 'no PNG IEND chunk'
+
+
+def file_pieces(data: bytes) -> tuple[list[Piece], str | None]:
+  """Splits JPEG or PNG bytes into pieces; returns them and why parsing stopped early (None if it did not)."""
+  if data.startswith(_JPEG_SOI):
+    return _jpeg_pieces(data)
+  if data.startswith(_PNG_SIGNATURE):
+    return _png_pieces(data)
+  return [Piece(0, len(data), True)], 'neither JPEG nor PNG'
+
+
+def stripped_bytes(data: bytes) -> bytes:
+  """Returns the file without its metadata pieces; raises ValueError for bytes it cannot fully parse."""
+  pieces, problem = file_pieces(data)
+  if problem:
+    raise ValueError(problem)
+  return b''.join(data[p.start:p.end] for p in pieces if p.keep)
+
+
+def _save_pixels_png(pixels_HWC: np.ndarray, path: str) -> None:
+  """Saves decoded RGB pixels as a lossless PNG with no metadata (greyscale when the channels agree)."""
+  grey = bool((pixels_HWC == pixels_HWC[..., :1]).all())
+  Image.fromarray(pixels_HWC[..., 0] if grey else pixels_HWC).save(path, format='PNG')
+
+
+def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: int) -> dict[str, str]:
+  """Writes `path` without metadata so it decodes to `pixel_hash`: 'copied', 'stripped' bytewise, or 'png'.
+
+  A file that lungjax rotates (EXIF/XMP orientation), or that bytewise removal would change, becomes a lossless
+  PNG of its decoded pixels at copy_path + '.png' (unless it already ends in .png).
+  """
+  with open(path, 'rb') as f:
+    data = f.read()
+  os.makedirs(os.path.dirname(copy_path) or '.', exist_ok=True)
+  why = f'orientation {orientation} (EXIF/XMP): lungjax rotates the stored pixels' if orientation != 1 else ''
+  if not why:
+    try:
+      clean = stripped_bytes(data)
+    except ValueError as error:
+      why = f'cannot parse the file ({error})'
+  if not why:
+    with open(copy_path, 'wb') as f:
+      f.write(clean)
+    if clean == data:
+      return {'copy': copy_path, 'method': 'copied'}
+    if images.load_image(copy_path, 1).pixel_hash == pixel_hash:
+      return {'copy': copy_path, 'method': 'stripped'}
+    os.remove(copy_path)
+    why = 'removing the metadata bytes changed the decoded pixels'
+  png_path = copy_path if copy_path.lower().endswith('.png') else copy_path + '.png'
+  with Image.open(path, formats=images.PIL_FORMATS) as image:
+    image.load()
+    _save_pixels_png(images.to_rgb_uint8(image), png_path)
+  if images.load_image(png_path, 1).pixel_hash != pixel_hash:
+    raise RuntimeError(f'could not write a pixel-identical copy of {path!r} at {png_path!r}')
+  return {'copy': png_path, 'method': 'png', 'why': why}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One pass over the files: decode each once, read its header and metadata.
+
+
+@dataclasses.dataclass(frozen=True)
+class FileAudit:
+  """One file: its identifying metadata, and its decoded summary (empty when `error` says it is undecodable)."""
+
+  path: str
+  metadata: tuple[str, ...]  # Kinds found, never their values.
+  error: str | None = None
+  width: int = 0  # As lungjax decodes it (after EXIF rotation).
+  height: int = 0
+  mode: str = ''
+  orientation: int = 1
+  pixel_hash: str = ''
+  thumbnail: np.ndarray | None = None  # images.grey_thumbnail: THUMBNAIL_SIZE^2 float32.
+  preview_HW: np.ndarray | None = None  # SHEET_PIXELS x SHEET_PIXELS grey uint8.
+
+
+def audit_file(path: str) -> FileAudit:
+  """Decodes one file once (hash, thumbnail, preview) and reads its header and metadata; never raises on bad files."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  pieces, problem = file_pieces(data)
+  metadata = tuple(sorted({p.finding for p in pieces if p.finding}))
+  try:
+    loaded = images.load_image(path, SHEET_PIXELS)
+  except images.BadImageError as error:
+    return FileAudit(path, metadata, error=error.reason)
+  if problem:
+    metadata += (f'unparsed bytes ({problem})',)
+  with Image.open(io.BytesIO(data), formats=images.PIL_FORMATS) as image:
+    (width, height), mode = image.size, image.mode
+    try:
+      orientation = int(image.getexif().get(_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):
+      orientation = 1
+  orientation = orientation if 2 <= orientation <= 8 else 1  # What ImageOps.exif_transpose acts on.
+  if orientation >= 5:
+    width, height = height, width
+  preview_HW = np.asarray(Image.fromarray(loaded.pixels_HWC).convert('L'), np.uint8)
+  return FileAudit(path, metadata, None, width, height, mode, orientation, loaded.pixel_hash, loaded.thumbnail,
+                   preview_HW)
+
+
+def audit_files(paths: Sequence[str], threads: int = 0) -> list[FileAudit]:
+  """Audits every file in a thread pool (PIL decodes in parallel), in the order given."""
+  with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+    return list(pool.map(audit_file, paths))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Folders, statistics and outputs.
+
+
+def list_folder(folder: str) -> tuple[list[str], list[str]]:
+  """Returns the .jpg/.jpeg/.png files under `folder` (recursively, sorted) and its other files."""
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'audit folder not found: {folder!r}')
+  found, ignored = [], []
+  for directory, sub_dirs, names in os.walk(folder):
+    sub_dirs[:] = [name for name in sub_dirs if not name.startswith('.')]
+    for name in names:
+      is_image = folders.is_image_file(name) and not name.startswith('.')
+      (found if is_image else ignored).append(os.path.join(directory, name))
+  return sorted(found), sorted(ignored)
+
+
+def display_path(path: str) -> str:
+  """Returns `path` relative to the current directory where possible."""
+  try:
+    return os.path.relpath(path)
+  except ValueError:  # Another drive on Windows.
+    return os.path.abspath(path)
+
+
+def _spread(values: Sequence[int]) -> dict[str, float]:
+  """Returns min, median and max of values (zeros when there are none)."""
+  if not values:
+    return {'min': 0, 'median': 0, 'max': 0}
+  return {'min': int(min(values)), 'median': float(np.median(values)), 'max': int(max(values))}
+
+
+def folder_stats(folder: str, audits: Sequence[FileAudit], ignored: Sequence[str]) -> dict[str, Any]:
+  """Per class (an image's sub-folder): counts, share, sizes and modes; and the folder's undecodable files."""
+  by_class = collections.defaultdict(list)
+  for audit in audits:
+    by_class[os.path.relpath(os.path.dirname(audit.path), folder)].append(audit)
+  n_images = sum(audit.error is None for audit in audits)
+  classes = {}
+  for name in sorted(by_class):
+    decoded = [audit for audit in by_class[name] if audit.error is None]
+    classes[name] = {
+        'n_files': len(by_class[name]), 'n_images': len(decoded), 'n_undecodable': len(by_class[name]) - len(decoded),
+        'share': round(len(decoded) / n_images, 4) if n_images else 0.0,
+        'width': _spread([a.width for a in decoded]), 'height': _spread([a.height for a in decoded]),
+        'modes': dict(sorted(collections.Counter(a.mode for a in decoded).items()))}
+  counts = [row['n_images'] for row in classes.values()]
+  return {
+      'folder': display_path(folder), 'n_files': len(audits), 'n_images': n_images,
+      'largest_to_smallest_class': round(max(counts) / min(counts), 3) if counts and min(counts) else None,
+      'classes': classes,
+      'undecodable': [{'path': display_path(a.path), 'reason': a.error} for a in audits if a.error is not None],
+      'ignored_files': [display_path(path) for path in ignored]}
+
+
+def copies_of_other_folders(pairs: Sequence[duplicates.CopyPair], folder_N: np.ndarray, folder: int) -> list[int]:
+  """Returns the sorted indices of images in `folder` that form a copy pair with an image of another folder."""
+  hits = set()
+  for pair in pairs:
+    for mine, other in ((pair.a, pair.b), (pair.b, pair.a)):
+      if folder_N[mine] == folder and folder_N[other] != folder:
+        hits.add(mine)
+  return sorted(hits)
+
+
+def plot_pairs(pairs: Sequence[duplicates.CopyPair], labels: Sequence[str], previews_NHW: Sequence[np.ndarray],
+               path: str, max_pairs: int = MAX_SHEET_PAIRS) -> None:
+  """Draws the flagged pairs side by side, labelled with their file names, kind and score (no PNG metadata)."""
+  shown = list(pairs[:max_pairs])
+  fig, axes = plt.subplots(max(len(shown), 1), 2, figsize=(7.0, 2.6 * max(len(shown), 1)), squeeze=False)
+  for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_frame_on(bool(shown))
+  if not shown:
+    fig.text(0.5, 0.5, 'no exact or near copies found', ha='center', va='center')
+  for row, pair in zip(axes, shown):
+    for ax, index in zip(row, (pair.a, pair.b)):
+      ax.imshow(previews_NHW[index], cmap='gray', vmin=0, vmax=255)
+      ax.set_title(labels[index], fontsize=7)
+    row[0].set_ylabel(f'{pair.kind} copy\nr = {pair.score:.3f}', fontsize=9)
+  more = f' (the first {max_pairs} shown)' if len(pairs) > max_pairs else ''
+  fig.suptitle(f'{len(pairs)} flagged pairs{more}', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
+  plt.close(fig)
+
+
+def _within(path: str, folder: str) -> bool:
+  """True if real path `path` is `folder` or lies inside it."""
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_arguments(folder_paths: Sequence[str], out_dir: str, near_threshold: float, strip_dir: str | None,
+                     drop_from: str | None) -> int | None:
+  """Raises a clear error for bad arguments before anything is decoded; returns the --drop_from folder index."""
+  if not folder_paths:
+    raise ValueError('name at least one FOLDER to audit')
+  if not 0.0 < near_threshold <= 1.0:
+    raise ValueError(f'--near_threshold must be in (0, 1], got {near_threshold}')
+  real = [os.path.realpath(path) for path in folder_paths]
+  for i, a in enumerate(real):
+    if not os.path.isdir(a):
+      raise FileNotFoundError(f'audit folder not found: {folder_paths[i]!r}')
+    for j, b in enumerate(real[:i]):
+      if _within(a, b) or _within(b, a):
+        raise ValueError(f'folders {folder_paths[j]!r} and {folder_paths[i]!r} overlap: name each image once')
+  for path in real:
+    if _within(os.path.realpath(out_dir), path):
+      raise ValueError(f'--out={out_dir!r} must not be inside the audited folder {path!r}')
+  if strip_dir is not None:
+    names = [os.path.basename(path) for path in real]
+    if len(set(names)) < len(names):
+      raise ValueError(f'--strip writes OUT_DIR/<folder name>/..., but the folders share names: {names}')
+    for target in (os.path.join(os.path.realpath(strip_dir), name) for name in names):
+      for path in real:
+        if _within(target, path) or _within(path, target):
+          raise ValueError(f'--strip={strip_dir!r} would write into the audited folder {path!r}')
+  if drop_from is None:
+    return None
+  if os.path.realpath(drop_from) not in real:
+    raise ValueError(f'--drop_from={drop_from!r} must be one of the audited folders {list(folder_paths)}')
+  if len(real) < 2:
+    raise ValueError('--drop_from needs at least one other folder to compare with')
+  return real.index(os.path.realpath(drop_from))
+
+
+def write_clean_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray,
+                       strip_dir: str) -> dict[str, Any]:
+  """Writes a clean copy of every decodable file at strip_dir/<folder name>/<path in folder>; returns a summary."""
+  written = []
+  for audit, folder_index in zip(audits, folder_N):
+    folder = folder_paths[folder_index]
+    if audit.error is not None:
+      written.append({'path': display_path(audit.path), 'method': 'skipped', 'why': audit.error})
+      continue
+    copy_path = os.path.join(strip_dir, os.path.basename(os.path.realpath(folder)), os.path.relpath(audit.path, folder))
+    row = write_clean_copy(audit.path, copy_path, audit.pixel_hash, audit.orientation)
+    written.append({'path': display_path(audit.path), **row, 'copy': display_path(row['copy'])})
+  return {'out_dir': display_path(strip_dir),
+          'methods': dict(sorted(collections.Counter(row['method'] for row in written).items())),
+          'changed': [row for row in written if row['method'] != 'copied']}
+
+
+def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: float = 0.96,
+              strip_dir: str | None = None, drop_from: str | None = None, threads: int = 0) -> dict[str, Any]:
+  """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report."""
+  drop_index = _check_arguments(folder_paths, out_dir, near_threshold, strip_dir, drop_from)
+  listed = [list_folder(folder) for folder in folder_paths]
+  paths = [path for found, _ in listed for path in found]
+  folder_N = np.asarray([i for i, (found, _) in enumerate(listed) for _ in found], np.int64)
+  audits = audit_files(paths, threads)
+  decoded = [i for i, audit in enumerate(audits) if audit.error is None]
+  thumbnails_ND = np.zeros((len(decoded), images.THUMBNAIL_SIZE**2), np.float32)
+  for row, i in enumerate(decoded):
+    thumbnails_ND[row] = audits[i].thumbnail
+  found = duplicates.find_copy_pairs([audits[i].pixel_hash for i in decoded], thumbnails_ND, near_threshold)
+  pairs = [dataclasses.replace(p, a=decoded[p.a], b=decoded[p.b]) for p in found]  # Back to indices of `paths`.
+  groups_N = duplicates.copy_groups(len(paths), pairs)
+  members = collections.defaultdict(list)
+  for i, group in enumerate(groups_N.tolist()):
+    members[group].append(display_path(paths[i]))
+
+  report = {
+      'folders': [folder_stats(folder, [a for a, f in zip(audits, folder_N) if f == i], listed[i][1])
+                  for i, folder in enumerate(folder_paths)],
+      'near_threshold': near_threshold,
+      'near_copy_measure': f'Pearson r of {images.THUMBNAIL_SIZE}x{images.THUMBNAIL_SIZE} grey thumbnails',
+      'pairs': [{'a': display_path(paths[p.a]), 'b': display_path(paths[p.b]), 'kind': p.kind,
+                 'score': round(p.score, 4)} for p in pairs],
+      'copy_groups': [group for group in members.values() if len(group) > 1],
+      'metadata': [{'path': display_path(a.path), 'found': list(a.metadata)} for a in audits if a.metadata],
+  }
+  os.makedirs(out_dir, exist_ok=True)
+  if drop_index is not None:
+    dropped = [display_path(paths[i]) for i in copies_of_other_folders(pairs, folder_N, drop_index)]
+    report['drop_from'] = display_path(folder_paths[drop_index])
+    report['drop_list'] = dropped
+    with open(os.path.join(out_dir, 'drop_list.txt'), 'w') as f:
+      f.writelines(path + '\n' for path in dropped)
+  if strip_dir is not None:
+    report['strip'] = write_clean_copies(audits, folder_paths, folder_N, strip_dir)
+  report['summary'] = {
+      'n_files': len(paths), 'n_images': len(decoded), 'n_undecodable': len(paths) - len(decoded),
+      'n_exact_pairs': sum(p.kind == 'exact' for p in pairs), 'n_near_pairs': sum(p.kind == 'near' for p in pairs),
+      'n_files_with_metadata': len(report['metadata'])}
+  with open(os.path.join(out_dir, 'audit.json'), 'w') as f:
+    json.dump(report, f, indent=2)
+    f.write('\n')
+  names = [os.path.join(os.path.basename(os.path.realpath(folder_paths[f])), os.path.relpath(path, folder_paths[f]))
+           for path, f in zip(paths, folder_N)]
+  plot_pairs(pairs, names, [a.preview_HW for a in audits], os.path.join(out_dir, 'pairs.png'))
+  return report
+
+
+def main(argv: Sequence[str]) -> None:
+  """Audits the FOLDERs named on the command line and prints what it found and where it wrote it."""
+  if len(argv) < 2:
+    raise app.UsageError('name at least one FOLDER: python -m lungjax.audit FOLDER [FOLDER...] --out=DIR')
+  report = run_audit(argv[1:], FLAGS.out, near_threshold=FLAGS.near_threshold, strip_dir=FLAGS.strip,
+                     drop_from=FLAGS.drop_from)
+  summary = report['summary']
+  print(f'{summary["n_images"]} images ({summary["n_undecodable"]} undecodable): {summary["n_exact_pairs"]} exact '
+        f'and {summary["n_near_pairs"]} near copy pairs, {summary["n_files_with_metadata"]} files with metadata')
+  print(f'  report      {os.path.join(FLAGS.out, "audit.json")}, {os.path.join(FLAGS.out, "pairs.png")}')
+  if 'drop_list' in report:
+    print(f'  drop list   {os.path.join(FLAGS.out, "drop_list.txt")} ({len(report["drop_list"])} images)')
+  if 'strip' in report:
+    print(f'  clean copy  {FLAGS.strip} ({report["strip"]["methods"]})')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['out'])
+  app.run(main)

@@ -1,0 +1,260 @@
+"""The dataset audit: metadata found and stripped pixel-identically, folder stats, and the command line end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from lungjax import audit
+from lungjax.data import duplicates, images
+from tests.conftest import needs_shared_data, SHARED_TRAIN
+from tests.duplicates_test import blob_image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = b'Jane Doe'  # The "patient" that no clean copy may mention.
+_XMP = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        b'%s dc:creator="Jane Doe"/></rdf:RDF></x:xmpmeta>')
+
+
+def _exif(orientation: int = 1) -> Image.Exif:
+  exif = Image.Exif()
+  exif[0x013B] = 'Jane Doe'  # Artist.
+  exif[0x010E] = 'Patient Jane Doe, born 1950'  # ImageDescription.
+  exif[0x0112] = orientation
+  return exif
+
+
+def _iptc_segment() -> bytes:
+  record = b'\x1c\x02\x50' + len(NAME).to_bytes(2, 'big') + NAME  # IPTC 2:80 By-line.
+  resource = b'8BIM\x04\x04\x00\x00' + len(record).to_bytes(4, 'big') + record
+  payload = b'Photoshop 3.0\0' + resource
+  return b'\xff\xed' + (len(payload) + 2).to_bytes(2, 'big') + payload
+
+
+def _jpeg_with_metadata(path, pixels, orientation: int = 1) -> str:
+  """A JPEG with EXIF, XMP, a COM comment, an IPTC APP13 segment and bytes after its end."""
+  Image.fromarray(pixels).save(path, quality=90, exif=_exif(orientation), comment=b'patient Jane Doe',
+                               xmp=_XMP % b'')
+  data = open(path, 'rb').read()
+  with open(path, 'wb') as f:
+    f.write(data[:2] + _iptc_segment() + data[2:] + b'trailing Jane Doe')
+  return str(path)
+
+
+def _png_with_metadata(path, pixels) -> str:
+  """A PNG with tEXt, zTXt, iTXt (also XMP), eXIf and tIME chunks, and bytes after its end."""
+  info = PngImagePlugin.PngInfo()
+  info.add_text('Author', 'Jane Doe')
+  info.add_text('Comment', 'Jane Doe ' * 20, zip=True)
+  info.add_itxt('Description', 'Jane Doe')
+  info.add_itxt('XML:com.adobe.xmp', (_XMP % b'').decode())
+  info.add(b'tIME', b'\x07\xe8\x01\x02\x03\x04\x05')
+  Image.fromarray(pixels).save(path, pnginfo=info, exif=_exif())
+  with open(path, 'ab') as f:
+    f.write(b'trailing Jane Doe')
+  return str(path)
+
+
+def _assert_clean(path: str) -> None:
+  data = open(path, 'rb').read()
+  assert NAME not in data
+  with Image.open(path) as image:
+    assert not {'exif', 'comment', 'xmp', 'XML:com.adobe.xmp'} & set(image.info)
+    assert getattr(image, 'text', {}) == {}
+    assert {marker for marker, _ in getattr(image, 'applist', [])} <= {'APP0', 'APP14'}
+    assert not image.getexif()
+
+
+def _hash(path: str) -> str:
+  return images.load_image(str(path), 4).pixel_hash
+
+
+def _colour_blobs(seed: int) -> np.ndarray:
+  return np.stack([blob_image(seed), blob_image(seed + 100), blob_image(seed + 200)], axis=-1)
+
+
+def test_jpeg_metadata_is_found_and_stripped_bytewise(tmp_path):
+  path = _jpeg_with_metadata(tmp_path / 'a.jpg', _colour_blobs(0))
+  found = audit.audit_file(path)
+  assert found.error is None
+  assert found.metadata == ('EXIF', 'IPTC', 'JPEG comment', 'XMP', 'data after the end of the image')
+  row = audit.write_clean_copy(path, str(tmp_path / 'clean' / 'a.jpg'), found.pixel_hash, found.orientation)
+  assert row == {'copy': str(tmp_path / 'clean' / 'a.jpg'), 'method': 'stripped'}
+  assert _hash(row['copy']) == _hash(path)
+  _assert_clean(row['copy'])
+  assert audit.audit_file(row['copy']).metadata == ()
+
+
+def test_png_metadata_is_found_and_stripped_bytewise(tmp_path):
+  path = _png_with_metadata(tmp_path / 'a.png', blob_image(1))
+  found = audit.audit_file(path)
+  assert found.metadata == ('EXIF', "PNG iTXt 'Description'", "PNG tEXt 'Author'", "PNG zTXt 'Comment'", 'XMP',
+                            'data after the end of the image')
+  row = audit.write_clean_copy(path, str(tmp_path / 'clean.png'), found.pixel_hash, found.orientation)
+  assert row['method'] == 'stripped'
+  assert _hash(row['copy']) == _hash(path)
+  _assert_clean(row['copy'])
+
+
+@pytest.mark.parametrize('source', ['exif', 'xmp'])
+def test_a_rotated_jpeg_becomes_a_lossless_png_that_decodes_identically(tmp_path, source):
+  pixels = _colour_blobs(2)[:, :150]  # 180 high, 150 wide as stored.
+  path = str(tmp_path / 'rotated.jpg')
+  if source == 'exif':
+    _jpeg_with_metadata(path, pixels, orientation=6)
+  else:  # Orientation in XMP only: lungjax's decoder (Pillow) applies it too.
+    Image.fromarray(pixels).save(path, quality=90, xmp=_XMP % b'tiff:Orientation="6"')
+  found = audit.audit_file(path)
+  assert (found.orientation, found.width, found.height) == (6, 180, 150)  # Sizes as lungjax decodes it.
+  row = audit.write_clean_copy(path, str(tmp_path / 'clean' / 'rotated.jpg'), found.pixel_hash, found.orientation)
+  assert row['method'] == 'png' and 'orientation 6' in row['why']
+  assert row['copy'] == str(tmp_path / 'clean' / 'rotated.jpg.png')
+  assert Image.open(row['copy']).format == 'PNG'
+  assert _hash(row['copy']) == _hash(path)
+  _assert_clean(row['copy'])
+
+
+def test_a_file_without_metadata_is_copied_byte_for_byte(tmp_path):
+  path = tmp_path / 'plain.jpg'
+  Image.fromarray(blob_image(3)).save(path, quality=80)
+  found = audit.audit_file(str(path))
+  assert found.metadata == ()
+  row = audit.write_clean_copy(str(path), str(tmp_path / 'copy.jpg'), found.pixel_hash, found.orientation)
+  assert row['method'] == 'copied'
+  assert open(row['copy'], 'rb').read() == path.read_bytes()
+
+
+def test_undecodable_files_are_reported_not_raised(tmp_path):
+  (tmp_path / 'bad.jpg').write_bytes(b'\xff\xd8\xff\xe0 not really a jpeg')
+  (tmp_path / 'empty.png').write_bytes(b'')
+  bad, empty = audit.audit_files([str(tmp_path / 'bad.jpg'), str(tmp_path / 'empty.png')])
+  assert bad.error and empty.error == 'the file is empty'
+  assert bad.pixel_hash == '' and bad.thumbnail is None
+
+
+def test_bad_arguments_are_named_before_decoding(tmp_path):
+  (tmp_path / 'a' / 'x').mkdir(parents=True)
+  (tmp_path / 'b').mkdir()
+  a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+  out = str(tmp_path / 'out')
+  with pytest.raises(ValueError, match='--drop_from'):
+    audit.run_audit([a, b], out, drop_from=str(tmp_path))
+  with pytest.raises(ValueError, match='--drop_from needs at least one other folder'):
+    audit.run_audit([a], out, drop_from=a)
+  with pytest.raises(ValueError, match='overlap'):
+    audit.run_audit([a, os.path.join(a, 'x')], out)
+  with pytest.raises(ValueError, match='--near_threshold'):
+    audit.run_audit([a], out, near_threshold=0.0)
+  for strip_dir in (os.path.join(a, 'clean'), str(tmp_path)):  # Inside it, or it would overwrite a/ itself.
+    with pytest.raises(ValueError, match='--strip'):
+      audit.run_audit([a], out, strip_dir=strip_dir)
+  with pytest.raises(ValueError, match='--out'):
+    audit.run_audit([a], os.path.join(a, 'x', 'out'))
+  with pytest.raises(FileNotFoundError, match='missing'):
+    audit.run_audit([str(tmp_path / 'missing')], out)
+  assert not os.path.exists(out)
+
+
+def _save(pixels: np.ndarray, path, **kwargs) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(pixels).save(path, **kwargs)
+
+
+def test_command_line_finds_copies_across_folders_and_writes_the_drop_list(tmp_path):
+  for i in range(4):
+    _save(blob_image(i), tmp_path / 'train' / 'Covid' / f'{i}.png')
+    _save(blob_image(10 + i), tmp_path / 'train' / 'Normal' / f'{i}.png')
+  _save(blob_image(0), tmp_path / 'train' / 'Normal' / 'copy.png')  # An exact copy across classes.
+  (tmp_path / 'train' / 'notes.txt').write_text('not an image')
+  resized = Image.fromarray(blob_image(1)).resize((176, 144), Image.Resampling.BICUBIC)
+  _save(np.asarray(resized.convert('RGB')), tmp_path / 'eval set' / 'Covid' / 'resized.jpg', quality=60)
+  _save(blob_image(30), tmp_path / 'eval set' / 'Covid' / 'new.png')
+  _save(blob_image(11)[:, 9:], tmp_path / 'eval set' / 'Normal' / 'cropped.png')
+  _save(blob_image(12), tmp_path / 'eval set' / 'Normal' / 'same.png')
+  _jpeg_with_metadata(tmp_path / 'eval set' / 'Normal' / 'meta.jpg', _colour_blobs(40))
+  (tmp_path / 'eval set' / 'Normal' / 'broken.jpg').write_bytes(b'\xff\xd8 cut short')
+
+  result = subprocess.run(
+      [sys.executable, '-m', 'lungjax.audit', 'train', 'eval set', '--out=out', '--drop_from=eval set',
+       '--strip=clean'], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'drop_list.txt (3 images)' in result.stdout
+
+  report = json.loads((tmp_path / 'out' / 'audit.json').read_text())
+  assert [(p['a'], p['b'], p['kind']) for p in report['pairs']] == [
+      ('train/Covid/0.png', 'train/Normal/copy.png', 'exact'),
+      ('train/Normal/2.png', 'eval set/Normal/same.png', 'exact'),
+      ('train/Covid/1.png', 'eval set/Covid/resized.jpg', 'near'),
+      ('train/Normal/1.png', 'eval set/Normal/cropped.png', 'near')]
+  assert [p['score'] for p in report['pairs'][:2]] == [1.0, 1.0]
+  assert all(0.96 <= p['score'] < 1.0 for p in report['pairs'][2:])
+  assert (tmp_path / 'out' / 'drop_list.txt').read_text().splitlines() == [
+      'eval set/Covid/resized.jpg', 'eval set/Normal/cropped.png', 'eval set/Normal/same.png']
+
+  train, evaluation = report['folders']
+  assert train['folder'] == 'train' and train['ignored_files'] == ['train/notes.txt']
+  assert {name: row['n_images'] for name, row in train['classes'].items()} == {'Covid': 4, 'Normal': 5}
+  assert train['largest_to_smallest_class'] == 1.25
+  assert train['classes']['Covid']['modes'] == {'L': 4}
+  assert evaluation['classes']['Covid']['width'] == {'min': 176, 'median': 198.0, 'max': 220}
+  assert evaluation['classes']['Covid']['modes'] == {'L': 1, 'RGB': 1}
+  assert evaluation['classes']['Normal']['n_files'] == 4 and evaluation['classes']['Normal']['n_undecodable'] == 1
+  [undecodable] = evaluation['undecodable']
+  assert undecodable['path'] == 'eval set/Normal/broken.jpg' and undecodable['reason']
+  assert report['metadata'] == [{'path': 'eval set/Normal/meta.jpg',
+                                 'found': ['EXIF', 'IPTC', 'JPEG comment', 'XMP', 'data after the end of the image']}]
+  assert report['summary'] == {'n_files': 15, 'n_images': 14, 'n_undecodable': 1, 'n_exact_pairs': 2,
+                               'n_near_pairs': 2, 'n_files_with_metadata': 1}
+
+  assert report['strip']['methods'] == {'copied': 13, 'skipped': 1, 'stripped': 1}
+  for name in ('train/Covid/0.png', 'eval set/Normal/meta.jpg', 'eval set/Covid/resized.jpg'):
+    assert _hash(tmp_path / 'clean' / name) == _hash(tmp_path / name)
+    _assert_clean(str(tmp_path / 'clean' / name))
+  assert not (tmp_path / 'clean' / 'eval set' / 'Normal' / 'broken.jpg').exists()
+
+  with Image.open(tmp_path / 'out' / 'pairs.png') as sheet:
+    assert sheet.format == 'PNG' and sheet.text == {}
+    assert sheet.height > 1.4 * sheet.width  # One row of two images per flagged pair: 4 rows.
+
+
+def test_a_folder_without_copies_gets_an_empty_sheet(tmp_path):
+  for i in range(3):
+    _save(blob_image(50 + i), tmp_path / 'data' / f'{i}.png')  # Images at the top level: class '.'.
+  report = audit.run_audit([str(tmp_path / 'data')], str(tmp_path / 'out'))
+  assert report['pairs'] == [] and report['copy_groups'] == []
+  assert list(report['folders'][0]['classes']) == ['.']
+  assert not (tmp_path / 'out' / 'drop_list.txt').exists()
+  with Image.open(tmp_path / 'out' / 'pairs.png') as sheet:
+    assert sheet.text == {} and sheet.height < 400
+
+
+@pytest.mark.slow  # Decodes all 251 shared images: 18-31 s on two busy shared cores.
+@needs_shared_data
+def test_the_shared_train_copies_are_found_and_nothing_else():
+  paths, ignored = audit.list_folder(SHARED_TRAIN)
+  audits = audit.audit_files(paths)
+  stats = audit.folder_stats(SHARED_TRAIN, audits, ignored)
+  assert {name: row['n_images'] for name, row in stats['classes'].items()} == {
+      'Covid': 111, 'Normal': 70, 'Viral Pneumonia': 70}
+  assert stats['undecodable'] == [] and not any(a.metadata for a in audits)
+
+  names = [os.path.relpath(path, SHARED_TRAIN) for path in paths]
+  hashes, thumbnails_ND = [a.pixel_hash for a in audits], np.stack([a.thumbnail for a in audits])
+
+  def pairs(threshold):
+    return [(names[p.a], names[p.b], p.kind, round(p.score, 3))
+            for p in duplicates.find_copy_pairs(hashes, thumbnails_ND, threshold)]
+
+  expected = [('Normal/019.jpeg', 'Normal/020.jpeg', 'exact', 1.0),
+              ('Normal/093.jpeg', 'Normal/094.jpeg', 'exact', 1.0),
+              ('Viral Pneumonia/019.jpeg', 'Viral Pneumonia/020.jpeg', 'exact', 1.0),
+              ('Covid/COVID-00033.jpg', 'Covid/COVID-00037.jpg', 'near', 0.999),
+              ('Covid/057.jpeg', 'Covid/078.jpeg', 'near', 0.979)]
+  assert pairs(audit.FLAGS['near_threshold'].default) == expected
+  assert pairs(0.9515)[5:] == [('Viral Pneumonia/062.jpeg', 'Viral Pneumonia/065.jpeg', 'near', 0.952)]
