@@ -62,6 +62,14 @@ def get_config() -> ml_collections.ConfigDict:
   # The study's autoencoder variant (configs/autoencoder.py): pretrain the CNN's conv stack as an encoder.
   config.autoencoder = ml_collections.ConfigDict()
   config.autoencoder.enabled = False
+  # Stage 1 (workdir/autoencoder/): reconstruction MSE over the train split, plus any extra unlabelled folders.
+  config.autoencoder.num_epochs = 10
+  config.autoencoder.learning_rate = 1e-3
+  config.autoencoder.batch_size = 16
+  # Folders walked recursively for .jpg/.jpeg/.png; exact copies of validation images are dropped.
+  config.autoencoder.extra_dirs = ()
+  # Stage 2: True keeps the encoder frozen for all epochs; False fine-tunes it (after train.freeze_backbone_epochs).
+  config.autoencoder.freeze_encoder = True
 
   config.checkpoint = ml_collections.ConfigDict()
   # Validation metric that picks the best checkpoint: the study ranks recall > F1 > precision > accuracy.
@@ -80,6 +88,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.step = -1  # -1: the best checkpoint by checkpoint.best_metric.
   config.eval.batch_size = 16
   config.eval.n_bootstrap = 2000  # Stratified bootstrap resamples behind every 95% interval.
+  # Folders named otherwise than the classes, e.g. 'COVID=Covid,NORMAL=Normal,PNEUMONIA=Viral Pneumonia'.
+  config.eval.class_names = ''
+  # Printed in every report: what a score on this dataset can and cannot mean.
+  config.eval.caveat = (
+      'The Covid images of this dataset are adult radiographs (Cohen et al., Figure1) while the Normal and Viral '
+      'Pneumonia images come from a paediatric set (Kermany et al.): a model can score well by telling children '
+      'from adults. Check where it looks (--mode=explain) before trusting a score.')
 
   config.explain = ml_collections.ConfigDict()
   config.explain.dir = ''  # --mode=explain: the folder of images to explain.

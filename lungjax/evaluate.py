@@ -16,7 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
-from lungjax.data import images, loading, pipeline
+from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 
 
@@ -86,13 +86,20 @@ def add_temperature(metrics: dict[str, Any], labels_N: np.ndarray, probabilities
 
 def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainState, loaded: loading.FolderImages,
                         config: ml_collections.ConfigDict, mesh: Mesh, out_dir: str, title: str,
-                        checkpoint_step: int, temperature: float | None = None) -> dict[str, Any]:
-  """Predicts a loaded folder; writes metrics.json (with 95% intervals), report.md, predictions.csv and plots."""
+                        checkpoint_step: int, temperature: float | None = None,
+                        training: images.DecodedImages | None = None) -> dict[str, Any]:
+  """Predicts a loaded folder; writes metrics.json (with 95% intervals), report.md, predictions.csv and plots.
+
+  With `training` (the decoded training images), the report lists this folder's copies of training images.
+  """
   probabilities_NC = predict_probabilities(eval_step, state, loaded.decoded, config.eval.batch_size, mesh)
   labels_N = loaded.decoded.labels_N
   metrics = evaluation_metrics(labels_N, probabilities_NC, tuple(config.data.classes))
-  metrics.update(checkpoint_step=checkpoint_step, folder=os.path.abspath(loaded.folder),
-                 skipped_images=[list(item) for item in loaded.skipped_report()])
+  metrics.update(checkpoint_step=checkpoint_step, folder=loaded.folder,
+                 skipped_images=[list(item) for item in loaded.skipped_report()], caveat=config.eval.caveat)
+  if training is not None:
+    metrics['overlap_with_training'] = loading.copies_of_training_images(
+        loaded.decoded, training, config.data.near_copy_threshold)
   metrics = metrics_lib.with_uncertainty(metrics, labels_N, probabilities_NC, n_bootstrap=config.eval.n_bootstrap,
                                          seed=config.seed)
   if temperature is not None:
@@ -118,8 +125,20 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
   state = checkpoints.restore_state(manager, step, abstract)
   manager.close()
-  loaded = loading.load_folder(folder, config, require_all_classes=False)
+  loaded = loading.load_folder(folder, config, require_all_classes=False,
+                               folder_names=folders.parse_folder_names(config.eval.class_names, config.data.classes))
   name = os.path.basename(os.path.normpath(folder))
   out_dir = os.path.join(workdir, 'eval', name)
   return evaluate_and_report(steps.jit_eval_step(model, mesh), state, loaded, config, mesh, out_dir,
-                             f'{config.name} on {name}', step, read_temperature(workdir))
+                             f'{config.name} on {name}', step, read_temperature(workdir),
+                             training=training_images(config, workdir))
+
+
+def training_images(config: ml_collections.ConfigDict, workdir: str) -> images.DecodedImages | None:
+  """Decodes the run's training folder to look for copies of it; None (and a warning) where it is not at hand."""
+  root = config.data.root or checkpoints.load_run_config(workdir).data.root
+  train_dir = os.path.join(root, 'train') if root else ''
+  if not train_dir or not os.path.isdir(train_dir):
+    logging.warning('training folder not found (config.data.root=%r): copies of training images not checked', root)
+    return None
+  return loading.load_folder(train_dir, config, require_all_classes=False).decoded

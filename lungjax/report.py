@@ -92,6 +92,18 @@ def _uncertainty_markdown(metrics: dict[str, Any]) -> list[str]:
   return lines
 
 
+def _absent_class_markdown(metrics: dict[str, Any]) -> list[str]:
+  """Says where predictions of classes this folder does not hold went, and from which true classes."""
+  lines = []
+  counts = np.asarray(metrics['confusion_matrix'])
+  for c, name in enumerate(metrics['classes']):
+    if metrics['per_class'][name]['support'] == 0 and counts[:, c].sum() > 0:
+      sources = ', '.join(f'{counts[t, c]} {metrics["classes"][t]}' for t in range(len(counts)) if counts[t, c])
+      lines.append(f'- {name} is absent from this folder, yet {counts[:, c].sum()} images were predicted as '
+                   f'{name}: {sources}.')
+  return ['', '## Predictions of absent classes', ''] + lines if lines else []
+
+
 def report_markdown(metrics: dict[str, Any], title: str) -> str:
   """Returns the study's classification table, the confusion matrix and the four goals as markdown."""
   lines = [f'# {title}', '']
@@ -128,7 +140,20 @@ def report_markdown(metrics: dict[str, Any], title: str) -> str:
     if 'intervals' in metrics:
       row += f' {"n/a" if interval is None else "yes" if interval[0] > GOAL_THRESHOLD else "no"} |'
     lines.append(row)
+  lines += _absent_class_markdown(metrics)
   lines += _uncertainty_markdown(metrics)
+  if metrics.get('overlap_with_training') is not None:
+    overlap = metrics['overlap_with_training']
+    lines += ['', '## Copies of training images in this folder', '']
+    if overlap:
+      lines += [f'{len(overlap)} of these images are exact or near copies of training images (the audit\'s test): '
+                'their predictions say little about new patients.', '', '| file | training file | kind | r |',
+                '|---|---|---|---|']
+      lines += [f'| `{o["file"]}` | `{o["training_file"]}` | {o["kind"]} | {o["score"]:.3f} |' for o in overlap]
+    else:
+      lines.append('None found: no image here is an exact or near copy of a training image.')
+  if metrics.get('caveat'):
+    lines += ['', '## Caveat', '', metrics['caveat']]
   if metrics.get('skipped_images'):
     lines += ['', '## Skipped files', '']
     lines += [f'- `{path}`: {reason}' for path, reason in metrics['skipped_images']]

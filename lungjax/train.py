@@ -192,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   for name, loaded in split_folders.items():
     out_dir = os.path.join(workdir, 'eval', name)
     metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir,
-                                           f'{config.name} on {name}', best_step, temperature)
+                                           f'{config.name} on {name}', best_step, temperature,
+                                           training=data.train_folder.decoded if name == 'test' else None)
     summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
                                     'macro_avg': metrics['macro_avg']}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:

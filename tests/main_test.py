@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -31,16 +32,24 @@ def test_train_then_eval_from_the_command_line(tmp_path, synthetic_root):
   assert summary['n_train'] + summary['n_val'] == 36
   assert os.path.abspath(workdir) in trained.stdout
 
-  # A folder with only two of the three classes, in its own name.
-  folder = write_image_folder(str(tmp_path / 'external set'), 3, seed=5, classes=('Covid', 'Normal'))
-  evaluated = _run(f'--workdir={workdir}', '--mode=eval', f'--config.eval.dir={folder}')
+  # An external folder with two of the three classes, named its own way, holding one copy of a training image.
+  folder = write_image_folder(str(tmp_path / 'external set'), 3, seed=5, classes=('COVID', 'NORMAL'))
+  shutil.copy(os.path.join(synthetic_root, 'train', 'Normal', '000.png'), os.path.join(folder, 'NORMAL', 'copy.png'))
+  unmapped = _run(f'--workdir={workdir}', '--mode=eval', f'--config.eval.dir={folder}')
+  assert unmapped.returncode != 0 and 'config.eval.class_names' in unmapped.stderr
+  evaluated = _run(f'--workdir={workdir}', '--mode=eval', f'--config.eval.dir={folder}',
+                   '--config.eval.class_names=COVID=Covid,NORMAL=Normal')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   metrics = json.loads(open(os.path.join(workdir, 'eval', 'external set', 'metrics.json')).read())
-  assert metrics['n_images'] == 6 and metrics['checkpoint_step'] == summary['best_step']
+  assert metrics['n_images'] == 7 and metrics['checkpoint_step'] == summary['best_step']
   assert metrics['per_class']['Viral Pneumonia']['support'] == 0
+  assert metrics['per_class']['Normal']['support'] == 4
+  assert [(os.path.basename(o['file']), o['kind']) for o in metrics['overlap_with_training']] == [('copy.png', 'exact')]
+  report_text = open(os.path.join(workdir, 'eval', 'external set', 'report.md')).read()
+  assert 'adult radiographs' in report_text and 'copy.png' in report_text
   assert set(metrics) >= {'accuracy', 'macro_avg', 'weighted_avg', 'per_class', 'confusion_matrix', 'classes',
                           'n_images', 'checkpoint_step'}
-  assert sum(map(sum, metrics['confusion_matrix'])) == 6
+  assert sum(map(sum, metrics['confusion_matrix'])) == 7
 
   # Training again on the finished workdir resumes at its end: nothing is retrained.
   again = _run(f'--workdir={workdir}', f'--config.data.root={synthetic_root}', '--config.train.num_epochs=3')

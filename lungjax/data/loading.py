@@ -25,9 +25,11 @@ class FolderImages:
     return [(p, 'not a .jpg/.jpeg/.png file') for p in self.ignored_files] + list(self.decoded.skipped)
 
 
-def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_classes: bool) -> FolderImages:
-  """Scans and decodes one folder of class sub-folders, logging what was skipped."""
-  scan = folders.scan_split(folder, config.data.classes, require_all_classes=require_all_classes)
+def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_classes: bool,
+                folder_names: dict[str, str] | None = None) -> FolderImages:
+  """Scans and decodes one folder of class sub-folders (folder_names maps other names to classes)."""
+  scan = folders.scan_split(folder, config.data.classes, require_all_classes=require_all_classes,
+                            folder_names=folder_names)
   decoded = images.decode_records(scan.records, config.data.image_size,
                                   skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads)
   loaded = FolderImages(folder, decoded, scan.ignored_files)
@@ -67,6 +69,16 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
   return root, loaded
 
 
+def copies_of_training_images(evaluated: images.DecodedImages, training: images.DecodedImages,
+                              threshold: float) -> list[dict[str, object]]:
+  """Lists the evaluated images that are exact or near copies of a training image (the audit's test, across sets)."""
+  n = len(evaluated)
+  pairs = duplicates.find_copy_pairs(evaluated.pixel_hashes + training.pixel_hashes,
+                                     np.concatenate([evaluated.thumbnails_ND, training.thumbnails_ND]), threshold)
+  return [{'file': evaluated.paths[p.a], 'training_file': training.paths[p.b - n], 'kind': p.kind,
+           'score': round(p.score, 4)} for p in pairs if p.a < n <= p.b]
+
+
 def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> np.ndarray:
   """The group of each image that splits keep on one side: exact copies and near copies (thumbnail r at or above
   config.data.near_copy_threshold, as `python -m lungjax.audit` finds them) share a group."""
@@ -85,4 +97,8 @@ def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:
       decoded.labels_N, split_groups(decoded, config), config.data.val_fraction, config.data.split_seed)
   logging.info('split %d images: %d train, %d validation (split seed %d, copies kept on one side)',
                len(decoded), len(train_indices), len(val_indices), config.data.split_seed)
+  if config.data.val_fraction > 0 and not len(val_indices):
+    raise ValueError(f'config.data.val_fraction={config.data.val_fraction} left no validation image: the copy groups '
+                     f'(config.data.near_copy_threshold={config.data.near_copy_threshold}) are too large to split; '
+                     'raise the threshold or the fraction, or set the fraction to 0')
   return TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))
