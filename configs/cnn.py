@@ -88,6 +88,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.step = -1  # -1: the best checkpoint by checkpoint.best_metric.
   config.eval.batch_size = 16
   config.eval.n_bootstrap = 2000  # Stratified bootstrap resamples behind every 95% interval.
+  config.eval.ensemble = ''  # More workdirs (comma-separated) whose best checkpoints are averaged with this one.
+  config.eval.tta_views = 0  # Test-time augmented views (config.augment's ranges) averaged with the plain image.
   # Folders named otherwise than the classes, e.g. 'COVID=Covid,NORMAL=Normal,PNEUMONIA=Viral Pneumonia'.
   config.eval.class_names = ''
   # Printed in every report: what a score on this dataset can and cannot mean.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -10,12 +11,13 @@ from typing import Any
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from lungjax import checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
+from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
 from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 
@@ -93,6 +95,14 @@ def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainS
   With `training` (the decoded training images), the report lists this folder's copies of training images.
   """
   probabilities_NC = predict_probabilities(eval_step, state, loaded.decoded, config.eval.batch_size, mesh)
+  return report_predictions(probabilities_NC, loaded, config, out_dir, title, checkpoint_step, temperature, training)
+
+
+def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImages, config: ml_collections.ConfigDict,
+                       out_dir: str, title: str, checkpoint_step: int, temperature: float | None = None,
+                       training: images.DecodedImages | None = None,
+                       averaged: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Turns a folder's predicted probabilities into metrics.json (with 95% intervals), report.md, CSV and plots."""
   labels_N = loaded.decoded.labels_N
   metrics = evaluation_metrics(labels_N, probabilities_NC, tuple(config.data.classes))
   metrics.update(checkpoint_step=checkpoint_step, folder=loaded.folder,
@@ -100,6 +110,8 @@ def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainS
   if training is not None:
     metrics['overlap_with_training'] = loading.copies_of_training_images(
         loaded.decoded, training, config.data.near_copy_threshold)
+  if averaged:
+    metrics['averaged'] = averaged
   metrics = metrics_lib.with_uncertainty(metrics, labels_N, probabilities_NC, n_bootstrap=config.eval.n_bootstrap,
                                          seed=config.seed)
   if temperature is not None:
@@ -112,26 +124,86 @@ def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainS
   return metrics
 
 
+def restore_run(workdir: str, requested_step: int, mesh: Mesh,
+                config: ml_collections.ConfigDict | None = None) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
+  """Restores a training run's (config, model, state, step): `config` or the run's own config.json."""
+  config = config or checkpoints.load_run_config(workdir)
+  manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
+  step = checkpoints.choose_step(manager, requested_step, workdir)
+  model = create_model(config.model, len(config.data.classes))
+  abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
+  state = checkpoints.restore_state(manager, step, abstract)
+  manager.close()
+  return config, model, state, step
+
+
+def view_keys(seed: int, tta_views: int) -> list[jax.Array | None]:
+  """None for the plain view, then one key per test-time augmented view."""
+  if tta_views < 0:
+    raise ValueError(f'config.eval.tta_views={tta_views} must be >= 0')
+  return [None] + [jax.random.fold_in(jax.random.PRNGKey(seed), view) for view in range(1, tta_views + 1)]
+
+
+def predict_with_views(eval_step: Callable[..., jax.Array], state: steps.TrainState, decoded: images.DecodedImages,
+                       run_config: ml_collections.ConfigDict, keys: list[jax.Array | None], batch_size: int,
+                       mesh: Mesh) -> np.ndarray:
+  """Mean probabilities over the plain view and views augmented with the run's config.augment ranges."""
+  with run_config.unlocked():
+    augment_config = run_config.augment.copy_and_resolve_references()
+  with augment_config.unlocked():
+    augment_config.enabled = True
+  augment_fn = augment.make_augment_fn(augment_config) if len(keys) > 1 else None
+  total_NC = 0.0
+  for key in keys:
+    view = decoded if key is None else dataclasses.replace(
+        decoded, images_NHWC=np.asarray(augment_fn(jnp.asarray(decoded.images_NHWC), key)))
+    total_NC = total_NC + predict_probabilities(eval_step, state, view, batch_size, mesh)
+  return total_NC / len(keys)
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Restores workdir's best (or config.eval.step) checkpoint and evaluates config.eval.dir."""
+  """Restores workdir's best (or config.eval.step) checkpoint and evaluates config.eval.dir.
+
+  With config.eval.ensemble (more workdirs, comma-separated) the probabilities of every run's best checkpoint are
+  averaged; with config.eval.tta_views=T each model also averages T augmented views of every image.
+  """
   folder = config.eval.dir
   if not folder:
     raise ValueError('--mode=eval needs a folder of class sub-folders: pass --config.eval.dir=FOLDER')
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
-  manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
-  step = checkpoints.choose_step(manager, config.eval.step, workdir)
-  model = create_model(config.model, len(config.data.classes))
-  abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
-  state = checkpoints.restore_state(manager, step, abstract)
-  manager.close()
-  loaded = loading.load_folder(folder, config, require_all_classes=False,
-                               folder_names=folders.parse_folder_names(config.eval.class_names, config.data.classes))
+  members = [workdir] + [w.strip() for w in config.eval.ensemble.split(',') if w.strip()]
+  folder_names = folders.parse_folder_names(config.eval.class_names, config.data.classes)
+  keys = view_keys(config.seed, config.eval.tta_views)
+  decoded_by_size: dict[int, loading.FolderImages] = {}
+  total_NC, steps_used = 0.0, []
+  for member in members:
+    run_config, model, state, step = restore_run(member, config.eval.step if member == workdir else -1, mesh,
+                                                 config if member == workdir else None)
+    if tuple(run_config.data.classes) != tuple(config.data.classes):
+      raise ValueError(f'config.eval.ensemble: {member!r} was trained on classes {list(run_config.data.classes)}, '
+                       f'not {list(config.data.classes)}')
+    size = run_config.data.image_size
+    if size not in decoded_by_size:
+      with config.unlocked():
+        sized = config.copy_and_resolve_references()
+      with sized.unlocked():
+        sized.data.image_size = size
+      decoded_by_size[size] = loading.load_folder(folder, sized, require_all_classes=False, folder_names=folder_names)
+    total_NC = total_NC + predict_with_views(steps.jit_eval_step(model, mesh), state, decoded_by_size[size].decoded,
+                                             run_config, keys, config.eval.batch_size, mesh)
+    steps_used.append({'workdir': member, 'step': step, 'model': run_config.model.name})
+  loaded = next(iter(decoded_by_size.values()))
   name = os.path.basename(os.path.normpath(folder))
-  out_dir = os.path.join(workdir, 'eval', name)
-  return evaluate_and_report(steps.jit_eval_step(model, mesh), state, loaded, config, mesh, out_dir,
-                             f'{config.name} on {name}', step, read_temperature(workdir),
-                             training=training_images(config, workdir))
+  averaged = None
+  if len(members) > 1 or len(keys) > 1:
+    averaged = {'checkpoints': steps_used, 'tta_views': len(keys) - 1,
+                'description': f'mean probabilities of {len(members)} checkpoint(s) x {len(keys)} view(s) '
+                               f'(the plain image and {len(keys) - 1} test-time augmented)'}
+  temperature = read_temperature(workdir) if averaged is None else None
+  return report_predictions(total_NC / len(members), loaded, config, os.path.join(workdir, 'eval', name),
+                            f'{config.name} on {name}', steps_used[0]['step'], temperature,
+                            training_images(config, workdir), averaged)
 
 
 def training_images(config: ml_collections.ConfigDict, workdir: str) -> images.DecodedImages | None:

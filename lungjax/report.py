@@ -112,6 +112,9 @@ def report_markdown(metrics: dict[str, Any], title: str) -> str:
     details.append(f'checkpoint step {metrics["checkpoint_step"]}')
   if metrics.get('skipped_images'):
     details.append(f'{len(metrics["skipped_images"])} undecodable files skipped (listed below)')
+  if metrics.get('averaged'):
+    details.append(metrics['averaged']['description'] + ': ' + ', '.join(
+        f'{c["workdir"]} step {c["step"]}' for c in metrics['averaged']['checkpoints']))
   lines += [', '.join(details) + '.', '', '| | precision | recall | f1-score | support |', '|---|---|---|---|---|']
   scores = ('precision', 'recall', 'f1')
   for name, row in metrics['per_class'].items():

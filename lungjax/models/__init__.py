@@ -4,8 +4,10 @@ import flax.linen as nn
 import ml_collections
 
 from lungjax.models.cnn import CNN
+from lungjax.models.resnet import ResNet
+from lungjax.models.vgg import VGG
 
-MODELS: dict[str, type[nn.Module]] = {'cnn': CNN}
+MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG}
 # config.model fields that configure training around the module, not the module itself.
 NON_MODULE_FIELDS = ('name', 'init_from')
 

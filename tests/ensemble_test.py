@@ -1,0 +1,67 @@
+"""Evaluation that averages several checkpoints (an ensemble) and test-time augmented views."""
+
+import copy
+import os
+
+import numpy as np
+import pytest
+
+from lungjax import evaluate, train
+from tests.conftest import CLASSES
+
+
+@pytest.fixture(scope='module')
+def two_runs(tmp_path_factory, synthetic_root):
+  from configs import tiny
+  runs = []
+  for seed in (0, 1):
+    config = tiny.get_config()
+    config.data.root = synthetic_root
+    config.seed = seed
+    workdir = str(tmp_path_factory.mktemp(f'seed_{seed}'))
+    train.train_and_evaluate(config, workdir)
+    runs.append((config, workdir))
+  return runs
+
+
+def _eval(config, workdir, folder, **eval_fields):
+  config = copy.deepcopy(config)
+  config.eval.dir = folder
+  for key, value in eval_fields.items():
+    setattr(config.eval, key, value)
+  metrics = evaluate.evaluate_checkpoint(config, workdir)
+  _, labels, probabilities = evaluate.read_predictions(
+      os.path.join(workdir, 'eval', os.path.basename(folder), 'predictions.csv'), CLASSES)
+  return metrics, labels, probabilities
+
+
+@pytest.mark.slow
+def test_ensemble_averages_member_probabilities_and_says_so(two_runs, synthetic_root):
+  folder = os.path.join(synthetic_root, 'test')
+  (config_a, workdir_a), (config_b, workdir_b) = two_runs
+  _, labels, probs_a = _eval(config_a, workdir_a, folder)
+  _, _, probs_b = _eval(config_b, workdir_b, folder)
+  metrics, ensemble_labels, probs = _eval(config_a, workdir_a, folder, ensemble=workdir_b)
+  assert (ensemble_labels == labels).all()
+  np.testing.assert_allclose(probs, (probs_a + probs_b) / 2, atol=2e-6)
+  assert [c['workdir'] for c in metrics['averaged']['checkpoints']] == [workdir_a, workdir_b]
+  report = open(os.path.join(workdir_a, 'eval', 'test', 'report.md')).read()
+  assert 'mean probabilities of 2 checkpoint(s)' in report
+
+
+@pytest.mark.slow
+def test_test_time_augmentation_averages_seeded_views(two_runs, synthetic_root):
+  folder = os.path.join(synthetic_root, 'test')
+  config, workdir = two_runs[0]
+  _, _, plain = _eval(config, workdir, folder)
+  metrics, _, tta = _eval(config, workdir, folder, tta_views=3)
+  _, _, again = _eval(config, workdir, folder, tta_views=3)
+  assert metrics['averaged']['tta_views'] == 3
+  assert not np.allclose(tta, plain, atol=1e-4)
+  np.testing.assert_array_equal(tta, again)
+  np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_negative_views_name_the_field():
+  with pytest.raises(ValueError, match='config.eval.tta_views'):
+    evaluate.view_keys(0, -1)
