@@ -1,4 +1,4 @@
-"""Entry point: python -m lungjax.main --config=configs/cnn.py [--workdir=W] [--mode=train|eval]."""
+"""Entry point: python -m lungjax.main --config=configs/cnn.py [--workdir=W] [--mode=train|eval|explain]."""
 
 import os
 
@@ -9,12 +9,12 @@ import logging as std_logging  # pylint: disable=g-import-not-at-top
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax import evaluate, train  # pylint: disable=g-import-not-at-top
+from lungjax import crossval, evaluate, explain  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (default: workdirs/<config.name>).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train: train and evaluate (resumes a workdir); '
-                  'eval: evaluate a checkpoint on --config.eval.dir.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'explain'], 'train: train and evaluate (resumes a workdir); '
+                  'eval: evaluate a checkpoint on --config.eval.dir; explain: Grad-CAM of --config.explain.dir.')
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; override fields as --config.a.b=value.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -34,8 +34,12 @@ def main(argv):
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join('workdirs', config.name)
   logging.info('mode %s, workdir %s, config:\n%s', FLAGS.mode, os.path.abspath(workdir), config)
-  if FLAGS.mode == 'train':
-    summary = train.train_and_evaluate(config, workdir)
+  if FLAGS.mode == 'train' and (config.cv.folds > 1 or config.seeds > 1):
+    result = crossval.run(config, workdir)
+    print(f'\n{result["n_runs"]} runs under {os.path.abspath(workdir)}; summary: '
+          f'{os.path.abspath(os.path.join(workdir, "cv" if config.cv.folds > 1 else "seeds", "report.md"))}')
+  elif FLAGS.mode == 'train':
+    summary = crossval.run(config, workdir)
     print(f'\ntrained {summary["num_steps"]} steps; best checkpoint step {summary["best_step"]} '
           f'(by validation {summary["best_metric"]})')
     print(f'  checkpoints  {os.path.abspath(os.path.join(workdir, "checkpoints"))}')
@@ -44,6 +48,12 @@ def main(argv):
       print(f'  {name:<12} {result["dir"]}  accuracy {result["accuracy"]:.4f}, '
             f'macro recall {result["macro_avg"]["recall"]:.4f}, macro F1 {result["macro_avg"]["f1"]:.4f}')
     print(f'  TensorBoard  tensorboard --logdir={workdir}')
+  elif FLAGS.mode == 'explain':
+    summary = explain.explain_folder(config, workdir)
+    print(f'\nexplained {summary["n_images"]} images with Grad-CAM of {summary["layer"]} '
+          f'(checkpoint step {summary["checkpoint_step"]})')
+    print(f'  overlays     {summary["out_dir"]}')
+    print(f'  gallery      {summary["gallery"]}')
   else:
     metrics = evaluate.evaluate_checkpoint(config, workdir)
     out_dir = os.path.join(workdir, 'eval', os.path.basename(os.path.normpath(config.eval.dir)))

@@ -1,0 +1,144 @@
+"""Classify image files with a trained workdir: one JSON line per file, optional Grad-CAM overlays.
+
+python -m lungjax.predict --workdir=W [--gradcam_dir=DIR] IMAGE_OR_FOLDER...
+
+Folders are walked recursively for .jpg/.jpeg/.png files. A file that cannot be read prints a line with `file`
+and `error` and the others still run. Exit code 0 if at least one image was classified, else 1.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags  # pylint: disable=g-multiple-import
+
+from lungjax import checkpoints, explain
+from lungjax.data import folders, images
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
+  """Lists (file, overlay name) per input: files as given, folders walked recursively (image files only).
+
+  A folder with no images stays in the list as itself, so that it reports an error.
+  """
+  listed = []
+  for given in inputs:
+    if not os.path.isdir(given):
+      listed.append((given, os.path.basename(given)))
+      continue
+    top = os.path.basename(os.path.normpath(given))
+    found = []
+    for dirpath, dirnames, filenames in os.walk(given):
+      dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+      found += [os.path.join(dirpath, n) for n in sorted(filenames)
+                if folders.is_image_file(n) and not n.startswith('.')]
+    listed += [(path, os.path.join(top, os.path.relpath(path, given))) for path in found] or [(given, top)]
+  return listed
+
+
+def read_image(path: str, size: int) -> np.ndarray:
+  """Decodes one file to size x size x 3 uint8; BadImageError names it (also when missing or a folder)."""
+  if os.path.isdir(path):
+    raise images.BadImageError(path, 'a folder with no .jpg/.jpeg/.png images')
+  if not os.path.isfile(path):
+    raise images.BadImageError(path, 'no such file')
+  try:
+    return images.load_image(path, size).pixels_HWC
+  except OSError as error:  # E.g. no permission to read it.
+    raise images.BadImageError(path, str(error)) from error
+
+
+def jit_probabilities(model: nn.Module) -> Callable[..., jax.Array]:
+  """Returns jitted fn(variables, images_BHWC) -> probs_BC (dropout off), the model bound."""
+
+  def probabilities(variables, images_BHWC):
+    logits_BC = model.apply(variables, images_BHWC, train=False)
+    return jax.nn.softmax(logits_BC.astype(jnp.float32), axis=-1)
+
+  return jax.jit(probabilities)
+
+
+def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDict,
+                  files: Sequence[tuple[str, str]], *, gradcam_dir: str = '') -> Iterator[dict[str, Any]]:
+  """Yields, in order, {'file', 'class', 'probabilities'} (plus 'gradcam') or {'file', 'error'} per file.
+
+  Files are decoded and classified config.eval.batch_size at a time, the last batch zero-padded (one compile).
+  With gradcam_dir, each image's Grad-CAM overlay of its predicted class is written under it.
+  """
+  classes = tuple(config.data.classes)
+  batch_size = config.eval.batch_size
+  if gradcam_dir:
+    fn = explain.jit_explain(trained.model, config.explain.layer)
+  else:
+    fn = jit_probabilities(trained.model)
+  names = explain.unique_png_names([name for _, name in files])
+  threads = config.data.decode_threads or os.cpu_count() or 1
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for start in range(0, len(files), batch_size):
+      chunk = files[start:start + batch_size]
+      futures = [pool.submit(read_image, path, config.data.image_size) for path, _ in chunk]
+      pixels, errors = {}, {}
+      for index, future in enumerate(futures):
+        try:
+          pixels[index] = future.result()
+        except images.BadImageError as error:
+          errors[index] = str(error)
+      if pixels:
+        images_BHWC = np.stack(list(pixels.values()))
+        if gradcam_dir:
+          class_indices_B = np.full(len(pixels), -1, np.int32)  # The predicted class.
+          probs_BC, heatmaps_BHW = explain.map_batches(fn, trained.variables, batch_size, images_BHWC,
+                                                       class_indices_B)
+        else:
+          probs_BC = explain.map_batches(fn, trained.variables, batch_size, images_BHWC)
+      rows = {index: row for row, index in enumerate(pixels)}
+      for index, (path, _) in enumerate(chunk):
+        if index in errors:
+          yield {'file': path, 'error': errors[index]}
+          continue
+        row = rows[index]
+        line = {'file': path, 'class': classes[int(probs_BC[row].argmax())],
+                'probabilities': {name: float(p) for name, p in zip(classes, probs_BC[row])}}
+        if gradcam_dir:
+          line['gradcam'] = os.path.join(gradcam_dir, names[start + index])
+          explain.save_overlay(pixels[index], heatmaps_BHW[row], line['gradcam'])
+        yield line
+
+
+def predict_cli(workdir: str, inputs: Sequence[str], gradcam_dir: str = '') -> int:
+  """Prints one JSON line per file of `inputs`; returns the exit code (0 if at least one image ran, else 1)."""
+  config = checkpoints.load_run_config(workdir)
+  trained = explain.restore_model(config, workdir)
+  classified = 0
+  for line in predict_files(trained, config, expand_inputs(inputs), gradcam_dir=gradcam_dir):
+    print(json.dumps(line), flush=True)
+    classified += 'error' not in line
+  return 0 if classified else 1
+
+
+def _define_flags() -> None:
+  """Defines the program's flags (only when run, so importing this module never clashes with lungjax.main's)."""
+  flags.DEFINE_string('workdir', None, 'A folder that lungjax.main trained in (its config.json and checkpoints).')
+  flags.DEFINE_string('gradcam_dir', '', 'If set, write a Grad-CAM overlay PNG per image here.')
+  flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv: Sequence[str]) -> int:
+  """Classifies the files and folders named after the flags."""
+  if len(argv) < 2:
+    raise app.UsageError('name at least one image file or folder to classify')
+  return predict_cli(flags.FLAGS.workdir, argv[1:], flags.FLAGS.gradcam_dir)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,153 @@
+"""predict: one JSON line per file, errors that do not stop the others, fixed-shape batches, Grad-CAM overlays."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from lungjax import checkpoints, explain, predict, train
+from lungjax.data import images
+from tests.conftest import CLASSES, SHARED_TRAIN, needs_shared_data
+from tests.explain_test import _assert_png_without_metadata
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory, synthetic_root):
+  """A workdir that the tiny config trained in (2 epochs on the synthetic folders)."""
+  config = tiny.get_config()
+  config.data.root = synthetic_root
+  workdir = str(tmp_path_factory.mktemp('predict run'))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+  """A truncated PNG, a text file and a path that does not exist."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(buffer, format='PNG')
+  corrupt = tmp_path / 'corrupt.png'
+  corrupt.write_bytes(buffer.getvalue()[:60])
+  notes = tmp_path / 'notes.txt'
+  notes.write_text('not an image')
+  return [str(corrupt), str(notes), str(tmp_path / 'missing.jpg')]
+
+
+def _lines(text):
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_expand_inputs_walks_folders_recursively_for_images_only(tmp_path):
+  root = tmp_path / 'scans'
+  (root / 'a' / 'deeper').mkdir(parents=True)
+  (root / '.hidden').mkdir()
+  (tmp_path / 'empty').mkdir()
+  for name in ('a/deeper/x.PNG', 'a/y.jpeg', 'z.jpg', 'readme.md', '.hidden/h.png', 'a/.dot.png'):
+    (root / name).write_bytes(b'')
+  listed = predict.expand_inputs([str(root), 'loose.png', str(tmp_path / 'empty')])
+  assert listed == [(str(root / 'z.jpg'), 'scans/z.jpg'), (str(root / 'a' / 'y.jpeg'), 'scans/a/y.jpeg'),
+                    (str(root / 'a' / 'deeper' / 'x.PNG'), 'scans/a/deeper/x.PNG'), ('loose.png', 'loose.png'),
+                    (str(tmp_path / 'empty'), 'empty')]
+
+
+def test_read_image_names_the_file_for_every_failure(tmp_path, bad_files):
+  corrupt, notes, missing = bad_files
+  for path, reason in ((corrupt, 'truncated'), (notes, 'not a JPEG/PNG image'), (missing, 'no such file'),
+                       (str(tmp_path), 'a folder with no .jpg/.jpeg/.png images')):
+    with pytest.raises(images.BadImageError, match=reason) as caught:
+      predict.read_image(path, 32)
+    assert caught.value.path == path and repr(path) in str(caught.value)
+
+
+def test_predict_prints_a_line_per_file_and_writes_overlays(trained_workdir, synthetic_root, bad_files, tmp_path,
+                                                           capsys):
+  folder = os.path.join(synthetic_root, 'test')
+  gradcam_dir = str(tmp_path / 'cams')
+  assert predict.predict_cli(trained_workdir, [folder, *bad_files], gradcam_dir) == 0
+  lines = _lines(capsys.readouterr().out)
+  expected_files = [os.path.join(folder, c, f'{i:03d}.png') for c in CLASSES for i in range(4)] + bad_files
+  assert [line['file'] for line in lines] == expected_files
+  for line in lines[:12]:
+    probabilities = line['probabilities']
+    assert list(probabilities) == list(CLASSES)
+    assert abs(sum(probabilities.values()) - 1.0) < 1e-5
+    assert line['class'] == max(probabilities, key=probabilities.get)
+    relative = os.path.relpath(line['file'], synthetic_root)
+    assert line['gradcam'] == os.path.join(gradcam_dir, relative)
+    _assert_png_without_metadata(line['gradcam'])
+  for line, path in zip(lines[12:], bad_files):
+    assert set(line) == {'file', 'error'} and repr(path) in line['error']
+  assert 'no such file' in lines[-1]['error']
+
+  # Without --gradcam_dir: the same probabilities from the forward pass alone, and no overlays.
+  assert predict.predict_cli(trained_workdir, [folder]) == 0
+  plain = _lines(capsys.readouterr().out)
+  assert [line['file'] for line in plain] == expected_files[:12] and all('gradcam' not in line for line in plain)
+  for with_cam, without in zip(lines, plain):
+    np.testing.assert_allclose(list(with_cam['probabilities'].values()), list(without['probabilities'].values()),
+                               atol=1e-6)
+
+
+def test_predict_exits_1_when_no_image_ran(trained_workdir, bad_files, capsys):
+  assert predict.predict_cli(trained_workdir, bad_files) == 1
+  assert [set(line) for line in _lines(capsys.readouterr().out)] == [{'file', 'error'}] * 3
+
+
+def test_every_batch_is_padded_to_one_shape_so_it_compiles_once(trained_workdir, synthetic_root, bad_files,
+                                                                monkeypatch):
+  real_jit_probabilities = predict.jit_probabilities
+  jitted, shapes = [], []
+
+  def recording_jit_probabilities(model):
+    fn = real_jit_probabilities(model)
+    jitted.append(fn)
+
+    def record(variables, images_BHWC):
+      shapes.append(images_BHWC.shape)
+      return fn(variables, images_BHWC)
+
+    return record
+
+  monkeypatch.setattr(predict, 'jit_probabilities', recording_jit_probabilities)
+  config = checkpoints.load_run_config(trained_workdir)
+  assert config.eval.batch_size == 4
+  test_dir = os.path.join(synthetic_root, 'test')
+  files = (predict.expand_inputs([os.path.join(test_dir, 'Covid')])[:3] + [(bad_files[0], 'corrupt.png')] +
+           predict.expand_inputs([os.path.join(test_dir, 'Normal')]))
+  lines = list(predict.predict_files(explain.restore_model(config, trained_workdir), config, files))
+  assert [line['file'] for line in lines] == [path for path, _ in files]
+  assert ['error' in line for line in lines] == [False] * 3 + [True] + [False] * 4
+  assert shapes == [(4, 32, 32, 3)] * 2  # 3 images (beside the bad file) padded to 4, then 4.
+  assert jitted[0]._cache_size() == 1
+
+
+@needs_shared_data
+def test_predict_reads_the_real_radiographs(trained_workdir, tmp_path, capsys):
+  files = [os.path.join(SHARED_TRAIN, name) for name in
+           ('Covid/01.jpeg', 'Covid/010.png', 'Normal/01.jpeg', 'Viral Pneumonia/01.jpeg')]
+  assert predict.predict_cli(trained_workdir, files, str(tmp_path / 'cams')) == 0
+  lines = _lines(capsys.readouterr().out)
+  assert [line['file'] for line in lines] == files and all('error' not in line for line in lines)
+  for line in lines:
+    with Image.open(line['gradcam']) as overlay:
+      assert overlay.size == (32, 32) and overlay.mode == 'RGB'
+
+
+@pytest.mark.slow
+def test_predict_command_line(trained_workdir, synthetic_root, bad_files):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  folder = os.path.join(synthetic_root, 'test', 'Normal')
+  result = subprocess.run([sys.executable, '-m', 'lungjax.predict', f'--workdir={trained_workdir}', folder,
+                           bad_files[0]], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = _lines(result.stdout)
+  assert [line['file'] for line in lines] == [os.path.join(folder, f'{i:03d}.png') for i in range(4)] + bad_files[:1]
+  assert 'error' in lines[-1] and all(set(line) == {'file', 'class', 'probabilities'} for line in lines[:4])
