@@ -1,0 +1,404 @@
+"""Stage 1 of the autoencoder variant: pretrain the CNN's conv stack on reconstruction, then hand it to the classifier.
+
+Everything lives under workdir/autoencoder/: checkpoints/ (latest epoch, resumable), settings.json, history.json
+(per-epoch MSE) and reconstructions.png (also copied to workdir/reconstructions.png).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import grain
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+from lungjax import mesh as mesh_lib
+from lungjax.data import folders, images, loading, pipeline
+from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
+
+GRID_IMAGES = 8  # Inputs above, their reconstructions below.
+# Stage-1 settings a checkpoint was trained with; resuming under others would mix two runs. num_epochs may grow.
+_SETTINGS = (('config.model.conv_features', lambda c: list(c.model.conv_features)),
+             ('config.data.image_size', lambda c: c.data.image_size),
+             ('config.autoencoder.batch_size', lambda c: c.autoencoder.batch_size),
+             ('config.autoencoder.learning_rate', lambda c: c.autoencoder.learning_rate),
+             ('config.autoencoder.extra_dirs', lambda c: [os.path.abspath(d) for d in c.autoencoder.extra_dirs]),
+             ('config.seed', lambda c: c.seed))
+_PNG_METADATA = {'Software': None}  # PNGs carry no metadata at all.
+
+
+@flax.struct.dataclass
+class AutoencoderState:
+  """Everything stage 1 changes: step, autoencoder parameters, optimizer state."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Result:
+  """The trained autoencoder parameters and how this call got them."""
+
+  params: Any
+  history: list[dict[str, float]]  # One row per epoch: epoch, step, mse.
+  n_images: int
+  first_step: int  # The step this call started from (num_steps when a finished stage 1 was reused).
+  num_steps: int
+  reused: bool  # True when stage 1 had already finished and nothing was trained.
+
+
+def stage_dir(workdir: str) -> str:
+  """Where stage 1 keeps its checkpoints, history and reconstructions."""
+  return os.path.abspath(os.path.join(workdir, 'autoencoder'))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the field for stage-1 settings that cannot work."""
+  if config.model.name != 'cnn':
+    raise ValueError(f'config.autoencoder.enabled pretrains the CNN\'s conv stack, so config.model.name must be '
+                     f'\'cnn\', got {config.model.name!r}')
+  ae = config.autoencoder
+  factor = 2**len(config.model.conv_features)
+  checks = [
+      ('config.autoencoder.num_epochs', ae.num_epochs, isinstance(ae.num_epochs, int) and ae.num_epochs >= 1),
+      ('config.autoencoder.learning_rate', ae.learning_rate, ae.learning_rate > 0),
+      ('config.autoencoder.batch_size', ae.batch_size, isinstance(ae.batch_size, int) and ae.batch_size >= 1),
+      ('config.autoencoder.extra_dirs', ae.extra_dirs,
+       isinstance(ae.extra_dirs, (tuple, list)) and all(isinstance(d, str) and d for d in ae.extra_dirs)),
+      ('config.model.conv_features', config.model.conv_features, len(config.model.conv_features) >= 1),
+  ]
+  for field, value, ok in checks:
+    if not ok:
+      raise ValueError(f'{field}={value!r} is not allowed')
+  if config.data.image_size % factor:
+    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by {factor} for the '
+                     f'autoencoder to reconstruct it ({len(config.model.conv_features)} 2x2 poolings)')
+
+
+def create_model(config: ml_collections.ConfigDict) -> ConvAutoencoder:
+  """The autoencoder whose encoder is config.model's conv stack."""
+  return ConvAutoencoder(conv_features=tuple(config.model.conv_features))
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam at config.autoencoder.learning_rate with the classifier's (Keras') betas and epsilon."""
+  return optax.adam(config.autoencoder.learning_rate, b1=config.train.adam_b1, b2=config.train.adam_b2,
+                    eps=config.train.adam_eps)
+
+
+def create_state(model: ConvAutoencoder, tx: optax.GradientTransformation, image_size: int,
+                 rng: jax.Array) -> AutoencoderState:
+  """Initialises the autoencoder on a dummy uint8 batch and the optimizer on its parameters."""
+  params = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.uint8))['params']
+  return AutoencoderState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def reconstruction_loss(reconstructions_BHWC: jax.Array, images_BHWC: jax.Array) -> jax.Array:
+  """Mean squared error between reconstructions in [0, 1] and the images rescaled by 1/255."""
+  targets_BHWC = images_BHWC.astype(jnp.float32) / 255.0
+  return jnp.mean(jnp.square(reconstructions_BHWC.astype(jnp.float32) - targets_BHWC))
+
+
+def train_step(state: AutoencoderState, images_BHWC: jax.Array, *, model: ConvAutoencoder,
+               tx: optax.GradientTransformation) -> tuple[AutoencoderState, jax.Array]:
+  """One Adam step on the reconstruction MSE of a batch; returns the new state and the batch's loss."""
+
+  def loss_fn(params):
+    return reconstruction_loss(model.apply({'params': params}, images_BHWC), images_BHWC)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state), loss
+
+
+def jit_train_step(model: ConvAutoencoder, tx: optax.GradientTransformation,
+                   mesh: Mesh) -> Callable[..., tuple[AutoencoderState, jax.Array]]:
+  """Returns train_step jitted for the mesh: images sharded, state replicated and donated."""
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(functools.partial(train_step, model=model, tx=tx),
+                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+
+
+def abstract_state(model: ConvAutoencoder, tx: optax.GradientTransformation, image_size: int,
+                   mesh: Mesh) -> AutoencoderState:
+  """The state's shapes, dtypes and shardings, to restore a checkpoint without initialising."""
+  shapes = jax.eval_shape(functools.partial(create_state, model, tx, image_size), jax.random.PRNGKey(0))
+  replicated = mesh_lib.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
+
+
+def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
+  """An orbax manager over workdir/autoencoder/checkpoints that keeps only the latest step."""
+  options = ocp.CheckpointManagerOptions(
+      preservation_policy=None if read_only else ocp.checkpoint_managers.LatestN(n=1),
+      read_only=read_only, create=not read_only)
+  return ocp.CheckpointManager(os.path.join(stage_dir(workdir), 'checkpoints'), options=options,
+                               item_names=('state', 'data_iter', 'history'))
+
+
+def _restore_history(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """Restores only the JSON item of `step`: {'epochs': [...], 'n_images': n}."""
+  return dict(manager.restore(step, args=ocp.args.Composite(history=ocp.args.JsonRestore())).history)
+
+
+def _check_settings(config: ml_collections.ConfigDict, workdir: str, has_checkpoint: bool) -> None:
+  """Writes settings.json for a fresh stage 1; raises ValueError naming the fields a checkpoint was trained without."""
+  path = os.path.join(stage_dir(workdir), 'settings.json')
+  current = {field: value(config) for field, value in _SETTINGS}
+  if has_checkpoint and os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    changed = [f'{field} was {saved.get(field)!r}, now {value!r}' for field, value in current.items()
+               if saved.get(field) != value]
+    if changed:
+      raise ValueError(f'{stage_dir(workdir)!r} holds a stage 1 trained with other settings ({"; ".join(changed)}): '
+                       'use another --workdir, or delete that folder to retrain stage 1')
+  elif not has_checkpoint:
+    os.makedirs(stage_dir(workdir), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump(current, f, indent=2)
+
+
+def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """True when workdir's stage-1 checkpoint has trained all config.autoencoder.num_epochs epochs."""
+  if not os.path.isdir(os.path.join(stage_dir(workdir), 'checkpoints')):
+    return False
+  manager = create_manager(workdir, read_only=True)
+  try:
+    step = manager.latest_step()
+    return step is not None and len(_restore_history(manager, step)['epochs']) >= config.autoencoder.num_epochs
+  finally:
+    manager.close()
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """Returns the autoencoder parameters of workdir's latest stage-1 checkpoint."""
+  manager = create_manager(workdir, read_only=True)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no stage-1 checkpoint in {os.path.join(stage_dir(workdir), "checkpoints")!r}')
+    model, tx = create_model(config), create_optimizer(config)
+    abstract = abstract_state(model, tx, config.data.image_size, mesh_lib.make_mesh())
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state.params
+  finally:
+    manager.close()
+
+
+def _check_finite(step_losses: list[tuple[int, jax.Array]]) -> list[float]:
+  """Fetches the losses; raises FloatingPointError naming the first step whose loss is NaN or inf."""
+  losses = [float(v) for v in jax.device_get([loss for _, loss in step_losses])]
+  for (step, _), loss in zip(step_losses, losses):
+    if not np.isfinite(loss):
+      raise FloatingPointError(f'autoencoder reconstruction loss is {loss} at stage-1 step {step}: stopping '
+                               '(this epoch is not saved); lower config.autoencoder.learning_rate')
+  return losses
+
+
+def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NHWC: np.ndarray) -> Stage1Result:
+  """Trains (or resumes, or reuses when finished) stage 1 on images_NHWC, checkpointing every epoch."""
+  validate_config(config)
+  ae = config.autoencoder
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(ae.batch_size, mesh, 'config.autoencoder.batch_size')
+  model, tx = create_model(config), create_optimizer(config)
+  manager = create_manager(workdir)
+  try:
+    latest = manager.latest_step()
+    _check_settings(config, workdir, latest is not None)
+    abstract = abstract_state(model, tx, config.data.image_size, mesh)
+    if latest is not None:
+      saved = _restore_history(manager, latest)
+      if len(saved['epochs']) >= ae.num_epochs:
+        state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+        logging.info('stage 1: reusing the finished autoencoder in %s (step %d)', stage_dir(workdir), latest)
+        return Stage1Result(state.params, list(saved['epochs']), int(saved['n_images']), latest, latest, True)
+    if len(images_NHWC) < ae.batch_size:
+      raise ValueError(f'{len(images_NHWC)} stage-1 images are fewer than one batch of '
+                       f'config.autoencoder.batch_size={ae.batch_size}')
+    steps_per_epoch = len(images_NHWC) // ae.batch_size
+    num_steps = steps_per_epoch * ae.num_epochs
+    dataset = pipeline.train_dataset(images_NHWC, np.zeros(len(images_NHWC), np.int32),
+                                     global_batch_size=ae.batch_size, num_epochs=ae.num_epochs, seed=config.seed)
+    data_iter = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+    if latest is not None:
+      restored = manager.restore(latest, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+          history=ocp.args.JsonRestore()))
+      state, history = restored.state, list(restored.history['epochs'])
+      logging.info('stage 1: resumed from %s at step %d', stage_dir(workdir), latest)
+    else:
+      state = jax.jit(functools.partial(create_state, model, tx, config.data.image_size),
+                      out_shardings=mesh_lib.replicated(mesh))(jax.random.PRNGKey(config.seed))
+      history = []
+    first_step = int(state.step)
+    logging.info('stage 1: %d images, %d steps (%d epochs x %d), from step %d', len(images_NHWC), num_steps,
+                 ae.num_epochs, steps_per_epoch, first_step)
+    step_fn = jit_train_step(model, tx, mesh)
+    sharding = mesh_lib.batch_sharded(mesh)
+    window: list[tuple[int, jax.Array]] = []
+    for step in range(first_step + 1, num_steps + 1):
+      images_BHWC = mesh_lib.to_global_batch({'image': next(data_iter)['image']}, sharding)['image']
+      state, loss = step_fn(state, images_BHWC)
+      window.append((step, loss))
+      if step % steps_per_epoch == 0:
+        history.append({'epoch': step // steps_per_epoch, 'step': step, 'mse': float(np.mean(_check_finite(window)))})
+        window = []
+        logging.info('stage 1 epoch %d: reconstruction MSE %.5f', history[-1]['epoch'], history[-1]['mse'])
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter),
+            history=ocp.args.JsonSave({'epochs': history, 'n_images': len(images_NHWC)})))
+    manager.wait_until_finished()
+    return Stage1Result(state.params, history, len(images_NHWC), first_step, num_steps, False)
+  finally:
+    manager.close()
+
+
+def _walk_images(folder: str) -> list[str]:
+  """Every .jpg/.jpeg/.png file under folder, recursively, in sorted order; hidden files and folders are skipped."""
+  paths = []
+  for parent, sub_folders, files in os.walk(folder):
+    sub_folders[:] = sorted(d for d in sub_folders if not d.startswith('.'))
+    paths += [os.path.join(parent, f) for f in sorted(files) if not f.startswith('.') and folders.is_image_file(f)]
+  return paths
+
+
+def load_extra_images(config: ml_collections.ConfigDict,
+                      exclude_hashes: Sequence[str] = ()) -> images.DecodedImages:
+  """Decodes the images of config.autoencoder.extra_dirs; exact copies of `exclude_hashes` (validation) are dropped."""
+  records = []
+  for folder in config.autoencoder.extra_dirs:
+    if not os.path.isdir(folder):
+      raise FileNotFoundError(f'config.autoencoder.extra_dirs folder not found: {folder!r}')
+    paths = _walk_images(folder)
+    if not paths:
+      raise ValueError(f'config.autoencoder.extra_dirs folder {folder!r} holds no .jpg/.jpeg/.png images')
+    records += [folders.Record(path, 0) for path in paths]
+  decoded = images.decode_records(records, config.data.image_size, skip_bad_images=config.data.skip_bad_images,
+                                  threads=config.data.decode_threads)
+  for path, reason in decoded.skipped:
+    logging.warning('stage 1: skipped %s: %s', path, reason)
+  excluded = set(exclude_hashes)
+  kept = [i for i, pixel_hash in enumerate(decoded.pixel_hashes) if pixel_hash not in excluded]
+  if records:
+    logging.info('stage 1: %d extra unlabelled images from %d folders (%d undecodable skipped, %d copies of '
+                 'validation images dropped)', len(kept), len(config.autoencoder.extra_dirs), len(decoded.skipped),
+                 len(decoded) - len(kept))
+  return decoded.subset(kept)
+
+
+def plot_reconstructions(inputs_NHWC: np.ndarray, outputs_NHWC: np.ndarray, path: str, title: str) -> None:
+  """Draws the inputs in the top row and their reconstructions below, as a PNG without metadata."""
+  n = len(inputs_NHWC)
+  fig, axes = plt.subplots(2, n, figsize=(1.6 * max(n, 2), 3.6), squeeze=False, layout='constrained')
+  for row, (label, pixels_NHWC) in enumerate((('input', inputs_NHWC), ('reconstruction', outputs_NHWC))):
+    for column in range(n):
+      ax = axes[row, column]
+      ax.imshow(pixels_NHWC[column], interpolation='nearest')
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[row, 0].set_ylabel(label, fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
+  plt.close(fig)
+
+
+def write_outputs(config: ml_collections.ConfigDict, workdir: str, result: Stage1Result,
+                  grid_NHWC: np.ndarray) -> None:
+  """Writes history.json and reconstructions.png (inputs above, reconstructions below), copied to the workdir."""
+  out_dir = stage_dir(workdir)
+  with open(os.path.join(out_dir, 'history.json'), 'w') as f:
+    json.dump({'epochs': result.history, 'n_images': result.n_images, 'num_steps': result.num_steps}, f, indent=2)
+  reconstructions_NHWC = jax.jit(create_model(config).apply)({'params': result.params}, jnp.asarray(grid_NHWC))
+  outputs_NHWC = np.clip(np.rint(np.asarray(reconstructions_NHWC) * 255.0), 0, 255).astype(np.uint8)
+  path = os.path.join(out_dir, 'reconstructions.png')
+  mse = result.history[-1]['mse'] if result.history else float('nan')
+  plot_reconstructions(grid_NHWC, outputs_NHWC, path, f'{config.name}: autoencoder reconstructions '
+                       f'(last epoch MSE {mse:.4f})')
+  shutil.copyfile(path, os.path.join(workdir, 'reconstructions.png'))
+
+
+def encoder_mask(params: dict[str, Any]) -> Any:
+  """A pytree like the classifier's params: True for the encoder's conv leaves (modules Conv_*), False elsewhere."""
+  mask = {}
+  for name, subtree in params.items():
+    is_encoder = name.startswith('Conv_')
+    mask[name] = jax.tree.map(lambda _: is_encoder, subtree)  # pylint: disable=cell-var-from-loop
+  return mask
+
+
+def replace_encoder(variables: dict[str, Any], autoencoder_params: dict[str, Any],
+                    conv_features: Sequence[int]) -> dict[str, Any]:
+  """Returns the classifier variables with each Conv_i replaced by the autoencoder's (shapes must match)."""
+  params = dict(variables['params'])
+  for name in encoder_layer_names(conv_features):
+    if name not in params:
+      raise ValueError(f'the classifier has no {name!r} to load the encoder into: config.model.conv_features '
+                       f'must match between the autoencoder and the CNN')
+    shapes = jax.tree.map(jnp.shape, params[name])
+    if shapes != jax.tree.map(jnp.shape, autoencoder_params[name]):
+      raise ValueError(f'encoder {name} has shapes {jax.tree.map(jnp.shape, autoencoder_params[name])} but the '
+                       f'classifier\'s has {shapes}: config.model.conv_features must match')
+    params[name] = autoencoder_params[name]
+  return {**variables, 'params': params}
+
+
+def grid_images(images_NHWC: np.ndarray) -> np.ndarray:
+  """Up to GRID_IMAGES images spread evenly over the array (so every class of a class-sorted split shows)."""
+  indices = np.unique(np.linspace(0, len(images_NHWC) - 1, min(GRID_IMAGES, len(images_NHWC))).round().astype(int))
+  return images_NHWC[indices]
+
+
+def load_pretrained_encoder(config: ml_collections.ConfigDict, workdir: str, data: loading.TrainingData,
+                            variables: dict[str, Any]) -> tuple[dict[str, Any], str]:
+  """Runs (or resumes, or reuses) stage 1 on the train split (+ extra_dirs); returns variables with its encoder."""
+  validate_config(config)
+  if is_finished(config, workdir):
+    images_NHWC, n_extra = data.train.images_NHWC, None  # Nothing to train: the extra folders are not decoded.
+  else:
+    extra = load_extra_images(config, exclude_hashes=data.val.pixel_hashes)
+    images_NHWC = np.concatenate([data.train.images_NHWC, extra.images_NHWC])
+    n_extra = len(extra)
+  result = train_autoencoder(config, workdir, images_NHWC)
+  write_outputs(config, workdir, result, grid_images(data.train.images_NHWC))
+  names = encoder_layer_names(config.model.conv_features)
+  variables = replace_encoder(variables, result.params, config.model.conv_features)
+  n_params = sum(int(np.prod(x.shape)) for name in names for x in jax.tree.leaves(result.params[name]))
+  if result.reused:
+    how = 'reused a finished stage 1'
+  elif result.first_step:
+    how = f'resumed stage 1 at step {result.first_step} of {result.num_steps}'
+  else:
+    how = f'trained stage 1 for {result.num_steps} steps'
+  sources = 'the training split' if n_extra is None else (
+      f'{len(data.train)} training-split and {n_extra} extra unlabelled images')
+  if config.autoencoder.freeze_encoder:
+    use = 'It stays frozen for all of stage 2 (config.autoencoder.freeze_encoder=True).'
+  else:
+    use = (f'It is fine-tuned in stage 2 (config.autoencoder.freeze_encoder=False), frozen for the first '
+           f'{config.train.freeze_backbone_epochs} epochs (config.train.freeze_backbone_epochs).')
+  summary = (f'Loaded the encoder of a convolutional autoencoder into the CNN\'s {", ".join(names)} '
+             f'({n_params} parameters): {how} in {stage_dir(workdir)} ({len(result.history)} epochs of '
+             f'reconstruction MSE on {result.n_images} images: {sources}); final reconstruction MSE '
+             f'{result.history[-1]["mse"]:.5f} (pixels in [0, 1]). {use}')
+  return variables, summary
