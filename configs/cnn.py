@@ -84,7 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seeds = 1
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.dir = ''  # --mode=eval: the folder of class sub-folders to evaluate.
+  # --mode=eval: the folder of class sub-folders to evaluate, or '@validation': the run's validation split.
+  config.eval.dir = ''
   config.eval.step = -1  # -1: the best checkpoint by checkpoint.best_metric.
   config.eval.batch_size = 16
   config.eval.n_bootstrap = 2000  # Stratified bootstrap resamples behind every 95% interval.

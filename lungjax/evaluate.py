@@ -22,6 +22,10 @@ from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 
 
+# config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
+VALIDATION = '@validation'
+
+
 def predict_probabilities(eval_step: Callable[..., jax.Array], state: steps.TrainState,
                           decoded: images.DecodedImages, batch_size: int, mesh: Mesh) -> np.ndarray:
   """Returns N x C probabilities, one row per image in order: padded rows are masked out."""
@@ -189,21 +193,27 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
         sized = config.copy_and_resolve_references()
       with sized.unlocked():
         sized.data.image_size = size
-      decoded_by_size[size] = loading.load_folder(folder, sized, require_all_classes=False, folder_names=folder_names)
+      if folder == VALIDATION:
+        data = loading.load_training_data(sized)
+        decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())
+      else:
+        decoded_by_size[size] = loading.load_folder(folder, sized, require_all_classes=False,
+                                                    folder_names=folder_names)
     total_NC = total_NC + predict_with_views(steps.jit_eval_step(model, mesh), state, decoded_by_size[size].decoded,
                                              run_config, keys, config.eval.batch_size, mesh)
     steps_used.append({'workdir': member, 'step': step, 'model': run_config.model.name})
   loaded = next(iter(decoded_by_size.values()))
-  name = os.path.basename(os.path.normpath(folder))
+  name = 'validation' if folder == VALIDATION else os.path.basename(os.path.normpath(folder))
+  name += ('_ensemble' if len(members) > 1 else '') + (f'_tta{len(keys) - 1}' if len(keys) > 1 else '')
   averaged = None
   if len(members) > 1 or len(keys) > 1:
     averaged = {'checkpoints': steps_used, 'tta_views': len(keys) - 1,
                 'description': f'mean probabilities of {len(members)} checkpoint(s) x {len(keys)} view(s) '
                                f'(the plain image and {len(keys) - 1} test-time augmented)'}
   temperature = read_temperature(workdir) if averaged is None else None
+  training = None if folder == VALIDATION else training_images(config, workdir)
   return report_predictions(total_NC / len(members), loaded, config, os.path.join(workdir, 'eval', name),
-                            f'{config.name} on {name}', steps_used[0]['step'], temperature,
-                            training_images(config, workdir), averaged)
+                            f'{config.name} on {name}', steps_used[0]['step'], temperature, training, averaged)
 
 
 def training_images(config: ml_collections.ConfigDict, workdir: str) -> images.DecodedImages | None:

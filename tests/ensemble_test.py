@@ -24,14 +24,14 @@ def two_runs(tmp_path_factory, synthetic_root):
   return runs
 
 
-def _eval(config, workdir, folder, **eval_fields):
+def _eval(config, workdir, folder, out_name='test', **eval_fields):
   config = copy.deepcopy(config)
   config.eval.dir = folder
   for key, value in eval_fields.items():
     setattr(config.eval, key, value)
   metrics = evaluate.evaluate_checkpoint(config, workdir)
   _, labels, probabilities = evaluate.read_predictions(
-      os.path.join(workdir, 'eval', os.path.basename(folder), 'predictions.csv'), CLASSES)
+      os.path.join(workdir, 'eval', out_name, 'predictions.csv'), CLASSES)
   return metrics, labels, probabilities
 
 
@@ -41,11 +41,11 @@ def test_ensemble_averages_member_probabilities_and_says_so(two_runs, synthetic_
   (config_a, workdir_a), (config_b, workdir_b) = two_runs
   _, labels, probs_a = _eval(config_a, workdir_a, folder)
   _, _, probs_b = _eval(config_b, workdir_b, folder)
-  metrics, ensemble_labels, probs = _eval(config_a, workdir_a, folder, ensemble=workdir_b)
+  metrics, ensemble_labels, probs = _eval(config_a, workdir_a, folder, 'test_ensemble', ensemble=workdir_b)
   assert (ensemble_labels == labels).all()
   np.testing.assert_allclose(probs, (probs_a + probs_b) / 2, atol=2e-6)
   assert [c['workdir'] for c in metrics['averaged']['checkpoints']] == [workdir_a, workdir_b]
-  report = open(os.path.join(workdir_a, 'eval', 'test', 'report.md')).read()
+  report = open(os.path.join(workdir_a, 'eval', 'test_ensemble', 'report.md')).read()
   assert 'mean probabilities of 2 checkpoint(s)' in report
 
 
@@ -54,12 +54,21 @@ def test_test_time_augmentation_averages_seeded_views(two_runs, synthetic_root):
   folder = os.path.join(synthetic_root, 'test')
   config, workdir = two_runs[0]
   _, _, plain = _eval(config, workdir, folder)
-  metrics, _, tta = _eval(config, workdir, folder, tta_views=3)
-  _, _, again = _eval(config, workdir, folder, tta_views=3)
+  metrics, _, tta = _eval(config, workdir, folder, 'test_tta3', tta_views=3)
+  _, _, again = _eval(config, workdir, folder, 'test_tta3', tta_views=3)
   assert metrics['averaged']['tta_views'] == 3
   assert not np.allclose(tta, plain, atol=1e-4)
   np.testing.assert_array_equal(tta, again)
   np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_validation_split_is_evaluated_as_training_made_it(two_runs):
+  config, workdir = two_runs[0]
+  metrics, _, probabilities = _eval(config, workdir, evaluate.VALIDATION, 'validation')
+  _, _, at_training_end = evaluate.read_predictions(os.path.join(workdir, 'eval', 'val', 'predictions.csv'), CLASSES)
+  np.testing.assert_allclose(probabilities, at_training_end, atol=2e-6)
+  assert metrics['n_images'] == len(at_training_end)
 
 
 def test_negative_views_name_the_field():
