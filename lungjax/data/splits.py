@@ -8,6 +8,17 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 
 
+def _groups_by_class(labels_N: np.ndarray, groups_N: Sequence[Hashable]) -> dict[int, list[list[int]]]:
+  """Returns {label: [member indices of each group]}, a group filed under the label of its first image."""
+  members = collections.defaultdict(list)
+  for index, group in enumerate(groups_N):
+    members[group].append(index)
+  groups_by_class = collections.defaultdict(list)
+  for group_members in members.values():
+    groups_by_class[int(labels_N[group_members[0]])].append(group_members)
+  return groups_by_class
+
+
 def grouped_stratified_split(
     labels_N: Sequence[int], groups_N: Sequence[Hashable], val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -19,12 +30,7 @@ def grouped_stratified_split(
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f'config.data.val_fraction must be in [0, 1), got {val_fraction}')
   labels_N = np.asarray(labels_N)
-  members = collections.defaultdict(list)
-  for index, group in enumerate(groups_N):
-    members[group].append(index)
-  groups_by_class = collections.defaultdict(list)
-  for group_members in members.values():
-    groups_by_class[int(labels_N[group_members[0]])].append(group_members)
+  groups_by_class = _groups_by_class(labels_N, groups_N)
   rng = np.random.default_rng(seed)
   val = []
   for label in sorted(groups_by_class):
@@ -61,12 +67,7 @@ def grouped_stratified_folds(
   if num_folds < 2:
     raise ValueError(f'config.cv.folds must be at least 2, got {num_folds}')
   labels_N = np.asarray(labels_N)
-  members = collections.defaultdict(list)
-  for index, group in enumerate(groups_N):
-    members[group].append(index)
-  groups_by_class = collections.defaultdict(list)
-  for group_members in members.values():
-    groups_by_class[int(labels_N[group_members[0]])].append(group_members)
+  groups_by_class = _groups_by_class(labels_N, groups_N)
   rng = np.random.default_rng(seed)
   fold_of = np.zeros(len(labels_N), np.int64)
   for label in sorted(groups_by_class):
