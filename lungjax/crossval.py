@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import evaluate, report, train
+from lungjax import evaluate, metrics as metrics_lib, report, train
 from lungjax.data import loading, splits
 
 # The headline numbers summarised over runs, as paths into metrics.json.
@@ -102,9 +102,13 @@ def summarise_runs(config: ml_collections.ConfigDict, run_dirs: Sequence[str], o
       labels.append(labels_N)
       probabilities.append(probabilities_NC)
     pooled_labels, pooled_probabilities = np.concatenate(labels), np.concatenate(probabilities)
-    pooled = evaluate.evaluation_metrics(pooled_labels, pooled_probabilities, classes)
+    pooled = metrics_lib.with_uncertainty(
+        evaluate.evaluation_metrics(pooled_labels, pooled_probabilities, classes), pooled_labels,
+        pooled_probabilities, n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+    pooled['caveat'] = config.eval.caveat
     result['pooled_out_of_fold'] = pooled
-    report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, pooled out-of-fold')
+    report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, pooled out-of-fold',
+                            pooled_labels, pooled_probabilities)
   report.write_metrics_json(result, os.path.join(out_dir, 'metrics.json'))
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
     f.write(runs_markdown(result, title))
