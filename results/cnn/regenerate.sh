@@ -14,7 +14,7 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 out=results/cnn
 cp "$workdir/curves.png" "$workdir/summary.json" "$out/"
-cp "$workdir/eval/val/metrics.json" "$workdir/eval/val/report.md" "$workdir/eval/val/confusion_matrix.png" "$out/"
+cp "$workdir/eval/val/"{metrics.json,report.md,confusion_matrix.png,roc.png,reliability.png} "$out/"
 python - "$start" "$end" "${command[*]}" > "$out/run.json" <<'PY'
 import json, os, platform, sys
 import jax
