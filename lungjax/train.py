@@ -191,9 +191,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     split_folders['test'] = loading.load_folder(data.test_dir, config, require_all_classes=False)
   for name, loaded in split_folders.items():
     out_dir = os.path.join(workdir, 'eval', name)
-    metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir,
-                                           f'{config.name} on {name}', best_step, temperature,
-                                           training=data.train_folder.decoded if name == 'test' else None)
+    title = f'{config.name} on {name}'
+    if name == 'val':  # Already predicted to fit the temperature.
+      metrics = evaluate.report_predictions(val_probabilities_NC, loaded, config, out_dir, title, best_step, temperature)
+    else:
+      metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir, title, best_step,
+                                             temperature, training=data.train_folder.decoded)
     summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
                                     'macro_avg': metrics['macro_avg']}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
