@@ -1,0 +1,133 @@
+"""Multi-host: 2 CPU processes on 127.0.0.1 (gloo) train and evaluate like 1 process on the same global batches."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from lungjax import checkpoints, distributed, mesh as mesh_lib, steps
+from lungjax.models import create_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_S = 300  # For a whole multi-process run; a stuck process is killed, never waited on for ever.
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(commands: list[list[str]], env: dict[str, str], log_dir: str) -> list[str]:
+  """Runs the commands side by side; returns their logs. If one fails or all run past TIMEOUT_S, kills the others
+  and fails with every process's log tail."""
+  logs = [os.path.join(log_dir, f'process_{i}.log') for i in range(len(commands))]
+  procs = []
+  try:
+    for command, log in zip(commands, logs):
+      with open(log, 'w') as f:
+        procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT_S
+    while any(p.poll() is None for p in procs):
+      if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+        break
+      time.sleep(0.2)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+  texts = [open(log).read() for log in logs]
+  if any(p.returncode != 0 for p in procs):
+    tails = '\n'.join(f'--- process {i} (exit {p.returncode}; -9: killed after a failure or {TIMEOUT_S} s):\n'
+                      f'{text[-3000:]}' for i, (p, text) in enumerate(zip(procs, texts)))
+    pytest.fail(f'a process of {len(procs)} failed:\n{tails}')
+  return texts
+
+
+def _main_command(workdir: str, root: str, *extra: str) -> list[str]:
+  # 27 training images, batch 12: 2 steps. Eval batches of 4 over 9 validation images: the last one padded.
+  return [sys.executable, '-m', 'lungjax.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+          f'--config.data.root={root}', '--config.train.batch_size=12', '--config.train.num_epochs=1',
+          '--config.eval.n_bootstrap=20', *extra]
+
+
+def _restore_params(workdir: str) -> tuple[int, dict]:
+  """The latest step's parameters of a workdir (saved by any number of processes), restored on this one."""
+  config = tiny.get_config()
+  model = create_model(config.model, 3)
+  abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), 32, mesh_lib.make_mesh())
+  manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
+  step = manager.latest_step()
+  state = checkpoints.restore_state(manager, step, abstract)
+  manager.close()
+  return step, {k: np.asarray(v) for k, v in _flat(state.params).items()}
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    out.update(_flat(value, f'{prefix}{key}/') if isinstance(value, dict) else {f'{prefix}{key}': value})
+  return out
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_evaluate_like_one(tmp_path, synthetic_root):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO, XLA_FLAGS='')
+  one = str(tmp_path / 'one process')
+  _run_processes([_main_command(one, synthetic_root)], env, str(tmp_path))
+  two = str(tmp_path / 'two processes')
+  port = _free_port()
+  logs = _run_processes([_main_command(two, synthetic_root, '--config.distributed.enabled=True',
+                                       f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+                                       '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
+                                       '--config.distributed.initialization_timeout_s=60')
+                         for i in range(2)], env, str(tmp_path))
+  assert 'process 1 of 2' in logs[1]
+  assert all('train state: bit-identical on all 2 processes' in log for log in logs)  # Each process's own copy.
+
+  summaries = [json.load(open(os.path.join(w, 'summary.json'))) for w in (one, two)]
+  assert [s['num_steps'] for s in summaries] == [2, 2]
+  assert len(summaries[0]['devices']) == 1 and len(summaries[1]['devices']) == 2
+  # The per-epoch history holds the training loss (a mean over both processes' rows) and validation metrics.
+  for key in ('train_loss', 'val_loss', 'val_accuracy'):
+    np.testing.assert_allclose(summaries[1]['history'][0][key], summaries[0]['history'][0][key], rtol=1e-5)
+
+  # Same parameters after 2 steps (orbax saved them collectively from both processes).
+  (step_1, params_1), (step_2, params_2) = _restore_params(one), _restore_params(two)
+  assert step_1 == step_2 == 2 and params_1.keys() == params_2.keys()
+  diffs = {k: float(np.max(np.abs(params_1[k] - params_2[k]))) for k in params_1}
+  print('max |params(2 processes) - params(1 process)|:', max(diffs.values()))
+  assert max(diffs.values()) < 1e-5, diffs
+
+  # Evaluation: each of the 9 validation images counted once, in file order, with the same probabilities.
+  for split in ('val', 'test'):
+    metrics = [json.load(open(os.path.join(w, 'eval', split, 'metrics.json'))) for w in (one, two)]
+    assert metrics[0]['n_images'] == metrics[1]['n_images'] == (9 if split == 'val' else 12)
+    assert metrics[0]['confusion_matrix'] == metrics[1]['confusion_matrix']
+    rows = [open(os.path.join(w, 'eval', split, 'predictions.csv')).read().splitlines() for w in (one, two)]
+    assert [r.split(',')[:3] for r in rows[0]] == [r.split(',')[:3] for r in rows[1]]
+    probabilities = [np.asarray([[float(x) for x in r.split(',')[3:]] for r in rs[1:]]) for rs in rows]
+    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=1e-5)
+
+
+def test_disabled_config_does_not_initialize():
+  assert not distributed.initialize(tiny.get_config())
+  assert distributed.is_main_process()
+
+
+@pytest.mark.parametrize('field, value', [('coordinator_address', 'localhost'), ('num_processes', -1),
+                                          ('process_id', 2), ('cpu_collectives', 'nccl'),
+                                          ('initialization_timeout_s', 0)])
+def test_bad_distributed_values_name_the_field(field, value):
+  config = tiny.get_config()
+  config.distributed.num_processes = 2
+  config.distributed[field] = value
+  with pytest.raises(ValueError, match=f'config.distributed.{field}'):
+    distributed.check_config(config.distributed)
