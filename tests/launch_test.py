@@ -4,6 +4,8 @@ import os
 import shlex
 import subprocess
 
+import nbclient
+import nbformat
 import pytest
 
 from tests.conftest import write_image_folder
@@ -25,8 +27,6 @@ def _outputs(cell) -> str:
 
 @pytest.mark.slow
 def test_colab_notebook_runs_on_cpu_with_the_tiny_config(tmp_path, monkeypatch):
-  nbclient = pytest.importorskip('nbclient')
-  nbformat = pytest.importorskip('nbformat')
   root = str(tmp_path / 'data')
   write_image_folder(os.path.join(root, 'train'), 8, seed=0)
   write_image_folder(os.path.join(root, 'test'), 2, seed=1)
