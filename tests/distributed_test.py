@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -131,3 +132,29 @@ def test_bad_distributed_values_name_the_field(field, value):
   config.distributed[field] = value
   with pytest.raises(ValueError, match=f'config.distributed.{field}'):
     distributed.check_config(config.distributed)
+
+
+def _enabled(**fields):
+  config = tiny.get_config()
+  config.distributed.enabled = True
+  for key, value in fields.items():
+    config.distributed[key] = value
+  return config
+
+
+def test_empty_fields_leave_the_cluster_to_jax(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs))
+  assert distributed.initialize(_enabled())  # A Cloud TPU VM: JAX reads the coordinator and ids itself.
+  assert calls == [{'initialization_timeout': 300}]
+  assert distributed.initialize(_enabled(coordinator_address='10.0.0.2:8476', num_processes=4, process_id=3))
+  assert calls[1] == {'initialization_timeout': 300, 'coordinator_address': '10.0.0.2:8476', 'num_processes': 4,
+                      'process_id': 3}
+
+
+def test_a_failed_initialize_says_which_fields_to_set(monkeypatch):
+  def fail(**kwargs):
+    raise ValueError('coordinator_address should be defined.')
+  monkeypatch.setattr(jax.distributed, 'initialize', fail)
+  with pytest.raises(RuntimeError, match='config.distributed.coordinator_address, num_processes and process_id'):
+    distributed.initialize(_enabled(num_processes=2))
