@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import distributed, evaluate, metrics as metrics_lib, report, train
+from lungjax import evaluate, metrics as metrics_lib, report, train
+from lungjax import distributed
 from lungjax.data import loading, splits
 
 # The headline numbers summarised over runs, as paths into metrics.json.

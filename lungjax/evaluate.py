@@ -17,7 +17,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from lungjax import augment, checkpoints, distributed, mesh as mesh_lib, metrics as metrics_lib, report, steps
+from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
+from lungjax import distributed
 from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 

@@ -9,7 +9,8 @@ import logging as std_logging  # pylint: disable=g-import-not-at-top
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax import crossval, distributed, evaluate, explain  # pylint: disable=g-import-not-at-top
+from lungjax import crossval, evaluate, explain  # pylint: disable=g-import-not-at-top
+from lungjax import distributed  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (default: workdirs/<config.name>).')

@@ -14,7 +14,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from lungjax import augment, checkpoints, distributed, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps, warm_start
+from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps, warm_start
+from lungjax import distributed
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
 
