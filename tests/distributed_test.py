@@ -80,9 +80,12 @@ def _flat(tree, prefix=''):
 
 @pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one(tmp_path, synthetic_root):
+  """2 processes of 1 CPU device each end bit for bit where 1 process with 2 devices ends (same split of every
+  batch over 2 devices; 1 process with 1 device differs by about 6e-8, the rounding of a different reduction)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO, XLA_FLAGS='')
   one = str(tmp_path / 'one process')
-  _run_processes([_main_command(one, synthetic_root)], env, str(tmp_path))
+  _run_processes([_main_command(one, synthetic_root)],
+                 dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=2'), str(tmp_path))
   two = str(tmp_path / 'two processes')
   port = _free_port()
   logs = _run_processes([_main_command(two, synthetic_root, '--config.distributed.enabled=True',
@@ -95,17 +98,16 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, synthetic_root):
 
   summaries = [json.load(open(os.path.join(w, 'summary.json'))) for w in (one, two)]
   assert [s['num_steps'] for s in summaries] == [2, 2]
-  assert len(summaries[0]['devices']) == 1 and len(summaries[1]['devices']) == 2
+  assert len(summaries[0]['devices']) == len(summaries[1]['devices']) == 2
   # The per-epoch history holds the training loss (a mean over both processes' rows) and validation metrics.
-  for key in ('train_loss', 'val_loss', 'val_accuracy'):
-    np.testing.assert_allclose(summaries[1]['history'][0][key], summaries[0]['history'][0][key], rtol=1e-5)
+  for key in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'val_macro_recall'):
+    assert summaries[1]['history'][0][key] == summaries[0]['history'][0][key], key
 
   # Same parameters after 2 steps (orbax saved them collectively from both processes).
   (step_1, params_1), (step_2, params_2) = _restore_params(one), _restore_params(two)
   assert step_1 == step_2 == 2 and params_1.keys() == params_2.keys()
   diffs = {k: float(np.max(np.abs(params_1[k] - params_2[k]))) for k in params_1}
-  print('max |params(2 processes) - params(1 process)|:', max(diffs.values()))
-  assert max(diffs.values()) < 1e-5, diffs
+  assert all(np.array_equal(params_1[k], params_2[k]) for k in params_1), f'max abs differences: {diffs}'
 
   # Evaluation: each of the 9 validation images counted once, in file order, with the same probabilities.
   for split in ('val', 'test'):
@@ -113,9 +115,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, synthetic_root):
     assert metrics[0]['n_images'] == metrics[1]['n_images'] == (9 if split == 'val' else 12)
     assert metrics[0]['confusion_matrix'] == metrics[1]['confusion_matrix']
     rows = [open(os.path.join(w, 'eval', split, 'predictions.csv')).read().splitlines() for w in (one, two)]
-    assert [r.split(',')[:3] for r in rows[0]] == [r.split(',')[:3] for r in rows[1]]
-    probabilities = [np.asarray([[float(x) for x in r.split(',')[3:]] for r in rs[1:]]) for rs in rows]
-    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=1e-5)
+    assert len(rows[0]) == 1 + metrics[0]['n_images'] and rows[0] == rows[1]  # File, labels, probabilities.
 
 
 def test_disabled_config_does_not_initialize():
