@@ -12,7 +12,7 @@ import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
 
-_ADDRESS = re.compile(r'^[^\s:]+:\d{1,5}$')  # host:port (a name, IPv4 address or bracket-less IPv6 is not needed).
+_ADDRESS = re.compile(r'^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$')  # host:port; an IPv6 host in brackets.
 
 
 def check_config(distributed: ml_collections.ConfigDict) -> None:

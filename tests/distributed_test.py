@@ -118,6 +118,13 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, synthetic_root):
     assert len(rows[0]) == 1 + metrics[0]['n_images'] and rows[0] == rows[1]  # File, labels, probabilities.
 
 
+@pytest.mark.parametrize('address', ['10.0.0.2:8476', 'host-0.pod:1234', '[::1]:8476'])
+def test_good_coordinator_addresses_pass(address):
+  config = tiny.get_config()
+  config.distributed.coordinator_address = address
+  distributed.check_config(config.distributed)
+
+
 def test_disabled_config_does_not_initialize():
   assert not distributed.initialize(tiny.get_config())
   assert distributed.is_main_process()
