@@ -99,6 +99,17 @@ def get_config() -> ml_collections.ConfigDict:
       'Pneumonia images come from a paediatric set (Kermany et al.): a model can score well by telling children '
       'from adults. Check where it looks (--mode=explain) before trusting a score.')
 
+  # Multi-host runs (a TPU pod, several GPU hosts, or CPU processes): every process runs the same command and
+  # jax.distributed.initialize() joins them before any device is touched. Empty fields are detected by JAX
+  # (Cloud TPU VMs, SLURM, Open MPI); elsewhere set all three. The workdir must be shared (same path) by all.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ''  # host:port of process 0, e.g. '10.0.0.2:8476'; '' detects it.
+  config.distributed.num_processes = 0  # 0 detects it.
+  config.distributed.process_id = -1  # This process's index in [0, num_processes); -1 detects it.
+  config.distributed.cpu_collectives = 'gloo'  # Cross-process collectives of the CPU backend: 'gloo' or 'mpi'.
+  config.distributed.initialization_timeout_s = 300  # How long to wait for every process to join.
+
   config.explain = ml_collections.ConfigDict()
   config.explain.dir = ''  # --mode=explain: the folder of images to explain.
   config.explain.layer = 'Conv_2'  # The module whose activations Grad-CAM weighs: the CNN's last conv.

@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from lungjax import evaluate, metrics as metrics_lib, report, train
+from lungjax import distributed
 from lungjax.data import loading, splits
 
 # The headline numbers summarised over runs, as paths into metrics.json.
@@ -107,11 +108,13 @@ def summarise_runs(config: ml_collections.ConfigDict, run_dirs: Sequence[str], o
         pooled_probabilities, n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
     pooled['caveat'] = config.eval.caveat
     result['pooled_out_of_fold'] = pooled
-    report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, pooled out-of-fold',
-                            pooled_labels, pooled_probabilities)
-  report.write_metrics_json(result, os.path.join(out_dir, 'metrics.json'))
-  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(runs_markdown(result, title))
+    if distributed.is_main_process():  # Multi-host: process 0 writes the reports.
+      report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, pooled out-of-fold',
+                              pooled_labels, pooled_probabilities)
+  if distributed.is_main_process():
+    report.write_metrics_json(result, os.path.join(out_dir, 'metrics.json'))
+    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+      f.write(runs_markdown(result, title))
   logging.info('%s: %s', title, ', '.join(f'{k} {v["mean"]:.3f} ± {v["std"]:.3f}'
                                           for k, v in result['summary'].items() if k.startswith(('acc', 'macro'))))
   return result

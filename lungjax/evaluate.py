@@ -18,6 +18,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
+from lungjax import distributed
 from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 
@@ -33,9 +34,10 @@ def predict_probabilities(eval_step: Callable[..., jax.Array], state: steps.Trai
   sharding = mesh_lib.batch_sharded(mesh)
   outputs = []
   for batch in dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)):
+    batch = mesh_lib.to_global_batch(batch, sharding)  # The mask too: gathered below in the rows' global order.
     mask_B = batch.pop('mask')
-    outputs.append((eval_step(state, mesh_lib.to_global_batch(batch, sharding)), mask_B))
-  rows = [np.asarray(jax.device_get(probs_BC))[mask_B > 0] for probs_BC, mask_B in outputs]
+    outputs.append((eval_step(state, batch), mask_B))
+  rows = [np.asarray(probs_BC)[mask_B > 0] for probs_BC, mask_B in distributed.fetch(outputs)]
   return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
@@ -120,9 +122,10 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
                                          seed=config.seed)
   if temperature is not None:
     add_temperature(metrics, labels_N, probabilities_NC, temperature)
-  report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
-  write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
-                    os.path.join(out_dir, 'predictions.csv'))
+  if distributed.is_main_process():  # Multi-host: every process has the metrics; process 0 writes them.
+    report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
+    write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
+                      os.path.join(out_dir, 'predictions.csv'))
   logging.info('%s: accuracy %.4f, macro recall %.4f, macro F1 %.4f → %s', title, metrics['accuracy'],
                metrics['macro_avg']['recall'], metrics['macro_avg']['f1'], out_dir)
   return metrics

@@ -8,8 +8,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def make_mesh() -> Mesh:
-  """Returns a 1-D mesh over all devices of all processes, axis name 'data'."""
-  return Mesh(np.asarray(jax.devices()), ('data',))
+  """Returns a 1-D mesh over all devices of all processes, axis name 'data'.
+
+  Devices are ordered by process, so process i's devices hold rows [i*B/n, (i+1)*B/n) of a global batch: the
+  rows pipeline.GatherBatch gives process i.
+  """
+  return Mesh(np.asarray(sorted(jax.devices(), key=lambda d: (d.process_index, d.id))), ('data',))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -15,6 +15,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps, warm_start
+from lungjax import distributed
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
 
@@ -87,8 +88,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:  # What predict and explain rebuild the model from.
-    f.write(config.to_json_best_effort(indent=2))
+  if distributed.is_main_process():  # Multi-host: process 0 writes the run's files, all processes compute.
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:  # What predict and explain rebuild the model from.
+      f.write(config.to_json_best_effort(indent=2))
   classes = tuple(config.data.classes)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.train.batch_size, mesh, 'config.train.batch_size')
@@ -161,6 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           f'{k} {v:.4f}' for k, v in row.items() if k.startswith(('train_', 'val_'))))
       checkpoints.save(manager, state, data_iter, history, metrics)
   manager.wait_until_finished()
+  distributed.check_replicas_equal(state, 'train state')  # Multi-host: every process ends with the same state.
   writer.flush()
   train_seconds = time.perf_counter() - start_time
 
@@ -176,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       'train_seconds_this_run': round(train_seconds, 2), 'first_step_this_run': first_step,
       'skipped_images': [list(item) for item in data.train_folder.skipped_report()],
       'devices': [str(d) for d in jax.devices()], 'history': history, 'evaluations': {}}
-  if history:
+  if history and distributed.is_main_process():
     report.plot_curves(history, os.path.join(workdir, 'curves.png'))
   split_folders = {}
   temperature = None
@@ -184,8 +187,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     split_folders['val'] = loading.FolderImages(data.train_folder.folder, data.val, ())
     val_probabilities_NC = evaluate.predict_probabilities(eval_step, best_state, data.val, config.eval.batch_size, mesh)
     temperature = metrics_lib.fit_temperature(data.val.labels_N, np.log(np.clip(val_probabilities_NC, 1e-12, 1.0)))
-    with open(evaluate.temperature_path(workdir), 'w') as f:
-      json.dump({'temperature': temperature, 'fitted_on': 'validation split', 'checkpoint_step': best_step}, f)
+    if distributed.is_main_process():
+      with open(evaluate.temperature_path(workdir), 'w') as f:
+        json.dump({'temperature': temperature, 'fitted_on': 'validation split', 'checkpoint_step': best_step}, f)
     summary['temperature'] = temperature
   if data.test_dir:
     split_folders['test'] = loading.load_folder(data.test_dir, config, require_all_classes=False)
@@ -199,6 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                              temperature, training=data.train_folder.decoded)
     summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
                                     'macro_avg': metrics['macro_avg']}
-  with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  if distributed.is_main_process():
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  distributed.barrier('train_and_evaluate')  # Every process returns once process 0's files are written.
   return summary

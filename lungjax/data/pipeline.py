@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import grain
-import jax
 import numpy as np
 
 
@@ -37,33 +36,45 @@ class PadBatch:
     return padded
 
 
-def process_batch_size(global_batch_size: int) -> int:
+def process_batch_size(global_batch_size: int, shard_options: grain.sharding.ShardOptions | None = None) -> int:
   """Returns this process's share of a global batch; the batch must split evenly over processes."""
-  if global_batch_size % jax.process_count():
-    raise ValueError(f'batch size {global_batch_size} does not split over {jax.process_count()} processes')
-  return global_batch_size // jax.process_count()
+  shard_count = (shard_options or grain.sharding.ShardByJaxProcess()).shard_count
+  if global_batch_size % shard_count:
+    raise ValueError(f'batch size {global_batch_size} does not split over {shard_count} processes')
+  return global_batch_size // shard_count
+
+
+def process_rows(global_batch_size: int, shard_options: grain.sharding.ShardOptions | None) -> tuple[int, int]:
+  """(start, size) of this process's rows in every global batch: shard i of n keeps rows [i*B/n, (i+1)*B/n)."""
+  shard_options = shard_options or grain.sharding.ShardByJaxProcess()
+  per_process = process_batch_size(global_batch_size, shard_options)
+  return shard_options.shard_index * per_process, per_process
 
 
 def train_dataset(
-    images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int, num_epochs: int, seed: int
+    images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int, num_epochs: int, seed: int,
+    shard_options: grain.sharding.ShardOptions | None = None
 ) -> grain.MapDataset:
   """Returns num_epochs x (n // batch) batches, reshuffled each epoch, the remainder dropped.
 
-  Every process shuffles the same way and keeps its own slice of each global batch.
+  Every process shuffles the same way and keeps its own slice of each global batch (shard_options: by JAX
+  process unless given).
   """
   if len(labels_N) < global_batch_size:
     raise ValueError(f'{len(labels_N)} training images are fewer than one batch of {global_batch_size}: '
                      'lower config.train.batch_size or config.data.val_fraction')
-  per_process = process_batch_size(global_batch_size)
-  start = jax.process_index() * per_process
+  start, per_process = process_rows(global_batch_size, shard_options)
   dataset = grain.MapDataset.range(len(labels_N)).shuffle(seed=seed)
   dataset = dataset.batch(global_batch_size, drop_remainder=True)
   return dataset.map(GatherBatch(images_NHWC, labels_N, start, per_process)).repeat(num_epochs)
 
 
-def eval_dataset(images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int) -> grain.MapDataset:
-  """Returns batches in file order, the last one padded, each with a 'mask' so every image counts once."""
-  per_process = process_batch_size(global_batch_size)
-  start = jax.process_index() * per_process
+def eval_dataset(images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int,
+                 shard_options: grain.sharding.ShardOptions | None = None) -> grain.MapDataset:
+  """Returns batches in file order, the last one padded, each with a 'mask' so every image counts once.
+
+  Each process keeps its slice of every global batch (padded to its share), like train_dataset.
+  """
+  start, per_process = process_rows(global_batch_size, shard_options)
   dataset = grain.MapDataset.range(len(labels_N)).batch(global_batch_size, drop_remainder=False)
   return dataset.map(GatherBatch(images_NHWC, labels_N, start, per_process)).map(PadBatch(per_process))
