@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Regenerates results/bench/ on this machine (run from the repository root; ~15 minutes on 2 cores):
+#   flock /tmp/lungjax-heavy.lock nice -n 10 bash results/bench/regenerate.sh
+# cnn.json: the study's config (its defaults), Keras alternating side by side, the real shared train folder.
+# cnn-*.json: the same, one lowering choice changed each, on the synthetic batch only (no folder figures).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=../shared/data/covid19-image-dataset
+python -m lungjax.bench --config=configs/cnn.py --keras --config.data.root="${DATA}" --rounds=5 --steps=5
+# The plain flax CNN: lax conv, reduce_window pool, XLA's default CPU options (YNNPACK fusions on).
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-plain-flax \
+  --config.model.pool_impl=reduce_window --config.train.cpu_compiler_options= --rounds=3 --steps=5
+# The reshape pool alone, YNNPACK fusions left on.
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-ynn-on --config.train.cpu_compiler_options= \
+  --rounds=3 --steps=5
+# im2col convs with matmul gradients (lungjax/models/layers.py) instead of lax.conv.
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-patches --config.model.conv_impl=patches \
+  --rounds=3 --steps=5
+# Data parallel over 2 forced host CPU devices (8 images each), to occupy both cores.
+XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
+  --config.name=cnn-2-host-devices --rounds=3 --steps=5
