@@ -19,6 +19,11 @@ python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-patche
 # Data parallel over 2 forced host CPU devices (8 images each), to occupy both cores.
 XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
   --config.name=cnn-2-host-devices --rounds=3 --steps=5
+# The same with Eigen single-threaded on each device: one core per device.
+XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
+  --config.name=cnn-2-host-devices-1-thread-each \
+  --config.train.cpu_compiler_options='xla_cpu_experimental_ynn_fusion_type=;xla_cpu_multi_thread_eigen=false' \
+  --rounds=3 --steps=5
 # Mixed precision on this CPU (bfloat16 compute, float32 params).
 python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
   --rounds=3 --steps=5
