@@ -49,7 +49,7 @@ def _small_model_configs():
   return {'cnn': small, 'resnet': res, 'vgg': vg}
 
 
-@pytest.mark.parametrize('name', ['cnn', 'resnet', 'vgg', 'autoencoder'])
+@pytest.mark.parametrize('name', ['cnn', pytest.param('resnet', marks=pytest.mark.slow), 'vgg', 'autoencoder'])
 def test_bfloat16_compute_keeps_float32_params_and_outputs_close_to_float32(name):
   from lungjax import autoencoder  # pylint: disable=g-import-not-at-top
   images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
@@ -75,6 +75,7 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs_close_to_float32(name
   np.testing.assert_allclose(outputs['bfloat16'], outputs['float32'], atol=0.05 * scale + 0.02)
 
 
+@pytest.mark.slow
 def test_bfloat16_train_step_follows_float32_and_keeps_float32_params():
   from configs import tiny  # pylint: disable=g-import-not-at-top
   from lungjax import mesh as mesh_lib, steps  # pylint: disable=g-import-not-at-top
