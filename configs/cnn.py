@@ -28,6 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_features = (32, 64, 128)
   config.model.dense_features = (128, 128)
   config.model.dropout_rate = 0.3
+  # How conv and max-pool are lowered (same values and gradients within 1e-4; tests/layers_test.py checks):
+  # conv 'xla' (lax.conv) or 'patches' (im2col matmuls); pool 'reduce_window' or 'reshape' (cheaper gradient on CPU).
+  config.model.conv_impl = 'xla'
+  config.model.pool_impl = 'reshape'
+  # Compute dtype: 'float32', or 'bfloat16' (mixed precision for GPU/TPU: float32 params, logits and loss).
+  config.model.dtype = 'float32'
   # A Keras ImageNet weights file (.h5 / .weights.h5) to start from; '' trains from scratch.
   config.model.init_from = ''
 
@@ -41,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.class_weighting = 'balanced'  # 'balanced' (n / (k * count_c)) or 'none'.
   config.train.log_every_steps = 5
   config.train.freeze_backbone_epochs = 0  # With model.init_from: train only the head for these epochs.
+  # XLA options for the jitted train / eval steps, on the CPU backend only: 'name=value;name=value'.
+  # An empty YNNPACK fusion list: its fused conv kernel gradient is several times slower here (lungjax.bench).
+  config.train.cpu_compiler_options = 'xla_cpu_experimental_ynn_fusion_type='
 
   # On-device augmentation of training batches (the study used none; configs/cnn_augment.py turns it on).
   # Each op fires per example with its probability and draws a value uniformly from its (low, high) range.

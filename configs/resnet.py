@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.3  # Before the head.
   config.model.preprocessing = 'rescale'  # 'rescale' (x/255) or 'caffe' (what Keras' ImageNet weights expect).
   # A Keras ImageNet weights file (.h5 / .weights.h5) to start from; '' trains from scratch.
+  config.model.dtype = 'float32'  # Or 'bfloat16': mixed precision (float32 params and logits).
   config.model.init_from = ''
   config.explain.layer = 'conv5'  # The last conv stage (resnet.LAST_STAGE): its output feeds the pool.
   return config

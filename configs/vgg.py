@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout_rate = 0.5
   config.model.preprocessing = 'rescale'  # 'rescale' (x/255) or 'caffe' (what Keras' ImageNet weights expect).
   # A Keras ImageNet weights file (.h5 / .weights.h5) to start from; '' trains from scratch.
+  config.model.dtype = 'float32'  # Or 'bfloat16': mixed precision (float32 params and logits).
   config.model.init_from = ''
   config.train.learning_rate = 1e-4
   config.explain.layer = 'block5'  # The last conv stage (vgg.LAST_STAGE): its output, before the last pool.

@@ -95,7 +95,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def create_model(config: ml_collections.ConfigDict) -> ConvAutoencoder:
   """The autoencoder whose encoder is config.model's conv stack."""
-  return ConvAutoencoder(conv_features=tuple(config.model.conv_features))
+  return ConvAutoencoder(conv_features=tuple(config.model.conv_features), dtype=config.model.get('dtype', 'float32'))
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

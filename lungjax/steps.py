@@ -97,22 +97,39 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
   return jax.nn.softmax(logits_BC.astype(jnp.float32), axis=-1)
 
 
+def compiler_options(cpu_options: str) -> dict[str, str | bool | int] | None:
+  """Parses config.train.cpu_compiler_options ('name=value;...') into XLA options, applied on the CPU backend only."""
+  if not cpu_options or jax.default_backend() != 'cpu':
+    return None
+  items = [item.partition('=') for item in cpu_options.split(';') if item.strip()]
+  if any(not sep or not name.strip() for name, sep, _ in items):
+    raise ValueError(f'config.train.cpu_compiler_options={cpu_options!r} must be "name=value;name=value"')
+  return {name.strip(): _option_value(value.strip()) for name, _, value in items}
+
+
+def _option_value(text: str) -> str | bool | int:
+  """XLA wants bools and ints typed: 'true' / 'false' become bools, digits ints, the rest stays a string."""
+  if text.lower() in ('true', 'false'):
+    return text.lower() == 'true'
+  return int(text) if text.lstrip('-').isdigit() else text
+
+
 def jit_train_step(model: nn.Module, tx: optax.GradientTransformation, class_weights_C: Any, mesh: Mesh, *,
                    augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-                   frozen_mask: Any = None, freeze_steps: int = 0):
+                   frozen_mask: Any = None, freeze_steps: int = 0, compiler_options: dict[str, Any] | None = None):
   """Returns train_step jitted for the mesh: batch sharded, state replicated and donated."""
   step_fn = functools.partial(train_step, model=model, tx=tx, class_weights_C=jnp.asarray(class_weights_C),
                               augment_fn=augment_fn, frozen_mask=frozen_mask, freeze_steps=freeze_steps)
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(step_fn, in_shardings=(replicated, mesh_lib.batch_sharded(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+                 out_shardings=(replicated, replicated), donate_argnums=0, compiler_options=compiler_options)
 
 
-def jit_eval_step(model: nn.Module, mesh: Mesh):
+def jit_eval_step(model: nn.Module, mesh: Mesh, compiler_options: dict[str, Any] | None = None):
   """Returns eval_step jitted for the mesh: batch sharded, probabilities sharded like the batch."""
   return jax.jit(functools.partial(eval_step, model=model),
                  in_shardings=(mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)),
-                 out_shardings=mesh_lib.batch_sharded(mesh))
+                 out_shardings=mesh_lib.batch_sharded(mesh), compiler_options=compiler_options)
 
 
 def jit_create_train_state(model: nn.Module, tx: optax.GradientTransformation, image_size: int, mesh: Mesh):

@@ -125,9 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                config.train.num_epochs, steps_per_epoch)
 
   frozen_mask, freeze_steps = warm_start.frozen_parameters(config, state.params, steps_per_epoch)
+  options = steps.compiler_options(config.train.get('cpu_compiler_options', ''))
   train_step = steps.jit_train_step(model, tx, weights_C, mesh, augment_fn=augment.make_augment_fn(config.augment),
-                                    frozen_mask=frozen_mask, freeze_steps=freeze_steps)
-  eval_step = steps.jit_eval_step(model, mesh)
+                                    frozen_mask=frozen_mask, freeze_steps=freeze_steps, compiler_options=options)
+  eval_step = steps.jit_eval_step(model, mesh, compiler_options=options)
   batch_sharding = mesh_lib.batch_sharded(mesh)
   report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   first_step = int(state.step)

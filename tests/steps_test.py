@@ -77,3 +77,16 @@ def test_non_finite_loss_raises_naming_the_step():
     window.append((step, metrics))
   with pytest.raises(FloatingPointError, match='at step 1'):
     train._check_finite(window)  # pylint: disable=protected-access
+
+
+def test_cpu_compiler_options_are_parsed_typed_and_reach_the_compiler():
+  options = steps.compiler_options('xla_cpu_experimental_ynn_fusion_type=; xla_cpu_use_xnnpack=true')
+  assert options == {'xla_cpu_experimental_ynn_fusion_type': '', 'xla_cpu_use_xnnpack': True}
+  assert steps.compiler_options('') is None
+  with pytest.raises(ValueError, match='config.train.cpu_compiler_options'):
+    steps.compiler_options('xla_cpu_use_xnnpack')
+  config, model, tx, mesh, state = _setup()
+  bad = steps.jit_eval_step(model, mesh, compiler_options={'xla_cpu_not_an_option': True})
+  batch = mesh_lib.to_global_batch(_batch(4), mesh_lib.batch_sharded(mesh))
+  with pytest.raises(Exception, match='xla_cpu_not_an_option'):
+    bad(state, batch)

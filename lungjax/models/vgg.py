@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lungjax.models import keras_weights
+from lungjax.models import keras_weights, layers
 
 # depth → convs per stage (Simonyan & Zisserman's configurations A, D, E).
 STAGES: dict[int, tuple[int, ...]] = {11: (1, 1, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -27,13 +27,14 @@ class VGGStage(nn.Module):
 
   features: int
   num_convs: int
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
     """Applies the stage's convs in order."""
     for index in range(self.num_convs):
       x_BHWC = nn.relu(nn.Conv(self.features, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT,
-                               name=f'conv{index + 1}')(x_BHWC))
+                               dtype=self.dtype, name=f'conv{index + 1}')(x_BHWC))
     return x_BHWC
 
 
@@ -47,6 +48,7 @@ class VGG(nn.Module):
   dense_features: Sequence[int] = (256,)
   dropout_rate: float = 0.5
   preprocessing: str = 'rescale'
+  dtype: str = 'float32'  # Compute dtype: 'bfloat16' keeps float32 params and logits.
 
   def __post_init__(self):
     """Rejects a depth, pooling or preprocessing mode this model does not have, naming the config field."""
@@ -55,19 +57,20 @@ class VGG(nn.Module):
     if self.pooling not in POOLINGS:
       raise ValueError(f'config.model.pooling={self.pooling!r} is not one of {POOLINGS}')
     keras_weights.check_preprocessing(self.preprocessing)
+    layers.check_impls('xla', 'reduce_window', self.dtype)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool, features_only: bool = False) -> jax.Array:
     """Maps uint8 (or [0, 255] float) images to logits, or with features_only to the last pool's feature map."""
-    x = keras_weights.preprocess(images_BHWC, self.preprocessing)
+    x = keras_weights.preprocess(images_BHWC, self.preprocessing).astype(self.dtype)
     for index, num_convs in enumerate(STAGES[self.depth]):
-      x = VGGStage(self.width * min(2**index, 8), num_convs, name=f'block{index + 1}')(x)
+      x = VGGStage(self.width * min(2**index, 8), num_convs, self.dtype, name=f'block{index + 1}')(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     if features_only:
       return x
     x = jnp.mean(x, axis=(1, 2)) if self.pooling == 'avg' else x.reshape((x.shape[0], -1))
     for index, features in enumerate(self.dense_features):
-      x = nn.relu(nn.Dense(features, kernel_init=_KERNEL_INIT, name=f'head_fc{index + 1}')(x))
+      x = nn.relu(nn.Dense(features, kernel_init=_KERNEL_INIT, dtype=self.dtype, name=f'head_fc{index + 1}')(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, name='head')(x)
+    return nn.Dense(self.num_classes, kernel_init=_KERNEL_INIT, dtype=self.dtype, name='head')(x).astype(jnp.float32)

@@ -1,0 +1,91 @@
+"""Alternative lowerings of conv and max-pool with the same values and gradients as jax.lax's (faster on CPU).
+
+`patches_conv` is a drop-in `conv_general_dilated` for `flax.linen.Conv` (stride 1, NHWC x HWIO): the conv is one
+matmul over im2col patches, and its custom VJP makes both gradients matmuls too (the kernel's: patches^T @ dY; the
+input's: dY @ W^T folded back by shifted adds), where XLA's CPU conv gradients are slow. `reshape_max_pool` is a
+2x2 / stride 2 max-pool as a reshape + max, whose gradient is cheaper than reduce_window's select-and-scatter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+CONV_IMPLS = ('xla', 'patches')
+POOL_IMPLS = ('reduce_window', 'reshape')
+DTYPES = ('float32', 'bfloat16')
+
+
+def check_impls(conv_impl: str, pool_impl: str, dtype: str) -> None:
+  """Raises ValueError naming the config field of an unknown conv / pool lowering or compute dtype."""
+  for field, value, allowed in (('conv_impl', conv_impl, CONV_IMPLS), ('pool_impl', pool_impl, POOL_IMPLS),
+                                ('dtype', dtype, DTYPES)):
+    if value not in allowed:
+      raise ValueError(f'config.model.{field}={value!r} is not one of {allowed}')
+
+
+def _patches(x_BHWC: jax.Array, kh: int, kw: int) -> jax.Array:
+  """im2col of an already padded input: B x H' x W' x (kh*kw*C), taps ordered (i, j, c) like an HWIO kernel."""
+  height, width = x_BHWC.shape[1] - kh + 1, x_BHWC.shape[2] - kw + 1
+  return jnp.concatenate([x_BHWC[:, i:i + height, j:j + width, :] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+@jax.custom_vjp
+def _conv_valid(x_BHWC: jax.Array, kernel_HWIO: jax.Array) -> jax.Array:
+  """VALID, stride-1 conv of a padded input as one matmul over its patches."""
+  kh, kw, cin, cout = kernel_HWIO.shape
+  return _patches(x_BHWC, kh, kw) @ kernel_HWIO.reshape(kh * kw * cin, cout)
+
+
+def _conv_valid_fwd(x_BHWC, kernel_HWIO):
+  return _conv_valid(x_BHWC, kernel_HWIO), (x_BHWC, kernel_HWIO)
+
+
+def _conv_valid_bwd(residuals, dy_BHWF):
+  """Kernel gradient: one matmul of the patches with dY; input gradient: dY @ W^T, then col2im by shifted adds."""
+  x_BHWC, kernel_HWIO = residuals
+  kh, kw, cin, cout = kernel_HWIO.shape
+  patches_BHWP = _patches(x_BHWC, kh, kw)
+  dkernel = jnp.einsum('bhwp,bhwf->pf', patches_BHWP, dy_BHWF,
+                       preferred_element_type=jnp.float32).astype(kernel_HWIO.dtype).reshape(kernel_HWIO.shape)
+  dcols_BHWP = dy_BHWF @ kernel_HWIO.reshape(kh * kw * cin, cout).T
+  dx_BHWC = sum(jnp.pad(dcols_BHWP[..., (i * kw + j) * cin:(i * kw + j + 1) * cin].astype(jnp.float32),
+                        ((0, 0), (i, kh - 1 - i), (j, kw - 1 - j), (0, 0)))
+                for i in range(kh) for j in range(kw))
+  return dx_BHWC.astype(x_BHWC.dtype), dkernel
+
+
+_conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
+
+
+def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+                 lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+                 dimension_numbers: Any = None, feature_group_count: int = 1, precision: Any = None,
+                 **unused: Any) -> jax.Array:
+  """`lax.conv_general_dilated` for 2-D NHWC x HWIO, stride 1, no dilation or groups, as im2col matmuls."""
+  del dimension_numbers, precision, unused  # flax passes NHWC / HWIO; float32 matmuls are exact on CPU.
+  if lhs.ndim != 4 or tuple(window_strides) != (1, 1) or feature_group_count != 1 or any(
+      d != 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1))):
+    raise NotImplementedError('conv_impl="patches" supports 2-D, stride-1, undilated, ungrouped convs only; '
+                              'use config.model.conv_impl="xla" for this model')
+  kh, kw = rhs.shape[:2]
+  if isinstance(padding, str):
+    if padding == 'VALID':
+      padding = ((0, 0), (0, 0))
+    elif padding == 'SAME':
+      padding = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
+    else:
+      raise NotImplementedError(f'conv_impl="patches" does not support padding {padding!r}')
+  (top, bottom), (left, right) = padding
+  x_BHWC = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  return _conv_valid(x_BHWC, rhs)
+
+
+def reshape_max_pool(x_BHWC: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, VALID (an odd last row / column is dropped, as nn.max_pool does)."""
+  b, h, w, c = x_BHWC.shape
+  x_BHWC = x_BHWC[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x_BHWC.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))

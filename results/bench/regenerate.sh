@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Regenerates results/bench/ on this machine (run from the repository root; ~15 minutes on 2 cores):
+#   bash results/bench/regenerate.sh
+# cnn.json: the study's config (its defaults), Keras alternating side by side, the real shared train folder.
+# cnn-*.json: the same, one lowering choice changed each, on the synthetic batch only (no folder figures).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=../shared/data/covid19-image-dataset
+python -m lungjax.bench --config=configs/cnn.py --keras --config.data.root="${DATA}" --rounds=5 --steps=5
+# The plain flax CNN: lax conv, reduce_window pool, XLA's default CPU options (YNNPACK fusions on).
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-plain-flax \
+  --config.model.pool_impl=reduce_window --config.train.cpu_compiler_options= --rounds=3 --steps=5
+# The reshape pool alone, YNNPACK fusions left on.
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-ynn-on --config.train.cpu_compiler_options= \
+  --rounds=3 --steps=5
+# im2col convs with matmul gradients (lungjax/models/layers.py) instead of lax.conv.
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-patches --config.model.conv_impl=patches \
+  --rounds=3 --steps=5
+# Data parallel over 2 forced host CPU devices (8 images each), to occupy both cores.
+XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
+  --config.name=cnn-2-host-devices --rounds=3 --steps=5
+# The same with Eigen single-threaded on each device: one core per device.
+XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
+  --config.name=cnn-2-host-devices-1-thread-each \
+  --config.train.cpu_compiler_options='xla_cpu_experimental_ynn_fusion_type=;xla_cpu_multi_thread_eigen=false' \
+  --rounds=3 --steps=5
+# Mixed precision on this CPU (bfloat16 compute, float32 params).
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
+  --rounds=3 --steps=5
+# The table of every JSON here: results/bench/summary.md.
+python - <<'PY'
+import glob, json, os
+rows = ['| config | train img/s | Keras img/s | ratio vs Keras (per round) | epoch img/s | eval img/s | loader img/s '
+        '| loader / train | compile s | peak RSS GB | load avg start → end |', '|' + '---|' * 11]
+for path in sorted(glob.glob('results/bench/*.json'), key=lambda p: (os.path.basename(p) != 'cnn.json', p)):
+  r = json.load(open(path))
+  get = lambda k: r.get(k, '–')
+  rows.append(f"| {r['config']} | {get('train_images_per_s')} | {get('keras_train_images_per_s')} | "
+              f"{get('ratio_vs_keras')} ({', '.join(map(str, r.get('ratio_vs_keras_rounds', [])))}) | "
+              f"{get('epoch_images_per_s')} | {get('eval_images_per_s')} | {get('loader_images_per_s')} | "
+              f"{get('loader_vs_train_step')} | {get('compile_train_s')} | {get('peak_rss_gb')} | "
+              f"{r['machine_start']['load_average_1_5_15'][0]} → {r['machine_end']['load_average_1_5_15'][0]} |")
+open('results/bench/summary.md', 'w').write('\n'.join(rows) + '\n')
+print('\n'.join(rows))
+PY
