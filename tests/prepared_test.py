@@ -71,6 +71,7 @@ def test_unprepared_or_mismatched_data_name_what_to_do(tmp_path, tiny_config, sy
   with pytest.raises(FileNotFoundError, match='image_size=16'):
     loading.load_training_data(config)
   other = _prepared_config(tiny_config, tmp_path)
+  assert prepared.prepare(other)['reused']
   other.data.root = os.path.join(synthetic_root, 'test')
   with pytest.raises(ValueError, match='was prepared from .*choose another config.data.prepared_dir'):
     prepared.prepare(other)

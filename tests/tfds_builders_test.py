@@ -42,6 +42,11 @@ def test_examples_are_load_image_in_scan_order_across_shards(tmp_path, monkeypat
     np.testing.assert_array_equal(example['image'], loaded.pixels_HWC)
     assert example['pixel_hash'].decode() == loaded.pixel_hash
     np.testing.assert_array_equal(example['thumbnail'].astype(np.float32), loaded.thumbnail)
+  with np.load(os.path.join(builder.data_dir, tfds_builders.index_file_name('train'))) as index:
+    assert index['paths'].tolist() == [r.path for r in records]
+    assert index['labels'].tolist() == [r.label for r in records]
+    assert index['pixel_hashes'].tolist() == [e['pixel_hash'].decode() for e in source.__getitems__(list(range(15)))]
+    np.testing.assert_array_equal(index['thumbnails'], np.stack([e['thumbnail'] for e in source]))
   assert builder.info.metadata['root'] == root
   assert builder.info.metadata['splits']['train']['skipped'] == []
 

@@ -21,10 +21,6 @@ from absl import logging
 
 from lungjax.data import images, tfds_builders
 
-# Records read at once when the index (labels, paths, hashes, thumbnails) is collected.
-INDEX_CHUNK = 256
-
-
 def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The builder of config's data under config.data.prepared_dir: image folder if config.data.root, else Kaggle."""
   if not config.data.prepared_dir:
@@ -35,9 +31,14 @@ def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   return builder_cls(config=builder_config, data_dir=config.data.prepared_dir, file_format='array_record')
 
 
+def _metadata(prepared: tfds.core.DatasetBuilder) -> dict[str, Any]:
+  """A prepared dataset's metadata.json (root, and per split: folder, skipped and ignored files)."""
+  return dict(prepared.info.metadata.items())  # items() loads TFDS' lazy metadata; get() would not.
+
+
 def _prepared_root(prepared: tfds.core.DatasetBuilder) -> str:
   """The folder a prepared dataset was built from, as its metadata records it."""
-  return prepared.info.metadata.get('root', '') if prepared.info.metadata is not None else ''
+  return _metadata(prepared).get('root', '')
 
 
 def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if not reused:
     prepared.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root or None))
   seconds = time.perf_counter() - start
-  metadata = prepared.info.metadata
+  metadata = _metadata(prepared)
   return {
       'builder': prepared.name, 'config': prepared.builder_config.name, 'data_dir': os.fspath(prepared.data_dir),
       'root': metadata.get('root', ''), 'reused': reused, 'seconds': round(seconds, 2),
@@ -108,8 +109,8 @@ def read_split(config: ml_collections.ConfigDict,
                split: str) -> tuple[str, images.DecodedImages, tuple[str, ...]] | None:
   """Reads a prepared split's index: (source folder, DecodedImages with PreparedImages pixels, ignored files).
 
-  Returns None when the split was not prepared (e.g. no test/). The pixels are not read; labels, paths, pixel
-  hashes and thumbnails are, a chunk of records at a time.
+  Returns None when the split was not prepared (e.g. no test/). The pixels are not read: labels, paths, pixel
+  hashes and thumbnails come from the split's index file (tfds_builders.IndexedMetadata).
   """
   prepared = builder(config)
   if not prepared.is_prepared():
@@ -125,19 +126,16 @@ def read_split(config: ml_collections.ConfigDict,
                     _prepared_root(prepared), root)
   source = tfds.data_source(prepared.name, split=split, data_dir=config.data.prepared_dir, download=False,
                             builder_kwargs={'config': prepared.builder_config})
-  n = len(source)
-  labels_N = np.zeros(n, np.int32)
-  thumbnails_ND = np.zeros((n, images.THUMBNAIL_SIZE**2), np.float32)
-  paths, hashes = [], []
-  for start in range(0, n, INDEX_CHUNK):
-    for row, example in enumerate(source.__getitems__(list(range(start, min(start + INDEX_CHUNK, n)))), start):
-      labels_N[row] = example['label']
-      thumbnails_ND[row] = example['thumbnail']
-      paths.append(example['path'].decode())
-      hashes.append(example['pixel_hash'].decode())
-  info = prepared.info.metadata['splits'][split]
+  index_path = os.path.join(os.fspath(prepared.data_dir), tfds_builders.index_file_name(split))
+  with np.load(index_path) as index:
+    labels_N, thumbnails_ND = index['labels'], index['thumbnails'].astype(np.float32)
+    paths, hashes = tuple(index['paths'].tolist()), tuple(index['pixel_hashes'].tolist())
+  if not len(labels_N) == len(paths) == len(hashes) == len(thumbnails_ND) == len(source):
+    raise ValueError(f'{index_path} lists {len(labels_N)} images, the {split} split holds {len(source)}: prepare '
+                     f'again into an empty config.data.prepared_dir')
+  info = _metadata(prepared)['splits'][split]
   decoded = images.DecodedImages(
-      images_NHWC=PreparedImages(source, np.arange(n, dtype=np.int64), config.data.image_size), labels_N=labels_N,
-      paths=tuple(paths), pixel_hashes=tuple(hashes), thumbnails_ND=thumbnails_ND,
+      images_NHWC=PreparedImages(source, np.arange(len(source), dtype=np.int64), config.data.image_size),
+      labels_N=labels_N, paths=paths, pixel_hashes=hashes, thumbnails_ND=thumbnails_ND,
       skipped=tuple((path, reason) for path, reason in info['skipped']))
   return info['folder'], decoded, tuple(info['ignored_files'])

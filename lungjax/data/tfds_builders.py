@@ -70,6 +70,39 @@ def features(image_size: int, classes: Sequence[str]) -> tfds.features.FeaturesD
   })
 
 
+class IndexedMetadata(tfds.core.MetadataDict):
+  """The dataset's metadata.json, plus index-<split>.npz per split: what splits need, without the pixels.
+
+  Each index holds, in example order, `labels` (int32), `paths` and `pixel_hashes` (str) and `thumbnails`
+  (uint8, images.THUMBNAIL_SIZE^2 per image); the examples hold the same values.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.columns: dict[str, dict[str, list]] = {}
+
+  def add(self, split: str, record: folders.Record, loaded: images.LoadedImage) -> None:
+    """Appends one written example to its split's index."""
+    columns = self.columns.setdefault(split, {'labels': [], 'paths': [], 'pixel_hashes': [], 'thumbnails': []})
+    columns['labels'].append(record.label)
+    columns['paths'].append(record.path)
+    columns['pixel_hashes'].append(loaded.pixel_hash)
+    columns['thumbnails'].append(loaded.thumbnail.astype(np.uint8))
+
+  def save_metadata(self, data_dir) -> None:
+    super().save_metadata(data_dir)
+    for split, columns in self.columns.items():
+      with open(os.path.join(os.fspath(data_dir), index_file_name(split)), 'wb') as f:
+        np.savez(f, labels=np.asarray(columns['labels'], np.int32), paths=np.asarray(columns['paths'], str),
+                 pixel_hashes=np.asarray(columns['pixel_hashes'], str),
+                 thumbnails=np.asarray(columns['thumbnails'], np.uint8).reshape(-1, images.THUMBNAIL_SIZE**2))
+
+
+def index_file_name(split: str) -> str:
+  """The file, in the dataset's folder, that holds a split's index (see IndexedMetadata)."""
+  return f'index-{split}.npz'
+
+
 def load_in_order(records: Sequence[folders.Record], size: int, *, skip_bad_images: bool, threads: int,
                   skipped: list[list[str]]) -> Iterator[tuple[folders.Record, images.LoadedImage]]:
   """Decodes records with `images.load_image` on a thread pool, a bounded window ahead, and yields them in order.
@@ -123,7 +156,7 @@ class _ImageFolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     return self.dataset_info_from_configs(
         features=features(config.image_size, config.classes),
         description=f'Image folders decoded once by lungjax: {config.description}.',
-        metadata=tfds.core.MetadataDict(),
+        metadata=IndexedMetadata(),
     )
 
   def _split_folders(self, dl_manager: tfds.download.DownloadManager) -> dict[str, str]:
@@ -144,11 +177,12 @@ class _ImageFolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
           'folder': folder, 'n_files': len(scan.records), 'ignored_files': list(scan.ignored_files),
           'skipped': skipped}  # Filled while the shards are written; saved after them.
 
-      def shard(start: int, records=scan.records, skipped=skipped) -> Iterator[tuple[int, dict]]:
+      def shard(start: int, records=scan.records, skipped=skipped, split_name=split) -> Iterator[tuple[int, dict]]:
         chunk = records[start:start + per_shard]
         for offset, (record, loaded) in enumerate(load_in_order(
             chunk, config.image_size, skip_bad_images=config.skip_bad_images, threads=config.decode_threads,
             skipped=skipped)):
+          self.info.metadata.add(split_name, record, loaded)
           yield start + offset, _example(record, loaded)
 
       generators[split] = [lambda start=start, shard=shard: shard(start)
