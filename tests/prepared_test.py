@@ -61,6 +61,15 @@ def test_prepared_images_index_like_an_array(tmp_path, tiny_config):
   np.testing.assert_array_equal(part.images_NHWC[1:], everything[[1, 4]])
 
 
+def test_the_study_config_makes_its_builder(tmp_path):
+  from configs import cnn  # pylint: disable=g-import-not-at-top
+  config = cnn.get_config()
+  config.data.prepared_dir = str(tmp_path)
+  assert prepared.builder(config).builder_config.name.startswith('256px_')
+  config.data.root = str(tmp_path)
+  assert prepared.builder(config).name == 'lungjax_image_folder'
+
+
 def test_unprepared_or_mismatched_data_name_what_to_do(tmp_path, tiny_config, synthetic_root):
   config = copy.deepcopy(tiny_config)
   config.data.prepared_dir = str(tmp_path / 'nothing here')

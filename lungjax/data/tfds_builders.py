@@ -146,11 +146,14 @@ def _example(record: folders.Record, loaded: images.LoadedImage) -> dict[str, An
 class _ImageFolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
   """Shared by both builders: split folders of class sub-folders, decoded once, shard by shard, in scan order."""
 
-  BUILDER_CONFIGS = [prepared_config(256, ('Covid', 'Normal', 'Viral Pneumonia'), False)]
+  # No BUILDER_CONFIGS: every config is made by prepared_config (TFDS refuses a custom config named like a listed one).
+  VERSION = VERSION
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
+    if config is None:
+      raise ValueError(f'{self.name} needs config=lungjax.data.tfds_builders.prepared_config(size, classes, skip)')
     if not config.classes:
       raise ValueError(f'{self.name}: the builder config lists no classes')
     return self.dataset_info_from_configs(
