@@ -192,8 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       with open(evaluate.temperature_path(workdir), 'w') as f:
         json.dump({'temperature': temperature, 'fitted_on': 'validation split', 'checkpoint_step': best_step}, f)
     summary['temperature'] = temperature
-  if data.test_dir:
-    split_folders['test'] = loading.load_folder(data.test_dir, config, require_all_classes=False)
+  if (test := data.load_test(config)) is not None:
+    split_folders['test'] = test
   for name, loaded in split_folders.items():
     out_dir = os.path.join(workdir, 'eval', name)
     title = f'{config.name} on {name}'

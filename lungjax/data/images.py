@@ -88,7 +88,7 @@ def load_image(path: str, size: int) -> LoadedImage:
 class DecodedImages:
   """Decoded, resized images of a list of records, and the files that were skipped."""
 
-  images_NHWC: np.ndarray  # uint8
+  images_NHWC: np.ndarray  # uint8; or prepared.PreparedImages, read from disk per batch.
   labels_N: np.ndarray  # int32
   paths: tuple[str, ...]
   pixel_hashes: tuple[str, ...]  # sha256 of the full-size decoded pixels: equal for exact copies.
@@ -99,10 +99,11 @@ class DecodedImages:
     return len(self.paths)
 
   def subset(self, indices: Sequence[int]) -> DecodedImages:
-    """Returns the images at `indices` (skipped files stay listed)."""
+    """Returns the images at `indices` (skipped files stay listed); pixels on disk (prepared data) stay there."""
     indices = np.asarray(indices, dtype=np.int64)
+    images_NHWC = self.images_NHWC.subset(indices) if hasattr(self.images_NHWC, 'subset') else self.images_NHWC[indices]
     return DecodedImages(
-        self.images_NHWC[indices], self.labels_N[indices], tuple(self.paths[i] for i in indices),
+        images_NHWC, self.labels_N[indices], tuple(self.paths[i] for i in indices),
         tuple(self.pixel_hashes[i] for i in indices), self.thumbnails_ND[indices], self.skipped)
 
 

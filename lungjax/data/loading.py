@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import download, duplicates, folders, images, splits
+from lungjax.data import download, duplicates, folders, images, prepared, splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,18 @@ def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_c
                             folder_names=folder_names)
   decoded = images.decode_records(scan.records, config.data.image_size,
                                   skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads)
-  loaded = FolderImages(folder, decoded, scan.ignored_files)
+  return _logged(FolderImages(folder, decoded, scan.ignored_files), config)
+
+
+def load_prepared_folder(config: ml_collections.ConfigDict, split: str) -> FolderImages | None:
+  """Reads a split of config.data.prepared_dir (pixels stay on disk); None if that split was not prepared."""
+  found = prepared.read_split(config, split)
+  return None if found is None else _logged(FolderImages(*found), config)
+
+
+def _logged(loaded: FolderImages, config: ml_collections.ConfigDict) -> FolderImages:
+  """Logs a loaded folder's class counts and skipped files; returns it."""
+  decoded, folder = loaded.decoded, loaded.folder
   counts = np.bincount(decoded.labels_N, minlength=len(config.data.classes))
   logging.info('%s: %d images (%s)', folder, len(decoded),
                ', '.join(f'{c} {n}' for c, n in zip(config.data.classes, counts)))
@@ -58,11 +69,22 @@ class TrainingData:
     path = os.path.join(self.root, 'test')
     return path if os.path.isdir(path) else None
 
+  def load_test(self, config: ml_collections.ConfigDict) -> FolderImages | None:
+    """The test split: prepared (config.data.prepared_dir) or decoded from root/test/; None without one."""
+    if config.data.prepared_dir:
+      return load_prepared_folder(config, 'test')
+    return load_folder(self.test_dir, config, require_all_classes=False) if self.test_dir else None
+
 
 def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, FolderImages]:
-  """Resolves the data root and decodes its train/ folder once; every class must keep an image."""
-  root = download.resolve_data_root(config.data.root, config.data.kaggle_dataset)
-  loaded = load_folder(os.path.join(root, 'train'), config, require_all_classes=True)
+  """Resolves the data root and decodes its train/ folder once (or reads config.data.prepared_dir's train split);
+  every class must keep an image."""
+  if config.data.prepared_dir:
+    loaded = load_prepared_folder(config, 'train')
+    root = os.path.dirname(loaded.folder)
+  else:
+    root = download.resolve_data_root(config.data.root, config.data.kaggle_dataset)
+    loaded = load_folder(os.path.join(root, 'train'), config, require_all_classes=True)
   missing = [c for i, c in enumerate(config.data.classes) if not np.any(loaded.decoded.labels_N == i)]
   if missing:
     raise ValueError(f'no decodable training images left for classes {missing}')

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import grain
 import numpy as np
+
+
+class ImageSource(Protocol):
+  """Random access to N images: an in-memory NxHxWx3 array, or prepared.PreparedImages (read from disk)."""
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, indices_B: np.ndarray) -> np.ndarray: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GatherBatch:
   """Maps a global batch of indices to this process's rows {'image': BxHxWx3 uint8, 'label': B int32}."""
 
-  images_NHWC: np.ndarray
+  images_NHWC: ImageSource
   labels_N: np.ndarray
   start: int
   size: int
@@ -52,7 +61,7 @@ def process_rows(global_batch_size: int, shard_options: grain.sharding.ShardOpti
 
 
 def train_dataset(
-    images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int, num_epochs: int, seed: int,
+    images_NHWC: ImageSource, labels_N: np.ndarray, *, global_batch_size: int, num_epochs: int, seed: int,
     shard_options: grain.sharding.ShardOptions | None = None
 ) -> grain.MapDataset:
   """Returns num_epochs x (n // batch) batches, reshuffled each epoch, the remainder dropped.
@@ -69,7 +78,7 @@ def train_dataset(
   return dataset.map(GatherBatch(images_NHWC, labels_N, start, per_process)).repeat(num_epochs)
 
 
-def eval_dataset(images_NHWC: np.ndarray, labels_N: np.ndarray, *, global_batch_size: int,
+def eval_dataset(images_NHWC: ImageSource, labels_N: np.ndarray, *, global_batch_size: int,
                  shard_options: grain.sharding.ShardOptions | None = None) -> grain.MapDataset:
   """Returns batches in file order, the last one padded, each with a 'mask' so every image counts once.
 

@@ -1,0 +1,35 @@
+"""Decode a data root once into TFDS array_record files that training reads instead of the image files.
+
+python -m lungjax.prepare --config=configs/cnn.py [--config.data.root=DATA] --config.data.prepared_dir=DIR
+
+Then train from them with the same config and `--config.data.prepared_dir=DIR`. Without --config.data.root the
+Kaggle dataset is prepared (kagglehub cache, else TFDS' Kaggle download, which needs the `kaggle` CLI, credentials
+and a network; without them it stops at once and says what to do).
+"""
+
+import json
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+from lungjax.data import prepared  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; its config.data fields say what to prepare.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  del argv
+  summary = prepared.prepare(FLAGS.config)
+  print(json.dumps(summary, indent=2))
+  print(f'\ntrain from it: python -m lungjax.main --config=... --config.data.prepared_dir='
+        f'{FLAGS.config.data.prepared_dir} (with the same data fields)')
+
+
+if __name__ == '__main__':
+  app.run(main)
