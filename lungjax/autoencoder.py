@@ -152,6 +152,8 @@ def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointMa
   options = ocp.CheckpointManagerOptions(
       preservation_policy=None if read_only else ocp.checkpoint_managers.LatestN(n=1),
       read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only)
+  if not read_only:
+    checkpoints.remove_uncommitted(os.path.join(stage_dir(workdir), 'checkpoints'))
   return ocp.CheckpointManager(os.path.join(stage_dir(workdir), 'checkpoints'), options=options,
                                item_names=checkpoints.ITEMS)
 

@@ -30,6 +30,7 @@ from lungjax.steps import TrainState
 
 ITEMS = ('state', 'data_iter', 'history', 'integrity')
 INTEGRITY_FORMAT = 1
+TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's suffix of an uncommitted step folder.
 
 
 class CheckpointSaveError(RuntimeError):
@@ -90,7 +91,22 @@ def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *
   options = ocp.CheckpointManagerOptions(
       best_fn=metric_value, best_mode=mode, preservation_policy=None if read_only else policy,
       read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only)
+  if not read_only:
+    remove_uncommitted(checkpoint_dir(workdir))
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def remove_uncommitted(directory: str) -> list[str]:
+  """Deletes (on process 0) the tmp folders of saves that never committed, now rather than in orbax's background
+  cleanup, which only finishes at the next save; returns their names."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return []
+  stale = sorted(name for name in os.listdir(directory) if TMP_MARK in name)
+  for name in stale:
+    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    logging.warning('removed %s: a save that never committed (the run was killed or failed)',
+                    os.path.join(directory, name))
+  return stale
 
 
 
