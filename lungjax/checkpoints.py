@@ -307,6 +307,9 @@ def resume(manager: ocp.CheckpointManager, workdir: str, checkpoint_config: ml_c
   """
   initial_iter_state = data_iter.get_state()
   on_mismatch = checkpoint_config.get('on_mismatch', 'error')
+  if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
+    raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '
+                     f'{list(fingerprint_lib.MISMATCH_CHOICES)}')
 
   def accept(integrity: dict[str, Any], step: int) -> bool:
     return fingerprint_lib.check_resume(integrity.get('fingerprint'), fingerprint, on_mismatch,
