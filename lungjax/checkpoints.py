@@ -93,7 +93,31 @@ def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *
       read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only)
   if not read_only:
     remove_uncommitted(checkpoint_dir(workdir))
+  check_step_metadata(checkpoint_dir(workdir), read_only=read_only)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def check_step_metadata(directory: str, *, read_only: bool) -> None:
+  """orbax parses each step's metrics and metadata JSON when a manager opens, and crashes on a damaged one: such a
+  step raises CorruptCheckpointError naming it (read-only), or is moved to checkpoints.corrupt/ (training)."""
+  if not os.path.isdir(directory):
+    return
+  for name in sorted(n for n in os.listdir(directory) if n.isdigit()):
+    for part in ('_CHECKPOINT_METADATA', os.path.join('metrics', 'metrics')):
+      path = os.path.join(directory, name, part)
+      if not os.path.exists(path):
+        continue
+      try:
+        with open(path) as f:
+          json.load(f)
+      except (ValueError, UnicodeDecodeError) as error:
+        corrupt = CorruptCheckpointError(directory, int(name), f'{part} is unreadable ({error})')
+        if read_only:
+          raise corrupt from error
+        moved = quarantine(directory, int(name))
+        logging.error('%s: skipped, moved to %s', corrupt, moved)
+        print(f'ERROR: {corrupt}: skipped (moved to {moved})', file=sys.stderr, flush=True)
+        break
 
 
 def remove_uncommitted(directory: str) -> list[str]:

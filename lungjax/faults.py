@@ -366,8 +366,9 @@ def row_corruption(ctx: Context, trials: int, kind: str) -> Row:
     target = ctx.rng.choice(files)
     how = _corrupt(target, kind if kind == 'flip' or trial % 2 == 0 else 'delete', ctx.rng)
     what = f'{os.path.relpath(target, step_dir)}: {how}'
-    manager = ctx.checker.manager(workdir)
     try:  # eval / explain / predict: an error naming the step, or exactly the saved weights.
+      manager = None
+      manager = ctx.checker.manager(workdir)
       restored = checkpoints.restore_chosen(manager, ctx.checker.abstract, workdir, requested=last)
       eval_ok = checkpoints.params_sha256(restored.state.params) == ctx.step_digests[last]
       harmless += eval_ok
@@ -377,7 +378,8 @@ def row_corruption(ctx: Context, trials: int, kind: str) -> Row:
     except Exception as error:  # pylint: disable=broad-except
       eval_ok, what = False, f'{what}: eval raised {type(error).__name__}: {error}'
     finally:
-      manager.close()
+      if manager is not None:
+        manager.close()
     if trial == 0:  # End to end once: the training command resumes from a good step and finishes identical.
       ok, why = _resume_matches(ctx, workdir, log)
     else:
