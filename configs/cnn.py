@@ -88,6 +88,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.best_metric = 'macro_recall'
   config.checkpoint.keep_latest = 1
   config.checkpoint.keep_best = 1
+  # Resuming a workdir whose checkpoints were saved by a run with another fingerprint (model, seed, batch size,
+  # classes, file list, split, processes, loader threads): 'error' refuses with the diff; 'fresh' moves them to
+  # checkpoints.replaced-<time>/ and starts over.
+  config.checkpoint.on_mismatch = 'error'
+  # eval / explain / predict: a corrupt chosen checkpoint is an error naming the step; True uses the newest good one.
+  config.checkpoint.fallback_to_good_step = False
 
   # Cross-validation and repeats: folds > 1 trains one model per grouped, stratified fold of train;
   # seeds > 1 repeats the run over seeds seed, seed+1, ... on the same split. Both report mean ± std.

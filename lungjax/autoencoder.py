@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import mesh as mesh_lib
+from lungjax import checkpoints, mesh as mesh_lib
 from lungjax.data import folders, images, loading, pipeline
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
 
@@ -151,9 +151,11 @@ def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointMa
   """An orbax manager over workdir/autoencoder/checkpoints that keeps only the latest step."""
   options = ocp.CheckpointManagerOptions(
       preservation_policy=None if read_only else ocp.checkpoint_managers.LatestN(n=1),
-      read_only=read_only, create=not read_only)
+      read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only)
+  if not read_only:
+    checkpoints.remove_uncommitted(os.path.join(stage_dir(workdir), 'checkpoints'))
   return ocp.CheckpointManager(os.path.join(stage_dir(workdir), 'checkpoints'), options=options,
-                               item_names=('state', 'data_iter', 'history'))
+                               item_names=checkpoints.ITEMS)
 
 
 def _restore_history(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -200,7 +202,8 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str) -> Any:
       raise FileNotFoundError(f'no stage-1 checkpoint in {os.path.join(stage_dir(workdir), "checkpoints")!r}')
     model, tx = create_model(config), create_optimizer(config)
     abstract = abstract_state(model, tx, config.data.image_size, mesh_lib.make_mesh())
-    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state.params
+    return checkpoints.restore_chosen(manager, abstract, stage_dir(workdir), requested=step,
+                                      fallback=config.checkpoint.get('fallback_to_good_step', False)).state.params
   finally:
     manager.close()
 
@@ -227,12 +230,12 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NH
     latest = manager.latest_step()
     _check_settings(config, workdir, latest is not None)
     abstract = abstract_state(model, tx, config.data.image_size, mesh)
-    if latest is not None:
-      saved = _restore_history(manager, latest)
+    good = checkpoints.restore_latest_good(manager, abstract, None) if latest is not None else None
+    if good is not None:
+      saved, latest = good.history, good.step
       if len(saved['epochs']) >= ae.num_epochs:
-        state = manager.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
         logging.info('stage 1: reusing the finished autoencoder in %s (step %d)', stage_dir(workdir), latest)
-        return Stage1Result(state.params, list(saved['epochs']), int(saved['n_images']), latest, latest, True)
+        return Stage1Result(good.state.params, list(saved['epochs']), int(saved['n_images']), latest, latest, True)
     if len(images_NHWC) < ae.batch_size:
       raise ValueError(f'{len(images_NHWC)} stage-1 images are fewer than one batch of '
                        f'config.autoencoder.batch_size={ae.batch_size}')
@@ -241,10 +244,8 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NH
     dataset = pipeline.train_dataset(images_NHWC, np.zeros(len(images_NHWC), np.int32),
                                      global_batch_size=ae.batch_size, num_epochs=ae.num_epochs, seed=config.seed)
     data_iter = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
-    if latest is not None:
-      restored = manager.restore(latest, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-          history=ocp.args.JsonRestore()))
+    if good is not None:
+      restored = checkpoints.restore_verified(manager, good.step, abstract, data_iter)
       state, history = restored.state, list(restored.history['epochs'])
       logging.info('stage 1: resumed from %s at step %d', stage_dir(workdir), latest)
     else:
@@ -265,10 +266,9 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NH
         history.append({'epoch': step // steps_per_epoch, 'step': step, 'mse': float(np.mean(_check_finite(window)))})
         window = []
         logging.info('stage 1 epoch %d: reconstruction MSE %.5f', history[-1]['epoch'], history[-1]['mse'])
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter),
-            history=ocp.args.JsonSave({'epochs': history, 'n_images': len(images_NHWC)})))
-    manager.wait_until_finished()
+        checkpoints.save_items(manager, step, state, data_iter, {'epochs': history, 'n_images': len(images_NHWC)},
+                               None)
+    checkpoints.wait(manager)
     return Stage1Result(state.params, history, len(images_NHWC), first_step, num_steps, False)
   finally:
     manager.close()

@@ -1,17 +1,53 @@
-"""The orbax CheckpointManager: save state + grain iterator + history, keep latest and best, restore."""
+"""The orbax CheckpointManager: save state + grain iterator + history + lungjax's checksums, verified restore.
+
+Each step also holds an `integrity` JSON item: the sha256, dtype and shape of every state leaf, a hash of the
+history, the iterator state and the run fingerprint. A restore recomputes the hashes of what orbax read back, so a
+flipped byte, a truncated file or a missing item is an error naming the step, never silently wrong weights.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import shutil
+import sys
+import time
 from typing import Any
 
 import grain
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from lungjax import fingerprint as fingerprint_lib
 from lungjax.steps import TrainState
+
+ITEMS = ('state', 'data_iter', 'history', 'integrity')
+INTEGRITY_FORMAT = 1
+TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's suffix of an uncommitted step folder.
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (e.g. a full disk); older steps are untouched."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A saved step is unreadable, incomplete, or reads back other values than lungjax saved."""
+
+  def __init__(self, directory: str, step: int, reason: str):
+    super().__init__(f'checkpoint step {step} in {directory!r} is corrupt or incomplete: {reason}')
+    self.step = step
+    self.reason = reason
+
+
+class CheckpointMismatchError(ValueError):
+  """A saved step holds arrays of other dtypes or shapes than the model asks for (orbax would cast silently)."""
 
 # Validation metrics a checkpoint can be ranked by, and whether higher is better.
 BEST_METRICS = {'macro_recall': 'max', 'macro_f1': 'max', 'macro_precision': 'max', 'accuracy': 'max',
@@ -34,7 +70,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *,
                    read_only: bool = False) -> ocp.CheckpointManager:
-  """A manager that keeps the `keep_latest` newest steps and the `keep_best` best by validation metric."""
+  """A manager that keeps the `keep_latest` newest steps and the `keep_best` best by validation metric.
+
+  A writable manager deletes the `*.orbax-checkpoint-tmp*` folders of saves a killed run never committed.
+  """
   metric = checkpoint_config.best_metric
   if metric not in BEST_METRICS:
     raise ValueError(f'config.checkpoint.best_metric={metric!r} is not one of {sorted(BEST_METRICS)}')
@@ -51,34 +90,278 @@ def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *
   ])
   options = ocp.CheckpointManagerOptions(
       best_fn=metric_value, best_mode=mode, preservation_policy=None if read_only else policy,
-      read_only=read_only, create=not read_only)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_names=('state', 'data_iter', 'history'))
+      read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only)
+  if not read_only:
+    remove_uncommitted(checkpoint_dir(workdir))
+  check_step_metadata(checkpoint_dir(workdir), read_only=read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def check_step_metadata(directory: str, *, read_only: bool) -> None:
+  """orbax parses each step's metrics and metadata JSON when a manager opens, and crashes on a damaged one: such a
+  step raises CorruptCheckpointError naming it (read-only), or is moved to checkpoints.corrupt/ (training)."""
+  if not os.path.isdir(directory):
+    return
+  for name in sorted(n for n in os.listdir(directory) if n.isdigit()):
+    for part in ('_CHECKPOINT_METADATA', os.path.join('metrics', 'metrics')):
+      path = os.path.join(directory, name, part)
+      if not os.path.exists(path):
+        continue
+      try:
+        with open(path) as f:
+          json.load(f)
+      except (ValueError, UnicodeDecodeError) as error:
+        corrupt = CorruptCheckpointError(directory, int(name), f'{part} is unreadable ({error})')
+        if read_only:
+          raise corrupt from error
+        moved = quarantine(directory, int(name))
+        logging.error('%s: skipped, moved to %s', corrupt, moved)
+        print(f'ERROR: {corrupt}: skipped (moved to {moved})', file=sys.stderr, flush=True)
+        break
+
+
+def remove_uncommitted(directory: str) -> list[str]:
+  """Deletes (on process 0) the tmp folders of saves that never committed, now rather than in orbax's background
+  cleanup, which only finishes at the next save; returns their names."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return []
+  stale = sorted(name for name in os.listdir(directory) if TMP_MARK in name)
+  for name in stale:
+    shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    logging.warning('removed %s: a save that never committed (the run was killed or failed)',
+                    os.path.join(directory, name))
+  return stale
+
+
+
+
+def _leaf_bytes(leaf: Any) -> np.ndarray:
+  """A host copy of one leaf (PRNG key arrays as their raw key data)."""
+  if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+    leaf = jax.random.key_data(leaf)
+  return np.asarray(jax.device_get(leaf))
+
+
+def leaf_checksums(tree: Any) -> dict[str, dict[str, Any]]:
+  """{'path': {'sha256', 'dtype', 'shape'}} of every array leaf, from a host copy of its bytes."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    value = _leaf_bytes(leaf)
+    digest = hashlib.sha256(value.tobytes()).hexdigest()
+    out[jax.tree_util.keystr(path)] = {'sha256': digest, 'dtype': str(value.dtype), 'shape': list(value.shape)}
+  return out
+
+
+def params_sha256(params: Any) -> str:
+  """One sha256 over every parameter leaf (path, dtype, shape and bytes): what 'the same weights' means."""
+  digest = hashlib.sha256()
+  for path, entry in sorted(leaf_checksums(params).items()):
+    digest.update(json.dumps([path, entry], sort_keys=True).encode())
+  return digest.hexdigest()
+
+
+def _json_sha256(value: Any) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  """True when every floating leaf of tree is finite (one scalar: cheap to fetch)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def check_finite_state(state: Any, step: int) -> None:
+  """Raises FloatingPointError naming the step if any parameter or optimizer value is NaN or inf."""
+  if not bool(_all_finite((state.params, state.opt_state))):
+    raise FloatingPointError(f'parameters or optimizer state are NaN or inf at step {step}: stopping '
+                             '(the checkpoint of this step is not written)')
+
+
+def save_items(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: grain.DatasetIterator,
+               history: dict[str, Any], metrics: dict[str, float] | None,
+               fingerprint: dict[str, Any] | None = None) -> None:
+  """Saves (asynchronously) state, iterator, history and their checksums at `step`; never a non-finite state.
+
+  Raises CheckpointSaveError when this save, or an earlier asynchronous one, failed.
+  """
+  check_finite_state(state, step)
+  integrity = {'format': INTEGRITY_FORMAT, 'step': step, 'leaves': leaf_checksums(state),
+               'history_sha256': _json_sha256(history), 'data_iter': data_iter.get_state(),
+               'fingerprint': fingerprint}
+  try:
+    manager.save(step, metrics=metrics, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data_iter=grain.checkpoint.CheckpointSave(data_iter),
+        history=ocp.args.JsonSave(history),
+        integrity=ocp.args.JsonSave(integrity)))
+  except Exception as error:  # orbax re-raises an earlier async failure here.
+    raise CheckpointSaveError(f'saving checkpoint step {step} in {str(manager.directory)!r} failed: '
+                              f'{type(error).__name__}: {error} (full disk? older steps are intact)') from error
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, data_iter: grain.DatasetIterator,
-         history: list[dict[str, float]], metrics: dict[str, float] | None) -> None:
+         history: list[dict[str, float]], metrics: dict[str, float] | None,
+         fingerprint: dict[str, Any] | None = None) -> None:
   """Saves (asynchronously) the state, the iterator position and the per-epoch history at state.step."""
-  manager.save(int(state.step), metrics=metrics, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data_iter=grain.checkpoint.CheckpointSave(data_iter),
-      history=ocp.args.JsonSave({'epochs': history})))
+  save_items(manager, int(state.step), state, data_iter, {'epochs': history}, metrics, fingerprint)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for pending saves; raises CheckpointSaveError naming the folder when one failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as error:
+    raise CheckpointSaveError(f'a checkpoint save in {str(manager.directory)!r} failed: {type(error).__name__}: '
+                              f'{error} (full disk? older steps are intact)') from error
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A verified step: its state, history JSON and the run fingerprint it was saved with."""
+
+  step: int
+  state: Any
+  history: dict[str, Any]
+  fingerprint: dict[str, Any] | None
+
+
+def _check_target(directory: str, step: int, saved: dict[str, dict[str, Any]], abstract_state: Any) -> None:
+  """Raises CheckpointMismatchError when the target's leaves differ from the saved ones in path, dtype or shape."""
+  wanted = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+    dtype = leaf.dtype
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+      dtype = jax.eval_shape(jax.random.key_data, leaf).dtype
+    wanted[jax.tree_util.keystr(path)] = (str(np.dtype(dtype)), list(leaf.shape))
+  diffs = [f'{path}: saved {s["dtype"]}{s["shape"]}, wanted {wanted[path][0]}{wanted[path][1]}'
+           for path, s in saved.items() if path in wanted and (s['dtype'], s['shape']) != wanted[path]]
+  missing = sorted(set(saved) ^ set(wanted))
+  if diffs or missing:
+    raise CheckpointMismatchError(
+        f'checkpoint step {step} in {directory!r} does not fit this model (orbax would cast or fail): '
+        + '; '.join(diffs[:5] + [f'only in one of them: {missing[:5]}'] * bool(missing)))
+
+
+def read_integrity(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The checksum item of `step`; CorruptCheckpointError if it is missing, unreadable or not this step's."""
+  directory = str(manager.directory)
+  try:
+    integrity = manager.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
+    integrity['leaves'].items()
+  except Exception as error:  # A missing, truncated or unparsable checksum item.
+    raise CorruptCheckpointError(directory, step, f'no readable lungjax checksums ({type(error).__name__}: '
+                                 f'{str(error)[:200]})') from error
+  if integrity.get('format') != INTEGRITY_FORMAT or integrity.get('step') != step:
+    raise CorruptCheckpointError(directory, step, f'checksum item is for step {integrity.get("step")!r}, '
+                                 f'format {integrity.get("format")!r}')
+  return integrity
+
+
+def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                     data_iter: grain.DatasetIterator | None = None) -> Restored:
+  """Restores `step` (and the iterator, in place, if given) and checks every leaf against the saved checksums.
+
+  Raises CorruptCheckpointError naming the step when anything is unreadable, missing or different, and
+  CheckpointMismatchError when the model wants other dtypes or shapes than were saved.
+  """
+  directory = str(manager.directory)
+  integrity = read_integrity(manager, step)
+  saved_leaves = integrity['leaves']
+  _check_target(directory, step, saved_leaves, abstract_state)
+  items = {'state': ocp.args.StandardRestore(abstract_state), 'history': ocp.args.JsonRestore()}
+  if data_iter is not None:
+    items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as error:
+    raise CorruptCheckpointError(directory, step, f'{type(error).__name__}: {str(error)[:300]}') from error
+  actual = leaf_checksums(restored.state)
+  bad = [path for path, entry in saved_leaves.items() if actual.get(path) != entry]
+  if bad:
+    raise CorruptCheckpointError(directory, step, f'{len(bad)} arrays read back other values than were saved '
+                                 f'(sha256 mismatch), first {bad[0]}')
+  if _json_sha256(restored.history) != integrity['history_sha256']:
+    raise CorruptCheckpointError(directory, step, 'the history item differs from what was saved')
+  if data_iter is not None and data_iter.get_state() != integrity['data_iter']:
+    raise CorruptCheckpointError(directory, step, f'the iterator state reads {data_iter.get_state()}, '
+                                 f'saved {integrity["data_iter"]}')
+  return Restored(step, restored.state, dict(restored.history), integrity.get('fingerprint'))
+
+
+def quarantine(workdir_checkpoints: str, step: int) -> str:
+  """Moves a bad step folder out of the manager's sight, next to it (kept for inspection); returns where."""
+  target = os.path.join(os.path.dirname(workdir_checkpoints), 'checkpoints.corrupt',
+                        f'{step}-{time.strftime("%Y%m%dT%H%M%S")}')
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  shutil.move(os.path.join(workdir_checkpoints, str(step)), target)
+  return target
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, abstract_state: Any,
+                        data_iter: grain.DatasetIterator | None,
+                        accept: Any = None) -> Restored | None:
+  """To resume training: the newest step that verifies; bad steps are logged loudly and moved aside.
+
+  `accept(integrity, step)` (optional) sees each step's checksum item before its arrays are read: it may raise
+  (e.g. another run's fingerprint) or return False to stop and return None (start fresh).
+  """
+  directory = str(manager.directory)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      if accept is not None and not accept(read_integrity(manager, step), step):
+        return None
+      return restore_verified(manager, step, abstract_state, data_iter)
+    except CorruptCheckpointError as error:
+      moved = quarantine(directory, step)
+      logging.error('%s: skipped, moved to %s; trying the step before', error, moved)
+      print(f'ERROR: {error}: skipped (moved to {moved})', file=sys.stderr, flush=True)
+      manager.reload()
+  return None
+
+
+def resume(manager: ocp.CheckpointManager, workdir: str, checkpoint_config: ml_collections.ConfigDict,
+           abstract_state: Any, data_iter: grain.DatasetIterator,
+           fingerprint: dict[str, Any]) -> tuple[ocp.CheckpointManager, Restored | None]:
+  """Restores the newest good step of the same run (iterator in place), or None to start fresh.
+
+  A step saved under another fingerprint raises FingerprintMismatchError with the diff, unless
+  config.checkpoint.on_mismatch='fresh': then the old checkpoints are moved to checkpoints.replaced-<time>/ and a
+  new manager is returned.
+  """
+  initial_iter_state = data_iter.get_state()
+  on_mismatch = checkpoint_config.get('on_mismatch', 'error')
+  if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
+    raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '
+                     f'{list(fingerprint_lib.MISMATCH_CHOICES)}')
+
+  def accept(integrity: dict[str, Any], step: int) -> bool:
+    return fingerprint_lib.check_resume(integrity.get('fingerprint'), fingerprint, on_mismatch,
+                                        f'checkpoint step {step} in {str(manager.directory)!r}')
+
+  restored = restore_latest_good(manager, abstract_state, data_iter, accept)
+  if restored is not None:
+    return manager, restored
+  data_iter.set_state(initial_iter_state)
+  if manager.all_steps():  # Another run's checkpoints, set aside on request.
+    manager.close()
+    aside = f'{checkpoint_dir(workdir)}.replaced-{time.strftime("%Y%m%dT%H%M%S")}'
+    shutil.move(checkpoint_dir(workdir), aside)
+    logging.warning('moved the other run\'s checkpoints to %s', aside)
+    manager = create_manager(workdir, checkpoint_config)
+  return manager, None
 
 
 def restore_for_training(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState,
                          data_iter: grain.DatasetIterator) -> tuple[TrainState, list[dict[str, float]]]:
-  """Restores state, iterator position (in place) and history of `step`, to resume training."""
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state),
-      data_iter=grain.checkpoint.CheckpointRestore(data_iter),
-      history=ocp.args.JsonRestore()))
+  """Restores and verifies state, iterator position (in place) and history of `step`, to resume training."""
+  restored = restore_verified(manager, step, abstract_state, data_iter)
   return restored.state, list(restored.history['epochs'])
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState) -> TrainState:
-  """Restores only the train state of `step` (for evaluation)."""
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-  return restored.state
+  """Restores and verifies only the train state of `step` (for evaluation)."""
+  return restore_verified(manager, step, abstract_state).state
 
 
 def choose_step(manager: ocp.CheckpointManager, requested: int, workdir: str) -> int:
@@ -93,3 +376,31 @@ def choose_step(manager: ocp.CheckpointManager, requested: int, workdir: str) ->
     return requested
   best = manager.best_step()
   return best if best is not None else manager.latest_step()
+
+
+def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir: str, *, requested: int = -1,
+                   fallback: bool = False) -> Restored:
+  """For eval / explain / predict: the verified choose_step() checkpoint.
+
+  A corrupt one raises CorruptCheckpointError naming the step, unless `fallback`
+  (config.checkpoint.fallback_to_good_step): then the newest other step that verifies is used, with a warning.
+  """
+  chosen = choose_step(manager, requested, workdir)
+  try:
+    return restore_verified(manager, chosen, abstract_state)
+  except CorruptCheckpointError as error:
+    if not fallback:
+      raise CorruptCheckpointError(str(manager.directory), chosen, error.reason +
+                                   ' (set config.checkpoint.fallback_to_good_step=True to use the newest good '
+                                   'step instead)') from error
+    logging.error('%s; falling back to an older step', error)
+  for step in sorted((s for s in manager.all_steps() if s != chosen), reverse=True):
+    try:
+      restored = restore_verified(manager, step, abstract_state)
+    except CorruptCheckpointError as error:
+      logging.error('%s; trying the step before', error)
+      continue
+    logging.warning('using checkpoint step %d instead of the corrupt step %d', step, chosen)
+    return restored
+  raise CorruptCheckpointError(str(manager.directory), chosen, 'and no other step verifies either')
+

@@ -136,12 +136,14 @@ def restore_run(workdir: str, requested_step: int, mesh: Mesh,
   """Restores a training run's (config, model, state, step): `config` or the run's own config.json."""
   config = config or checkpoints.load_run_config(workdir)
   manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
-  step = checkpoints.choose_step(manager, requested_step, workdir)
   model = create_model(config.model, len(config.data.classes))
   abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
-  state = checkpoints.restore_state(manager, step, abstract)
-  manager.close()
-  return config, model, state, step
+  try:
+    restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=requested_step,
+                                          fallback=config.checkpoint.get('fallback_to_good_step', False))
+  finally:
+    manager.close()
+  return config, model, restored.state, restored.step
 
 
 def view_keys(seed: int, tta_views: int) -> list[jax.Array | None]:

@@ -47,12 +47,13 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str) -> TrainedMod
   model = create_model(config.model, len(config.data.classes))
   manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
   try:
-    step = checkpoints.choose_step(manager, config.eval.step, workdir)
     abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
-    state = checkpoints.restore_state(manager, step, abstract)
+    restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=config.eval.step,
+                                          fallback=config.checkpoint.get('fallback_to_good_step', False))
   finally:
     manager.close()
-  return TrainedModel(model, {'params': state.params, **state.model_state}, step)
+  state = restored.state
+  return TrainedModel(model, {'params': state.params, **state.model_state}, restored.step)
 
 
 def module_outputs(model: nn.Module, variables: dict[str, Any], images_BHWC: jax.Array) -> dict[str, tuple[Any, ...]]:

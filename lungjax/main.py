@@ -9,7 +9,7 @@ import logging as std_logging  # pylint: disable=g-import-not-at-top
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax import crossval, evaluate, explain  # pylint: disable=g-import-not-at-top
+from lungjax import crossval, evaluate, explain, preemption  # pylint: disable=g-import-not-at-top
 from lungjax import distributed  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -64,5 +64,13 @@ def main(argv):
     print(f'  report       {os.path.abspath(out_dir)}/report.md')
 
 
+def main_or_preempted(argv):
+  """main(), except that a SIGTERM whose checkpoint was saved ends the process with status 0."""
+  try:
+    main(argv)
+  except preemption.Preempted as stopped:
+    print(f'\n{stopped}', flush=True)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main_or_preempted)

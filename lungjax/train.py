@@ -16,6 +16,7 @@ from clu import metric_writers, periodic_actions
 
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps, warm_start
 from lungjax import distributed
+from lungjax import fingerprint as fingerprint_lib, preemption
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
 
@@ -84,8 +85,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   `data` (already decoded and split, e.g. one cross-validation fold) skips loading. Ends by evaluating the best
   checkpoint on validation (and test/, if present) and drawing the curves. Returns a summary (also written to
-  workdir/summary.json).
+  workdir/summary.json). On SIGTERM it saves the current step and raises preemption.Preempted.
   """
+  with preemption.StopRequest() as stop:
+    return _train_and_evaluate(config, workdir, data, stop)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: loading.TrainingData | None,
+                        stop: preemption.StopRequest) -> dict[str, Any]:
+  """train_and_evaluate's body; `stop` says when a preemption was requested."""
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   if distributed.is_main_process():  # Multi-host: process 0 writes the run's files, all processes compute.
@@ -106,17 +114,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   dataset = pipeline.train_dataset(data.train.images_NHWC, data.train.labels_N,
                                    global_batch_size=config.train.batch_size,
                                    num_epochs=config.train.num_epochs, seed=config.seed)
-  data_iter = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+  read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+  data_iter = iter(dataset.to_iter_dataset(read_options))
 
   model = create_model(config.model, len(classes))
   tx = steps.create_optimizer(config.train)
   manager = checkpoints.create_manager(workdir, config.checkpoint)
   history: list[dict[str, float]] = []
-  if manager.latest_step() is not None:
-    step = manager.latest_step()
-    abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
-    state, history = checkpoints.restore_for_training(manager, step, abstract, data_iter)
-    logging.info('resumed from %s at step %d', checkpoints.checkpoint_dir(workdir), step)
+  abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
+  run_fingerprint = fingerprint_lib.run_fingerprint(config, data, abstract, read_options.num_threads)
+  manager, restored = checkpoints.resume(manager, workdir, config.checkpoint, abstract, data_iter, run_fingerprint)
+  if restored is not None:
+    state, history = restored.state, list(restored.history['epochs'])
+    logging.info('resumed from %s at step %d', checkpoints.checkpoint_dir(workdir), restored.step)
   else:
     state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(config.seed))
     state = warm_start.warm_start(config, workdir, state, data, tx)
@@ -162,8 +172,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       writer.write_scalars(step, {k: v for k, v in row.items() if k.startswith(('train_', 'val_'))})
       logging.info('epoch %d: %s', row['epoch'], ', '.join(
           f'{k} {v:.4f}' for k, v in row.items() if k.startswith(('train_', 'val_'))))
-      checkpoints.save(manager, state, data_iter, history, metrics)
-  manager.wait_until_finished()
+      checkpoints.save(manager, state, data_iter, history, metrics, run_fingerprint)
+    if stop.should_stop(step, manager):
+      if not epoch_end:
+        checkpoints.save(manager, state, data_iter, history, None, run_fingerprint)
+      checkpoints.wait(manager)
+      manager.close()
+      raise preemption.Preempted(step, checkpoints.checkpoint_dir(workdir))
+  checkpoints.wait(manager)
   distributed.check_replicas_equal(state, 'train state')  # Multi-host: every process ends with the same state.
   writer.flush()
   train_seconds = time.perf_counter() - start_time

@@ -67,3 +67,98 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, tiny_config):
   assert [row['train_loss'] for row in resumed['history']] == [row['train_loss'] for row in summary['history']]
   jax.tree.map(np.testing.assert_array_equal, _params_of(interrupted, tiny_config, last).params,
                _params_of(straight, tiny_config, last).params)
+
+
+def _saved_run(tmp_path, tiny_config, steps_to_save=(6, 12)):
+  """A manager with tiny states saved at steps_to_save; returns (manager, abstract, saved states, dataset)."""
+  tiny_config.checkpoint.keep_latest = 5
+  model = create_model(tiny_config.model, 3)
+  tx = steps.create_optimizer(tiny_config.train)
+  mesh = mesh_lib.make_mesh()
+  state = steps.jit_create_train_state(model, tx, 32, mesh)(jax.random.PRNGKey(3))
+  images = np.arange(12, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+  dataset = pipeline.train_dataset(images, np.zeros(12, np.int32), global_batch_size=4, num_epochs=2, seed=0)
+  data_iter = iter(dataset.to_iter_dataset())
+  manager = checkpoints.create_manager(str(tmp_path), tiny_config.checkpoint)
+  saved = {}
+  for step in steps_to_save:
+    state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32),
+                          params=jax.tree.map(lambda x: x + 1, state.params))
+    checkpoints.save(manager, state, data_iter, [{'epoch': step}], {'val_macro_recall': step / 100},
+                     {'run': {'seed': 0}, 'host': {}})
+    saved[step] = jax.device_get(state)
+  checkpoints.wait(manager)
+  return manager, steps.abstract_train_state(model, tx, 32, mesh), saved, dataset
+
+
+def _value_files(workdir, step):
+  folder = os.path.join(checkpoints.checkpoint_dir(workdir), str(step), 'state')
+  return [os.path.join(p, n) for p, _, ns in os.walk(folder) for n in ns if os.sep + 'd' + os.sep in
+          os.path.join(p, n)]
+
+
+def test_flipped_bytes_in_a_value_file_are_caught_and_resume_uses_the_step_before(tmp_path, tiny_config):
+  manager, abstract, saved, _ = _saved_run(tmp_path, tiny_config)
+  for path in _value_files(str(tmp_path), 12):  # Flip a byte in the middle of every value file.
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, 'wb').write(bytes(data))
+  with pytest.raises(checkpoints.CorruptCheckpointError, match='step 12.*fallback_to_good_step'):
+    checkpoints.restore_chosen(manager, abstract, str(tmp_path), requested=12)
+  fallback = checkpoints.restore_chosen(manager, abstract, str(tmp_path), requested=12, fallback=True)
+  assert fallback.step == 6
+  good = checkpoints.restore_latest_good(manager, abstract, None)
+  assert good.step == 6 and manager.all_steps() == [6]
+  assert os.listdir(os.path.join(str(tmp_path), 'checkpoints.corrupt'))[0].startswith('12-')
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(good.state.params), saved[6].params)
+  manager.close()
+
+
+def test_truncated_or_missing_items_are_corrupt_steps(tmp_path, tiny_config):
+  manager, abstract, _, _ = _saved_run(tmp_path, tiny_config)
+  for path in _value_files(str(tmp_path), 12):
+    os.truncate(path, 3)
+  shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(str(tmp_path)), '6', 'integrity'))
+  for step in (6, 12):
+    with pytest.raises(checkpoints.CorruptCheckpointError, match=f'step {step}'):
+      checkpoints.restore_verified(manager, step, abstract)
+  assert checkpoints.restore_latest_good(manager, abstract, None) is None
+  manager.close()
+
+
+def test_restoring_into_another_dtype_is_refused(tmp_path, tiny_config):
+  manager, abstract, _, _ = _saved_run(tmp_path, tiny_config, (6,))
+  bf16 = abstract.replace(params=jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, jax.numpy.bfloat16, sharding=x.sharding), abstract.params))
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='saved float32.*wanted bfloat16'):
+    checkpoints.restore_verified(manager, 6, bf16)
+  manager.close()
+
+
+def test_non_finite_state_is_never_saved(tmp_path, tiny_config):
+  manager, _, saved, _ = _saved_run(tmp_path, tiny_config, (6,))
+  state = jax.tree.map(jax.numpy.asarray, saved[6])
+  bad = state.replace(step=jax.numpy.asarray(7), params=jax.tree.map(lambda x: x * np.nan, state.params))
+  data_iter = iter(pipeline.train_dataset(np.zeros((4, 2, 2, 3), np.uint8), np.zeros(4, np.int32),
+                                          global_batch_size=4, num_epochs=1, seed=0).to_iter_dataset())
+  with pytest.raises(FloatingPointError, match='step 7'):
+    checkpoints.save(manager, bad, data_iter, [], None)
+  checkpoints.wait(manager)
+  assert manager.all_steps() == [6]
+  manager.close()
+
+
+def test_failed_save_is_a_clear_error_and_stale_tmp_folders_are_cleaned(tmp_path, tiny_config, monkeypatch):
+  manager, _, saved, _ = _saved_run(tmp_path, tiny_config, (6,))
+  manager.close()
+  stale = os.path.join(checkpoints.checkpoint_dir(str(tmp_path)), '9.orbax-checkpoint-tmp-1234')
+  os.makedirs(os.path.join(stale, 'state'))
+  manager = checkpoints.create_manager(str(tmp_path), tiny_config.checkpoint)
+  assert not os.path.exists(stale) and manager.all_steps() == [6]
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(manager, 'wait_until_finished', full_disk)
+  with pytest.raises(checkpoints.CheckpointSaveError, match='failed: OSError.*No space left.*older steps'):
+    checkpoints.wait(manager)

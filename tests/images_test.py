@@ -90,3 +90,43 @@ def test_decode_records_raises_or_skips_and_counts(tmp_path):
   assert decoded.images_NHWC.shape == (3, SIZE, SIZE, 3)
   assert decoded.thumbnails_ND.shape == (3, images.THUMBNAIL_SIZE**2)
   assert (decoded.images_NHWC[2] == [3, 2, 1]).all()
+
+
+def test_golden_arrays_of_every_mode(tmp_path):
+  """Each odd mode decodes to exactly these uint8 RGB values (full size, so no resize blurs them)."""
+  size = 4
+  palette = Image.new('P', (size, size), 2)
+  palette.putpalette([0, 0, 0, 0, 0, 0, 11, 22, 33] + [0] * 759)
+  exif = Image.Exif()
+  exif[0x0112] = 3  # Rotate 180.
+  top_white = np.zeros((size, size, 3), np.uint8)
+  top_white[:2] = 255
+  cases = {
+      'sixteen.png': (Image.fromarray(np.full((size, size), 65535, np.uint16)), {}, [255, 255, 255]),
+      'rgba.png': (Image.new('RGBA', (size, size), (255, 128, 0, 255)), {}, [255, 128, 0]),
+      'palette.png': (palette, {}, [11, 22, 33]),
+      'grey.png': (Image.new('L', (size, size), 77), {}, [77, 77, 77]),
+      'cmyk.jpg': (Image.new('CMYK', (size, size), (0, 0, 0, 255)), {'quality': 100}, [0, 0, 0]),
+  }
+  for name, (image, kwargs, expected) in cases.items():
+    pixels = images.load_image(_save(image, tmp_path / name, **kwargs), size).pixels_HWC
+    assert pixels.dtype == np.uint8 and pixels.shape == (size, size, 3), name
+    np.testing.assert_allclose(pixels.astype(int), np.broadcast_to(expected, pixels.shape), atol=2, err_msg=name)
+  rotated = images.load_image(_save(Image.fromarray(top_white), tmp_path / 'rot.png', exif=exif), size).pixels_HWC
+  assert (rotated[2:] == 255).all() and (rotated[:2] == 0).all()  # Upside down: the white half at the bottom.
+  one = images.load_image(_save(Image.new('RGB', (1, 1), (5, 6, 7)), tmp_path / 'one.png'), 1).pixels_HWC
+  np.testing.assert_array_equal(one, [[[5, 6, 7]]])
+
+
+def test_decompression_bomb_header_is_refused_quickly_naming_the_file(tmp_path):
+  import time
+  from lungjax import faults
+  path = tmp_path / 'huge.png'
+  path.write_bytes(faults.bomb_png(20000, 20000))
+  began = time.perf_counter()
+  with pytest.raises(images.BadImageError, match='huge.png.*too many pixels'):
+    images.load_image(str(path), SIZE)
+  assert time.perf_counter() - began < 1.0
+  path.write_bytes(faults.bomb_png(10000, 10000))  # Between 1x and 2x Pillow's limit, where Pillow only warns.
+  with pytest.raises(images.BadImageError, match='too many pixels'):
+    images.load_image(str(path), SIZE)

@@ -70,6 +70,9 @@ def load_image(path: str, size: int) -> LoadedImage:
     raise BadImageError(path, 'the file is empty')
   try:
     with Image.open(path, formats=PIL_FORMATS) as image:
+      if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float('inf')):  # Pillow only warns up to 2x.
+        raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
+                                           f'={Image.MAX_IMAGE_PIXELS}')
       image.load()
       pixels = to_rgb_uint8(image)
   except Image.DecompressionBombError as error:

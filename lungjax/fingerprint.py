@@ -1,0 +1,115 @@
+"""The run fingerprint: what makes a resumed run the same run, stored with each checkpoint and compared on resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lungjax.data import images
+
+MISMATCH_CHOICES = ('error', 'fresh')
+
+
+def cpu_count() -> int:
+  """The CPUs this process may run on (taskset / cgroup affinity), which XLA's CPU results depend on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
+
+
+def _files_digest(decoded: images.DecodedImages, folder: str) -> dict[str, Any]:
+  """The number of images and one sha256 over (relative path, label, pixel hash) in order."""
+  digest = hashlib.sha256()
+  for path, label, pixel_hash in zip(decoded.paths, decoded.labels_N.tolist(), decoded.pixel_hashes):
+    digest.update(json.dumps([os.path.relpath(path, folder), label, pixel_hash]).encode())
+  return {'n': len(decoded), 'sha256': digest.hexdigest()}
+
+
+def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state: Any,
+                    loader_threads: int) -> dict[str, Any]:
+  """The fields a resumed run must share with its checkpoint ('run') and those that only change bits ('host')."""
+  folder = data.train_folder.folder
+  dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(abstract_state.params)})
+  return {
+      'run': {
+          'model': config.model.to_dict(),
+          'param_dtypes': dtypes,
+          'seed': config.seed,
+          'batch_size': config.train.batch_size,
+          'optimizer': {k: config.train[k] for k in ('learning_rate', 'adam_b1', 'adam_b2', 'adam_eps',
+                                                     'class_weighting', 'freeze_backbone_epochs')},
+          'augment': config.augment.to_dict(),
+          'image_size': config.data.image_size,
+          'classes': list(config.data.classes),
+          'split': {k: config.data[k] for k in ('val_fraction', 'split_seed', 'near_copy_threshold')},
+          'train_files': _files_digest(data.train, folder),
+          'val_files': _files_digest(data.val, folder),
+          'process_count': jax.process_count(),
+          'loader_threads': loader_threads,
+      },
+      'host': {'cpu_count': cpu_count(), 'device_count': jax.device_count(),
+               'platform': jax.devices()[0].platform},
+  }
+
+
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """{'a.b': leaf} of nested dicts; lists and tuples as JSON-like lists."""
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(_flat(value, f'{prefix}{key}.'))
+    return out
+  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """Lines 'field: saved X, now Y' for every field that differs (JSON round trip makes tuples lists)."""
+  saved_flat, current_flat = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(current)))
+  return [f'{field}: saved {saved_flat.get(field, "<absent>")!r}, now {current_flat.get(field, "<absent>")!r}'
+          for field in sorted(set(saved_flat) | set(current_flat)) if saved_flat.get(field) != current_flat.get(field)]
+
+
+class FingerprintMismatchError(ValueError):
+  """Resuming a checkpoint of another run: the message lists the fields that differ."""
+
+
+def check_resume(saved: dict[str, Any] | None, current: dict[str, Any], on_mismatch: str, where: str) -> bool:
+  """True when the checkpoint may be resumed; False when the user asked for a fresh start instead.
+
+  Raises FingerprintMismatchError with the diff (on_mismatch='error'); warns when only the host changed.
+  """
+  if on_mismatch not in MISMATCH_CHOICES:
+    raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of {list(MISMATCH_CHOICES)}')
+  if saved is None:
+    changed = ['fingerprint: the checkpoint has none (saved by an older lungjax)']
+  else:
+    changed = diff(saved.get('run', {}), current['run'])
+  if changed:
+    if on_mismatch == 'fresh':
+      warn(f'{where} belongs to another run ({"; ".join(changed)}): starting fresh, as '
+                  'config.checkpoint.on_mismatch=fresh asks')
+      return False
+    raise FingerprintMismatchError(
+        f'{where} was saved by a different run, so resuming it would not reproduce either run:\n  '
+        + '\n  '.join(changed) + '\nUse the original config, another --workdir, or '
+        '--config.checkpoint.on_mismatch=fresh to set these checkpoints aside and start over.')
+  host_changed = diff(saved.get('host', {}), current['host'])
+  if host_changed:
+    warn(f'resuming {where} on another machine ({"; ".join(host_changed)}): training continues, but its '
+                'bits will differ from an uninterrupted run (XLA results depend on the CPU count and devices)')
+  return True
+
+
+def warn(message: str) -> None:
+  """Logs a warning and prints it to stderr, so it shows even where logging is quiet."""
+  logging.warning('%s', message)
+  print(f'WARNING: {message}', file=sys.stderr, flush=True)
