@@ -1,5 +1,5 @@
-"""The fault matrix: every bad-image kind, mid-epoch iterator restores, and (slow) a small version of the
-subprocess rows: kill -9 inside a save, SIGTERM, a corrupt step, fresh runs with identical parameters."""
+"""The fault matrix: every bad-image kind, mid-epoch iterator restores, the results table, and (slow) every row of
+the matrix with 2 trials each, as CI runs it (the full matrix is `python -m lungjax.faults`)."""
 
 import json
 import os
@@ -40,12 +40,12 @@ def test_unknown_row_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_fault_matrix(tmp_path):
-  """One trial of the subprocess rows that fit in ~2 minutes (the full matrix is `python -m lungjax.faults`)."""
-  rows = faults.run_matrix(str(tmp_path), kill_trials=0, save_kill_trials=1, chain_trials=0, sigterm_trials=1,
-                           disk_trials=0, corrupt_trials=2, determinism_runs=0,
-                           rows=('save_kill', 'sigterm', 'flip', 'dtype'))
-  assert [r.fault for r in rows] == ['kill -9 inside a checkpoint save, rerun', 'SIGTERM (preemption)',
-                                     'byte flip in a checkpoint file', 'restore into another dtype (float32 → bfloat16)']
+def test_every_row_of_the_fault_matrix_with_two_trials(tmp_path):
+  """CI's version of `python -m lungjax.faults`: every row, 2 trials each (the fixed rows run their own set)."""
+  rows = faults.run_matrix(str(tmp_path), kill_trials=2, save_kill_trials=2, chain_trials=2, sigterm_trials=2,
+                           disk_trials=2, corrupt_trials=2, determinism_runs=2)
+  assert len(rows) == len(faults.ROWS)
   for row in rows:
-    assert row.trials >= 1 and row.passed == row.trials, (row.fault, row.failures)
+    if row.outcome.startswith('not run') and os.geteuid() != 0:  # The disk-full row mounts a tmpfs: root only.
+      continue
+    assert row.trials >= 1 and row.passed == row.trials, (row.fault, row.outcome, row.failures)
