@@ -25,13 +25,19 @@ from PIL import Image  # pylint: disable=g-import-not-at-top
 from lungjax.data import duplicates, folders, images  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('out', None, 'Where audit.json, pairs.png and drop_list.txt go.')
-flags.DEFINE_string('strip', None, 'Write a metadata-free, pixel-identical copy of every decodable image here, '
-                    'at OUT_DIR/<folder name>/<its path in the folder>.')
-flags.DEFINE_float('near_threshold', 0.96, 'Pearson r of the 32x32 grey thumbnails at or above which two images '
-                   'are near copies.')
-flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
-                    'image in another FOLDER.')
+NEAR_THRESHOLD = 0.96  # Pearson r of grey thumbnails that makes two images near copies.
+
+
+def _define_flags() -> None:
+  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
+  flags.DEFINE_string('out', None, 'Where audit.json, pairs.png and drop_list.txt go.')
+  flags.DEFINE_string('strip', None, 'Write a metadata-free, pixel-identical copy of every decodable image here, '
+                      'at OUT_DIR/<folder name>/<its path in the folder>.')
+  flags.DEFINE_float('near_threshold', NEAR_THRESHOLD, 'Pearson r of the 32x32 grey thumbnails at or above which two images '
+                     'are near copies.')
+  flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
+                      'image in another FOLDER.')
+
 
 SHEET_PIXELS = 96  # Each image is kept as a 96x96 grey preview (9 KB) for the contact sheet.
 MAX_SHEET_PAIRS = 40
@@ -413,7 +419,7 @@ def write_clean_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str],
           'changed': [row for row in written if row['method'] != 'copied']}
 
 
-def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: float = 0.96,
+def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: float = NEAR_THRESHOLD,
               strip_dir: str | None = None, drop_from: str | None = None, threads: int = 0) -> dict[str, Any]:
   """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report."""
   drop_index = _check_arguments(folder_paths, out_dir, near_threshold, strip_dir, drop_from)
@@ -481,5 +487,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['out'])
   app.run(main)

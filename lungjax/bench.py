@@ -29,17 +29,23 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; override fields as --config.a.b=value.',
-                                lock_config=True)
-flags.DEFINE_bool('keras', False, "Also time the study's Keras model, alternating with lungjax round by round.")
-flags.DEFINE_string('keras_model', os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench',
-                                                'seed_keras.py'), 'The file whose model() is the Keras model.')
-flags.DEFINE_integer('rounds', 3, 'Alternating timing rounds (lungjax, then Keras).')
-flags.DEFINE_integer('steps', 5, 'Timed train steps per round, after warm-up.')
-flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps before the first round.')
-flags.DEFINE_integer('epochs', 2, 'Epochs on the real folder (the loader figures quote the last).')
-flags.DEFINE_string('out_dir', 'results/bench', 'Where <config.name>.json goes.')
-flags.DEFINE_bool('keras_worker', False, 'Internal: serve Keras timing requests on stdin (the --keras child).')
+# The study's Keras model, beside a developer's checkout (../shared/bench).
+SEED_KERAS_MODEL = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench', 'seed_keras.py')
+
+
+def _define_flags() -> None:
+  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; override fields as --config.a.b=value.',
+                                  lock_config=True)
+  flags.DEFINE_bool('keras', False, "Also time the study's Keras model, alternating with lungjax round by round.")
+  flags.DEFINE_string('keras_model', SEED_KERAS_MODEL, 'The file whose model() is the Keras model.')
+  flags.DEFINE_integer('rounds', 3, 'Alternating timing rounds (lungjax, then Keras).')
+  flags.DEFINE_integer('steps', 5, 'Timed train steps per round, after warm-up.')
+  flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps before the first round.')
+  flags.DEFINE_integer('epochs', 2, 'Epochs on the real folder (the loader figures quote the last).')
+  flags.DEFINE_string('out_dir', 'results/bench', 'Where <config.name>.json goes.')
+  flags.DEFINE_bool('keras_worker', False, 'Internal: serve Keras timing requests on stdin (the --keras child).')
+
 
 # The compilations jax reports, by function name, while counting (see count_compilations).
 _COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
@@ -339,4 +345,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -27,17 +27,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_MARK = '.orbax-checkpoint-tmp'
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('kill_trials', 20, 'kill -9 at a random moment of a run, then rerun to the end.')
-flags.DEFINE_integer('save_kill_trials', 10, 'kill -9 while a checkpoint tmp folder exists (inside a save).')
-flags.DEFINE_integer('chain_trials', 3, 'runs killed three times before finishing.')
-flags.DEFINE_integer('sigterm_trials', 3, 'SIGTERM mid-training: must save, exit 0 and resume.')
-flags.DEFINE_integer('disk_trials', 2, 'checkpoint folder on a full tmpfs: the run must fail clearly.')
-flags.DEFINE_integer('corrupt_trials', 10, 'byte flips, and as many truncations / deletions, in a saved step.')
-flags.DEFINE_integer('determinism_runs', 10, 'fresh runs that must end with identical parameters.')
-flags.DEFINE_list('rows', [], 'Only these rows (names: see ROWS); default all.')
-flags.DEFINE_integer('seed', 0, 'Seeds the trial timings and corruptions.')
-flags.DEFINE_string('out', os.path.join(REPO, 'results', 'reliability'), 'Where summary.json and README.md go.')
-flags.DEFINE_string('work', '', 'Scratch folder (default: a new tmp folder, removed at the end).')
+
+
+def _define_flags() -> None:
+  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
+  flags.DEFINE_integer('kill_trials', 20, 'kill -9 at a random moment of a run, then rerun to the end.')
+  flags.DEFINE_integer('save_kill_trials', 10, 'kill -9 while a checkpoint tmp folder exists (inside a save).')
+  flags.DEFINE_integer('chain_trials', 3, 'runs killed three times before finishing.')
+  flags.DEFINE_integer('sigterm_trials', 3, 'SIGTERM mid-training: must save, exit 0 and resume.')
+  flags.DEFINE_integer('disk_trials', 2, 'checkpoint folder on a full tmpfs: the run must fail clearly.')
+  flags.DEFINE_integer('corrupt_trials', 10, 'byte flips, and as many truncations / deletions, in a saved step.')
+  flags.DEFINE_integer('determinism_runs', 10, 'fresh runs that must end with identical parameters.')
+  flags.DEFINE_list('rows', [], 'Only these rows (names: see ROWS); default all.')
+  flags.DEFINE_integer('seed', 0, 'Seeds the trial timings and corruptions.')
+  flags.DEFINE_string('out', os.path.join(REPO, 'results', 'reliability'), 'Where summary.json and README.md go.')
+  flags.DEFINE_string('work', '', 'Scratch folder (default: a new tmp folder, removed at the end).')
+
 
 # The runs of the matrix: the tiny config on 36 synthetic images, 3 epochs of 6 steps, every step kept.
 RUN_OVERRIDES = ('--config.train.num_epochs=3', '--config.checkpoint.keep_latest=3', '--config.eval.n_bootstrap=50')
@@ -675,4 +680,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -18,9 +18,13 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 from lungjax.data import prepared  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; its config.data fields say what to prepare.',
-                                lock_config=True)
-flags.mark_flags_as_required(['config'])
+
+
+def _define_flags() -> None:
+  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; its config.data fields say what to prepare.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
@@ -32,4 +36,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -31,17 +31,22 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'The run config whose data, model and batch size are measured.',
-                                lock_config=True)
-flags.DEFINE_string('work', '/tmp/lungjax-scale', 'Where the generated images and prepared data go.')
-flags.DEFINE_list('sizes', ['2000', '20000'], 'Numbers of images to measure; the largest is generated.')
-flags.DEFINE_integer('train_steps', 30, 'Train steps measured after the loader epoch (0: none).')
-flags.DEFINE_integer('eval_batches', 10, 'Validation batches measured after the train steps.')
-flags.DEFINE_integer('generate_workers', 2, 'Processes that write the synthetic JPEGs.')
-flags.DEFINE_string('out', None, 'The JSON file to write.')
-flags.DEFINE_enum('phase', 'all', ['all', 'prepare', 'read', 'raw', 'baseline'], 'Internal: one measured phase.')
-flags.DEFINE_string('root', '', 'Internal: the data root of a phase.')
-flags.DEFINE_string('prepared_dir', '', 'Internal: the prepared data of a phase.')
+
+
+def _define_flags() -> None:
+  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
+  config_flags.DEFINE_config_file('config', None, 'The run config whose data, model and batch size are measured.',
+                                  lock_config=True)
+  flags.DEFINE_string('work', '/tmp/lungjax-scale', 'Where the generated images and prepared data go.')
+  flags.DEFINE_list('sizes', ['2000', '20000'], 'Numbers of images to measure; the largest is generated.')
+  flags.DEFINE_integer('train_steps', 30, 'Train steps measured after the loader epoch (0: none).')
+  flags.DEFINE_integer('eval_batches', 10, 'Validation batches measured after the train steps.')
+  flags.DEFINE_integer('generate_workers', 2, 'Processes that write the synthetic JPEGs.')
+  flags.DEFINE_string('out', None, 'The JSON file to write.')
+  flags.DEFINE_enum('phase', 'all', ['all', 'prepare', 'read', 'raw', 'baseline'], 'Internal: one measured phase.')
+  flags.DEFINE_string('root', '', 'Internal: the data root of a phase.')
+  flags.DEFINE_string('prepared_dir', '', 'Internal: the prepared data of a phase.')
+
 
 CLASSES_OF_SCALE = ('Covid', 'Normal', 'Viral Pneumonia')
 _NOISE_SIDE = 1800
@@ -311,4 +316,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

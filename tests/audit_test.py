@@ -256,5 +256,5 @@ def test_the_shared_train_copies_are_found_and_nothing_else():
               ('Viral Pneumonia/019.jpeg', 'Viral Pneumonia/020.jpeg', 'exact', 1.0),
               ('Covid/COVID-00033.jpg', 'Covid/COVID-00037.jpg', 'near', 0.999),
               ('Covid/057.jpeg', 'Covid/078.jpeg', 'near', 0.979)]
-  assert pairs(audit.FLAGS['near_threshold'].default) == expected
+  assert pairs(audit.NEAR_THRESHOLD) == expected
   assert pairs(0.9515)[5:] == [('Viral Pneumonia/062.jpeg', 'Viral Pneumonia/065.jpeg', 'near', 0.952)]

@@ -55,7 +55,7 @@ def test_keras_is_timed_alternately_and_written_beside_lungjax(tiny_config, tmp_
 
 
 def test_keras_model_for_another_image_size_is_refused(tiny_config):
-  default_seed = bench.FLAGS['keras_model'].default
+  default_seed = bench.SEED_KERAS_MODEL
   if not os.path.isfile(default_seed):
     pytest.skip('../shared/bench/seed_keras.py is absent')
   with pytest.raises(ValueError, match='config.data.image_size=32'):
