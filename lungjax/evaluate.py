@@ -174,7 +174,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """Restores workdir's best (or config.eval.step) checkpoint and evaluates config.eval.dir.
 
   With config.eval.ensemble (more workdirs, comma-separated) the probabilities of every run's best checkpoint are
-  averaged; with config.eval.tta_views=T each model also averages T augmented views of every image.
+  averaged; with config.eval.tta_views=T each model also averages T augmented views of every image. The metrics
+  come back with 'out_dir', where the report went.
   """
   folder = config.eval.dir
   if not folder:
@@ -217,8 +218,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                                f'(the plain image and {len(keys) - 1} test-time augmented)'}
   temperature = read_temperature(workdir) if averaged is None else None
   training = None if folder == VALIDATION else training_images(config, workdir)
-  return report_predictions(total_NC / len(members), loaded, config, os.path.join(workdir, 'eval', name),
-                            f'{config.name} on {name}', steps_used[0]['step'], temperature, training, averaged)
+  out_dir = os.path.join(workdir, 'eval', name)
+  metrics = report_predictions(total_NC / len(members), loaded, config, out_dir, f'{config.name} on {name}',
+                               steps_used[0]['step'], temperature, training, averaged)
+  return {**metrics, 'out_dir': out_dir}
 
 
 def training_images(config: ml_collections.ConfigDict, workdir: str) -> images.DecodedImages | None:

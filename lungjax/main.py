@@ -58,10 +58,9 @@ def main(argv):
     print(f'  gallery      {summary["gallery"]}')
   else:
     metrics = evaluate.evaluate_checkpoint(config, workdir)
-    out_dir = os.path.join(workdir, 'eval', os.path.basename(os.path.normpath(config.eval.dir)))
     print(f'\nevaluated checkpoint step {metrics["checkpoint_step"]} on {metrics["n_images"]} images: '
           f'accuracy {metrics["accuracy"]:.4f}, macro recall {metrics["macro_avg"]["recall"]:.4f}')
-    print(f'  report       {os.path.abspath(out_dir)}/report.md')
+    print(f'  report       {os.path.abspath(metrics["out_dir"])}/report.md')
 
 
 def main_or_preempted(argv):

@@ -30,6 +30,7 @@ def _eval(config, workdir, folder, out_name='test', **eval_fields):
   for key, value in eval_fields.items():
     setattr(config.eval, key, value)
   metrics = evaluate.evaluate_checkpoint(config, workdir)
+  assert metrics['out_dir'] == os.path.join(workdir, 'eval', out_name)
   _, labels, probabilities = evaluate.read_predictions(
       os.path.join(workdir, 'eval', out_name, 'predictions.csv'), CLASSES)
   return metrics, labels, probabilities

@@ -40,6 +40,7 @@ def test_train_then_eval_from_the_command_line(tmp_path, synthetic_root):
   evaluated = _run(f'--workdir={workdir}', '--mode=eval', f'--config.eval.dir={folder}',
                    '--config.eval.class_names=COVID=Covid,NORMAL=Normal')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert os.path.join(os.path.abspath(workdir), 'eval', 'external set', 'report.md') in evaluated.stdout
   metrics = json.loads(open(os.path.join(workdir, 'eval', 'external set', 'metrics.json')).read())
   assert metrics['n_images'] == 7 and metrics['checkpoint_step'] == summary['best_step']
   assert metrics['per_class']['Viral Pneumonia']['support'] == 0
