@@ -59,7 +59,8 @@ def test_study_cnn_lowerings_agree_in_logits_and_every_gradient():
   images = rng.integers(0, 256, (2, 32, 32, 3), np.uint8)
   labels = jnp.array([0, 2])
   results = []
-  for conv_impl, pool_impl in (('xla', 'reduce_window'), ('patches', 'reshape')):
+  for conv_impl, pool_impl in (('xla', 'reduce_window'), ('patches', 'reshape'), ('blas', 'cpu_kernel'),
+                               ('auto', 'auto')):
     config = cnn.get_config().model
     config.conv_features, config.dense_features = (4, 8, 8), (16, 16)
     config.conv_impl, config.pool_impl = conv_impl, pool_impl

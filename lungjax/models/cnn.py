@@ -19,8 +19,8 @@ class CNN(nn.Module):
   conv_features: Sequence[int] = (32, 64, 128)
   dense_features: Sequence[int] = (128, 128)
   dropout_rate: float = 0.3
-  conv_impl: str = 'xla'  # 'xla' (lax.conv) or 'patches' (im2col matmuls): same values and gradients.
-  pool_impl: str = 'reduce_window'  # 'reduce_window' (nn.max_pool) or 'reshape': same values and gradients.
+  conv_impl: str = 'xla'  # 'xla' (lax.conv), 'patches' (im2col), 'blas' (CPU custom calls), 'auto': same maths.
+  pool_impl: str = 'reduce_window'  # 'reduce_window' (nn.max_pool), 'reshape', 'cpu_kernel' (relu fused), 'auto'.
   dtype: str = 'float32'  # Compute dtype: 'bfloat16' keeps float32 params, logits and loss.
 
   def __post_init__(self):
@@ -32,14 +32,19 @@ class CNN(nn.Module):
   def __call__(self, images_BHWC: jax.Array, *, train: bool) -> jax.Array:
     """Maps uint8 (or [0, 255] float) images to class logits; pixels are rescaled by 1/255 here."""
     dtype = jnp.dtype(self.dtype)
-    conv = layers.patches_conv if self.conv_impl == 'patches' else None
-    pool = layers.reshape_max_pool if self.pool_impl == 'reshape' else (
-        lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
+    conv_impl, pool_impl = layers.resolve_impls(self.conv_impl, self.pool_impl, self.dtype)
+    relu_pool = {'reduce_window': lambda x: nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2)),
+                 'reshape': lambda x: layers.reshape_max_pool(nn.relu(x)),
+                 'cpu_kernel': layers.relu_max_pool}[pool_impl]
     x = (images_BHWC.astype(jnp.float32) / 255.0).astype(dtype)
-    for features in self.conv_features:
-      x = nn.Conv(features, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT, dtype=dtype,
-                  conv_general_dilated=conv)(x)
-      x = pool(nn.relu(x))
+    for index, features in enumerate(self.conv_features):
+      name = f'Conv_{index}'  # nn.Conv's own names, whichever lowering: checkpoints and Grad-CAM layers match.
+      if conv_impl == 'blas':
+        x = layers.BlasConv(features, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT, name=name)(x)
+      else:
+        x = nn.Conv(features, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT, dtype=dtype, name=name,
+                    conv_general_dilated=layers.patches_conv if conv_impl == 'patches' else None)(x)
+      x = relu_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     for index, features in enumerate(self.dense_features):

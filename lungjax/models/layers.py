@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONV_IMPLS = ('xla', 'patches')
-POOL_IMPLS = ('reduce_window', 'reshape')
+from lungjax.kernels import cpu
+
+# 'blas': BlasConv, custom calls of lungjax.kernels.cpu (CPU, float32); 'cpu_kernel': relu + reshape pool whose
+# gradient is one C++ pass; 'auto': those two on one CPU device in float32 when the kernels build, else xla / reshape.
+CONV_IMPLS = ('auto', 'xla', 'patches', 'blas')
+POOL_IMPLS = ('auto', 'reduce_window', 'reshape', 'cpu_kernel')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -25,6 +30,20 @@ def check_impls(conv_impl: str, pool_impl: str, dtype: str) -> None:
                                 ('dtype', dtype, DTYPES)):
     if value not in allowed:
       raise ValueError(f'config.model.{field}={value!r} is not one of {allowed}')
+  for field, value, kernel in (('conv_impl', conv_impl, 'blas'), ('pool_impl', pool_impl, 'cpu_kernel')):
+    if value == kernel and dtype != 'float32':
+      raise ValueError(f'config.model.{field}={value!r} computes in float32; config.model.dtype={dtype!r} needs '
+                       "conv_impl='xla', pool_impl='reshape'")
+
+
+def resolve_impls(conv_impl: str, pool_impl: str, dtype: str) -> tuple[str, str]:
+  """Replaces 'auto' by the CPU kernels ('blas', 'cpu_kernel') where they apply and build, else 'xla' / 'reshape'."""
+  if 'auto' not in (conv_impl, pool_impl):
+    return conv_impl, pool_impl
+  use_kernels = (dtype == 'float32' and jax.default_backend() == 'cpu' and jax.device_count() == 1
+                 and jax.process_count() == 1 and cpu.available())
+  return (('blas' if use_kernels else 'xla') if conv_impl == 'auto' else conv_impl,
+          ('cpu_kernel' if use_kernels else 'reshape') if pool_impl == 'auto' else pool_impl)
 
 
 def _patches(x_BHWC: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -89,3 +108,28 @@ def reshape_max_pool(x_BHWC: jax.Array) -> jax.Array:
   b, h, w, c = x_BHWC.shape
   x_BHWC = x_BHWC[:, :h // 2 * 2, :w // 2 * 2, :]
   return x_BHWC.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class BlasConv(nn.Module):
+  """nn.Conv's parameters ('kernel' HWIO, 'bias') and output for stride-1 float32 convs, as CPU custom calls."""
+
+  features: int
+  kernel_size: Sequence[int]
+  padding: Any = 'SAME'
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x_BHWC: jax.Array) -> jax.Array:
+    """conv(x, kernel) + bias, one custom call forward and one per gradient."""
+    cpu.check_cpu('conv_impl')
+    kernel_HWIO = self.param('kernel', self.kernel_init, (*self.kernel_size, x_BHWC.shape[-1], self.features))
+    bias_F = self.param('bias', self.bias_init, (self.features,))
+    padding = cpu.conv_padding(self.padding, self.kernel_size)
+    return cpu.conv_bias(x_BHWC.astype(jnp.float32), kernel_HWIO, bias_F, padding)
+
+
+def relu_max_pool(x_BHWC: jax.Array) -> jax.Array:
+  """reshape_max_pool(relu(x)) whose gradient is one pass in C++ (pool_impl='cpu_kernel')."""
+  cpu.check_cpu('pool_impl')
+  return cpu.relu_max_pool(x_BHWC)

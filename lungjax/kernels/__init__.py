@@ -1,0 +1,1 @@
+"""Custom XLA:CPU kernels (C++ sources compiled on first use) behind config switches."""

@@ -1,0 +1,107 @@
+"""lungjax.kernels.cpu: the C++ conv + bias and relu + max-pool custom calls give jax.lax's values and gradients."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import cnn
+from lungjax.kernels import cpu
+from lungjax.models import create_model, layers
+
+
+def _lax_conv_bias(x, w, b, padding):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
+
+
+@pytest.mark.parametrize('shape,kernel,padding', [
+    ((2, 9, 7, 3), (3, 3, 3, 5), ((1, 1), (1, 1))),
+    ((1, 8, 8, 4), (3, 3, 4, 6), ((0, 0), (0, 0))),
+    ((2, 6, 5, 2), (5, 3, 2, 3), ((1, 2), (0, 1))),
+    ((2, 6, 6, 3), (1, 1, 3, 4), ((0, 0), (0, 0))),
+    ((3, 40, 33, 16), (3, 3, 16, 8), ((1, 1), (1, 1))),  # several row blocks per image, odd width
+])
+def test_conv_bias_matches_lax_values_and_gradients(shape, kernel, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  b = jnp.asarray(rng.normal(size=kernel[-1:]), jnp.float32)
+  ours = jax.jit(lambda x, w, b: cpu.conv_bias(x, w, b, padding))
+  theirs = jax.jit(lambda x, w, b: _lax_conv_bias(x, w, b, padding))
+  np.testing.assert_allclose(ours(x, w, b), theirs(x, w, b), atol=1e-4, rtol=1e-4)
+  loss = lambda conv: lambda x, w, b: jnp.sum(jnp.sin(conv(x, w, b)))
+  for a, e in zip(jax.jit(jax.grad(loss(ours), (0, 1, 2)))(x, w, b), jax.jit(jax.grad(loss(theirs), (0, 1, 2)))(x, w, b)):
+    np.testing.assert_allclose(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_gradient_is_bitwise_deterministic():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(4, 64, 64, 8)), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(4, 64, 64, 16)), jnp.float32)
+  w, b = jnp.zeros((3, 3, 8, 16)), jnp.zeros(16)
+  grads = jax.jit(lambda x, dy: jax.vjp(lambda w, b: cpu.conv_bias(x, w, b, ((1, 1), (1, 1))), w, b)[1](dy))
+  first = [np.asarray(g) for g in grads(x, dy)]
+  for _ in range(5):
+    for a, e in zip(grads(x, dy), first):
+      np.testing.assert_array_equal(np.asarray(a), e)
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 7, 9, 2), (3, 32, 32, 16)])
+def test_relu_max_pool_matches_reshape_pool_with_ties(shape):
+  rng = np.random.default_rng(2)
+  z = rng.normal(size=shape).astype(np.float32)
+  z[0, :4, :4, :] = 0.5  # ties of a positive max (a flat image region through conv + bias)
+  z[-1, -4:, :4, :] = 0.0  # relu's kink: every position ties at 0
+  z = jnp.asarray(z)
+  theirs = lambda z: layers.reshape_max_pool(jax.nn.relu(z))
+  np.testing.assert_array_equal(cpu.relu_max_pool(z), theirs(z))
+  weights = jnp.asarray(rng.normal(size=theirs(z).shape), jnp.float32)
+  loss = lambda pool: lambda z: jnp.sum(jnp.cos(pool(z)) * weights)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss(cpu.relu_max_pool)))(z), jax.grad(loss(theirs))(z), atol=1e-6)
+
+
+def test_the_cpu_kernels_keep_nn_conv_parameters():
+  images = np.random.default_rng(3).integers(0, 256, (2, 16, 16, 3), np.uint8)
+  trees = []
+  for conv_impl, pool_impl in (('xla', 'reshape'), ('blas', 'cpu_kernel')):
+    config = cnn.get_config().model
+    config.conv_features, config.dense_features = (4, 8, 8), (16, 16)
+    config.conv_impl, config.pool_impl = conv_impl, pool_impl
+    trees.append(create_model(config, 3).init(jax.random.PRNGKey(0), images, train=False)['params'])
+  jax.tree.map(np.testing.assert_array_equal, trees[0], trees[1])  # same names, shapes and initial values
+
+
+def test_auto_picks_the_kernels_on_one_cpu_device_and_xla_for_bfloat16():
+  assert jax.device_count() == 1
+  assert layers.resolve_impls('auto', 'auto', 'float32') == ('blas', 'cpu_kernel')
+  assert layers.resolve_impls('auto', 'auto', 'bfloat16') == ('xla', 'reshape')
+  assert layers.resolve_impls('patches', 'auto', 'float32') == ('patches', 'cpu_kernel')
+
+
+def test_what_the_kernels_do_not_cover_is_refused_by_name():
+  config = cnn.get_config().model
+  config.conv_impl, config.pool_impl, config.dtype = 'blas', 'reshape', 'bfloat16'
+  with pytest.raises(ValueError, match='config.model.conv_impl'):
+    create_model(config, 3)
+  with pytest.raises(NotImplementedError, match='conv_impl'):
+    cpu.conv_padding('CIRCULAR', (3, 3))
+  with pytest.raises(NotImplementedError, match='padding < kernel size'):
+    cpu.conv_padding(((3, 3), (1, 1)), (3, 3))
+
+
+def test_a_failed_build_names_the_compiler_and_the_alternative(tmp_path):
+  code = ('import pytest; from lungjax.kernels import cpu\n'
+          'with pytest.raises(cpu.KernelBuildError, match="conv_impl=.xla.") as e: cpu.build()\n'
+          'print(e.value)\n')
+  env = {**os.environ, 'CXX': str(tmp_path / 'no-such-compiler'), 'LUNGJAX_KERNEL_CACHE': str(tmp_path / 'cache'),
+         'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=pathlib.Path(__file__).parents[1])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'C++ compiler' in result.stdout
+  assert not list((tmp_path / 'cache').glob('*.so'))  # nothing half-written is left to be loaded later
