@@ -31,10 +31,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_features = (32, 64, 128)
   config.model.dense_features = (128, 128)
   config.model.dropout_rate = 0.3
-  # How conv and max-pool are lowered (same values and gradients within 1e-4; tests/layers_test.py checks):
-  # conv 'xla' (lax.conv) or 'patches' (im2col matmuls); pool 'reduce_window' or 'reshape' (cheaper gradient on CPU).
-  config.model.conv_impl = 'xla'
-  config.model.pool_impl = 'reshape'
+  # How conv and max-pool are lowered (same values and gradients within 1e-4; tests/layers_test.py and
+  # tests/kernels_test.py check): conv 'xla' (lax.conv), 'patches' (im2col matmuls) or 'blas' (C++ custom calls:
+  # im2col blocks + OpenBLAS, CPU float32); pool 'reduce_window', 'reshape' or 'cpu_kernel' (relu + reshape pool,
+  # gradient in one C++ pass). 'auto': blas / cpu_kernel on one CPU device in float32 when they build, else
+  # xla / reshape (GPU, TPU, several devices, bfloat16).
+  config.model.conv_impl = 'auto'
+  config.model.pool_impl = 'auto'
   # Compute dtype: 'float32', or 'bfloat16' (mixed precision for GPU/TPU: float32 params, logits and loss).
   config.model.dtype = 'float32'
   # A Keras ImageNet weights file (.h5 / .weights.h5) to start from; '' trains from scratch.

@@ -295,6 +295,10 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
     runner = LungjaxRunner(config, class_weights_C)
     result['compiler_options'] = runner.compiler_options
     result['n_params'] = runner.n_params
+    if 'conv_impl' in config.model:  # what 'auto' became on this machine
+      from lungjax.models import layers  # pylint: disable=g-import-not-at-top
+      result['lowering'] = dict(zip(('conv_impl', 'pool_impl'), layers.resolve_impls(
+          config.model.conv_impl, config.model.pool_impl, config.model.get('dtype', 'float32'))))
     batch = runner.to_device(synthetic_batch(batch_size, config.data.image_size, len(config.data.classes)))
     result['first_train_step_s'] = round(runner.run_steps(lambda: batch, 1), 2)  # Trace + compile + one step.
     result['compile_train_s'] = round(sum(compiles.get('train_step', [0.0])), 2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates results/bench/ on this machine (run from the repository root; ~15 minutes on 2 cores):
+# Regenerates results/bench/ on this machine (run from the repository root; ~20 minutes on 2 cores):
 #   bash results/bench/regenerate.sh
 # cnn.json: the study's config (its defaults), Keras alternating side by side, the real shared train folder.
 # cnn-*.json: the same, one lowering choice changed each, on the synthetic batch only (no folder figures).
@@ -7,16 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=../shared/data/covid19-image-dataset
 python -m lungjax.bench --config=configs/cnn.py --keras --config.data.root="${DATA}" --rounds=5 --steps=5
+# XLA's own ops instead of the C++ kernels (lungjax/kernels/cpu.cc): lax conv, reshape pool (the default until then).
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-xla --config.model.conv_impl=xla \
+  --config.model.pool_impl=reshape --rounds=5 --steps=5
 # The plain flax CNN: lax conv, reduce_window pool, XLA's default CPU options (YNNPACK fusions on).
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-plain-flax \
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-plain-flax --config.model.conv_impl=xla \
   --config.model.pool_impl=reduce_window --config.train.cpu_compiler_options= --rounds=3 --steps=5
 # The reshape pool alone, YNNPACK fusions left on.
 python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-ynn-on --config.train.cpu_compiler_options= \
-  --rounds=3 --steps=5
+  --config.model.conv_impl=xla --config.model.pool_impl=reshape --rounds=3 --steps=5
 # im2col convs with matmul gradients (lungjax/models/layers.py) instead of lax.conv.
 python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-patches --config.model.conv_impl=patches \
-  --rounds=3 --steps=5
-# Data parallel over 2 forced host CPU devices (8 images each), to occupy both cores.
+  --config.model.pool_impl=reshape --rounds=3 --steps=5
+# Data parallel over 2 forced host CPU devices (8 images each), to occupy both cores ('auto' is XLA's ops there).
 XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
   --config.name=cnn-2-host-devices --rounds=3 --steps=5
 # The same with Eigen single-threaded on each device: one core per device.
@@ -24,7 +27,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --con
   --config.name=cnn-2-host-devices-1-thread-each \
   --config.train.cpu_compiler_options='xla_cpu_experimental_ynn_fusion_type=;xla_cpu_multi_thread_eigen=false' \
   --rounds=3 --steps=5
-# Mixed precision on this CPU (bfloat16 compute, float32 params).
+# Mixed precision on this CPU (bfloat16 compute, float32 params; 'auto' is XLA's ops there).
 python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
   --rounds=3 --steps=5
 # The table of every JSON here: results/bench/summary.md.
