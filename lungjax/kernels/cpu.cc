@@ -9,7 +9,9 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <string>
 #include <mutex>
 #include <vector>
 
@@ -101,12 +103,12 @@ void ConvForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const
                  float* y) {
   const int64_t blocks = g.BlocksPerImage(), rows_per_block = g.RowsPerBlock(), tasks = g.n * blocks;
   const int64_t workers = Workers(pool, tasks);
-  std::vector<std::vector<float>> cols(workers);
+  // Every buffer is allocated here, on the calling thread, so that an allocation failure is an error, not a crash.
+  std::vector<std::vector<float>> cols(workers, std::vector<float>(rows_per_block * g.ow * g.PatchSize()));
   ParallelFor(pool, tasks, workers, [&](int64_t worker, int64_t task) {
     const int64_t b = task / blocks, row0 = (task % blocks) * rows_per_block;
     const int64_t rows = std::min(rows_per_block, g.oh - row0), m = rows * g.ow;
     std::vector<float>& buffer = cols[worker];
-    buffer.resize(rows_per_block * g.ow * g.PatchSize());
     Im2col(x, g, b, row0, rows, buffer.data());
     float* y_block = y + ((b * g.oh + row0) * g.ow) * g.o;
     if (bias != nullptr) {
@@ -127,10 +129,10 @@ void ConvKernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, co
   const int64_t blocks = g.BlocksPerImage(), rows_per_block = g.RowsPerBlock(), tasks = g.n * blocks;
   const int64_t slices = std::min(kKernelGradSlices, tasks), size = g.PatchSize() * g.o;
   const int64_t workers = Workers(pool, slices);
-  std::vector<std::vector<float>> cols(workers), partial(slices, std::vector<float>(size + g.o, 0.0f));
+  std::vector<std::vector<float>> cols(workers, std::vector<float>(rows_per_block * g.ow * g.PatchSize()));
+  std::vector<std::vector<float>> partial(slices, std::vector<float>(size + g.o, 0.0f));
   ParallelFor(pool, slices, workers, [&](int64_t worker, int64_t slice) {
     std::vector<float>& buffer = cols[worker];
-    buffer.resize(rows_per_block * g.ow * g.PatchSize());
     float* sums = partial[slice].data();
     float* bias_sums = sums + size;
     for (int64_t task = slice * tasks / slices; task < (slice + 1) * tasks / slices; ++task) {
@@ -197,6 +199,17 @@ void ReluMaxPoolGrad(ffi::ThreadPool& pool, int64_t n, int64_t h, int64_t w, int
   }
 }
 
+// Runs compute, turning a C++ exception (out of memory for a patch buffer, say) into an XLA error naming the op.
+template <typename F>
+ffi::Error Guarded(const char* op, F compute) {
+  try {
+    compute();
+  } catch (const std::exception& e) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, std::string("lungjax ") + op + ": " + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, ffi::Span<const int64_t> y,
                        int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
   if (x.size() != 4 || k.size() != 4 || y.size() != 4) {
@@ -228,9 +241,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   if (bias.dimensions().size() != 1 || bias.dimensions()[0] != kernel.dimensions()[3]) {
     return ffi::Error::InvalidArgument("blas conv: bias must be a vector of the kernel's output features");
   }
-  ConvForward(pool, MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), pad_top, pad_left),
-              x.typed_data(), kernel.typed_data(), bias.typed_data(), y->typed_data());
-  return ffi::Error::Success();
+  return Guarded("conv forward", [&] {
+    ConvForward(pool, MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), pad_top, pad_left),
+                x.typed_data(), kernel.typed_data(), bias.typed_data(), y->typed_data());
+  });
 }
 
 // dx = conv(dY, kernel rotated 180 degrees with in/out swapped), padded by kernel size - 1 - pad on each side.
@@ -246,17 +260,18 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
   if (pad_top >= kh || pad_bottom >= kh || pad_left >= kw || pad_right >= kw) {
     return ffi::Error::InvalidArgument("blas conv: input gradient needs padding smaller than the kernel");
   }
-  std::vector<float> flipped(kh * kw * o * c);
-  const float* src = kernel.typed_data();
-  for (int64_t i = 0; i < kh; ++i)
-    for (int64_t j = 0; j < kw; ++j)
-      for (int64_t ci = 0; ci < c; ++ci)
-        for (int64_t co = 0; co < o; ++co)
-          flipped[(((kh - 1 - i) * kw + (kw - 1 - j)) * o + co) * c + ci] = src[((i * kw + j) * c + ci) * o + co];
-  auto d = dy.dimensions(), out = dx->dimensions();
-  Geometry g{d[0], d[1], d[2], d[3], kh, kw, c, out[1], out[2], kh - 1 - pad_top, kw - 1 - pad_left};
-  ConvForward(pool, g, dy.typed_data(), flipped.data(), nullptr, dx->typed_data());
-  return ffi::Error::Success();
+  return Guarded("conv input gradient", [&] {
+    std::vector<float> flipped(kh * kw * o * c);
+    const float* src = kernel.typed_data();
+    for (int64_t i = 0; i < kh; ++i)
+      for (int64_t j = 0; j < kw; ++j)
+        for (int64_t ci = 0; ci < c; ++ci)
+          for (int64_t co = 0; co < o; ++co)
+            flipped[(((kh - 1 - i) * kw + (kw - 1 - j)) * o + co) * c + ci] = src[((i * kw + j) * c + ci) * o + co];
+    auto d = dy.dimensions(), out = dx->dimensions();
+    Geometry g{d[0], d[1], d[2], d[3], kh, kw, c, out[1], out[2], kh - 1 - pad_top, kw - 1 - pad_left};
+    ConvForward(pool, g, dy.typed_data(), flipped.data(), nullptr, dx->typed_data());
+  });
 }
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
@@ -270,9 +285,10 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   if (dbias->dimensions().size() != 1 || dbias->dimensions()[0] != dkernel->dimensions()[3]) {
     return ffi::Error::InvalidArgument("blas conv: bias gradient must be a vector of the output features");
   }
-  ConvKernelGrad(pool, MakeGeometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), pad_top, pad_left),
-                 x.typed_data(), dy.typed_data(), dkernel->typed_data(), dbias->typed_data());
-  return ffi::Error::Success();
+  return Guarded("conv kernel gradient", [&] {
+    ConvKernelGrad(pool, MakeGeometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), pad_top, pad_left),
+                   x.typed_data(), dy.typed_data(), dkernel->typed_data(), dbias->typed_data());
+  });
 }
 
 ffi::Error PoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> dy,
@@ -282,8 +298,9 @@ ffi::Error PoolGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<f
       p[1] == 0 || p[2] == 0) {
     return ffi::Error::InvalidArgument("relu max-pool gradient: dY must be NHWC [n, h / 2, w / 2, c] of z");
   }
-  ReluMaxPoolGrad(pool, s[0], s[1], s[2], s[3], z.typed_data(), dy.typed_data(), dz->typed_data());
-  return ffi::Error::Success();
+  return Guarded("relu max-pool gradient", [&] {
+    ReluMaxPoolGrad(pool, s[0], s[1], s[2], s[3], z.typed_data(), dy.typed_data(), dz->typed_data());
+  });
 }
 
 // OpenBLAS's own threads would compete with XLA's pool: every sgemm here runs on the thread that calls it.

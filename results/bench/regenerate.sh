@@ -30,6 +30,8 @@ XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --con
 # Mixed precision on this CPU (bfloat16 compute, float32 params; 'auto' is XLA's ops there).
 python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
   --rounds=3 --steps=5
+# Every lowering and the Keras model alternating in one process: lowerings.json.
+python results/bench/lowerings.py
 # The table of every JSON here: results/bench/summary.md.
 python - <<'PY'
 import glob, json, os
@@ -37,6 +39,8 @@ rows = ['| config | train img/s | Keras img/s | ratio vs Keras (per round) | epo
         '| loader / train | compile s | peak RSS GB | load avg start → end |', '|' + '---|' * 11]
 for path in sorted(glob.glob('results/bench/*.json'), key=lambda p: (os.path.basename(p) != 'cnn.json', p)):
   r = json.load(open(path))
+  if 'train_images_per_s' not in r:  # scale.json: regenerate_scale.sh's figures (README_scale.md)
+    continue
   get = lambda k: r.get(k, '–')
   rows.append(f"| {r['config']} | {get('train_images_per_s')} | {get('keras_train_images_per_s')} | "
               f"{get('ratio_vs_keras')} ({', '.join(map(str, r.get('ratio_vs_keras_rounds', [])))}) | "
