@@ -30,6 +30,8 @@ XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --con
 # Mixed precision on this CPU (bfloat16 compute, float32 params; 'auto' is XLA's ops there).
 python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
   --rounds=3 --steps=5
+# Each conv layer alone, XLA vs the kernels vs TensorFlow: conv_layers.json.
+python results/bench/conv_layers.py
 # Every lowering and the Keras model alternating in one process: lowerings.json.
 python results/bench/lowerings.py
 # The table of every JSON here: results/bench/summary.md.
