@@ -25,6 +25,12 @@ def _lax_conv_bias(x, w, b, padding):
     ((2, 6, 5, 2), (5, 3, 2, 3), ((1, 2), (0, 1))),
     ((2, 6, 6, 3), (1, 1, 3, 4), ((0, 0), (0, 0))),
     ((3, 40, 33, 16), (3, 3, 16, 8), ((1, 1), (1, 1))),  # several row blocks per image, odd width
+    # Multiples of 16 features take the AVX-512 direct kernel where the CPU has it (blocks of 24, 12, 6 positions
+    # and the one-position edges): widths below and above a block, asymmetric pads, 16 + 32 + 64 feature chunks.
+    ((2, 5, 30, 3), (3, 3, 3, 16), ((1, 1), (1, 1))),
+    ((2, 9, 13, 5), (3, 3, 5, 32), ((0, 2), (2, 0))),
+    ((1, 7, 8, 7), (3, 5, 7, 112), ((1, 1), (2, 2))),
+    ((2, 4, 3, 2), (3, 3, 2, 64), ((0, 0), (0, 0))),
 ])
 def test_conv_bias_matches_lax_values_and_gradients(shape, kernel, padding):
   rng = np.random.default_rng(0)

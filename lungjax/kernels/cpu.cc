@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <immintrin.h>
 #include <memory>
 #include <string>
 #include <mutex>
@@ -98,9 +99,103 @@ int64_t Workers(ffi::ThreadPool& pool, int64_t num_tasks) {
   return std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), num_tasks));
 }
 
-// y = conv(x, kernel) + bias: per block, patches [m, kh*kw*c] @ kernel [kh*kw*c, o] added to rows of bias.
+
+// Direct conv + bias with AVX-512 (chosen at run time when the CPU has it and o is a multiple of 16): for one
+// output row, a block of P positions x NV vectors of 16 output features stays in registers while the taps and input
+// channels stream by (each input value broadcast, each kernel row loaded once per block), as oneDNN's direct convs
+// do. Positions whose window leaves the input on the left or right take the one-position variant with bounds.
+template <int NV, int P>
+__attribute__((target("avx512f"))) void DirectBlock(const Geometry& g, const float* x, const float* kernel,
+                                                    const float* bias, float* y, int64_t b, int64_t oh, int64_t ow0,
+                                                    int64_t oc0) {
+  __m512 acc[P][NV];
+  for (int v = 0; v < NV; ++v) {
+    const __m512 init = bias != nullptr ? _mm512_loadu_ps(bias + oc0 + 16 * v) : _mm512_setzero_ps();
+    for (int p = 0; p < P; ++p) acc[p][v] = init;
+  }
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = oh + i - g.pad_top;
+    if (ih < 0 || ih >= g.h) continue;
+    const float* x_row = x + ((b * g.h + ih) * g.w) * g.c;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const float* xp = x_row + (ow0 + j - g.pad_left) * g.c;
+      const float* wp = kernel + ((i * g.kw + j) * g.c) * g.o + oc0;
+      for (int64_t ic = 0; ic < g.c; ++ic, wp += g.o) {
+        __m512 wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_ps(wp + 16 * v);
+        for (int p = 0; p < P; ++p) {
+          const __m512 xb = _mm512_set1_ps(xp[p * g.c + ic]);
+          for (int v = 0; v < NV; ++v) acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);
+        }
+      }
+    }
+  }
+  float* out = y + ((b * g.oh + oh) * g.ow + ow0) * g.o + oc0;
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + p * g.o + 16 * v, acc[p][v]);
+}
+
+template <int NV>
+__attribute__((target("avx512f"))) void DirectOne(const Geometry& g, const float* x, const float* kernel,
+                                                  const float* bias, float* y, int64_t b, int64_t oh, int64_t ow,
+                                                  int64_t oc0) {
+  __m512 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = bias != nullptr ? _mm512_loadu_ps(bias + oc0 + 16 * v) : _mm512_setzero_ps();
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = oh + i - g.pad_top;
+    if (ih < 0 || ih >= g.h) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t iw = ow + j - g.pad_left;
+      if (iw < 0 || iw >= g.w) continue;
+      const float* xp = x + ((b * g.h + ih) * g.w + iw) * g.c;
+      const float* wp = kernel + ((i * g.kw + j) * g.c) * g.o + oc0;
+      for (int64_t ic = 0; ic < g.c; ++ic, wp += g.o) {
+        const __m512 xb = _mm512_set1_ps(xp[ic]);
+        for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(xb, _mm512_loadu_ps(wp + 16 * v), acc[v]);
+      }
+    }
+  }
+  float* out = y + ((b * g.oh + oh) * g.ow + ow) * g.o + oc0;
+  for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + 16 * v, acc[v]);
+}
+
+// One output row, every feature: 24 accumulators per block (NV vectors x P positions).
+template <int NV, int P>
+void DirectRowChunk(const Geometry& g, const float* x, const float* kernel, const float* bias, float* y, int64_t b,
+                    int64_t oh, int64_t oc0) {
+  const int64_t lo = std::min(g.ow, g.pad_left), hi = std::max(lo, std::min(g.ow, g.w - g.kw + 1 + g.pad_left));
+  int64_t ow = 0;
+  for (; ow < lo; ++ow) DirectOne<NV>(g, x, kernel, bias, y, b, oh, ow, oc0);
+  for (; ow + P <= hi; ow += P) DirectBlock<NV, P>(g, x, kernel, bias, y, b, oh, ow, oc0);
+  for (; ow < g.ow; ++ow) DirectOne<NV>(g, x, kernel, bias, y, b, oh, ow, oc0);
+}
+
+void DirectRow(const Geometry& g, const float* x, const float* kernel, const float* bias, float* y, int64_t b,
+               int64_t oh) {
+  int64_t oc0 = 0;
+  for (; oc0 + 64 <= g.o; oc0 += 64) DirectRowChunk<4, 6>(g, x, kernel, bias, y, b, oh, oc0);
+  if (oc0 + 32 <= g.o) {
+    DirectRowChunk<2, 12>(g, x, kernel, bias, y, b, oh, oc0);
+    oc0 += 32;
+  }
+  if (oc0 < g.o) DirectRowChunk<1, 24>(g, x, kernel, bias, y, b, oh, oc0);
+}
+
+bool UseDirect(const Geometry& g) {
+  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
+  return has_avx512 && g.o % 16 == 0;
+}
+
+// y = conv(x, kernel) + bias: direct (AVX-512) by output rows, else per block, patches [m, kh*kw*c] @ kernel [kh*kw*c, o] added to rows of bias.
 void ConvForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* kernel, const float* bias,
                  float* y) {
+  if (UseDirect(g)) {
+    const int64_t rows = g.n * g.oh;
+    ParallelFor(pool, rows, Workers(pool, rows), [&](int64_t, int64_t row) {
+      DirectRow(g, x, kernel, bias, y, row / g.oh, row % g.oh);
+    });
+    return;
+  }
   const int64_t blocks = g.BlocksPerImage(), rows_per_block = g.RowsPerBlock(), tasks = g.n * blocks;
   const int64_t workers = Workers(pool, tasks);
   // Every buffer is allocated here, on the calling thread, so that an allocation failure is an error, not a crash.
