@@ -295,6 +295,7 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
     runner = LungjaxRunner(config, class_weights_C)
     result['compiler_options'] = runner.compiler_options
     result['n_params'] = runner.n_params
+    result['keep_freed_host_memory'] = config.train.get('keep_freed_host_memory', False)
     if 'conv_impl' in config.model:  # what 'auto' became on this machine
       from lungjax.models import layers  # pylint: disable=g-import-not-at-top
       result['lowering'] = dict(zip(('conv_impl', 'pool_impl'), layers.resolve_impls(
@@ -336,6 +337,8 @@ def main(argv):
     return
   if FLAGS.config is None:
     raise app.UsageError('--config is required (e.g. --config=configs/cnn.py)')
+  from lungjax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.apply(FLAGS.config.train)  # As lungjax.main does, before the first large allocation.
   result = benchmark(FLAGS.config, keras_model=FLAGS.keras_model if FLAGS.keras else None, rounds=FLAGS.rounds,
                      n_steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps, epochs=FLAGS.epochs)
   os.makedirs(FLAGS.out_dir, exist_ok=True)

@@ -10,7 +10,7 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-mu
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from lungjax import crossval, evaluate, explain, preemption  # pylint: disable=g-import-not-at-top
-from lungjax import distributed  # pylint: disable=g-import-not-at-top
+from lungjax import distributed, host_memory  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (default: workdirs/<config.name>).')
@@ -33,6 +33,7 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = FLAGS.config
+  host_memory.apply(config.train)  # Before the first large allocation.
   distributed.initialize(config)  # Multi-host: joins the other processes before anything touches a device.
   workdir = FLAGS.workdir or os.path.join('workdirs', config.name)
   logging.info('mode %s, workdir %s, config:\n%s', FLAGS.mode, os.path.abspath(workdir), config)

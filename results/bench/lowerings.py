@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, os.getcwd())
 from configs import cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lungjax import bench  # pylint: disable=wrong-import-position
+from lungjax import bench, host_memory  # pylint: disable=wrong-import-position
 
 LOWERINGS = (('blas', 'cpu_kernel'), ('blas', 'reshape'), ('xla', 'cpu_kernel'), ('xla', 'reshape'))
 ROUNDS, STEPS, WARMUP = 5, 4, 2
@@ -24,6 +24,7 @@ ROUNDS, STEPS, WARMUP = 5, 4, 2
 def main() -> None:
   """Builds one runner per lowering and the Keras child, then times STEPS steps of each, ROUNDS times in turn."""
   base = cnn.get_config()
+  host_memory.apply(base.train)  # as lungjax.main does
   class_weights_C = np.ones(len(base.data.classes), np.float32)
   batch = bench.synthetic_batch(base.train.batch_size, base.data.image_size, len(base.data.classes))
   runners = {}
