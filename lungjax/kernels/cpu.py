@@ -181,8 +181,8 @@ def check_cpu(field: str) -> None:
                               f'{jax.default_backend()!r}: use conv_impl="xla", pool_impl="reshape"')
 
 
-def conv_padding(padding: Any, kernel_size: Sequence[int]) -> Padding:
-  """flax's 'SAME' / 'VALID' / explicit pads as ((top, bottom), (left, right)), checked for the kernel."""
+def explicit_padding(padding: Any, kernel_size: Sequence[int], impl: str) -> Padding:
+  """flax's 'SAME' / 'VALID' / explicit pads as ((top, bottom), (left, right)); `impl` names the lowering in errors."""
   kh, kw = kernel_size
   if isinstance(padding, str):
     if padding == 'VALID':
@@ -190,8 +190,15 @@ def conv_padding(padding: Any, kernel_size: Sequence[int]) -> Padding:
     elif padding == 'SAME':
       padding = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
     else:
-      raise NotImplementedError(f'conv_impl="blas" does not support padding {padding!r}')
+      raise NotImplementedError(f'conv_impl="{impl}" does not support padding {padding!r}')
   (top, bottom), (left, right) = ((int(a), int(b)) for a, b in padding)
+  return (top, bottom), (left, right)
+
+
+def conv_padding(padding: Any, kernel_size: Sequence[int]) -> Padding:
+  """explicit_padding for conv_impl='blas', checked for the kernel (0 <= each pad < its kernel size)."""
+  (top, bottom), (left, right) = explicit_padding(padding, kernel_size, 'blas')
+  kh, kw = kernel_size
   if min(top, bottom, left, right) < 0 or max(top, bottom) >= kh or max(left, right) >= kw:
     raise NotImplementedError(f'conv_impl="blas" needs 0 <= padding < kernel size, got {padding!r}')
   return (top, bottom), (left, right)

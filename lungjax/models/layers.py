@@ -90,15 +90,7 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
       d != 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1))):
     raise NotImplementedError('conv_impl="patches" supports 2-D, stride-1, undilated, ungrouped convs only; '
                               'use config.model.conv_impl="xla" for this model')
-  kh, kw = rhs.shape[:2]
-  if isinstance(padding, str):
-    if padding == 'VALID':
-      padding = ((0, 0), (0, 0))
-    elif padding == 'SAME':
-      padding = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
-    else:
-      raise NotImplementedError(f'conv_impl="patches" does not support padding {padding!r}')
-  (top, bottom), (left, right) = padding
+  (top, bottom), (left, right) = cpu.explicit_padding(padding, rhs.shape[:2], 'patches')
   x_BHWC = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
   return _conv_valid(x_BHWC, rhs)
 
