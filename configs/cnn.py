@@ -56,10 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   # XLA options for the jitted train / eval steps, on the CPU backend only: 'name=value;name=value'.
   # An empty YNNPACK fusion list: its fused conv kernel gradient is several times slower here (lungjax.bench).
   config.train.cpu_compiler_options = 'xla_cpu_experimental_ynn_fusion_type='
-  # True: glibc keeps freed memory for reuse (one arena, no mmap, no trim), so that XLA:CPU's per-step buffers are
-  # not page-faulted in again each step (lungjax/host_memory.py). Faster on CPU (1.03x Keras instead of 0.86x on 2
-  # cores) but the heap fragments: this config's full run peaked at 3.07 GB of RSS instead of 2.34 GB.
-  config.train.keep_freed_host_memory = False
+  # XLA:CPU: glibc keeps freed memory for reuse while the process's RSS is below this many GB, so that each step's
+  # buffers are not page-faulted in afresh; above it free pages are handed back (lungjax/host_memory.py). 0: glibc's
+  # defaults (about 0.86x the Keras model's speed instead of 1.0x on 2 cores: results/bench/README.md).
+  config.train.keep_freed_host_memory_gb = 2.2
 
   # On-device augmentation of training batches (the study used none; configs/cnn_augment.py turns it on).
   # Each op fires per example with its probability and draws a value uniformly from its (low, high) range.

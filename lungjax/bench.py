@@ -284,8 +284,12 @@ def real_folder_figures(runner: LungjaxRunner, config: ml_collections.ConfigDict
 
 
 def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rounds: int, n_steps: int,
-              warmup_steps: int, epochs: int) -> dict[str, Any]:
-  """Runs every measurement and returns the figures (see the module docstring)."""
+              warmup_steps: int, epochs: int, host_memory_trims: list[float] | None = None) -> dict[str, Any]:
+  """Runs every measurement and returns the figures (see the module docstring).
+
+  host_memory_trims: host_memory.apply's list of trim times, counted in the figures (None: glibc defaults).
+  """
+  trims = host_memory_trims if host_memory_trims is not None else []
   batch_size = config.train.batch_size
   class_weights_C = np.full(len(config.data.classes), 1.0, np.float32)  # Their values do not change the cost.
   result: dict[str, Any] = {'config': config.name, 'command': ' '.join(['python -m lungjax.bench'] + sys.argv[1:]),
@@ -295,7 +299,7 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
     runner = LungjaxRunner(config, class_weights_C)
     result['compiler_options'] = runner.compiler_options
     result['n_params'] = runner.n_params
-    result['keep_freed_host_memory'] = config.train.get('keep_freed_host_memory', False)
+    result['keep_freed_host_memory_gb'] = config.train.get('keep_freed_host_memory_gb', 0.0)
     if 'conv_impl' in config.model:  # what 'auto' became on this machine
       from lungjax.models import layers  # pylint: disable=g-import-not-at-top
       result['lowering'] = dict(zip(('conv_impl', 'pool_impl'), layers.resolve_impls(
@@ -308,8 +312,10 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
     if keras_model:
       keras = KerasChild(keras_model, batch_size, config.data.image_size, class_weights_C, warmup_steps)
       result['keras'] = keras.info
+    trims_before_rounds = len(trims)
     try:
       result.update(alternating_rounds(runner, keras, rounds, n_steps, batch_size))
+      result['host_memory_trims_in_rounds'] = len(trims) - trims_before_rounds
     finally:
       if keras is not None:
         result['keras']['peak_rss_gb'] = keras.close()
@@ -321,13 +327,14 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
   result['compile_eval_s'] = round(sum(compiles.get('eval_step', [0.0])), 2)
   result['compilations'] = {name: len(compiles.get(name, [])) for name in ('train_step', 'eval_step')}
   result['peak_rss_gb'] = round(peak_rss_gb(), 3)
+  result['host_memory_trims'] = len(trims)
   result['machine_end'] = {'load_average_1_5_15': [round(x, 2) for x in os.getloadavg()]}
   return result
 
 
 _FIGURES = ('n_params', 'first_train_step_s', 'compile_train_s', 'compile_eval_s', 'train_images_per_s',
             'keras_train_images_per_s', 'ratio_vs_keras', 'epoch_images_per_s', 'eval_images_per_s',
-            'loader_images_per_s', 'loader_vs_train_step', 'compilations', 'peak_rss_gb')
+            'loader_images_per_s', 'loader_vs_train_step', 'compilations', 'peak_rss_gb', 'host_memory_trims')
 
 
 def main(argv):
@@ -338,9 +345,10 @@ def main(argv):
   if FLAGS.config is None:
     raise app.UsageError('--config is required (e.g. --config=configs/cnn.py)')
   from lungjax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.apply(FLAGS.config.train)  # As lungjax.main does, before the first large allocation.
+  trims = host_memory.apply(FLAGS.config.train)  # As lungjax.main does, before the first large allocation.
   result = benchmark(FLAGS.config, keras_model=FLAGS.keras_model if FLAGS.keras else None, rounds=FLAGS.rounds,
-                     n_steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps, epochs=FLAGS.epochs)
+                     n_steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps, epochs=FLAGS.epochs,
+                     host_memory_trims=trims)
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   path = os.path.join(FLAGS.out_dir, f'{FLAGS.config.name}.json')
   with open(path, 'w') as f:

@@ -33,7 +33,7 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = FLAGS.config
-  host_memory.apply(config.train)  # Before the first large allocation.
+  host_memory.apply(config.train)  # Before XLA's threads start and the first large allocation.
   distributed.initialize(config)  # Multi-host: joins the other processes before anything touches a device.
   workdir = FLAGS.workdir or os.path.join('workdirs', config.name)
   logging.info('mode %s, workdir %s, config:\n%s', FLAGS.mode, os.path.abspath(workdir), config)
