@@ -151,15 +151,11 @@ def _conv_bias_bwd(padding, residuals, dy_BHWF):
 conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
 
 
-def _max_pool_2x2(x_BHWC: jax.Array) -> jax.Array:
-  b, h, w, c = x_BHWC.shape
-  return x_BHWC[:, :h // 2 * 2, :w // 2 * 2, :].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
 @jax.custom_vjp
 def relu_max_pool(z_BHWC: jax.Array) -> jax.Array:
   """2x2 / stride-2 max-pool of relu(z) (XLA); its gradient is one custom call (ties share it, as jnp.max's)."""
-  return _max_pool_2x2(jax.nn.relu(z_BHWC))
+  from lungjax.models import layers  # pylint: disable=g-import-not-at-top  (layers imports this module)
+  return layers.reshape_max_pool(jax.nn.relu(z_BHWC))
 
 
 def _relu_max_pool_fwd(z_BHWC):

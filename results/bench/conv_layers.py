@@ -4,7 +4,8 @@ Run from the repository root (about 2 minutes on 2 cores):
   python results/bench/conv_layers.py
 Writes results/bench/conv_layers.json: per layer the median ms of the conv forward, input gradient and kernel
 gradient, and of the gradient of relu + 2x2 max-pool (+ bias for XLA, whose bias gradient is a separate reduce;
-the kernels sum it inside the kernel gradient). TensorFlow runs in a child process (its own thread pool).
+the kernels sum it inside the kernel gradient). TensorFlow runs in a child process (its own thread pool); the JAX
+side runs under the study config's host memory policy (lungjax/host_memory.py), as lungjax.main does.
 """
 
 import json
@@ -93,6 +94,10 @@ def main() -> None:
   if sys.argv[1:] == ['--tensorflow']:
     print(json.dumps(tensorflow_layers()))
     return
+  sys.path.insert(0, os.getcwd())
+  from configs import cnn  # pylint: disable=g-import-not-at-top
+  from lungjax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.apply(cnn.get_config().train)  # the study config's host memory policy, as lungjax.main applies it
   child = subprocess.run([sys.executable, __file__, '--tensorflow'], capture_output=True, text=True, check=True,
                          timeout=600)
   result = {'command': 'python results/bench/conv_layers.py', 'date': time.strftime('%Y-%m-%d %H:%M'),

@@ -7,12 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=../shared/data/covid19-image-dataset
 python -m lungjax.bench --config=configs/cnn.py --keras --config.data.root="${DATA}" --rounds=5 --steps=5
-# glibc keeps freed memory (config.train.keep_freed_host_memory): faster, larger heap.
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-keep-freed-memory \
-  --config.train.keep_freed_host_memory=True --rounds=5 --steps=5
-# glibc's malloc asks for transparent huge pages (a tunable read at process start): fewer page faults.
+# glibc's malloc defaults (config.train.keep_freed_host_memory_gb=0): every step's buffers are mmap'd afresh.
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-glibc-malloc-defaults \
+  --config.train.keep_freed_host_memory_gb=0 --rounds=5 --steps=5
+# glibc keeps freed memory with no effective cap (64 GB): how far the heap grows without the watcher's trims.
+python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-keep-freed-no-cap \
+  --config.train.keep_freed_host_memory_gb=64 --rounds=5 --steps=5
+# glibc's defaults, but its malloc asks for transparent huge pages (a tunable read at process start).
 GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m lungjax.bench --config=configs/cnn.py --keras \
-  --config.name=cnn-malloc-hugepages --rounds=5 --steps=5
+  --config.name=cnn-malloc-hugepages --config.train.keep_freed_host_memory_gb=0 --rounds=5 --steps=5
 # XLA's own ops instead of the C++ kernels (lungjax/kernels/cpu.cc): lax conv, reshape pool (the default until then).
 python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-xla --config.model.conv_impl=xla \
   --config.model.pool_impl=reshape --rounds=5 --steps=5

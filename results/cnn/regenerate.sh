@@ -9,8 +9,12 @@ workdir=workdirs/results-cnn
 rm -rf "$workdir"
 mkdir -p workdirs
 command=(python -m lungjax.main --config=configs/cnn.py --workdir="$workdir" --config.data.root="$data_root")
+# /usr/bin/time (GNU time, where installed) records the run's peak RSS in KB.
+timer=()
+if [[ -x /usr/bin/time ]]; then timer=(/usr/bin/time -f %M -o workdirs/results-cnn.maxrss); fi
+rm -f workdirs/results-cnn.maxrss
 start=$(date +%s.%N)
-"${command[@]}" 2>&1 | tee workdirs/results-cnn.log
+"${timer[@]}" "${command[@]}" 2>&1 | tee workdirs/results-cnn.log
 end=$(date +%s.%N)
 out=results/cnn
 cp "$workdir/curves.png" "$workdir/summary.json" "$out/"
@@ -19,8 +23,10 @@ python - "$start" "$end" "${command[*]}" > "$out/run.json" <<'PY'
 import json, os, platform, sys
 import jax
 start, end, command = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+maxrss = 'workdirs/results-cnn.maxrss'
+peak = round(int(open(maxrss).read().split()[-1]) / 2**20, 3) if os.path.exists(maxrss) else 'not measured'
 print(json.dumps({'command': 'bash results/cnn/regenerate.sh', 'runs': command,
-                  'wall_seconds': round(end - start, 1), 'cpu_count': os.cpu_count(),
+                  'wall_seconds': round(end - start, 1), 'peak_rss_gb': peak, 'cpu_count': os.cpu_count(),
                   'machine': platform.processor() or platform.machine(), 'jax': jax.__version__,
                   'devices': [str(d) for d in jax.devices()]}, indent=2))
 PY
