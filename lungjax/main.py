@@ -33,7 +33,7 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = FLAGS.config
-  host_memory.apply(config.train)  # Before XLA's threads start and the first large allocation.
+  trims = host_memory.apply(config.train)  # Before XLA's threads start and the first large allocation.
   distributed.initialize(config)  # Multi-host: joins the other processes before anything touches a device.
   workdir = FLAGS.workdir or os.path.join('workdirs', config.name)
   logging.info('mode %s, workdir %s, config:\n%s', FLAGS.mode, os.path.abspath(workdir), config)
@@ -62,6 +62,9 @@ def main(argv):
     print(f'\nevaluated checkpoint step {metrics["checkpoint_step"]} on {metrics["n_images"]} images: '
           f'accuracy {metrics["accuracy"]:.4f}, macro recall {metrics["macro_avg"]["recall"]:.4f}')
     print(f'  report       {os.path.abspath(metrics["out_dir"])}/report.md')
+  if trims is not None:
+    logging.info('host memory: freed memory handed back %d times above the %s GB cap', len(trims),
+                 config.train.keep_freed_host_memory_gb)
 
 
 def main_or_preempted(argv):

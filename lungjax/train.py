@@ -15,7 +15,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps, warm_start
-from lungjax import distributed
+from lungjax import distributed, host_memory
 from lungjax import fingerprint as fingerprint_lib, preemption
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
@@ -107,6 +107,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   writer.write_hparams(_flatten(config.to_dict()))
 
   data = data or loading.load_training_data(config)
+  host_memory.release_free_memory()  # The decoders' full-size scratch goes back to the system before training.
   weights_C = class_weights(data.train.labels_N, config)
   logging.info('class weights: %s', dict(zip(classes, np.round(weights_C, 4).tolist())))
   steps_per_epoch = len(data.train) // config.train.batch_size

@@ -18,12 +18,14 @@ for cap in 0 2.2 64; do
   rows+=("$cap $(tail -1 "$workdir.maxrss") $start $end $workdir")
 done
 python - "${rows[@]}" > results/bench/full_run_rss.json <<'PY'
-import json, os, sys
+import json, os, re, sys
 runs = []
 for row in sys.argv[1:]:
   cap, kb, start, end, workdir = row.split()
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
-  runs.append({'keep_freed_host_memory_gb': float(cap), 'peak_rss_gb': round(int(kb) / 2**20, 3),
+  trims = re.search(r'freed memory handed back (\d+) times', open(f'{workdir}.log').read())
+  runs.append({'host_memory_trims': int(trims.group(1)) if trims else None,
+               'keep_freed_host_memory_gb': float(cap), 'peak_rss_gb': round(int(kb) / 2**20, 3),
                'wall_s': round(float(end) - float(start), 1), 'train_seconds': summary['train_seconds_this_run'],
                'val_accuracy': summary['evaluations']['val']['accuracy']})
 print(json.dumps({'command': 'bash results/bench/full_run_rss.sh',
