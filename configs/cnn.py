@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.cpu_compiler_options = 'xla_cpu_experimental_ynn_fusion_type='
   # XLA:CPU: glibc keeps freed memory for reuse while the process's RSS is below this many GB, so that each step's
   # buffers are not page-faulted in afresh; above it free pages are handed back (lungjax/host_memory.py). 0: glibc's
-  # defaults (about 0.86x the Keras model's speed instead of 1.0x on 2 cores: results/bench/README.md).
+  # defaults (0.887x the Keras model's speed instead of 1.096x on 2 cores; results/bench/README.md).
   config.train.keep_freed_host_memory_gb = 2.2
 
   # On-device augmentation of training batches (the study used none; configs/cnn_augment.py turns it on).

@@ -5,7 +5,7 @@ serves them with mmap and unmaps them on free, so every step page-faults its act
 third of a core in the kernel and the first conv layer's 134 MB output 2-3x slower). One malloc arena, no mmap'd
 chunks and no trimming make the freed blocks the next step's buffers. Kept memory fragments, though: small blocks
 land in a freed step buffer, the next one is carved from fresh memory, and the heap grows by a step's buffers a
-few times an epoch (a full run reached 3.65 GB). So a watcher thread reads the RSS every 50 ms and, above the cap,
+few times an epoch (full runs of the study config reached 2.9-3.5 GB). So a watcher thread reads the RSS every 50 ms and, above the cap,
 hands the free pages back (malloc_trim); the next step faults them in once more. results/bench/README.md measures
 speed and peak RSS.
 """
