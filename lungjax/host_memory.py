@@ -13,6 +13,7 @@ speed and peak RSS.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -36,8 +37,9 @@ class _MallInfo2(ctypes.Structure):
       'arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-  """The process's C library when it is glibc with mallopt and malloc_trim, else None."""
+  """The process's C library when it is glibc with mallopt, malloc_trim and mallinfo2, else None (looked up once)."""
   if not sys.platform.startswith('linux'):
     return None
   libc = ctypes.CDLL(None)

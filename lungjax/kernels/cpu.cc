@@ -12,8 +12,8 @@
 #include <exception>
 #include <immintrin.h>
 #include <memory>
-#include <string>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "cblas.h"
@@ -186,7 +186,8 @@ bool UseDirect(const Geometry& g) {
   return has_avx512 && g.o % 16 == 0;
 }
 
-// y = conv(x, kernel) + bias: direct (AVX-512) by output rows, else per block, patches [m, kh*kw*c] @ kernel [kh*kw*c, o] added to rows of bias.
+// y = conv(x, kernel) + bias: direct (AVX-512) by output rows, else per block, patches [m, kh*kw*c] @ kernel
+// [kh*kw*c, o] added to rows of bias.
 void ConvForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* kernel, const float* bias,
                  float* y) {
   if (UseDirect(g)) {
