@@ -52,6 +52,9 @@ def test_keras_is_timed_alternately_and_written_beside_lungjax(tiny_config, tmp_
   assert result['ratio_vs_keras'] == round(result['train_images_per_s'] / result['keras_train_images_per_s'], 3)
   assert result['keras']['params'] > 0 and 'real_folder' in result
   assert 'ratio_vs_keras: ' in run.stdout
+  # The host memory policy lungjax.main applies is applied here too, and its trims are counted.
+  assert result['keep_freed_host_memory_gb'] == 2.2 and isinstance(result['host_memory_trims'], int)
+  assert 0 <= result['host_memory_trims_in_rounds'] <= result['host_memory_trims']
 
 
 def test_keras_model_for_another_image_size_is_refused(tiny_config):

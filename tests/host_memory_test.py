@@ -101,3 +101,16 @@ def test_accelerator_platform_reads_jax_platforms():
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120, check=True,
                             env={**os.environ, 'JAX_PLATFORMS': platforms})
     assert result.stdout.strip() == expected, (platforms, result.stdout)
+
+
+def test_apply_does_not_start_the_backend():
+  # mallopt must precede XLA's threads (their arenas would stay otherwise): apply may not start JAX's backend.
+  script = ('import ml_collections; from lungjax import host_memory; from jax._src import xla_bridge; '
+            'trims = host_memory.apply(ml_collections.ConfigDict({"keep_freed_host_memory_gb": 2.0})); '
+            'print(trims is not None, xla_bridge.backends_are_initialized())')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120, check=True,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  applied, started = result.stdout.split()
+  if applied == 'False':
+    pytest.skip('not glibc')
+  assert started == 'False'
