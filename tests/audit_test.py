@@ -242,9 +242,12 @@ def test_the_shared_train_copies_are_found_and_nothing_else():
   stats = audit.folder_stats(SHARED_TRAIN, audits, ignored)
   assert {name: row['n_images'] for name, row in stats['classes'].items()} == {
       'Covid': 111, 'Normal': 70, 'Viral Pneumonia': 70}
-  assert stats['undecodable'] == [] and not any(a.metadata for a in audits)
-
+  assert stats['undecodable'] == []
   names = [os.path.relpath(path, SHARED_TRAIN) for path in paths]
+  # The clean copies (2026-12-02): six Covid JPEGs carry an encoder's JPEG comment, nothing else has text.
+  assert {name: a.metadata for name, a in zip(names, audits) if a.metadata} == {
+      f'Covid/{n}.jpg': ('JPEG comment',) for n in ('015', '068', '071', '073', '074', '076')}
+
   hashes, thumbnails_ND = [a.pixel_hash for a in audits], np.stack([a.thumbnail for a in audits])
 
   def pairs(threshold):
@@ -254,7 +257,7 @@ def test_the_shared_train_copies_are_found_and_nothing_else():
   expected = [('Normal/019.jpeg', 'Normal/020.jpeg', 'exact', 1.0),
               ('Normal/093.jpeg', 'Normal/094.jpeg', 'exact', 1.0),
               ('Viral Pneumonia/019.jpeg', 'Viral Pneumonia/020.jpeg', 'exact', 1.0),
-              ('Covid/COVID-00033.jpg', 'Covid/COVID-00037.jpg', 'near', 0.999),
-              ('Covid/057.jpeg', 'Covid/078.jpeg', 'near', 0.979)]
+              ('Covid/COVID-00033.jpg', 'Covid/COVID-00037.jpg', 'near', 1.0),  # Same pixels to r 1.000, other bytes.
+              ('Covid/057.jpeg', 'Covid/078.jpeg', 'near', 0.992)]
   assert pairs(audit.NEAR_THRESHOLD) == expected
-  assert pairs(0.9515)[5:] == [('Viral Pneumonia/062.jpeg', 'Viral Pneumonia/065.jpeg', 'near', 0.952)]
+  assert pairs(0.95)[5:] == [('Viral Pneumonia/062.jpeg', 'Viral Pneumonia/065.jpeg', 'near', 0.955)]
