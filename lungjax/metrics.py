@@ -1,7 +1,9 @@
-"""Pure functions over (labels, probabilities): P/R/F1, accuracy, ROC AUC, calibration, and their uncertainty."""
+"""Pure functions over (labels, probabilities): P/R/F1, accuracy, clinical rates, ROC / PR AUC, MCC, Brier,
+log loss, calibration, and their uncertainty."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import statistics
 from collections.abc import Sequence
@@ -22,23 +24,81 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
   return np.divide(numerator, denominator, out=np.zeros(numerator.shape, np.float64), where=denominator > 0)
 
 
+def _one_vs_rest_counts(counts_XCC: np.ndarray) -> tuple[np.ndarray, ...]:
+  """Returns (tp, fp, fn, tn) per class from counts[..., true, predicted], each shaped counts_XCC less one axis."""
+  counts_XCC = np.asarray(counts_XCC, np.float64)
+  true_positives = np.diagonal(counts_XCC, axis1=-2, axis2=-1)
+  false_positives = counts_XCC.sum(axis=-2) - true_positives
+  false_negatives = counts_XCC.sum(axis=-1) - true_positives
+  total = counts_XCC.sum(axis=(-2, -1))[..., None]
+  return true_positives, false_positives, false_negatives, total - true_positives - false_positives - false_negatives
+
+
+def _matthews(counts_XCC: np.ndarray) -> np.ndarray:
+  """Returns the multiclass Matthews correlation of each confusion matrix (sklearn's matthews_corrcoef); NaN where
+  it is undefined (every true label, or every prediction, in one class), where sklearn returns 0."""
+  counts_XCC = np.asarray(counts_XCC, np.float64)
+  true_XC, predicted_XC = counts_XCC.sum(axis=-1), counts_XCC.sum(axis=-2)
+  correct_X = np.trace(counts_XCC, axis1=-2, axis2=-1)
+  total_X = counts_XCC.sum(axis=(-2, -1))
+  covariance_X = correct_X * total_X - np.sum(true_XC * predicted_XC, axis=-1)
+  scale_X = np.sqrt((total_X ** 2 - np.sum(predicted_XC ** 2, axis=-1))
+                    * (total_X ** 2 - np.sum(true_XC ** 2, axis=-1)))
+  return np.divide(covariance_X, scale_X, out=np.full(np.shape(covariance_X), np.nan), where=scale_X > 0)
+
+
+# log_loss clips each probability to [eps, 1 - eps], eps float64's machine epsilon, as sklearn's log_loss does.
+LOG_LOSS_EPS = float(np.finfo(np.float64).eps)
+
+
+def _per_image_scores(labels_N: np.ndarray, probabilities_NC: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Returns each image's Brier term, sum over classes of (p - one_hot)^2 in [0, 2], and its log loss term,
+  -log(clip(p_true, LOG_LOSS_EPS, 1 - LOG_LOSS_EPS))."""
+  probabilities_NC = np.asarray(probabilities_NC, np.float64)
+  one_hot_NC = np.eye(probabilities_NC.shape[1])[labels_N]
+  brier_N = np.sum((probabilities_NC - one_hot_NC) ** 2, axis=-1)
+  true_N = probabilities_NC[np.arange(len(labels_N)), labels_N]
+  return brier_N, -np.log(np.clip(true_N, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS))
+
+
 def classification_metrics(
     labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequence[str]
 ) -> dict[str, Any]:
-  """Returns accuracy, per-class and macro/weighted precision, recall, F1, and the confusion matrix.
+  """Returns accuracy, per-class and macro/weighted precision, recall, F1, the clinical rates, and probability scores.
 
   The macro average runs over the classes present in `labels_N` (support > 0), so a folder that holds
   only some of the classes is not penalised for the absent ones; `macro_avg_classes` names them.
+
+  Per class (one class vs the rest, from the argmax predictions): sensitivity (= recall), specificity
+  TN / (TN + FP), PPV (= precision), NPV TN / (TN + FN), 0 where a denominator is 0; and pr_auc, the
+  average precision of the class's probability (sklearn's average_precision_score), None without
+  positives or negatives (sklearn gives 1.0 for a class that is every image). Overall: mcc, the multiclass
+  Matthews correlation (sklearn's matthews_corrcoef, 0 where undefined); brier, the multiclass Brier score,
+  mean over images of the sum over classes of (p - one_hot)^2 (0 best, 2 worst; not divided by the number
+  of classes); log_loss, sklearn's log_loss, probabilities clipped to [LOG_LOSS_EPS, 1 - LOG_LOSS_EPS].
+  brier, log_loss and every pr_auc are None for no images.
   """
   labels_N = np.asarray(labels_N, np.int64)
-  predictions_N = np.asarray(probabilities_NC).argmax(axis=-1)
+  probabilities_NC = np.asarray(probabilities_NC, np.float64)
+  predictions_N = probabilities_NC.argmax(axis=-1)
   counts = confusion_matrix(labels_N, predictions_N, len(classes))
-  true_positives = np.diag(counts).astype(np.float64)
+  true_positives, false_positives, false_negatives, true_negatives = _one_vs_rest_counts(counts)
   support = counts.sum(axis=1)
   precision = _ratio(true_positives, counts.sum(axis=0))
   recall = _ratio(true_positives, support)
   f1 = _ratio(2 * precision * recall, precision + recall)
+  specificity = _ratio(true_negatives, true_negatives + false_positives)
+  npv = _ratio(true_negatives, true_negatives + false_negatives)
   present = support > 0
+  if len(labels_N):
+    weights_1N = np.ones((1, len(labels_N)))
+    pr_auc = [float(_average_precision(probabilities_NC[:, c], labels_N == c, weights_1N)[0])
+              for c in range(len(classes))]
+    brier_N, log_loss_N = _per_image_scores(labels_N, probabilities_NC)
+    brier, log_loss = float(brier_N.mean()), float(log_loss_N.mean())
+  else:
+    pr_auc, brier, log_loss = [np.nan] * len(classes), None, None
+  mcc = float(_matthews(counts))
 
   def average(weights: np.ndarray) -> dict[str, float]:
     return {name: float(np.average(values, weights=weights)) if weights.sum() else 0.0
@@ -49,7 +109,13 @@ def classification_metrics(
       'macro_avg': average(present.astype(np.float64)),
       'weighted_avg': average(support.astype(np.float64)),
       'per_class': {name: {'precision': float(precision[c]), 'recall': float(recall[c]), 'f1': float(f1[c]),
-                           'support': int(support[c])} for c, name in enumerate(classes)},
+                           'support': int(support[c]), 'sensitivity': float(recall[c]),
+                           'specificity': float(specificity[c]), 'ppv': float(precision[c]), 'npv': float(npv[c]),
+                           'pr_auc': None if np.isnan(pr_auc[c]) else pr_auc[c]}
+                    for c, name in enumerate(classes)},
+      'mcc': 0.0 if np.isnan(mcc) else mcc,
+      'brier': brier,
+      'log_loss': log_loss,
       'confusion_matrix': counts.tolist(),
       'classes': list(classes),
       'macro_avg_classes': [name for c, name in enumerate(classes) if present[c]],
@@ -101,26 +167,30 @@ def _check_confidence(confidence: float) -> float:
   return statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
+def _wilson(rate: float, n: float, z: float) -> tuple[float, float]:
+  """Returns the Wilson score interval of a proportion `rate` observed in n trials; (0, 1) when n is 0."""
+  if n == 0:
+    return 0.0, 1.0
+  scale = 1.0 + z * z / n
+  centre = (rate + z * z / (2 * n)) / scale
+  half = z / scale * np.sqrt(max(rate * (1.0 - rate), 0.0) / n + z * z / (4 * n * n))
+  # At rate 0 (or 1) the bound is exactly 0 (or 1); rounding would leave it a hair inside, off the point value.
+  return (0.0 if rate <= 0.0 else float(max(0.0, centre - half)),
+          1.0 if rate >= 1.0 else float(min(1.0, centre + half)))
+
+
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
   """Returns the Wilson score interval of a binomial proportion successes / n; (0, 1) when n is 0."""
   if n < 0 or not 0 <= successes <= n:
     raise ValueError(f'wilson_interval needs 0 <= successes <= n, got successes={successes}, n={n}')
   z = _check_confidence(confidence)
-  if n == 0:
-    return 0.0, 1.0
-  p = successes / n
-  scale = 1.0 + z * z / n
-  centre = (p + z * z / (2 * n)) / scale
-  half = z / scale * np.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))
-  return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+  return _wilson(successes / n if n else 0.0, n, z)
 
 
-def _mann_whitney_auc(scores_N: np.ndarray, positive_N: np.ndarray, weights_BN: np.ndarray) -> np.ndarray:
-  """Returns, per row of image weights, P(positive scores above negative) + P(tie) / 2; NaN without both sides.
-
-  This is the Mann-Whitney U statistic over (positive, negative) pairs, each image counted `weight`
-  times, computed from counts per distinct score (tied scores count one half), never pair by pair.
-  """
+def _counts_per_value(scores_N: np.ndarray, positive_N: np.ndarray, weights_BN: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (positives_BU, negatives_BU): per row of image weights, the weighted count of positive and of
+  negative images at each distinct score, the scores ascending."""
   values_U, inverse_N = np.unique(scores_N, return_inverse=True)
   num_rows, num_values = weights_BN.shape[0], len(values_U)
   bins_BN = np.arange(num_rows)[:, None] * num_values + inverse_N.reshape(1, -1)
@@ -129,12 +199,39 @@ def _mann_whitney_auc(scores_N: np.ndarray, positive_N: np.ndarray, weights_BN: 
     counts = np.bincount(bins_BN.ravel(), weights=weights.ravel(), minlength=num_rows * num_values)
     return counts.reshape(num_rows, num_values)
 
-  positives_BU = per_value(weights_BN * positive_N)
-  negatives_BU = per_value(weights_BN * ~positive_N)
+  return per_value(weights_BN * positive_N), per_value(weights_BN * ~positive_N)
+
+
+def _mann_whitney_auc(scores_N: np.ndarray, positive_N: np.ndarray, weights_BN: np.ndarray,
+                      counts: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+  """Returns, per row of image weights, P(positive scores above negative) + P(tie) / 2; NaN without both sides.
+
+  This is the Mann-Whitney U statistic over (positive, negative) pairs, each image counted `weight`
+  times, computed from counts per distinct score (tied scores count one half), never pair by pair.
+  `counts` is _counts_per_value's result, when the caller has it already.
+  """
+  positives_BU, negatives_BU = counts or _counts_per_value(scores_N, positive_N, weights_BN)
   below_BU = np.cumsum(negatives_BU, axis=1) - negatives_BU
   wins_B = np.sum(positives_BU * (below_BU + 0.5 * negatives_BU), axis=1)
   pairs_B = positives_BU.sum(axis=1) * negatives_BU.sum(axis=1)
-  return np.divide(wins_B, pairs_B, out=np.full(num_rows, np.nan), where=pairs_B > 0)
+  return np.divide(wins_B, pairs_B, out=np.full(len(wins_B), np.nan), where=pairs_B > 0)
+
+
+def _average_precision(scores_N: np.ndarray, positive_N: np.ndarray, weights_BN: np.ndarray,
+                       counts: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+  """Returns, per row of image weights, the average precision; NaN without both positives and negatives.
+
+  As sklearn's average_precision_score: sum over thresholds (each distinct score, highest first) of the
+  recall gained times the precision there, no interpolation; tied scores enter together.
+  """
+  positives_BU, negatives_BU = counts or _counts_per_value(scores_N, positive_N, weights_BN)
+  positives_BU, negatives_BU = positives_BU[:, ::-1], negatives_BU[:, ::-1]  # Highest score first.
+  true_positives_BU = np.cumsum(positives_BU, axis=1)
+  called_BU = true_positives_BU + np.cumsum(negatives_BU, axis=1)
+  gained_B = np.sum(positives_BU * _ratio(true_positives_BU, called_BU), axis=1)
+  num_positive_B, num_negative_B = true_positives_BU[:, -1], called_BU[:, -1] - true_positives_BU[:, -1]
+  return np.divide(gained_B, num_positive_B, out=np.full(len(gained_B), np.nan),
+                   where=(num_positive_B > 0) & (num_negative_B > 0))
 
 
 def roc_auc(labels_N: np.ndarray, probabilities_NC: np.ndarray, num_classes: int) -> dict[str, Any]:
@@ -193,9 +290,9 @@ def resampled_metrics(labels_N: np.ndarray, probabilities_NC: np.ndarray, indice
                       ) -> dict[str, np.ndarray]:
   """Returns the metrics of every resample (a row of indices_BN) at once, as arrays over resamples.
 
-  Keys: accuracy, macro_/weighted_ precision / recall / f1 and macro_roc_auc (shape B); precision,
-  recall, f1 and roc_auc (B x C). Macro averages run over each resample's classes with support, as in
-  classification_metrics; an undefined AUC is NaN.
+  Keys: accuracy, macro_/weighted_ precision / recall / f1, macro_roc_auc, mcc, brier and log_loss (shape
+  B); precision, recall, f1, roc_auc and pr_auc (B x C). Macro averages run over each resample's classes
+  with support, as in classification_metrics; an undefined AUC, PR AUC or MCC is NaN.
   """
   labels_N, scores_NC = _checked(labels_N, probabilities_NC)
   indices_BN = np.asarray(indices_BN, np.int64)
@@ -213,49 +310,150 @@ def resampled_metrics(labels_N: np.ndarray, probabilities_NC: np.ndarray, indice
   f1_BC = _ratio(2 * precision_BC * recall_BC, precision_BC + recall_BC)
   present_BC = (support_BC > 0).astype(np.float64)
   result = {'accuracy': true_positives_BC.sum(axis=1) / num_images,
-            'precision': precision_BC, 'recall': recall_BC, 'f1': f1_BC}
+            'precision': precision_BC, 'recall': recall_BC, 'f1': f1_BC, 'mcc': _matthews(counts_BCC)}
   for name, values_BC in (('precision', precision_BC), ('recall', recall_BC), ('f1', f1_BC)):
     result[f'macro_{name}'] = _ratio((values_BC * present_BC).sum(axis=1), present_BC.sum(axis=1))
     result[f'weighted_{name}'] = _ratio((values_BC * support_BC).sum(axis=1), support_BC.sum(axis=1))
   all_rows = np.arange(num_resamples)[:, None] * len(labels_N) + indices_BN
   weights_BN = np.bincount(all_rows.ravel(), minlength=num_resamples * len(labels_N)).reshape(num_resamples, -1)
-  roc_auc_BC = np.stack([_mann_whitney_auc(scores_NC[:, c], labels_N == c, weights_BN)
-                         for c in range(num_classes)], axis=1)
-  result['roc_auc'] = roc_auc_BC
+  roc_auc_BC, pr_auc_BC = np.empty((num_resamples, num_classes)), np.empty((num_resamples, num_classes))
+  for c in range(num_classes):
+    counts = _counts_per_value(scores_NC[:, c], labels_N == c, weights_BN)
+    roc_auc_BC[:, c] = _mann_whitney_auc(scores_NC[:, c], labels_N == c, weights_BN, counts)
+    pr_auc_BC[:, c] = _average_precision(scores_NC[:, c], labels_N == c, weights_BN, counts)
+  result['roc_auc'], result['pr_auc'] = roc_auc_BC, pr_auc_BC
   defined_BC = ~np.isnan(roc_auc_BC)
   result['macro_roc_auc'] = np.divide(np.where(defined_BC, roc_auc_BC, 0.0).sum(axis=1), defined_BC.sum(axis=1),
                                       out=np.full(num_resamples, np.nan), where=defined_BC.any(axis=1))
+  brier_N, log_loss_N = _per_image_scores(labels_N, scores_NC)
+  result['brier'] = weights_BN @ brier_N / num_images
+  result['log_loss'] = weights_BN @ log_loss_N / num_images
   return result
+
+
+# Where every resample gives one value, the percentile bootstrap's interval has zero width although other
+# images could score otherwise; such an interval is replaced by the Wilson interval of the value, read on the
+# metric's range (low, high) as a proportion of n_eff trials (see bootstrap_intervals).
+_RANGES = {'mcc': (-1.0, 1.0), 'brier': (0.0, 2.0), 'log_loss': (0.0, float(-np.log(LOG_LOSS_EPS)))}
 
 
 def bootstrap_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequence[str],
                         n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
-  """Returns stratified-bootstrap percentile intervals [lo, hi], nested like classification_metrics."""
-  _check_confidence(confidence)
+  """Returns stratified-bootstrap percentile intervals [lo, hi] of the metrics that are not single proportions.
+
+  Nested like classification_metrics: accuracy; macro_avg and weighted_avg precision / recall / f1;
+  per_class.<class>.{f1, pr_auc}; roc_auc.{per_class.<class>, macro}; mcc; brier; log_loss. None where the
+  metric is undefined in every resample (an AUC of a class absent from the folder, the MCC of one class).
+
+  Never a zero-width interval where other images could score otherwise: where every resample gives one
+  value v (it happens at a boundary, a perfect AUC or F1, a class all right or all wrong, probabilities all
+  one-hot), the interval is the Wilson score interval of v, rescaled from the metric's range to [0, 1], as
+  a proportion of n_eff trials: for accuracy and the weighted averages, brier and log_loss (means over
+  images of a bounded term, for which the binomial is the widest case) n_eff is the number of images;
+  for a class's f1 its support; for a class's ROC / PR AUC the smaller of its positives and negatives (as
+  many disjoint (positive, negative) pairs, each an independent trial of P(positive ranked above)); for
+  the macro averages, the macro ROC AUC and the MCC, the smallest such count among the classes (the
+  smallest class dominates their variance). For the ROC AUC this is a valid bound; for PR AUC and MCC it
+  is a heuristic widening. `degenerate` lists the key paths that were replaced so.
+  """
+  z = _check_confidence(confidence)
   labels_N, scores_NC = _checked(labels_N, probabilities_NC)
   if scores_NC.shape[1] != len(classes):
     raise ValueError(f'probabilities_NC has {scores_NC.shape[1]} columns for {len(classes)} classes {list(classes)}')
+  num_images = len(labels_N)
   samples = resampled_metrics(labels_N, scores_NC, stratified_bootstrap_indices(labels_N, n_bootstrap, seed))
+  point = {key: values[0] for key, values in resampled_metrics(labels_N, scores_NC, np.arange(num_images)[None]
+                                                               ).items()}
   tails = ((1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0)
+  support_C = np.bincount(labels_N, minlength=len(classes))
+  pairs_C = np.minimum(support_C, num_images - support_C)  # Disjoint (positive, negative) pairs per class.
+  smallest_class = int(support_C[support_C > 0].min())
+  defined_pairs = pairs_C[~np.isnan(point['roc_auc'])]
+  smallest_pairs = int(defined_pairs.min()) if len(defined_pairs) else 0
+  degenerate = []
 
-  def interval(values_B: np.ndarray) -> list[float] | None:
+  def interval(keys: tuple[str, ...], values_B: np.ndarray, value: float, n_eff: int) -> list[float] | None:
     if np.all(np.isnan(values_B)):
       return None
-    return [float(v) for v in np.quantile(values_B, tails)]
+    lo, hi = (float(v) for v in np.quantile(values_B, tails))
+    if hi - lo > 1e-12:
+      return [lo, hi]
+    degenerate.append(list(keys))
+    low, high = _RANGES.get(keys[0], (0.0, 1.0))
+    lo, hi = _wilson(min(max((value - low) / (high - low), 0.0), 1.0), n_eff, z)
+    return [low + lo * (high - low), low + hi * (high - low)]
 
-  def averaged(prefix: str) -> dict[str, list[float] | None]:
-    return {name: interval(samples[f'{prefix}_{name}']) for name in ('precision', 'recall', 'f1')}
+  def averaged(prefix: str, average: str, n_eff: int) -> dict[str, list[float] | None]:
+    return {name: interval((average, name), samples[f'{prefix}_{name}'], point[f'{prefix}_{name}'], n_eff)
+            for name in ('precision', 'recall', 'f1')}
 
+  per_class = {}
+  for c, name in enumerate(classes):
+    per_class[name] = {
+        'f1': interval(('per_class', name, 'f1'), samples['f1'][:, c], point['f1'][c], int(support_C[c])),
+        'pr_auc': interval(('per_class', name, 'pr_auc'), samples['pr_auc'][:, c], point['pr_auc'][c],
+                           int(pairs_C[c]))}
   return {
-      'accuracy': interval(samples['accuracy']),
-      'macro_avg': averaged('macro'),
-      'weighted_avg': averaged('weighted'),
-      'per_class': {name: {metric: interval(samples[metric][:, c]) for metric in ('precision', 'recall', 'f1')}
-                    for c, name in enumerate(classes)},
-      'roc_auc': {'per_class': {name: interval(samples['roc_auc'][:, c]) for c, name in enumerate(classes)},
-                  'macro': interval(samples['macro_roc_auc'])},
+      'accuracy': interval(('accuracy', 'bootstrap'), samples['accuracy'], point['accuracy'], num_images),
+      'macro_avg': averaged('macro', 'macro_avg', smallest_class),
+      'weighted_avg': averaged('weighted', 'weighted_avg', num_images),
+      'per_class': per_class,
+      'roc_auc': {'per_class': {name: interval(('roc_auc', 'per_class', name), samples['roc_auc'][:, c],
+                                               point['roc_auc'][c], int(pairs_C[c]))
+                                for c, name in enumerate(classes)},
+                  'macro': interval(('roc_auc', 'macro'), samples['macro_roc_auc'], point['macro_roc_auc'],
+                                    smallest_pairs)},
+      'mcc': interval(('mcc',), samples['mcc'], point['mcc'], smallest_class),
+      'brier': interval(('brier',), samples['brier'], point['brier'], num_images),
+      'log_loss': interval(('log_loss',), samples['log_loss'], point['log_loss'], num_images),
+      'degenerate': degenerate,
       'confidence': confidence, 'n_bootstrap': int(n_bootstrap), 'seed': int(seed),
   }
+
+
+# How each interval in metric_intervals is made: Wilson from counts for proportions, the bootstrap otherwise.
+INTERVAL_METHODS = {
+    'accuracy': {'wilson': 'wilson', 'bootstrap': 'bootstrap'},
+    'per_class': {'precision': 'wilson', 'recall': 'wilson', 'sensitivity': 'wilson', 'specificity': 'wilson',
+                  'ppv': 'wilson', 'npv': 'wilson', 'f1': 'bootstrap', 'pr_auc': 'bootstrap'},
+    'macro_avg': 'bootstrap', 'weighted_avg': 'bootstrap', 'roc_auc': 'bootstrap', 'mcc': 'bootstrap',
+    'brier': 'bootstrap', 'log_loss': 'bootstrap',
+}
+
+
+def metric_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequence[str],
+                     n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+  """Returns the interval of every metric, nested like classification_metrics, and how each was made.
+
+  Proportions get the Wilson score interval of their counts (one class vs the rest, argmax predictions):
+  accuracy (correct of all images; accuracy also keeps its bootstrap interval: {'wilson', 'bootstrap'}),
+  and per class precision = PPV (TP of TP + FP), recall = sensitivity (TP of TP + FN), specificity (TN of
+  TN + FP) and NPV (TN of TN + FN); a Wilson interval is never of zero width, and is [0, 1] for a zero
+  denominator. Everything else comes from bootstrap_intervals (stratified percentile bootstrap, widened
+  where it is degenerate). `methods` is INTERVAL_METHODS plus `wilson_fallback`, the key paths where the
+  bootstrap's zero-width interval was replaced by a Wilson interval (see bootstrap_intervals).
+  """
+  z = _check_confidence(confidence)
+  labels_N, scores_NC = _checked(labels_N, probabilities_NC)
+  intervals = bootstrap_intervals(labels_N, scores_NC, classes, n_bootstrap=n_bootstrap, seed=seed,
+                                  confidence=confidence)
+  counts = confusion_matrix(labels_N, scores_NC.argmax(axis=-1), len(classes))
+  true_positives, false_positives, false_negatives, true_negatives = _one_vs_rest_counts(counts)
+
+  def wilson(successes: float, n: float) -> list[float]:
+    return list(_wilson(successes / n if n else 0.0, float(n), z))
+
+  for c, name in enumerate(classes):
+    tp, fp, fn, tn = true_positives[c], false_positives[c], false_negatives[c], true_negatives[c]
+    ppv, sensitivity = wilson(tp, tp + fp), wilson(tp, tp + fn)
+    intervals['per_class'][name] = {
+        'precision': ppv, 'recall': sensitivity, 'f1': intervals['per_class'][name]['f1'],
+        'sensitivity': sensitivity, 'specificity': wilson(tn, tn + fp), 'ppv': ppv, 'npv': wilson(tn, tn + fn),
+        'pr_auc': intervals['per_class'][name]['pr_auc']}
+  intervals['accuracy'] = {'wilson': wilson(float(np.trace(counts)), len(labels_N)),
+                           'bootstrap': intervals['accuracy']}
+  intervals['methods'] = {**copy.deepcopy(INTERVAL_METHODS), 'wilson_fallback': intervals.pop('degenerate')}
+  return intervals
 
 
 def reliability_bins(labels_N: np.ndarray, probabilities_NC: np.ndarray, n_bins: int = ECE_BINS
@@ -335,8 +533,9 @@ def with_uncertainty(metrics: dict[str, Any], labels_N: np.ndarray, probabilitie
                      n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
   """Returns a copy of classification_metrics' dict plus `intervals`, `roc_auc` and `calibration`.
 
-  intervals mirrors the point values: accuracy gets {'wilson': [lo, hi], 'bootstrap': [lo, hi]}, every other
-  metric the stratified bootstrap's [lo, hi] (95%); roc_auc and calibration hold point values.
+  intervals is metric_intervals' (95%): nested like the point values, Wilson for the proportions (accuracy
+  gets {'wilson': [lo, hi], 'bootstrap': [lo, hi]}), the stratified bootstrap for the rest, and `methods`
+  saying which; roc_auc and calibration hold point values.
   """
   labels_N, scores_NC = _checked(labels_N, probabilities_NC)
   classes = list(metrics['classes'])
@@ -345,10 +544,7 @@ def with_uncertainty(metrics: dict[str, Any], labels_N: np.ndarray, probabilitie
   if confusion_matrix(labels_N, scores_NC.argmax(axis=-1), len(classes)).tolist() != metrics['confusion_matrix']:
     raise ValueError('metrics["confusion_matrix"] does not match labels_N and probabilities_NC: '
                      'pass the labels and probabilities the metrics were computed from')
-  intervals = bootstrap_intervals(labels_N, scores_NC, classes, n_bootstrap=n_bootstrap, seed=seed)
-  correct = int(np.trace(np.asarray(metrics['confusion_matrix'])))
-  intervals['accuracy'] = {'wilson': list(wilson_interval(correct, len(labels_N))),
-                           'bootstrap': intervals['accuracy']}
+  intervals = metric_intervals(labels_N, scores_NC, classes, n_bootstrap=n_bootstrap, seed=seed)
   auc = roc_auc(labels_N, scores_NC, len(classes))
   return {**metrics, 'intervals': intervals,
           'roc_auc': {'per_class': dict(zip(classes, auc['per_class'])), 'macro': auc['macro']},

@@ -78,12 +78,27 @@ def _uncertainty_markdown(metrics: dict[str, Any]) -> list[str]:
     intervals, n = metrics['intervals'], metrics['n_images']
     lo, hi = intervals['accuracy']['wilson']
     percent = round(100 * intervals['confidence'])
+    bootstrap = _with_interval(metrics['accuracy'], intervals['accuracy']['bootstrap'])
+    if 'methods' in intervals:
+      wilson = (f'Accuracy\'s, and each class\'s precision (PPV), recall (sensitivity), specificity and NPV, are '
+                f'Wilson score intervals from their counts (accuracy\'s bootstrap gives {bootstrap}); F1, ROC AUC, '
+                'PR AUC, MCC, Brier score, log loss and the macro and weighted averages')
+    else:
+      wilson = f'Accuracy\'s is the Wilson score interval (the bootstrap gives {bootstrap}); the others'
+    fallback = ['.'.join(keys) for keys in intervals.get('methods', {}).get('wilson_fallback', [])]
+    if fallback:
+      fallback_text = (' Where every resample gave the same value (a perfect or all-wrong score), a percentile '
+                       'interval would have zero width although other images could score otherwise; there the '
+                       'interval is instead the Wilson interval of the value read as a proportion of the smallest '
+                       'count it rests on (the class\'s support, its fewer of positives and negatives, or the '
+                       f'images; see lungjax.metrics.bootstrap_intervals): {", ".join(fallback)}.')
+    else:
+      fallback_text = ''
     lines += ['', '## How to read the intervals', '',
-              f'Each `value [low, high]` is a {percent}% interval. Accuracy\'s is the Wilson score interval (the '
-              f'bootstrap gives {_with_interval(metrics["accuracy"], intervals["accuracy"]["bootstrap"])}); the '
-              f'others come from a stratified bootstrap: {intervals["n_bootstrap"]} resamples of these images, '
+              f'Each `value [low, high]` is a {percent}% interval. {wilson} come from a stratified bootstrap: '
+              f'{intervals["n_bootstrap"]} resamples of these images, '
               f'drawn with replacement within each true class (so every class keeps its support; seed '
-              f'{intervals["seed"]}), read off as percentiles. On {n} images one image is '
+              f'{intervals["seed"]}), read off as percentiles.{fallback_text} On {n} images one image is '
               f'{100 / max(n, 1):.1f} points of accuracy; the Wilson interval of {metrics["accuracy"]:.2f} on {n} '
               f'images spans [{lo:.3f}, {hi:.3f}], about ±{(hi - lo) / 2:.2f}. The intervals cover only the '
               'luck of which images were drawn: not a different training run, and not images from other '
@@ -104,8 +119,33 @@ def _absent_class_markdown(metrics: dict[str, Any]) -> list[str]:
   return ['', '## Predictions of absent classes', ''] + lines if lines else []
 
 
+# The clinical table's columns: (heading, per_class key).
+_CLINICAL = (('sensitivity', 'sensitivity'), ('specificity', 'specificity'), ('PPV', 'ppv'), ('NPV', 'npv'),
+             ('PR AUC', 'pr_auc'))
+
+
+def _clinical_markdown(metrics: dict[str, Any]) -> list[str]:
+  """Returns the per-class sensitivity, specificity, PPV, NPV and PR AUC table and the MCC, Brier and log loss line,
+  each `value [lo, hi]`; nothing for metrics written before they existed."""
+  if not all('sensitivity' in row for row in metrics['per_class'].values()):
+    return []
+  lines = ['', '## Clinical metrics (each class vs the rest)', '',
+           '| class | ' + ' | '.join(heading for heading, _ in _CLINICAL) + ' |', '|---' * (len(_CLINICAL) + 1) + '|']
+  for name, row in metrics['per_class'].items():
+    cells = [_with_interval(row[k], _interval_at(metrics, ('per_class', name, k))) for _, k in _CLINICAL]
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  lines += ['', 'Sensitivity is recall and PPV precision, from the predicted (highest-probability) class; PR AUC is '
+            'the average precision of the class\'s probability (n/a without images of the class, or of the others).']
+  if 'mcc' in metrics:
+    mcc, brier, log_loss = (_with_interval(metrics[key], _interval_at(metrics, (key,)))
+                            for key in ('mcc', 'brier', 'log_loss'))
+    lines += ['', f'Matthews correlation (multiclass): {mcc}; Brier score (mean over images of the sum over classes '
+              f'of (p - one-hot)², 0 best, 2 worst): {brier}; log loss: {log_loss}.']
+  return lines
+
+
 def report_markdown(metrics: dict[str, Any], title: str) -> str:
-  """Returns the study's classification table, the confusion matrix and the four goals as markdown."""
+  """Returns the study's classification table, the clinical table, the confusion matrix and the goals as markdown."""
   lines = [f'# {title}', '']
   details = [f'{metrics["n_images"]} images']
   if metrics.get('checkpoint_step') is not None:
@@ -127,6 +167,7 @@ def report_markdown(metrics: dict[str, Any], title: str) -> str:
     lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {n} |')
   if metrics['macro_avg_classes'] != metrics['classes']:
     lines += ['', f'Macro averages run over the classes present: {", ".join(metrics["macro_avg_classes"])}.']
+  lines += _clinical_markdown(metrics)
   lines += ['', '## Confusion matrix (rows: true, columns: predicted)', '',
             '| true \\ predicted | ' + ' | '.join(metrics['classes']) + ' |',
             '|---' * (len(metrics['classes']) + 1) + '|']

@@ -32,6 +32,66 @@ def test_classification_metrics_by_hand():
   np.testing.assert_allclose(result['weighted_avg']['recall'], (3 * 2 / 3 + 2 * 0.5 + 1.0) / 6)
 
 
+def test_clinical_rates_and_mcc_by_hand():
+  # Confusion matrix (rows true, columns predicted), 20 images:
+  #   Covid [5, 1, 0]   Covid: TP 5, FN 1, FP 2 (2 Normal predicted Covid), TN 20 - 8 = 12
+  #   Normal [2, 6, 1]  Normal: TP 6, FN 3, FP 2, TN 9
+  #   Viral [0, 1, 4]   Viral: TP 4, FN 1, FP 1, TN 14
+  counts = [[5, 1, 0], [2, 6, 1], [0, 1, 4]]
+  labels = np.repeat([0, 0, 0, 1, 1, 1, 2, 2, 2], np.ravel(counts))
+  predicted = np.tile([0, 1, 2], 3).repeat(np.ravel(counts))
+  result = metrics.classification_metrics(labels, _one_hot(predicted), CLASSES)
+  assert result['confusion_matrix'] == counts
+  expected = {'Covid': (5 / 6, 12 / 14, 5 / 7, 12 / 13), 'Normal': (6 / 9, 9 / 11, 6 / 8, 9 / 12),
+              'Viral Pneumonia': (4 / 5, 14 / 15, 4 / 5, 14 / 15)}
+  for name, rates in expected.items():
+    row = result['per_class'][name]
+    np.testing.assert_allclose([row[k] for k in ('sensitivity', 'specificity', 'ppv', 'npv')], rates, rtol=1e-12)
+    assert (row['sensitivity'], row['ppv']) == (row['recall'], row['precision'])
+  # MCC: true counts t = (6, 9, 5), predicted p = (7, 8, 5), 15 correct of 20:
+  # (15 * 20 - t.p) / sqrt((20^2 - p.p) (20^2 - t.t)) = (300 - 139) / sqrt(262 * 258).
+  np.testing.assert_allclose(result['mcc'], 161 / np.sqrt(262 * 258), rtol=1e-12)
+  # Every clinical interval is the Wilson interval of its counts.
+  intervals = metrics.metric_intervals(labels, _one_hot(predicted), CLASSES, n_bootstrap=50)['per_class']
+  assert intervals['Covid']['specificity'] == list(metrics.wilson_interval(12, 14))
+  assert intervals['Covid']['npv'] == list(metrics.wilson_interval(12, 13))
+  assert intervals['Normal']['sensitivity'] == intervals['Normal']['recall'] == list(metrics.wilson_interval(6, 9))
+  assert intervals['Normal']['ppv'] == intervals['Normal']['precision'] == list(metrics.wilson_interval(6, 8))
+  assert intervals['Viral Pneumonia']['specificity'] == list(metrics.wilson_interval(14, 15))
+
+
+def test_mcc_brier_log_loss_and_pr_auc_match_scikit_learn():
+  from sklearn import metrics as sklearn_metrics  # pylint: disable=g-import-not-at-top  # The test extra's.
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, 3, size=90)
+  logits = np.round(rng.normal(size=(90, 3)) + 1.2 * np.eye(3)[labels], 1)  # Rounded: tied scores.
+  probabilities = metrics.apply_temperature(logits, 1.0)
+  probabilities[:3] = np.eye(3)[(labels[:3] + 1) % 3]  # Confidently wrong: log loss clips p = 0.
+  probabilities[3:6] = np.eye(3)[labels[3:6]]  # Exactly right: p = 1 is clipped too.
+  result = metrics.classification_metrics(labels, probabilities, CLASSES)
+  np.testing.assert_allclose(result['mcc'], sklearn_metrics.matthews_corrcoef(labels, probabilities.argmax(1)),
+                             rtol=1e-12)
+  np.testing.assert_allclose(result['log_loss'], sklearn_metrics.log_loss(labels, probabilities), rtol=1e-12)
+  np.testing.assert_allclose(result['brier'], np.mean(np.sum((probabilities - np.eye(3)[labels]) ** 2, axis=1)),
+                             rtol=1e-12)
+  for c, name in enumerate(CLASSES):
+    np.testing.assert_allclose(result['per_class'][name]['pr_auc'],
+                               sklearn_metrics.average_precision_score(labels == c, probabilities[:, c]), rtol=1e-12)
+    for key, reference in (('sensitivity', sklearn_metrics.recall_score), ('ppv', sklearn_metrics.precision_score)):
+      np.testing.assert_allclose(result['per_class'][name][key],
+                                 reference(labels == c, probabilities.argmax(1) == c), rtol=1e-12)
+    # Specificity is the recall of the negatives, NPV their precision.
+    np.testing.assert_allclose(result['per_class'][name]['specificity'],
+                               sklearn_metrics.recall_score(labels != c, probabilities.argmax(1) != c), rtol=1e-12)
+    np.testing.assert_allclose(result['per_class'][name]['npv'],
+                               sklearn_metrics.precision_score(labels != c, probabilities.argmax(1) != c), rtol=1e-12)
+  # A class with no images has no PR AUC (sklearn would warn); MCC of one true class is 0, as in sklearn.
+  two = metrics.classification_metrics(labels[labels < 2], probabilities[labels < 2], CLASSES)
+  assert two['per_class']['Viral Pneumonia']['pr_auc'] is None and two['per_class']['Covid']['pr_auc'] is not None
+  one = metrics.classification_metrics(labels[labels == 0], probabilities[labels == 0], CLASSES)
+  assert one['mcc'] == sklearn_metrics.matthews_corrcoef(labels[labels == 0], probabilities[labels == 0].argmax(1))
+
+
 def test_absent_class_has_support_zero_and_is_left_out_of_macro():
   labels = np.array([0, 0, 1])
   result = metrics.classification_metrics(labels, _one_hot(np.array([0, 2, 1])), CLASSES)
@@ -90,6 +150,7 @@ def test_wilson_interval_pinned_by_hand():
   # 0/10: the upper end is z^2 / (n + z^2); n/n mirrors it.
   np.testing.assert_allclose(metrics.wilson_interval(0, 10), (0.0, 3.841459 / 13.841459), atol=1e-6)
   np.testing.assert_allclose(metrics.wilson_interval(10, 10), (1 - 3.841459 / 13.841459, 1.0), atol=1e-6)
+  assert metrics.wilson_interval(40, 40)[1] == 1.0 and metrics.wilson_interval(0, 40)[0] == 0.0  # Exactly.
   lo95, hi95 = metrics.wilson_interval(60, 66)
   lo99, hi99 = metrics.wilson_interval(60, 66, confidence=0.99)
   assert lo99 < lo95 and hi99 > hi95
@@ -160,6 +221,12 @@ def test_resampled_metrics_match_recomputing_each_resample():
         np.testing.assert_allclose(samples[name][b], [expected['per_class'][c][name] for c in CLASSES])
       np.testing.assert_allclose(samples['roc_auc'][b], [np.nan if v is None else v for v in auc['per_class']])
       np.testing.assert_allclose(samples['macro_roc_auc'][b], np.nan if auc['macro'] is None else auc['macro'])
+      np.testing.assert_allclose(samples['pr_auc'][b], [np.nan if expected['per_class'][c]['pr_auc'] is None
+                                                        else expected['per_class'][c]['pr_auc'] for c in CLASSES])
+      for name in ('brier', 'log_loss'):
+        np.testing.assert_allclose(samples[name][b], expected[name])
+      # An undefined MCC (one class left) is NaN here and 0 (sklearn's convention) in classification_metrics.
+      np.testing.assert_allclose(np.nan_to_num(samples['mcc'][b]), expected['mcc'], atol=1e-12)
 
 
 def test_bootstrap_intervals_are_seeded():
@@ -175,13 +242,20 @@ def test_bootstrap_interval_contains_the_point_and_narrows_with_more_images():
   labels, probabilities = _sixty_of_sixty_six()
   point = metrics.classification_metrics(labels, probabilities, CLASSES)
   auc = metrics.roc_auc(labels, probabilities, 3)
-  small = metrics.bootstrap_intervals(labels, probabilities, CLASSES)
+  small = metrics.metric_intervals(labels, probabilities, CLASSES)
   # Nine copies of the set: the same point values, a third of the standard error.
-  large = metrics.bootstrap_intervals(np.tile(labels, 9), np.tile(probabilities, (9, 1)), CLASSES)
-  checks = [(point['accuracy'], ('accuracy',)), (point['macro_avg']['recall'], ('macro_avg', 'recall')),
+  large = metrics.metric_intervals(np.tile(labels, 9), np.tile(probabilities, (9, 1)), CLASSES)
+  assert small['methods']['wilson_fallback'] == [] and large['methods']['wilson_fallback'] == []
+  checks = [(point['accuracy'], ('accuracy', 'wilson')), (point['accuracy'], ('accuracy', 'bootstrap')),
+            (point['macro_avg']['recall'], ('macro_avg', 'recall')),
             (point['weighted_avg']['f1'], ('weighted_avg', 'f1')),
             (point['per_class']['Normal']['precision'], ('per_class', 'Normal', 'precision')),
             (point['per_class']['Covid']['recall'], ('per_class', 'Covid', 'recall')),
+            (point['per_class']['Normal']['specificity'], ('per_class', 'Normal', 'specificity')),
+            (point['per_class']['Viral Pneumonia']['npv'], ('per_class', 'Viral Pneumonia', 'npv')),
+            (point['per_class']['Covid']['f1'], ('per_class', 'Covid', 'f1')),
+            (point['per_class']['Normal']['pr_auc'], ('per_class', 'Normal', 'pr_auc')),
+            (point['mcc'], ('mcc',)), (point['brier'], ('brier',)), (point['log_loss'], ('log_loss',)),
             (auc['macro'], ('roc_auc', 'macro'))]
   for value, keys in checks:
     small_interval, large_interval = small, large
@@ -190,6 +264,66 @@ def test_bootstrap_interval_contains_the_point_and_narrows_with_more_images():
     assert small_interval[0] <= value <= small_interval[1], keys
     assert large_interval[0] <= value <= large_interval[1], keys
     assert 0 < large_interval[1] - large_interval[0] < 0.5 * (small_interval[1] - small_interval[0]), keys
+
+
+def _paired_intervals(point, intervals, keys=()):
+  """Yields (keys, value, [lo, hi]) for every interval in `intervals` and its point value in `point`."""
+  for key, interval in intervals.items():
+    if key in ('methods', 'confidence', 'n_bootstrap', 'seed'):
+      continue
+    if isinstance(interval, dict):
+      yield from _paired_intervals(point if key in ('wilson', 'bootstrap') else point[key], interval, keys + (key,))
+    else:
+      yield keys + (key,), (point if key in ('wilson', 'bootstrap') else point[key]), interval
+
+
+def test_a_class_all_right_gets_a_wilson_interval_not_a_zero_width_one():
+  # 14 of 14 Covid right, the others not: today's percentile bootstrap said recall [1.000, 1.000].
+  labels = np.repeat([0, 1, 2], [14, 12, 12])
+  predicted = labels.copy()
+  predicted[[14, 15, 30]] = [2, 0, 1]
+  result = metrics.with_uncertainty(metrics.classification_metrics(labels, _one_hot(predicted), CLASSES),
+                                    labels, _one_hot(predicted), n_bootstrap=300, seed=0)
+  covid = result['intervals']['per_class']['Covid']
+  assert covid['recall'][0] < 0.80 and covid['sensitivity'] == covid['recall']
+  np.testing.assert_allclose(covid['recall'], (1 - 3.841459 / 17.841459, 1.0), atol=1e-6)  # Wilson 14/14.
+  assert result['intervals']['methods']['per_class']['recall'] == 'wilson'
+  # Macro recall varies across resamples (Normal and Viral Pneumonia do): the bootstrap's own interval.
+  macro = result['intervals']['macro_avg']['recall']
+  assert macro[0] < result['macro_avg']['recall'] < macro[1] and ['macro_avg', 'recall'] not in (
+      result['intervals']['methods']['wilson_fallback'])
+
+
+def test_no_interval_has_zero_width_even_for_a_perfect_classifier():
+  labels = np.repeat([0, 1, 2], [14, 10, 8])
+  probabilities = 0.8 * np.eye(3)[labels] + 0.1  # Every image right, every class perfectly separated.
+  probabilities[::3] = 0.5 * np.eye(3)[labels[::3]] + 0.25  # Two confidence levels: Brier and log loss vary.
+  base = metrics.classification_metrics(labels, probabilities, CLASSES)
+  result = metrics.with_uncertainty(base, labels, probabilities, n_bootstrap=200, seed=0)
+  intervals, point = result['intervals'], result
+  checked = 0
+  for keys, value, (lo, hi) in _paired_intervals(point, intervals):
+    assert lo <= value <= hi and hi - lo > 0.01, (keys, value, lo, hi)  # Wilson's 1.0 is exactly 1.0.
+    checked += 1
+  assert checked == 3 * 8 + 2 + 3 * 2 + 4 + 3
+  fallback = intervals['methods']['wilson_fallback']
+  for keys in (['accuracy', 'bootstrap'], ['per_class', 'Covid', 'f1'], ['per_class', 'Normal', 'pr_auc'],
+               ['roc_auc', 'per_class', 'Viral Pneumonia'], ['roc_auc', 'macro'], ['macro_avg', 'recall'],
+               ['weighted_avg', 'f1'], ['mcc']):
+    assert keys in fallback, keys
+  assert ['brier'] not in fallback and ['log_loss'] not in fallback
+  # The widened intervals: F1 on the class's support, an AUC on its disjoint (positive, negative) pairs,
+  # the MCC on the smallest class, rescaled from [-1, 1].
+  assert intervals['per_class']['Covid']['f1'] == list(metrics.wilson_interval(14, 14))
+  assert intervals['roc_auc']['per_class']['Viral Pneumonia'] == list(metrics.wilson_interval(8, 8))
+  assert intervals['roc_auc']['per_class']['Covid'] == list(metrics.wilson_interval(14, 14))  # 14 of 18 others.
+  assert intervals['accuracy']['bootstrap'] == intervals['accuracy']['wilson']
+  np.testing.assert_allclose(intervals['mcc'], [2 * metrics.wilson_interval(8, 8)[0] - 1, 1.0])
+  # One-hot probabilities: Brier and log loss are constant too, and widen on the number of images.
+  one_hot = metrics.with_uncertainty(metrics.classification_metrics(labels, np.eye(3)[labels], CLASSES),
+                                     labels, np.eye(3)[labels], n_bootstrap=50, seed=0)['intervals']
+  np.testing.assert_allclose(one_hot['brier'], [0.0, 2 * metrics.wilson_interval(0, 32)[1]], atol=1e-12)
+  assert one_hot['log_loss'][0] < 1e-12 < 0.1 < one_hot['log_loss'][1]
 
 
 def test_bootstrap_of_66_images_2000_times_takes_well_under_a_second():
@@ -302,6 +436,21 @@ def test_report_shows_every_interval_the_auc_table_calibration_and_how_to_read(t
   assert 'ECE after temperature scaling (T = 1.700): 0.031.' in text
   assert '## How to read the intervals' in text
   assert 'one image is 1.5 points of accuracy' in text and 'about ±0.07' in text
+  assert 'specificity and NPV, are Wilson score intervals from their counts' in text
+  assert 'Where every resample gave the same value' not in text  # No bootstrap interval was widened here.
+  clinical = result['per_class']['Covid'], result['intervals']['per_class']['Covid']
+  assert '| class | sensitivity | specificity | PPV | NPV | PR AUC |' in text
+  assert ('| Covid | ' + ' | '.join(cell(clinical[0][k], clinical[1][k])
+                                    for k in ('sensitivity', 'specificity', 'ppv', 'npv', 'pr_auc')) + ' |') in text
+  assert f'Matthews correlation (multiclass): {cell(result["mcc"], result["intervals"]["mcc"])};' in text
+  assert f': {cell(result["brier"], result["intervals"]["brier"])}; log loss: ' in text
+  assert f'log loss: {cell(result["log_loss"], result["intervals"]["log_loss"])}.' in text
+  # A perfect folder: the report names the intervals the bootstrap could not make.
+  perfect = metrics.with_uncertainty(metrics.classification_metrics(labels, np.eye(3)[labels], CLASSES),
+                                     labels, np.eye(3)[labels], n_bootstrap=50, seed=0)
+  perfect_text = report.report_markdown(perfect, 'perfect')
+  assert 'Where every resample gave the same value' in perfect_text and 'per_class.Covid.f1' in perfect_text
+  assert '| Covid | 1.000 [0.871, 1.000] | 1.000 [0.912, 1.000] |' in perfect_text  # Wilson 26/26 and 40/40.
   pngs = {}
   for name in ('roc.png', 'reliability.png'):
     with Image.open(tmp_path / name) as png:
