@@ -17,7 +17,9 @@ from lungjax import distributed
 from lungjax.data import loading, splits
 
 # The headline numbers summarised over runs, as paths into metrics.json.
-_HEADLINE = [('accuracy',)] + [(avg, m) for avg in ('macro_avg', 'weighted_avg') for m in ('precision', 'recall', 'f1')]
+_HEADLINE = ([('accuracy',)] + [(avg, m) for avg in ('macro_avg', 'weighted_avg') for m in ('precision', 'recall', 'f1')]
+             + [('roc_auc', 'macro'), ('mcc',), ('brier',), ('log_loss',)])
+_PER_CLASS = ('precision', 'recall', 'f1', 'specificity', 'npv')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def repeat_over_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[s
     train.train_and_evaluate(seed_config, run_dir, data)
     run_dirs.append(run_dir)
   return summarise_runs(config, run_dirs, os.path.join(workdir, 'seeds'), f'{config.name}: {config.seeds} seeds',
-                        pool=False)
+                        pool=True, repeats=config.seeds)
 
 
 def _value(metrics: dict[str, Any], path: Sequence[str]) -> float:
@@ -75,18 +77,25 @@ def _value(metrics: dict[str, Any], path: Sequence[str]) -> float:
 def mean_and_std(per_run: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, dict[str, float]]:
   """Returns {metric name: {'mean', 'std', 'values'}} over runs (std with ddof=1; 0 for one run)."""
   paths = [(p, '.'.join(p)) for p in _HEADLINE]
-  paths += [(('per_class', c, m), f'{c}.{m}') for c in classes for m in ('precision', 'recall', 'f1')]
+  paths += [(('per_class', c, m), f'{c}.{m}') for c in classes for m in _PER_CLASS]
   summary = {}
   for path, name in paths:
-    values = np.asarray([_value(m, path) for m in per_run])
+    try:
+      values = np.asarray([_value(m, path) for m in per_run])
+    except (KeyError, TypeError):  # A metric that an older run's metrics.json lacks, or undefined (None) in a run.
+      continue
     summary[name] = {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                      'values': values.tolist()}
   return summary
 
 
 def summarise_runs(config: ml_collections.ConfigDict, run_dirs: Sequence[str], out_dir: str, title: str, *,
-                   pool: bool) -> dict[str, Any]:
-  """Writes out_dir/metrics.json and report.md: each metric's mean ± std over runs (and pooled, if asked)."""
+                   pool: bool, repeats: int = 1) -> dict[str, Any]:
+  """Writes out_dir/metrics.json and report.md: each metric's mean ± std over runs (and pooled, if asked).
+
+  repeats=1 pools folds (each image predicted once); repeats=R pools R runs on the same images (seeds): the
+  pooled intervals then resample images with all R of their predictions and count images, not predictions.
+  """
   classes = tuple(config.data.classes)
   per_run = []
   for run_dir in run_dirs:
@@ -105,11 +114,12 @@ def summarise_runs(config: ml_collections.ConfigDict, run_dirs: Sequence[str], o
     pooled_labels, pooled_probabilities = np.concatenate(labels), np.concatenate(probabilities)
     pooled = metrics_lib.with_uncertainty(
         evaluate.evaluation_metrics(pooled_labels, pooled_probabilities, classes), pooled_labels,
-        pooled_probabilities, n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+        pooled_probabilities, n_bootstrap=config.eval.n_bootstrap, seed=config.seed, repeats=repeats)
     pooled['caveat'] = config.eval.caveat
-    result['pooled_out_of_fold'] = pooled
+    result['pooled' if repeats > 1 else 'pooled_out_of_fold'] = pooled
     if distributed.is_main_process():  # Multi-host: process 0 writes the reports.
-      report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, pooled out-of-fold',
+      what = f'{repeats} runs\' predictions of each image pooled' if repeats > 1 else 'pooled out-of-fold'
+      report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, {what}',
                               pooled_labels, pooled_probabilities)
   if distributed.is_main_process():
     report.write_metrics_json(result, os.path.join(out_dir, 'metrics.json'))
@@ -120,6 +130,15 @@ def summarise_runs(config: ml_collections.ConfigDict, run_dirs: Sequence[str], o
   return result
 
 
+def _interval_text(metrics: dict[str, Any], *keys: str) -> str:
+  """'[lo, hi]' of metrics['intervals'][keys...] (Wilson's for accuracy)."""
+  value = metrics['intervals']
+  for key in keys:
+    value = value[key]
+  lo, hi = value['wilson'] if isinstance(value, dict) else value
+  return f'[{lo:.3f}, {hi:.3f}]'
+
+
 def runs_markdown(result: dict[str, Any], title: str) -> str:
   """A table of each metric's mean ± std and per-run values, and the pooled confusion matrix if present."""
   lines = [f'# {title}', '', f'{result["n_runs"]} runs; validation metrics of each run\'s best checkpoint.', '',
@@ -127,10 +146,20 @@ def runs_markdown(result: dict[str, Any], title: str) -> str:
   for name, row in result['summary'].items():
     lines.append(f'| {name} | {row["mean"]:.3f} ± {row["std"]:.3f} | '
                  + ', '.join(f'{v:.3f}' for v in row['values']) + ' |')
-  if 'pooled_out_of_fold' in result:
-    pooled = result['pooled_out_of_fold']
-    lines += ['', f'Pooled out-of-fold predictions ({pooled["n_images"]} images, each predicted once by the model '
-              'that did not train on it): see `pooled/report.md`.', '',
+  pooled = result.get('pooled_out_of_fold') or result.get('pooled')
+  if pooled is not None:
+    if 'pooled_out_of_fold' in result:
+      lines += ['', f'Pooled out-of-fold predictions ({pooled["n_images"]} images, each predicted once by the model '
+                'that did not train on it): see `pooled/report.md`.']
+    else:
+      repeats = pooled['intervals']['repeats']
+      lines += ['', f'Pooled predictions of the {repeats} runs ({pooled["n_images"]} = {repeats} x '
+                f'{pooled["n_images"] // repeats} images): see `pooled/report.md`. Its intervals resample images with '
+                f'all {repeats} of their predictions and count {pooled["n_images"] // repeats} images, not '
+                f'{pooled["n_images"]} predictions; the spread between seeds is the ± above.']
+    lines += ['', f'Accuracy {pooled["accuracy"]:.3f} {_interval_text(pooled, "accuracy")}, macro recall '
+              f'{pooled["macro_avg"]["recall"]:.3f} {_interval_text(pooled, "macro_avg", "recall")}, macro F1 '
+              f'{pooled["macro_avg"]["f1"]:.3f} {_interval_text(pooled, "macro_avg", "f1")}.', '',
               '| true \\ predicted | ' + ' | '.join(pooled['classes']) + ' |',
               '|---' * (len(pooled['classes']) + 1) + '|']
     for name, row in zip(pooled['classes'], pooled['confusion_matrix']):

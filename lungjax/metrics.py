@@ -270,20 +270,34 @@ def roc_curve(labels_binary_N: np.ndarray, scores_N: np.ndarray) -> tuple[np.nda
   return fpr, tpr
 
 
-def stratified_bootstrap_indices(labels_N: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
+def stratified_bootstrap_indices(labels_N: np.ndarray, n_bootstrap: int, seed: int, repeats: int = 1) -> np.ndarray:
   """Returns n_bootstrap x N image indices; each row redraws every class's images, with replacement, in place.
 
   Position i of every row holds an image of class labels_N[i], so every resample keeps each class's support.
+  With repeats R > 1 the N rows are R predictions of the same N / R images (row r * N / R + i is image i's r-th
+  prediction, e.g. R seeds' runs on one validation split): images are drawn, and each brings all R of its rows.
   """
   labels_N = np.asarray(labels_N, np.int64)
   if n_bootstrap < 1:
     raise ValueError(f'n_bootstrap must be at least 1, got {n_bootstrap}')
+  labels_G = _repeated_images(labels_N, repeats)
   rng = np.random.default_rng(seed)
-  indices_BN = np.empty((n_bootstrap, len(labels_N)), np.int64)
-  for label in np.unique(labels_N):
-    members = np.flatnonzero(labels_N == label)
-    indices_BN[:, members] = members[rng.integers(0, len(members), size=(n_bootstrap, len(members)))]
-  return indices_BN
+  indices_BG = np.empty((n_bootstrap, len(labels_G)), np.int64)
+  for label in np.unique(labels_G):
+    members = np.flatnonzero(labels_G == label)
+    indices_BG[:, members] = members[rng.integers(0, len(members), size=(n_bootstrap, len(members)))]
+  return np.concatenate([indices_BG + r * len(labels_G) for r in range(repeats)], axis=1)
+
+
+def _repeated_images(labels_N: np.ndarray, repeats: int) -> np.ndarray:
+  """The labels of the distinct images when labels_N holds `repeats` predictions of each (see above)."""
+  if repeats < 1 or len(labels_N) % repeats:
+    raise ValueError(f'repeats={repeats} must be >= 1 and divide the {len(labels_N)} predictions')
+  labels_G = labels_N[:len(labels_N) // repeats]
+  if not np.array_equal(np.tile(labels_G, repeats), labels_N):
+    raise ValueError(f'with repeats={repeats} every block of {len(labels_G)} rows must hold the same images '
+                     '(the same labels in the same order)')
+  return labels_G
 
 
 def resampled_metrics(labels_N: np.ndarray, probabilities_NC: np.ndarray, indices_BN: np.ndarray
@@ -338,7 +352,8 @@ _RANGES = {'mcc': (-1.0, 1.0), 'brier': (0.0, 2.0), 'log_loss': (0.0, float(-np.
 
 
 def bootstrap_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequence[str],
-                        n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+                        n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95,
+                        repeats: int = 1) -> dict[str, Any]:
   """Returns stratified-bootstrap percentile intervals [lo, hi] of the metrics that are not single proportions.
 
   Nested like classification_metrics: accuracy; macro_avg and weighted_avg precision / recall / f1;
@@ -355,17 +370,21 @@ def bootstrap_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, clas
   the macro averages, the macro ROC AUC and the MCC, the smallest such count among the classes (the
   smallest class dominates their variance). For the ROC AUC this is a valid bound; for PR AUC and MCC it
   is a heuristic widening. `degenerate` lists the key paths that were replaced so.
+
+  repeats R > 1: the rows are R predictions of the same images (stratified_bootstrap_indices); images are
+  resampled with all their rows, and every count above is of distinct images (divided by R).
   """
   z = _check_confidence(confidence)
   labels_N, scores_NC = _checked(labels_N, probabilities_NC)
   if scores_NC.shape[1] != len(classes):
     raise ValueError(f'probabilities_NC has {scores_NC.shape[1]} columns for {len(classes)} classes {list(classes)}')
   num_images = len(labels_N)
-  samples = resampled_metrics(labels_N, scores_NC, stratified_bootstrap_indices(labels_N, n_bootstrap, seed))
+  samples = resampled_metrics(labels_N, scores_NC, stratified_bootstrap_indices(labels_N, n_bootstrap, seed, repeats))
   point = {key: values[0] for key, values in resampled_metrics(labels_N, scores_NC, np.arange(num_images)[None]
                                                                ).items()}
   tails = ((1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0)
-  support_C = np.bincount(labels_N, minlength=len(classes))
+  num_images //= repeats  # Distinct images: the counts behind the Wilson widening below.
+  support_C = np.bincount(_repeated_images(labels_N, repeats), minlength=len(classes))
   pairs_C = np.minimum(support_C, num_images - support_C)  # Disjoint (positive, negative) pairs per class.
   smallest_class = int(support_C[support_C > 0].min())
   defined_pairs = pairs_C[~np.isnan(point['roc_auc'])]
@@ -422,7 +441,8 @@ INTERVAL_METHODS = {
 
 
 def metric_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequence[str],
-                     n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+                     n_bootstrap: int = 2000, seed: int = 0, confidence: float = 0.95,
+                     repeats: int = 1) -> dict[str, Any]:
   """Returns the interval of every metric, nested like classification_metrics, and how each was made.
 
   Proportions get the Wilson score interval of their counts (one class vs the rest, argmax predictions):
@@ -432,16 +452,19 @@ def metric_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes
   denominator. Everything else comes from bootstrap_intervals (stratified percentile bootstrap, widened
   where it is degenerate). `methods` is INTERVAL_METHODS plus `wilson_fallback`, the key paths where the
   bootstrap's zero-width interval was replaced by a Wilson interval (see bootstrap_intervals).
+
+  repeats R > 1 (R predictions of each image, e.g. R seeds pooled): the bootstrap resamples images with all their
+  rows, and a Wilson interval counts images, not predictions (its successes and trials divided by R).
   """
   z = _check_confidence(confidence)
   labels_N, scores_NC = _checked(labels_N, probabilities_NC)
   intervals = bootstrap_intervals(labels_N, scores_NC, classes, n_bootstrap=n_bootstrap, seed=seed,
-                                  confidence=confidence)
+                                  confidence=confidence, repeats=repeats)
   counts = confusion_matrix(labels_N, scores_NC.argmax(axis=-1), len(classes))
   true_positives, false_positives, false_negatives, true_negatives = _one_vs_rest_counts(counts)
 
   def wilson(successes: float, n: float) -> list[float]:
-    return list(_wilson(successes / n if n else 0.0, float(n), z))
+    return list(_wilson(successes / n if n else 0.0, float(n) / repeats, z))
 
   for c, name in enumerate(classes):
     tp, fp, fn, tn = true_positives[c], false_positives[c], false_negatives[c], true_negatives[c]
@@ -530,12 +553,13 @@ def fit_temperature(labels_N: np.ndarray, logits_NC: np.ndarray) -> float:
 
 
 def with_uncertainty(metrics: dict[str, Any], labels_N: np.ndarray, probabilities_NC: np.ndarray,
-                     n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+                     n_bootstrap: int = 2000, seed: int = 0, repeats: int = 1) -> dict[str, Any]:
   """Returns a copy of classification_metrics' dict plus `intervals`, `roc_auc` and `calibration`.
 
   intervals is metric_intervals' (95%): nested like the point values, Wilson for the proportions (accuracy
   gets {'wilson': [lo, hi], 'bootstrap': [lo, hi]}), the stratified bootstrap for the rest, and `methods`
-  saying which; roc_auc and calibration hold point values.
+  saying which; roc_auc and calibration hold point values. repeats R > 1: the rows are R predictions of each
+  image (metric_intervals), e.g. several seeds' runs on one validation split pooled.
   """
   labels_N, scores_NC = _checked(labels_N, probabilities_NC)
   classes = list(metrics['classes'])
@@ -544,7 +568,8 @@ def with_uncertainty(metrics: dict[str, Any], labels_N: np.ndarray, probabilitie
   if confusion_matrix(labels_N, scores_NC.argmax(axis=-1), len(classes)).tolist() != metrics['confusion_matrix']:
     raise ValueError('metrics["confusion_matrix"] does not match labels_N and probabilities_NC: '
                      'pass the labels and probabilities the metrics were computed from')
-  intervals = metric_intervals(labels_N, scores_NC, classes, n_bootstrap=n_bootstrap, seed=seed)
+  intervals = metric_intervals(labels_N, scores_NC, classes, n_bootstrap=n_bootstrap, seed=seed, repeats=repeats)
+  intervals['repeats'] = repeats
   auc = roc_auc(labels_N, scores_NC, len(classes))
   return {**metrics, 'intervals': intervals,
           'roc_auc': {'per_class': dict(zip(classes, auc['per_class'])), 'macro': auc['macro']},

@@ -51,3 +51,17 @@ def test_cross_validation_pools_out_of_fold_predictions(tmp_path, tiny_config):
   assert sum(m['n_images'] for m in per_fold) == 36
   np.testing.assert_allclose(result['summary']['accuracy']['mean'], np.mean([m['accuracy'] for m in per_fold]))
   assert os.path.exists(tmp_path / 'cv' / 'report.md') and os.path.exists(tmp_path / 'cv' / 'pooled' / 'report.md')
+
+
+@pytest.mark.slow
+def test_seeds_report_mean_and_std_and_pool_every_seed_on_the_same_images(tmp_path, tiny_config):
+  tiny_config.seeds = 2
+  result = crossval.run(tiny_config, str(tmp_path))
+  assert result['n_runs'] == 2 and [os.path.basename(r) for r in result['runs']] == ['seed_0', 'seed_1']
+  per_seed = [json.load(open(os.path.join(r, 'eval', 'val', 'metrics.json'))) for r in result['runs']]
+  np.testing.assert_allclose(result['summary']['accuracy']['values'], [m['accuracy'] for m in per_seed])
+  pooled = result['pooled']
+  assert pooled['n_images'] == 2 * per_seed[0]['n_images'] and pooled['intervals']['repeats'] == 2
+  np.testing.assert_allclose(pooled['accuracy'], np.mean([m['accuracy'] for m in per_seed]))
+  assert 'count' in (tmp_path / 'seeds' / 'report.md').read_text()
+  assert (tmp_path / 'seeds' / 'pooled' / 'report.md').exists()

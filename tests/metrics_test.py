@@ -269,7 +269,7 @@ def test_bootstrap_interval_contains_the_point_and_narrows_with_more_images():
 def _paired_intervals(point, intervals, keys=()):
   """Yields (keys, value, [lo, hi]) for every interval in `intervals` and its point value in `point`."""
   for key, interval in intervals.items():
-    if key in ('methods', 'confidence', 'n_bootstrap', 'seed'):
+    if key in ('methods', 'confidence', 'n_bootstrap', 'seed', 'repeats'):
       continue
     if isinstance(interval, dict):
       yield from _paired_intervals(point if key in ('wilson', 'bootstrap') else point[key], interval, keys + (key,))
@@ -489,3 +489,27 @@ def test_plots_change_with_what_they_are_given(tmp_path):
   for kind in ('roc', 'reliability'):
     assert drawn[kind, 'good'].shape == drawn[kind, 'chance'].shape
     assert np.abs(drawn[kind, 'good'] - drawn[kind, 'chance']).mean() > 0.5, kind
+
+
+def test_pooled_repeats_resample_images_with_all_their_predictions_and_count_images():
+  labels_G = np.array([0] * 10 + [1] * 10 + [2] * 10)
+  rng = np.random.default_rng(0)
+  hard_G = rng.random(30) < 0.2  # Seeds agree on which images are hard, as real runs do.
+  runs = [np.eye(3)[np.where(hard_G & (rng.random(30) < 0.9), (labels_G + 1) % 3, labels_G)] * 0.9 + 0.1 / 3
+          for _ in range(5)]
+  labels_N, probabilities_NC = np.tile(labels_G, 5), np.concatenate(runs)
+  indices_BN = metrics.stratified_bootstrap_indices(labels_N, 50, seed=0, repeats=5)
+  assert indices_BN.shape == (50, 150)
+  np.testing.assert_array_equal(indices_BN[:, 30:60], indices_BN[:, :30] + 30)  # Each image brings all 5 rows.
+  np.testing.assert_array_equal(labels_N[indices_BN], np.broadcast_to(labels_N, indices_BN.shape))
+  pooled = metrics.metric_intervals(labels_N, probabilities_NC, ['a', 'b', 'c'], n_bootstrap=200, repeats=5)
+  as_if_independent = metrics.metric_intervals(labels_N, probabilities_NC, ['a', 'b', 'c'], n_bootstrap=200)
+  correct = int((probabilities_NC.argmax(-1) == labels_N).sum())
+  np.testing.assert_allclose(pooled['accuracy']['wilson'], metrics.wilson_interval(correct / 5, 30))
+  width = lambda interval: interval[1] - interval[0]  # pylint: disable=unnecessary-lambda-assignment
+  assert width(pooled['accuracy']['wilson']) > 2 * width(as_if_independent['accuracy']['wilson'])
+  assert width(pooled['macro_avg']['f1']) > 1.5 * width(as_if_independent['macro_avg']['f1'])
+  with pytest.raises(ValueError, match='repeats=4'):
+    metrics.stratified_bootstrap_indices(labels_N, 5, seed=0, repeats=4)
+  with pytest.raises(ValueError, match='same images'):
+    metrics.stratified_bootstrap_indices(np.concatenate([labels_G, labels_G[::-1]]), 5, seed=0, repeats=2)
