@@ -32,7 +32,8 @@ def _define_flags() -> None:
   """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
   flags.DEFINE_string('out', None, 'Where audit.json, pairs.png and drop_list.txt go.')
   flags.DEFINE_string('strip', None, 'Write a metadata-free, pixel-identical copy of every decodable image here, '
-                      'at OUT_DIR/<folder name>/<its path in the folder>.')
+                      'at OUT_DIR/<folder name>/<its path in the folder>. Only new files are written: the audit '
+                      'refuses, naming the file, if a copy path exists.')
   flags.DEFINE_float('near_threshold', NEAR_THRESHOLD, 'Pearson r of the 32x32 grey thumbnails at or above which two images '
                      'are near copies.')
   flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
@@ -45,9 +46,15 @@ _ORIENTATION = 0x0112  # The EXIF tag that lungjax's decoder applies (ImageOps.e
 _PNG_METADATA = {'Software': None}  # PNGs we write carry no metadata.
 _JPEG_SOI, _PNG_SIGNATURE = b'\xff\xd8', b'\x89PNG\r\n\x1a\n'
 # PNG chunks a clean copy keeps: the critical ones and ancillary ones that describe pixels, never people.
+# (sPLT is not one: its palette name is free text.)
 _PNG_PIXEL_CHUNKS = frozenset(c.encode() for c in (
-    'IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'gAMA', 'cHRM', 'sRGB', 'iCCP', 'sBIT', 'pHYs', 'bKGD', 'hIST', 'sPLT',
-    'cICP', 'mDCV', 'cLLI', 'acTL', 'fcTL', 'fdAT'))
+    'IHDR', 'PLTE', 'IDAT', 'IEND', 'tRNS', 'gAMA', 'cHRM', 'sRGB', 'iCCP', 'sBIT', 'pHYs', 'bKGD', 'hIST', 'cICP',
+    'mDCV', 'cLLI', 'acTL', 'fcTL', 'fdAT'))
+# JPEG marker segments a clean copy keeps besides JFIF APP0 and Adobe APP14: the fixed-layout ones that code the
+# pixels (frames, Huffman and arithmetic tables, quantisation tables, scans, restart interval, line count,
+# hierarchical). Any other marker segment could hold text: it goes, and is reported.
+_JPEG_PIXEL_MARKERS = frozenset([*range(0xC0, 0xC8), *range(0xC9, 0xD0), 0xDA, 0xDB, 0xDC, 0xDD, 0xDE, 0xDF])
+_JFIF_HEADER, _ADOBE_LENGTH = 14, 12  # Payload bytes of a JFIF APP0 (before its thumbnail) and of an Adobe APP14.
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -65,11 +72,20 @@ class Piece:
 
 
 def _jpeg_segment_rule(marker: int, payload: bytes) -> tuple[bool, str | None]:
-  """Returns (keep, finding) for one JPEG marker segment: APPn (n >= 1) and COM go, except Adobe APP14."""
+  """Returns (keep, finding) for one JPEG marker segment: only the pixel-coding segments, an exact JFIF APP0 and an
+  exact Adobe APP14 stay (they hold no text); APPn, COM and unknown segments go, reported unless known harmless."""
   if marker == 0xFE:
     return False, 'JPEG comment'
+  if marker in _JPEG_PIXEL_MARKERS:
+    return True, None
+  if marker == 0xE0:
+    if payload.startswith(b'JFIF\0') and len(payload) >= _JFIF_HEADER:
+      if len(payload) == _JFIF_HEADER + 3 * payload[12] * payload[13]:  # The header and its RGB thumbnail only.
+        return True, None
+      return False, 'JPEG APP0 (JFIF) with extra bytes'
+    return False, 'JPEG APP0 segment'
   if not 0xE1 <= marker <= 0xEF:
-    return True, None  # APP0 (JFIF) and the segments that code the pixels.
+    return False, f'JPEG marker 0x{marker:02X} segment'
   n = marker - 0xE0
   if n == 1 and payload.startswith(b'Exif\0'):
     return False, 'EXIF'
@@ -80,7 +96,9 @@ def _jpeg_segment_rule(marker: int, payload: bytes) -> tuple[bool, str | None]:
   if n == 13 and payload.startswith(b'Photoshop 3.0\0'):
     return False, 'IPTC'
   if n == 14 and payload.startswith(b'Adobe'):
-    return True, None  # Its colour-transform flag changes how the pixels decode.
+    if len(payload) == _ADOBE_LENGTH:
+      return True, None  # Its colour-transform flag changes how the pixels decode.
+    return False, 'JPEG APP14 (Adobe) with extra bytes'
   return False, f'JPEG APP{n} segment'
 
 
@@ -136,6 +154,8 @@ def _png_chunk_rule(chunk_type: bytes, payload: bytes) -> tuple[bool, str | None
     return False, 'EXIF'
   if chunk_type == b'tIME':
     return False, None
+  if chunk_type == b'sPLT':
+    return False, 'PNG sPLT palette name'  # Free text (never reported: it could be a name); pixels do not use it.
   name = chunk_type.decode('latin-1')
   if chunk_type in (b'tEXt', b'zTXt', b'iTXt'):
     keyword = payload.split(b'\0', 1)[0].decode('latin-1')
@@ -184,17 +204,27 @@ def stripped_bytes(data: bytes) -> bytes:
   return b''.join(data[p.start:p.end] for p in pieces if p.keep)
 
 
+def _create(path: str) -> io.BufferedWriter:
+  """Opens a new file for writing; FileExistsError names it if it exists (a clean copy never overwrites a file)."""
+  try:
+    return open(path, 'xb')
+  except FileExistsError as error:
+    raise FileExistsError(f'{path!r} already exists: --strip writes only new files and never overwrites one') from error
+
+
 def _save_pixels_png(pixels_HWC: np.ndarray, path: str) -> None:
   """Saves decoded RGB pixels as a lossless PNG with no metadata (greyscale when the channels agree)."""
   grey = bool((pixels_HWC == pixels_HWC[..., :1]).all())
-  Image.fromarray(pixels_HWC[..., 0] if grey else pixels_HWC).save(path, format='PNG')
+  with _create(path) as f:
+    Image.fromarray(pixels_HWC[..., 0] if grey else pixels_HWC).save(f, format='PNG')
 
 
 def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: int) -> dict[str, str]:
   """Writes `path` without metadata so it decodes to `pixel_hash`: 'copied', 'stripped' bytewise, or 'png'.
 
   A file that lungjax rotates (EXIF/XMP orientation), or that bytewise removal would change, becomes a lossless
-  PNG of its decoded pixels at copy_path + '.png' (unless it already ends in .png).
+  PNG of its decoded pixels at copy_path + '.png' (unless it already ends in .png). Only new files are written:
+  FileExistsError names a copy path that exists (see copy_targets).
   """
   with open(path, 'rb') as f:
     data = f.read()
@@ -206,7 +236,7 @@ def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: in
     except ValueError as error:
       why = f'cannot parse the file ({error})'
   if not why:
-    with open(copy_path, 'wb') as f:
+    with _create(copy_path) as f:
       f.write(clean)
     if clean == data:
       return {'copy': copy_path, 'method': 'copied'}
@@ -241,12 +271,21 @@ class FileAudit:
   pixel_hash: str = ''
   thumbnail: np.ndarray | None = None  # images.grey_thumbnail: THUMBNAIL_SIZE^2 float32.
   preview_HW: np.ndarray | None = None  # SHEET_PIXELS x SHEET_PIXELS grey uint8.
+  unreadable: bool = False  # The error is the file system's (dangling link, link loop, no permission), not the bytes'.
 
 
 def audit_file(path: str) -> FileAudit:
-  """Decodes one file once (hash, thumbnail, preview) and reads its header and metadata; never raises on bad files."""
-  with open(path, 'rb') as f:
-    data = f.read()
+  """Decodes one file once (hash, thumbnail, preview) and reads its header and metadata; never raises on bad files
+  (nor on files it cannot read: dangling links, link loops, no permission, something not a regular file)."""
+  problem = folders.file_problem(path)
+  if problem is None:
+    try:
+      with open(path, 'rb') as f:
+        data = f.read()
+    except OSError as error:
+      problem = error.strerror or type(error).__name__
+  if problem is not None:
+    return FileAudit(path, (), error=problem, unreadable=True)
   pieces, problem = file_pieces(data)
   metadata = tuple(sorted({p.finding for p in pieces if p.finding}))
   try:
@@ -279,17 +318,24 @@ def audit_files(paths: Sequence[str], threads: int = 0) -> list[FileAudit]:
 # Folders, statistics and outputs.
 
 
-def list_folder(folder: str) -> tuple[list[str], list[str]]:
-  """Returns the .jpg/.jpeg/.png files under `folder` (recursively, sorted) and its other files."""
+def list_folder(folder: str) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+  """Returns the .jpg/.jpeg/.png files under `folder` (recursively, sorted), its other files (and links to folders,
+  which are not followed), and (path, reason) for each sub-folder that could not be listed."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'audit folder not found: {folder!r}')
-  found, ignored = [], []
-  for directory, sub_dirs, names in os.walk(folder):
-    sub_dirs[:] = [name for name in sub_dirs if not name.startswith('.')]
+  found, ignored, unlisted = [], [], []
+
+  def could_not_list(error: OSError) -> None:
+    unlisted.append((error.filename or folder, f'cannot list the folder ({error.strerror or error})'))
+
+  for directory, sub_dirs, names in os.walk(folder, onerror=could_not_list):
+    linked = [name for name in sub_dirs if not name.startswith('.') and os.path.islink(os.path.join(directory, name))]
+    ignored += [os.path.join(directory, name) for name in linked]
+    sub_dirs[:] = [name for name in sub_dirs if not name.startswith('.') and name not in linked]
     for name in names:
       is_image = folders.is_image_file(name) and not name.startswith('.')
       (found if is_image else ignored).append(os.path.join(directory, name))
-  return sorted(found), sorted(ignored)
+  return sorted(found), sorted(ignored), sorted(unlisted)
 
 
 def display_path(path: str) -> str:
@@ -307,8 +353,10 @@ def _spread(values: Sequence[int]) -> dict[str, float]:
   return {'min': int(min(values)), 'median': float(np.median(values)), 'max': int(max(values))}
 
 
-def folder_stats(folder: str, audits: Sequence[FileAudit], ignored: Sequence[str]) -> dict[str, Any]:
-  """Per class (an image's sub-folder): counts, share, sizes and modes; and the folder's undecodable files."""
+def folder_stats(folder: str, audits: Sequence[FileAudit], ignored: Sequence[str],
+                 unlisted: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+  """Per class (an image's sub-folder): counts, share, sizes and modes; the folder's undecodable files; and what it
+  could not read (`unreadable`: image files, and sub-folders that could not be listed, each with the reason)."""
   by_class = collections.defaultdict(list)
   for audit in audits:
     by_class[os.path.relpath(os.path.dirname(audit.path), folder)].append(audit)
@@ -316,8 +364,10 @@ def folder_stats(folder: str, audits: Sequence[FileAudit], ignored: Sequence[str
   classes = {}
   for name in sorted(by_class):
     decoded = [audit for audit in by_class[name] if audit.error is None]
+    n_unreadable = sum(audit.unreadable for audit in by_class[name])
     classes[name] = {
-        'n_files': len(by_class[name]), 'n_images': len(decoded), 'n_undecodable': len(by_class[name]) - len(decoded),
+        'n_files': len(by_class[name]), 'n_images': len(decoded),
+        'n_undecodable': len(by_class[name]) - len(decoded) - n_unreadable, 'n_unreadable': n_unreadable,
         'share': round(len(decoded) / n_images, 4) if n_images else 0.0,
         'width': _spread([a.width for a in decoded]), 'height': _spread([a.height for a in decoded]),
         'modes': dict(sorted(collections.Counter(a.mode for a in decoded).items()))}
@@ -326,7 +376,10 @@ def folder_stats(folder: str, audits: Sequence[FileAudit], ignored: Sequence[str
       'folder': display_path(folder), 'n_files': len(audits), 'n_images': n_images,
       'largest_to_smallest_class': round(max(counts) / min(counts), 3) if counts and min(counts) else None,
       'classes': classes,
-      'undecodable': [{'path': display_path(a.path), 'reason': a.error} for a in audits if a.error is not None],
+      'undecodable': [{'path': display_path(a.path), 'reason': a.error} for a in audits
+                      if a.error is not None and not a.unreadable],
+      'unreadable': [{'path': display_path(a.path), 'reason': a.error} for a in audits if a.unreadable] +
+                    [{'path': display_path(path), 'reason': reason} for path, reason in unlisted],
       'ignored_files': [display_path(path) for path in ignored]}
 
 
@@ -402,6 +455,24 @@ def _check_arguments(folder_paths: Sequence[str], out_dir: str, near_threshold: 
   return real.index(os.path.realpath(drop_from))
 
 
+def copy_targets(path: str, folder: str, strip_dir: str) -> tuple[str, str]:
+  """The two paths a clean copy of `path` (in audited `folder`) may take: the same name, or that name + '.png'."""
+  copy_path = os.path.join(strip_dir, os.path.basename(os.path.realpath(folder)), os.path.relpath(path, folder))
+  return copy_path, copy_path if copy_path.lower().endswith('.png') else copy_path + '.png'
+
+
+def check_strip_targets(paths: Sequence[str], folder_paths: Sequence[str], folder_N: np.ndarray,
+                        strip_dir: str) -> None:
+  """Raises FileExistsError, before anything is decoded or written, if a clean copy would land on an existing path."""
+  existing = sorted({target for path, f in zip(paths, folder_N) for target in copy_targets(path, folder_paths[f],
+                                                                                             strip_dir)
+                     if os.path.lexists(target)})
+  if existing:
+    more = f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''
+    raise FileExistsError(f'--strip={strip_dir!r}: {existing[0]!r}{more} already exists; clean copies are written only '
+                          'as new files, never over a file: name a new or empty folder')
+
+
 def write_clean_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray,
                        strip_dir: str) -> dict[str, Any]:
   """Writes a clean copy of every decodable file at strip_dir/<folder name>/<path in folder>; returns a summary."""
@@ -411,7 +482,7 @@ def write_clean_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str],
     if audit.error is not None:
       written.append({'path': display_path(audit.path), 'method': 'skipped', 'why': audit.error})
       continue
-    copy_path = os.path.join(strip_dir, os.path.basename(os.path.realpath(folder)), os.path.relpath(audit.path, folder))
+    copy_path, _ = copy_targets(audit.path, folder, strip_dir)
     row = write_clean_copy(audit.path, copy_path, audit.pixel_hash, audit.orientation)
     written.append({'path': display_path(audit.path), **row, 'copy': display_path(row['copy'])})
   return {'out_dir': display_path(strip_dir),
@@ -424,8 +495,10 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
   """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report."""
   drop_index = _check_arguments(folder_paths, out_dir, near_threshold, strip_dir, drop_from)
   listed = [list_folder(folder) for folder in folder_paths]
-  paths = [path for found, _ in listed for path in found]
-  folder_N = np.asarray([i for i, (found, _) in enumerate(listed) for _ in found], np.int64)
+  paths = [path for found, _, _ in listed for path in found]
+  folder_N = np.asarray([i for i, (found, _, _) in enumerate(listed) for _ in found], np.int64)
+  if strip_dir is not None:
+    check_strip_targets(paths, folder_paths, folder_N, strip_dir)
   audits = audit_files(paths, threads)
   decoded = [i for i, audit in enumerate(audits) if audit.error is None]
   thumbnails_ND = np.zeros((len(decoded), images.THUMBNAIL_SIZE**2), np.float32)
@@ -439,7 +512,7 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
     members[group].append(display_path(paths[i]))
 
   report = {
-      'folders': [folder_stats(folder, [a for a, f in zip(audits, folder_N) if f == i], listed[i][1])
+      'folders': [folder_stats(folder, [a for a, f in zip(audits, folder_N) if f == i], listed[i][1], listed[i][2])
                   for i, folder in enumerate(folder_paths)],
       'near_threshold': near_threshold,
       'near_copy_measure': f'Pearson r of {images.THUMBNAIL_SIZE}x{images.THUMBNAIL_SIZE} grey thumbnails',
@@ -457,8 +530,11 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
       f.writelines(path + '\n' for path in dropped)
   if strip_dir is not None:
     report['strip'] = write_clean_copies(audits, folder_paths, folder_N, strip_dir)
+  n_unreadable = sum(len(stats['unreadable']) for stats in report['folders'])
+  n_unreadable_files = sum(audit.unreadable for audit in audits)
   report['summary'] = {
-      'n_files': len(paths), 'n_images': len(decoded), 'n_undecodable': len(paths) - len(decoded),
+      'n_files': len(paths), 'n_images': len(decoded), 'n_undecodable': len(paths) - len(decoded) - n_unreadable_files,
+      'n_unreadable': n_unreadable,
       'n_exact_pairs': sum(p.kind == 'exact' for p in pairs), 'n_near_pairs': sum(p.kind == 'near' for p in pairs),
       'n_files_with_metadata': len(report['metadata'])}
   with open(os.path.join(out_dir, 'audit.json'), 'w') as f:
@@ -477,8 +553,11 @@ def main(argv: Sequence[str]) -> None:
   report = run_audit(argv[1:], FLAGS.out, near_threshold=FLAGS.near_threshold, strip_dir=FLAGS.strip,
                      drop_from=FLAGS.drop_from)
   summary = report['summary']
-  print(f'{summary["n_images"]} images ({summary["n_undecodable"]} undecodable): {summary["n_exact_pairs"]} exact '
-        f'and {summary["n_near_pairs"]} near copy pairs, {summary["n_files_with_metadata"]} files with metadata')
+  print(f'{summary["n_images"]} images ({summary["n_undecodable"]} undecodable, {summary["n_unreadable"]} '
+        f'unreadable): {summary["n_exact_pairs"]} exact and {summary["n_near_pairs"]} near copy pairs, '
+        f'{summary["n_files_with_metadata"]} files with metadata')
+  for row in (row for stats in report['folders'] for row in stats['unreadable']):
+    print(f'  unreadable  {row["path"]}: {row["reason"]}')
   print(f'  report      {os.path.join(FLAGS.out, "audit.json")}, {os.path.join(FLAGS.out, "pairs.png")}')
   if 'drop_list' in report:
     print(f'  drop list   {os.path.join(FLAGS.out, "drop_list.txt")} ({len(report["drop_list"])} images)')

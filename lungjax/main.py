@@ -68,11 +68,14 @@ def main(argv):
 
 
 def main_or_preempted(argv):
-  """main(), except that a SIGTERM whose checkpoint was saved ends the process with status 0."""
+  """main(), except that a stop whose checkpoint was saved ends the process quietly: status 0 after SIGTERM, 130
+  after SIGINT (Ctrl-C; a second Ctrl-C aborts without saving)."""
   try:
     main(argv)
   except preemption.Preempted as stopped:
     print(f'\n{stopped}', flush=True)
+    return stopped.exit_code
+  return 0
 
 
 if __name__ == '__main__':

@@ -4,6 +4,10 @@ python -m lungjax.predict --workdir=W [--gradcam_dir=DIR] IMAGE_OR_FOLDER...
 
 Folders are walked recursively for .jpg/.jpeg/.png files. A file that cannot be read prints a line with `file`
 and `error` and the others still run. Exit code 0 if at least one image was classified, else 1.
+
+Every line is valid UTF-8 JSON. A file name whose bytes are not UTF-8 (Python holds them as lone surrogates, which
+JSON readers reject) is written with U+FFFD for each such byte, and its exact bytes follow as `file_bytes_hex`
+(`bytes.fromhex(line['file_bytes_hex'])` is the path to open; the same for `gradcam`).
 """
 
 from __future__ import annotations
@@ -114,13 +118,32 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
         yield line
 
 
+def json_line(line: dict[str, Any]) -> str:
+  """One JSON line for `line` that any JSON reader accepts: a str value that is not valid Unicode (a path whose bytes
+  are not UTF-8) is written with U+FFFD for each bad byte, followed by `<key>_bytes_hex` (its bytes in hex)."""
+  out: dict[str, Any] = {}
+  for key, value in line.items():
+    if isinstance(value, str):
+      try:
+        value.encode('utf-8')
+      except UnicodeEncodeError:
+        try:
+          raw = os.fsencode(value)
+        except UnicodeEncodeError:  # A surrogate that no file-name decoding made.
+          raw = value.encode('utf-8', 'surrogatepass')
+        out[key], out[f'{key}_bytes_hex'] = raw.decode('utf-8', 'replace'), raw.hex()
+        continue
+    out[key] = value
+  return json.dumps(out)
+
+
 def predict_cli(workdir: str, inputs: Sequence[str], gradcam_dir: str = '') -> int:
   """Prints one JSON line per file of `inputs`; returns the exit code (0 if at least one image ran, else 1)."""
   config = checkpoints.load_run_config(workdir)
   trained = explain.restore_model(config, workdir)
   classified = 0
   for line in predict_files(trained, config, expand_inputs(inputs), gradcam_dir=gradcam_dir):
-    print(json.dumps(line), flush=True)
+    print(json_line(line), flush=True)
     classified += 'error' not in line
   return 0 if classified else 1
 

@@ -85,7 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   `data` (already decoded and split, e.g. one cross-validation fold) skips loading. Ends by evaluating the best
   checkpoint on validation (and test/, if present) and drawing the curves. Returns a summary (also written to
-  workdir/summary.json). On SIGTERM it saves the current step and raises preemption.Preempted.
+  workdir/summary.json). On SIGTERM or SIGINT (Ctrl-C) it saves the current step and raises preemption.Preempted.
   """
   with preemption.StopRequest() as stop:
     return _train_and_evaluate(config, workdir, data, stop)
@@ -179,7 +179,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
         checkpoints.save(manager, state, data_iter, history, None, run_fingerprint)
       checkpoints.wait(manager)
       manager.close()
-      raise preemption.Preempted(step, checkpoints.checkpoint_dir(workdir))
+      raise preemption.Preempted(step, checkpoints.checkpoint_dir(workdir), stop.signal_name)
   checkpoints.wait(manager)
   distributed.check_replicas_equal(state, 'train state')  # Multi-host: every process ends with the same state.
   writer.flush()

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -137,6 +138,123 @@ def test_undecodable_files_are_reported_not_raised(tmp_path):
   assert bad.pixel_hash == '' and bad.thumbnail is None
 
 
+def _segment(marker: int, payload: bytes) -> bytes:
+  return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, 'big') + payload
+
+
+def test_jpeg_text_in_app0_and_app14_segments_is_found_and_stripped(tmp_path):
+  """Text hidden in segments that look harmless: a non-JFIF APP0, a JFIF APP0 with bytes after its header, an Adobe
+  APP14 longer than its 12 bytes, and an APP12 (Ducky) segment."""
+  path = tmp_path / 'a.jpg'
+  Image.fromarray(_colour_blobs(5)).save(path, quality=90)
+  data = path.read_bytes()
+  assert data[2:4] == b'\xff\xe0' and data[6:11] == b'JFIF\0'  # Pillow's JFIF APP0 comes first.
+  jfif_end = 4 + int.from_bytes(data[4:6], 'big')
+  jfif = _segment(0xE0, data[6:jfif_end] + b' Jane Doe')
+  adobe = _segment(0xEE, b'Adobe\x00\x64\x00\x00\x00\x00\x01' + b'Jane Doe')
+  path.write_bytes(data[:2] + jfif + _segment(0xE0, b'AVI1\0patient Jane Doe') + adobe +
+                   _segment(0xEC, b'Ducky\0Jane Doe') + data[jfif_end:])
+  found = audit.audit_file(str(path))
+  assert found.error is None
+  assert found.metadata == ('JPEG APP0 (JFIF) with extra bytes', 'JPEG APP0 segment', 'JPEG APP12 segment',
+                            'JPEG APP14 (Adobe) with extra bytes')
+  row = audit.write_clean_copy(str(path), str(tmp_path / 'clean' / 'a.jpg'), found.pixel_hash, found.orientation)
+  assert _hash(row['copy']) == _hash(path)
+  _assert_clean(row['copy'])
+  assert audit.audit_file(row['copy']).metadata == ()
+
+
+def test_an_exact_jfif_and_adobe_header_are_kept(tmp_path):
+  path = tmp_path / 'cmyk.jpg'
+  Image.fromarray(_colour_blobs(6)).convert('CMYK').save(path, quality=90)  # Pillow writes an Adobe APP14.
+  assert b'Adobe' in path.read_bytes()
+  found = audit.audit_file(str(path))
+  assert found.metadata == ()
+  row = audit.write_clean_copy(str(path), str(tmp_path / 'copy.jpg'), found.pixel_hash, found.orientation)
+  assert row['method'] == 'copied'
+
+
+def test_png_splt_palette_name_is_found_and_stripped(tmp_path):
+  path = tmp_path / 'a.png'
+  Image.fromarray(blob_image(7)).save(path)
+  data = path.read_bytes()
+  payload = b'Jane Doe\0\x08' + bytes([10, 20, 30, 255, 0, 1])  # Name, depth 8, one RGBA entry and its frequency.
+  chunk = len(payload).to_bytes(4, 'big') + b'sPLT' + payload + zlib.crc32(b'sPLT' + payload).to_bytes(4, 'big')
+  end_of_ihdr = 8 + 25
+  path.write_bytes(data[:end_of_ihdr] + chunk + data[end_of_ihdr:])
+  found = audit.audit_file(str(path))
+  assert found.error is None and found.metadata == ('PNG sPLT palette name',)
+  row = audit.write_clean_copy(str(path), str(tmp_path / 'clean.png'), found.pixel_hash, found.orientation)
+  assert row['method'] == 'stripped' and _hash(row['copy']) == _hash(path)
+  _assert_clean(row['copy'])
+
+
+def _folder_with_unreadable_paths(tmp_path) -> str:
+  """data/ with two decodable images, a dangling link and a link loop named like images, and a secret/ sub-folder
+  and secret.png that the tests make unreadable."""
+  data = tmp_path / 'data'
+  for i in range(2):
+    _save(blob_image(60 + i), data / 'Covid' / f'{i}.png')
+  _save(blob_image(62), data / 'secret' / 'hidden.png')
+  _save(blob_image(63), data / 'Covid' / 'secret.png')
+  os.symlink(str(tmp_path / 'gone.png'), data / 'Covid' / 'dangling.png')
+  os.symlink('loop.jpg', data / 'Covid' / 'loop.jpg')
+  return str(data)
+
+
+def test_unreadable_files_and_folders_are_reported_not_raised(tmp_path, monkeypatch):
+  """Root reads and lists chmod-000 paths (the tests run as root), so os.access and os.scandir are made to refuse
+  secret.png and secret/; the links are real."""
+  data = _folder_with_unreadable_paths(tmp_path)
+  real_access, real_scandir = os.access, os.scandir
+  monkeypatch.setattr(os, 'access', lambda path, mode, **kw: 'secret.png' not in str(path) and real_access(path, mode))
+
+  def scandir(path='.'):
+    if os.path.basename(str(path)) == 'secret':
+      raise PermissionError(13, 'Permission denied', str(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, 'scandir', scandir)
+  report = audit.run_audit([data], str(tmp_path / 'out'), strip_dir=str(tmp_path / 'clean'))
+  stats = report['folders'][0]
+  reasons = {os.path.basename(row['path']): row['reason'] for row in stats['unreadable']}
+  assert set(reasons) == {'dangling.png', 'loop.jpg', 'secret.png', 'secret'}
+  assert reasons['dangling.png'].startswith('a dangling symbolic link')
+  assert reasons['loop.jpg'] == 'a symbolic link loop'
+  assert reasons['secret.png'] == 'no permission to read it' and 'cannot list the folder' in reasons['secret']
+  assert stats['undecodable'] == [] and stats['classes']['Covid']['n_unreadable'] == 3
+  assert report['summary']['n_images'] == 2 and report['summary']['n_unreadable'] == 4
+  assert json.loads((tmp_path / 'out' / 'audit.json').read_text())['summary']['n_unreadable'] == 4
+  assert report['strip']['methods'] == {'copied': 2, 'skipped': 3}
+
+
+def test_command_line_reports_dangling_links_and_loops(tmp_path):
+  data = _folder_with_unreadable_paths(tmp_path)
+  result = subprocess.run([sys.executable, '-m', 'lungjax.audit', data, '--out=out'], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'unreadable  data/Covid/loop.jpg: a symbolic link loop' in result.stdout
+  report = json.loads((tmp_path / 'out' / 'audit.json').read_text())
+  assert [row['path'] for row in report['folders'][0]['unreadable']] == ['data/Covid/dangling.png',
+                                                                          'data/Covid/loop.jpg']
+
+
+def test_strip_never_overwrites_a_file(tmp_path):
+  data = tmp_path / 'data'
+  for i in range(2):
+    _save(blob_image(70 + i), data / 'Normal' / f'{i}.png')
+  mine = tmp_path / 'clean' / 'data' / 'Normal' / '1.png'
+  mine.parent.mkdir(parents=True)
+  mine.write_bytes(b'my own file')
+  with pytest.raises(FileExistsError, match='clean/data/Normal/1.png'):
+    audit.run_audit([str(data)], str(tmp_path / 'out'), strip_dir=str(tmp_path / 'clean'))
+  assert mine.read_bytes() == b'my own file'
+  assert not (mine.parent / '0.png').exists() and not (tmp_path / 'out').exists()
+  with pytest.raises(FileExistsError, match='never overwrites'):  # And a copy written one at a time refuses too.
+    audit.write_clean_copy(str(data / 'Normal' / '1.png'), str(mine), _hash(data / 'Normal' / '1.png'), 1)
+  assert mine.read_bytes() == b'my own file'
+
+
 def test_bad_arguments_are_named_before_decoding(tmp_path):
   (tmp_path / 'a' / 'x').mkdir(parents=True)
   (tmp_path / 'b').mkdir()
@@ -209,8 +327,8 @@ def test_command_line_finds_copies_across_folders_and_writes_the_drop_list(tmp_p
   assert undecodable['path'] == 'eval set/Normal/broken.jpg' and undecodable['reason']
   assert report['metadata'] == [{'path': 'eval set/Normal/meta.jpg',
                                  'found': ['EXIF', 'IPTC', 'JPEG comment', 'XMP', 'data after the end of the image']}]
-  assert report['summary'] == {'n_files': 15, 'n_images': 14, 'n_undecodable': 1, 'n_exact_pairs': 2,
-                               'n_near_pairs': 2, 'n_files_with_metadata': 1}
+  assert report['summary'] == {'n_files': 15, 'n_images': 14, 'n_undecodable': 1, 'n_unreadable': 0,
+                               'n_exact_pairs': 2, 'n_near_pairs': 2, 'n_files_with_metadata': 1}
 
   assert report['strip']['methods'] == {'copied': 13, 'skipped': 1, 'stripped': 1}
   for name in ('train/Covid/0.png', 'eval set/Normal/meta.jpg', 'eval set/Covid/resized.jpg'):
@@ -237,7 +355,8 @@ def test_a_folder_without_copies_gets_an_empty_sheet(tmp_path):
 @pytest.mark.slow  # Decodes all 251 shared images: 18-31 s on two busy shared cores.
 @needs_shared_data
 def test_the_shared_train_copies_are_found_and_nothing_else():
-  paths, ignored = audit.list_folder(SHARED_TRAIN)
+  paths, ignored, unlisted = audit.list_folder(SHARED_TRAIN)
+  assert not unlisted
   audits = audit.audit_files(paths)
   stats = audit.folder_stats(SHARED_TRAIN, audits, ignored)
   assert {name: row['n_images'] for name, row in stats['classes'].items()} == {

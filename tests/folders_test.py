@@ -61,3 +61,74 @@ def test_shared_train_has_the_documented_counts():
   scan = folders.scan_split(SHARED_TRAIN, CLASSES)
   assert scan.class_counts(3) == [111, 70, 70]
   assert not scan.ignored_files
+
+
+def _folder_with_bad_links(tmp_path) -> str:
+  """Three class folders of decodable PNGs; Covid also holds a dangling link and a link loop named like images."""
+  from tests.conftest import write_image_folder  # pylint: disable=import-outside-toplevel
+  root = write_image_folder(str(tmp_path / 'train'), 4, seed=3)
+  os.symlink(str(tmp_path / 'gone.png'), os.path.join(root, 'Covid', 'dangling.png'))
+  os.symlink('loop.png', os.path.join(root, 'Covid', 'loop.png'))  # Points at itself: ELOOP.
+  return root
+
+
+def test_dangling_links_and_loops_are_named_or_skipped_and_counted(tmp_path):
+  root = _folder_with_bad_links(tmp_path)
+  with pytest.raises(folders.UnreadableError, match=r"dangling.png.*dangling symbolic link.*1 more.*skip_bad_images"):
+    folders.scan_split(root, CLASSES)
+  scan = folders.scan_split(root, CLASSES, skip_unreadable=True)
+  assert scan.class_counts(3) == [4, 4, 4]
+  assert [(os.path.basename(p), reason.split(' (')[0]) for p, reason in scan.unreadable] == [
+      ('dangling.png', 'a dangling symbolic link'), ('loop.png', 'a symbolic link loop')]
+
+
+def test_training_with_skip_bad_images_counts_the_bad_links_and_without_names_them(tmp_path, tiny_config):
+  from lungjax.data import loading  # pylint: disable=import-outside-toplevel
+  root = _folder_with_bad_links(tmp_path)
+  tiny_config.data.skip_bad_images = True
+  loaded = loading.load_folder(root, tiny_config, require_all_classes=True)
+  assert len(loaded.decoded) == 12
+  skipped = {os.path.basename(path): reason for path, reason in loaded.skipped_report()}
+  assert set(skipped) == {'dangling.png', 'loop.png'} and 'symbolic link' in skipped['loop.png']
+  tiny_config.data.skip_bad_images = False
+  with pytest.raises(folders.UnreadableError, match='dangling.png'):
+    loading.load_folder(root, tiny_config, require_all_classes=True)
+
+
+def test_an_unreadable_file_is_named_or_skipped(tmp_path, monkeypatch):
+  """Root reads chmod-000 files, and the tests run as root: os.access is made to say no for one file."""
+  _touch(str(tmp_path / 'Covid' / 'a.png'))
+  _touch(str(tmp_path / 'Covid' / 'secret.png'))
+  real_access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode, **kw: 'secret' not in str(path) and real_access(path, mode))
+  with pytest.raises(folders.UnreadableError, match='secret.png.*no permission'):
+    folders.scan_split(str(tmp_path), CLASSES, require_all_classes=False)
+  scan = folders.scan_split(str(tmp_path), CLASSES, require_all_classes=False, skip_unreadable=True)
+  assert [os.path.basename(r.path) for r in scan.records] == ['a.png']
+  assert [(os.path.basename(p), r) for p, r in scan.unreadable] == [('secret.png', 'no permission to read it')]
+
+
+def test_an_unlistable_class_folder_is_named_or_skipped(tmp_path, monkeypatch):
+  """A class folder that cannot be listed (chmod 000, simulated: root lists it anyway) is never silently empty."""
+  _touch(str(tmp_path / 'Covid' / 'a.png'))
+  _touch(str(tmp_path / 'Normal' / 'b.png'))
+  real_scandir = os.scandir
+
+  def scandir(path='.'):
+    if os.path.basename(str(path)) == 'Normal':
+      raise PermissionError(13, 'Permission denied', str(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, 'scandir', scandir)
+  with pytest.raises(folders.UnreadableError, match='Normal.*cannot list the class folder'):
+    folders.scan_split(str(tmp_path), CLASSES, require_all_classes=False)
+  scan = folders.scan_split(str(tmp_path), CLASSES, require_all_classes=False, skip_unreadable=True)
+  assert [os.path.basename(r.path) for r in scan.records] == ['a.png']
+  assert [os.path.basename(p) for p, _ in scan.unreadable] == ['Normal']
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads chmod-000 files; the os.access test above simulates it')
+def test_a_chmod_000_file_is_unreadable(tmp_path):
+  _touch(str(tmp_path / 'Covid' / 'a.png'))
+  os.chmod(tmp_path / 'Covid' / 'a.png', 0)
+  assert folders.file_problem(str(tmp_path / 'Covid' / 'a.png')) == 'no permission to read it'

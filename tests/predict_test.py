@@ -151,3 +151,21 @@ def test_predict_command_line(trained_workdir, synthetic_root, bad_files):
   lines = _lines(result.stdout)
   assert [line['file'] for line in lines] == [os.path.join(folder, f'{i:03d}.png') for i in range(4)] + bad_files[:1]
   assert 'error' in lines[-1] and all(set(line) == {'file', 'class', 'probabilities'} for line in lines[:4])
+
+
+def test_a_file_name_that_is_not_utf8_still_gives_valid_json(trained_workdir, tmp_path, capsys):
+  """b'\\xff.png' is a legal Linux name; json.dumps of its surrogate-escaped str would write a lone surrogate."""
+  folder = os.path.join(os.fsencode(str(tmp_path)), b'scans')
+  os.makedirs(folder)
+  Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(os.path.join(folder, b'\xff.png'), format='PNG')
+  assert predict.predict_cli(trained_workdir, [os.fsdecode(folder), os.fsdecode(folder + b'/\xfe-missing.png')]) == 0
+  out = capsys.readouterr().out
+  out.encode('utf-8')  # Printable as UTF-8.
+  found, missing = _lines(out)
+  for line in (found, missing):
+    for value in line.values():
+      if isinstance(value, str):
+        value.encode('utf-8')  # Strict: a lone surrogate raises here.
+  assert found['file'].endswith('/scans/\ufffd.png') and 'class' in found
+  assert bytes.fromhex(found['file_bytes_hex']) == os.path.join(folder, b'\xff.png')
+  assert bytes.fromhex(missing['file_bytes_hex']).endswith(b'/\xfe-missing.png') and 'error' in missing

@@ -29,9 +29,11 @@ def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_c
                 folder_names: dict[str, str] | None = None) -> FolderImages:
   """Scans and decodes one folder of class sub-folders (folder_names maps other names to classes)."""
   scan = folders.scan_split(folder, config.data.classes, require_all_classes=require_all_classes,
-                            folder_names=folder_names)
+                            folder_names=folder_names, skip_unreadable=config.data.skip_bad_images)
   decoded = images.decode_records(scan.records, config.data.image_size,
                                   skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads)
+  if scan.unreadable:  # Dangling links, link loops, unreadable files and folders: skipped and counted like bad images.
+    decoded = dataclasses.replace(decoded, skipped=scan.unreadable + decoded.skipped)
   return _logged(FolderImages(folder, decoded, scan.ignored_files), config)
 
 

@@ -174,8 +174,9 @@ class _ImageFolderBuilder(tfds.core.ShardBasedBuilder, skip_registration=True):
     per_shard = max(1, SHARD_BYTES // (3 * config.image_size**2))
     generators = {}
     for split, folder in split_folders.items():
-      scan = folders.scan_split(folder, config.classes, require_all_classes=split == 'train')
-      skipped: list[list[str]] = []
+      scan = folders.scan_split(folder, config.classes, require_all_classes=split == 'train',
+                                skip_unreadable=config.skip_bad_images)
+      skipped: list[list[str]] = [list(item) for item in scan.unreadable]
       self.info.metadata['splits'][split] = {
           'folder': folder, 'n_files': len(scan.records), 'ignored_files': list(scan.ignored_files),
           'skipped': skipped}  # Filled while the shards are written; saved after them.
