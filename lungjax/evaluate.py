@@ -106,7 +106,7 @@ def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainS
 
 def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImages, config: ml_collections.ConfigDict,
                        out_dir: str, title: str, checkpoint_step: int, temperature: float | None = None,
-                       training: images.DecodedImages | None = None,
+                       training: images.DecodedImages | loading.TrainingThumbnails | None = None,
                        averaged: dict[str, Any] | None = None) -> dict[str, Any]:
   """Turns a folder's predicted probabilities into metrics.json (with 95% intervals), report.md, CSV and plots."""
   labels_N = loaded.decoded.labels_N
@@ -224,11 +224,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   return {**metrics, 'out_dir': out_dir}
 
 
-def training_images(config: ml_collections.ConfigDict, workdir: str) -> images.DecodedImages | None:
-  """Decodes the run's training folder to look for copies of it; None (and a warning) where it is not at hand."""
+def training_images(config: ml_collections.ConfigDict, workdir: str
+                    ) -> loading.TrainingThumbnails | images.DecodedImages | None:
+  """The run's training images to look for copies of: the thumbnails training kept in the workdir, or (older
+  workdirs, with a warning) its training folder decoded again; None (and a warning) where neither is at hand."""
+  kept = loading.training_thumbnails_path(workdir)
+  if os.path.exists(kept):
+    return loading.load_training_thumbnails(kept)
   root = config.data.root or checkpoints.load_run_config(workdir).data.root
   train_dir = os.path.join(root, 'train') if root else ''
   if not train_dir or not os.path.isdir(train_dir):
-    logging.warning('training folder not found (config.data.root=%r): copies of training images not checked', root)
+    logging.warning('%s and the training folder (config.data.root=%r) not found: copies of training images not '
+                    'checked', kept, root)
     return None
+  logging.warning('%s not found (a run older than it): decoding the training folder %s again to look for copies of '
+                  'its images', kept, train_dir)
   return loading.load_folder(train_dir, config, require_all_classes=False).decoded

@@ -107,6 +107,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   writer.write_hparams(_flatten(config.to_dict()))
 
   data = data or loading.load_training_data(config)
+  if distributed.is_main_process():  # What eval looks for copies of training images in (not decoding them again).
+    loading.save_training_thumbnails(loading.TrainingThumbnails.of(data.train_folder),
+                                     loading.training_thumbnails_path(workdir))
   host_memory.release_free_memory()  # The decoders' full-size scratch goes back to the system before training.
   weights_C = class_weights(data.train.labels_N, config)
   logging.info('class weights: %s', dict(zip(classes, np.round(weights_C, 4).tolist())))

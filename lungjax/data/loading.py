@@ -93,13 +93,71 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
   return root, loaded
 
 
-def copies_of_training_images(evaluated: images.DecodedImages, training: images.DecodedImages,
+# The training folder's file names, pixel hashes and thumbnails, kept in the workdir at training time.
+TRAINING_THUMBNAILS = 'training_thumbnails.npz'
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingThumbnails:
+  """What copies_of_training_images needs of a training folder, without its pixels: kept in the workdir."""
+
+  folder: str  # The training folder, as the run read it.
+  relative_paths: tuple[str, ...]  # Each image's path under `folder` (as read where it is not under it).
+  pixel_hashes: tuple[str, ...]
+  thumbnails_ND: np.ndarray  # float32, as images.grey_thumbnail makes them.
+
+  @property
+  def paths(self) -> tuple[str, ...]:
+    """The images' paths as the run read them."""
+    return tuple(os.path.join(self.folder, p) for p in self.relative_paths)
+
+  @classmethod
+  def of(cls, loaded: FolderImages) -> TrainingThumbnails:
+    """The thumbnails of a decoded (or prepared) training folder."""
+    under = [os.path.relpath(p, loaded.folder) for p in loaded.decoded.paths]
+    relative = tuple(p if r.startswith(os.pardir) else r for p, r in zip(loaded.decoded.paths, under))
+    return cls(loaded.folder, relative, loaded.decoded.pixel_hashes,
+               np.asarray(loaded.decoded.thumbnails_ND, np.float32))
+
+
+def training_thumbnails_path(workdir: str) -> str:
+  """Where training keeps its training folder's thumbnails."""
+  return os.path.join(workdir, TRAINING_THUMBNAILS)
+
+
+def save_training_thumbnails(thumbnails: TrainingThumbnails, path: str) -> None:
+  """Writes thumbnails to path (.npz; grey values as uint8 when they are whole numbers, as decoding makes them)."""
+  thumbnails_ND = thumbnails.thumbnails_ND
+  whole = bool(np.all((thumbnails_ND >= 0) & (thumbnails_ND <= 255) & (thumbnails_ND == np.round(thumbnails_ND))))
+  partial = f'{path}.partial.npz'  # np.savez appends .npz to other names.
+  np.savez_compressed(partial, folder=np.asarray(thumbnails.folder),
+                      relative_paths=np.asarray(thumbnails.relative_paths, dtype=str).reshape(-1),
+                      pixel_hashes=np.asarray(thumbnails.pixel_hashes, dtype=str).reshape(-1),
+                      thumbnails_ND=thumbnails_ND.astype(np.uint8) if whole else thumbnails_ND)
+  os.replace(partial, path)
+
+
+def load_training_thumbnails(path: str) -> TrainingThumbnails:
+  """Reads save_training_thumbnails' file; ValueError names it when its arrays disagree."""
+  with np.load(path, allow_pickle=False) as stored:
+    found = TrainingThumbnails(str(stored['folder']), tuple(stored['relative_paths'].tolist()),
+                               tuple(stored['pixel_hashes'].tolist()), stored['thumbnails_ND'].astype(np.float32))
+  if not len(found.relative_paths) == len(found.pixel_hashes) == len(found.thumbnails_ND):
+    raise ValueError(f'{path}: {len(found.relative_paths)} paths, {len(found.pixel_hashes)} pixel hashes and '
+                     f'{len(found.thumbnails_ND)} thumbnails: the file is damaged')
+  return found
+
+
+def copies_of_training_images(evaluated: images.DecodedImages, training: images.DecodedImages | TrainingThumbnails,
                               threshold: float) -> list[dict[str, object]]:
-  """Lists the evaluated images that are exact or near copies of a training image (the audit's test, across sets)."""
-  n = len(evaluated)
+  """Lists the evaluated images that are exact or near copies of a training image (the audit's test, across sets).
+
+  `training`: the decoded training images, or the TrainingThumbnails a run kept in its workdir.
+  """
+  n, training_paths = len(evaluated), training.paths
   pairs = duplicates.find_copy_pairs(evaluated.pixel_hashes + training.pixel_hashes,
                                      np.concatenate([evaluated.thumbnails_ND, training.thumbnails_ND]), threshold)
-  return [{'file': evaluated.paths[p.a], 'training_file': training.paths[p.b - n], 'kind': p.kind,
+  return [{'file': evaluated.paths[p.a], 'training_file': training_paths[p.b - n], 'kind': p.kind,
            'score': round(p.score, 4)} for p in pairs if p.a < n <= p.b]
 
 

@@ -1,0 +1,263 @@
+"""Compare two trained runs on the same images: paired bootstrap intervals of the difference, and McNemar's test.
+
+python -m lungjax.compare WORKDIR_A WORKDIR_B --dir=FOLDER [--out=DIR] [--class_names=COVID=Covid,...]
+    [--n_bootstrap=2000] [--seed=0]
+
+Each workdir's best checkpoint is restored with the run's own config.json, FOLDER (class sub-folders) is decoded at
+each run's image size, and both predict every image. Differences are B minus A: positive means B is better. Writes
+compare.json and compare.md to --out (default WORKDIR_A/compare/<B's name>-<FOLDER's name>/) and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags  # pylint: disable=g-multiple-import
+
+from lungjax import checkpoints, distributed, evaluate, mesh as mesh_lib, metrics as metrics_lib, steps
+from lungjax.data import folders, loading
+
+CONFIDENCE = 0.95
+TOOL = 'lungjax.compare'  # compare.json says it wrote the file; what it finds without this it does not overwrite.
+MARKDOWN_TITLE = '# Paired comparison of two runs'
+OUTPUT_FILES = ('compare.json', 'compare.md')
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+  """McNemar's exact two-sided p-value of discordant counts b, c: min(1, 2 P(X <= min(b, c))), X ~ Bin(b + c, 1/2).
+
+  1.0 when there is no discordant pair. Exact in integers, then rounded once to a float.
+  """
+  if b < 0 or c < 0:
+    raise ValueError(f'discordant counts must be >= 0, got b={b}, c={c}')
+  n = b + c
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+  return min(1.0, 2 * tail / 2**n)
+
+
+def resampled_scores(correct_N: np.ndarray, labels_N: np.ndarray, indices_BN: np.ndarray) -> dict[str, np.ndarray]:
+  """Accuracy and macro recall (over the classes present) of each resample (row of indices_BN) of correct_N.
+
+  The rows must keep each position's class (as metrics.stratified_bootstrap_indices makes them), so that every
+  resample has the same class supports; the identity row gives the point values.
+  """
+  labels_N = np.asarray(labels_N, np.int64)
+  correct_BN = np.asarray(correct_N, np.float64)[np.asarray(indices_BN, np.int64)]
+  present, counts = np.unique(labels_N, return_counts=True)
+  weight_of_class = dict(zip(present.tolist(), (1.0 / (len(present) * counts)).tolist()))
+  weights_N = np.asarray([weight_of_class[label] for label in labels_N.tolist()], np.float64)
+  return {'accuracy': correct_BN.mean(axis=1), 'macro_recall': correct_BN @ weights_N}
+
+
+def paired_comparison(labels_N: np.ndarray, probabilities_a_NC: np.ndarray, probabilities_b_NC: np.ndarray,
+                      n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """Compares two models' predictions of the same images (B minus A).
+
+  Returns accuracy_a/_b, macro_recall_a/_b, 'difference' {'accuracy': [value, low, high], 'macro_recall': [...]}
+  with 95% percentile intervals of a paired bootstrap (the same images resampled for both, stratified by class),
+  the discordant counts (b: A right and B wrong; c: A wrong and B right) and McNemar's exact p-value.
+  """
+  labels_N = np.asarray(labels_N, np.int64)
+  probabilities_a_NC, probabilities_b_NC = np.asarray(probabilities_a_NC), np.asarray(probabilities_b_NC)
+  if labels_N.ndim != 1 or not len(labels_N):
+    raise ValueError(f'labels_N must be a non-empty vector, got shape {labels_N.shape}')
+  for name, probabilities_NC in zip(('probabilities_a_NC', 'probabilities_b_NC'), (probabilities_a_NC,
+                                                                                  probabilities_b_NC)):
+    if probabilities_NC.ndim != 2 or probabilities_NC.shape[0] != len(labels_N):
+      raise ValueError(f'{name} must have one row per label ({len(labels_N)}), got shape {probabilities_NC.shape}')
+  if probabilities_a_NC.shape != probabilities_b_NC.shape:
+    raise ValueError(f'probabilities_a_NC {probabilities_a_NC.shape} and probabilities_b_NC '
+                     f'{probabilities_b_NC.shape} differ in shape')
+  if labels_N.min() < 0 or labels_N.max() >= probabilities_a_NC.shape[1]:
+    raise ValueError(f'labels_N must lie in 0..{probabilities_a_NC.shape[1] - 1}')
+  correct_a_N = probabilities_a_NC.argmax(axis=1) == labels_N
+  correct_b_N = probabilities_b_NC.argmax(axis=1) == labels_N
+  identity_1N = np.arange(len(labels_N))[None]
+  point_a = resampled_scores(correct_a_N, labels_N, identity_1N)
+  point_b = resampled_scores(correct_b_N, labels_N, identity_1N)
+  indices_BN = metrics_lib.stratified_bootstrap_indices(labels_N, n_bootstrap, seed)
+  samples_a = resampled_scores(correct_a_N, labels_N, indices_BN)
+  samples_b = resampled_scores(correct_b_N, labels_N, indices_BN)
+  tails = ((1.0 - CONFIDENCE) / 2.0, (1.0 + CONFIDENCE) / 2.0)
+  difference = {}
+  for metric in ('accuracy', 'macro_recall'):
+    low, high = np.quantile(samples_b[metric] - samples_a[metric], tails)
+    difference[metric] = [float(point_b[metric][0] - point_a[metric][0]), float(low), float(high)]
+  b = int(np.sum(correct_a_N & ~correct_b_N))
+  c = int(np.sum(~correct_a_N & correct_b_N))
+  return {
+      'n_images': int(len(labels_N)),
+      'accuracy_a': float(point_a['accuracy'][0]), 'accuracy_b': float(point_b['accuracy'][0]),
+      'macro_recall_a': float(point_a['macro_recall'][0]), 'macro_recall_b': float(point_b['macro_recall'][0]),
+      'difference': difference,
+      'difference_is': 'B minus A',
+      'discordant': {'a_right_b_wrong': b, 'a_wrong_b_right': c},
+      'both_right': int(np.sum(correct_a_N & correct_b_N)), 'both_wrong': int(np.sum(~correct_a_N & ~correct_b_N)),
+      'mcnemar_p': mcnemar_exact_p(b, c),
+      'confidence': CONFIDENCE, 'n_bootstrap': int(n_bootstrap), 'seed': int(seed),
+  }
+
+
+def default_out_dir(workdir_a: str, workdir_b: str, folder: str) -> str:
+  """WORKDIR_A/compare/<basename of B>-<basename of FOLDER>."""
+  name = f'{os.path.basename(os.path.normpath(workdir_b))}-{os.path.basename(os.path.normpath(folder))}'
+  return os.path.join(workdir_a, 'compare', name)
+
+
+def check_same_classes(workdir_a: str, classes_a: Sequence[str], workdir_b: str, classes_b: Sequence[str]) -> None:
+  """Raises ValueError naming both runs when they were trained on different classes (or class orders)."""
+  if tuple(classes_a) != tuple(classes_b):
+    raise ValueError(f'the runs were trained on different classes: A {workdir_a!r} on {list(classes_a)}, '
+                     f'B {workdir_b!r} on {list(classes_b)}: their predictions cannot be compared')
+
+
+def _verdict(metric: str, value: float, low: float, high: float) -> str:
+  """One sentence on a difference and its interval."""
+  percent = f'{abs(value) * 100:.1f} points'
+  interval = f'95% paired bootstrap interval [{low * 100:+.1f}, {high * 100:+.1f}] points'
+  if value == 0:
+    lead = f'A and B have the same {metric}'
+  else:
+    lead = f'{"B" if value > 0 else "A"} has the higher {metric}, by {percent}'
+  if low > 0 or high < 0:
+    return f'{lead}; the {interval} excludes 0: {"B" if low > 0 else "A"} is better on these images.'
+  return f'{lead}; the {interval} includes 0: these images do not tell the two apart.'
+
+
+def markdown(result: dict[str, Any]) -> str:
+  """compare.md: which model is better, whether the intervals exclude 0, and McNemar's p, in plain words."""
+  a, b, difference = result['a'], result['b'], result['difference']
+  discordant = result['discordant']
+  lines = [
+      MARKDOWN_TITLE, '',
+      f'- A: `{a["workdir"]}` ({a["model"]}, checkpoint step {a["checkpoint_step"]})',
+      f'- B: `{b["workdir"]}` ({b["model"]}, checkpoint step {b["checkpoint_step"]})',
+      f'- Images: {result["n_images"]} of `{result["folder"]}` (classes {", ".join(result["classes"])}), '
+      'predicted by both.',
+      '', 'Differences are B minus A: positive means B is better.', '',
+      '| metric | A | B | B minus A | 95% interval |', '|---|---|---|---|---|',
+  ]
+  for label, metric in (('accuracy', 'accuracy'), ('macro recall', 'macro_recall')):
+    value, low, high = difference[metric]
+    lines.append(f'| {label} | {result[f"{metric}_a"]:.4f} | {result[f"{metric}_b"]:.4f} | {value:+.4f} | '
+                 f'[{low:+.4f}, {high:+.4f}] |')
+  lines += ['', f'- {_verdict("accuracy", *difference["accuracy"])}',
+            f'- {_verdict("macro recall", *difference["macro_recall"])}',
+            f'- McNemar\'s exact test: {discordant["a_right_b_wrong"]} images only A got right, '
+            f'{discordant["a_wrong_b_right"]} only B got right; two-sided p = {result["mcnemar_p"]:.4g} '
+            + ('(below 0.05: where the two disagree, one is right more often than chance explains).'
+               if result['mcnemar_p'] < 0.05 else
+               '(not below 0.05: where the two disagree, neither is right more often than chance explains).'),
+            '', f'The intervals resample the images {result["n_bootstrap"]} times (seed {result["seed"]}), the same '
+            'images for both models and each class\'s images within that class, so they measure the difference '
+            'on images like these, not the variation between training runs.']
+  if result.get('skipped_images'):
+    lines += ['', '## Skipped files', '']
+    lines += [f'- `{path}`: {reason}' for path, reason in result['skipped_images']]
+  return '\n'.join(lines) + '\n'
+
+
+def _check_ours(path: str) -> None:
+  """Raises FileExistsError when path exists and lungjax.compare did not write it."""
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      text = f.read()
+    ours = json.loads(text).get('tool') == TOOL if path.endswith('.json') else text.startswith(MARKDOWN_TITLE)
+  except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+    ours = False
+  if not ours:
+    raise FileExistsError(f'{path} exists and lungjax.compare did not write it: not overwriting it (pass another '
+                          '--out)')
+
+
+def write_outputs(result: dict[str, Any], out_dir: str) -> dict[str, str]:
+  """Writes out_dir/compare.json and compare.md (only these; never over files that lungjax.compare did not write)."""
+  paths = {name: os.path.join(out_dir, name) for name in OUTPUT_FILES}
+  for path in paths.values():
+    _check_ours(path)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(paths['compare.json'], 'w') as f:
+    json.dump({'tool': TOOL, **result}, f, indent=2)
+  with open(paths['compare.md'], 'w') as f:
+    f.write(markdown(result))
+  return paths
+
+
+def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = '', class_names: str = '',
+                 n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """Restores both runs' best checkpoints, predicts folder with each, writes and returns the paired comparison."""
+  configs = {'A': checkpoints.load_run_config(workdir_a), 'B': checkpoints.load_run_config(workdir_b)}
+  check_same_classes(workdir_a, configs['A'].data.classes, workdir_b, configs['B'].data.classes)
+  classes = tuple(configs['A'].data.classes)
+  folder_names = folders.parse_folder_names(class_names, classes)
+  out_dir = out_dir or default_out_dir(workdir_a, workdir_b, folder)
+  for name in OUTPUT_FILES:  # Before the work, so that a refusal costs nothing.
+    _check_ours(os.path.join(out_dir, name))
+  mesh = mesh_lib.make_mesh()
+  runs, predictions, loaded_by_size = {}, {}, {}
+  for key, workdir in (('A', workdir_a), ('B', workdir_b)):
+    run_config, model, state, step = evaluate.restore_run(workdir, -1, mesh, None)
+    mesh_lib.check_batch_size(run_config.eval.batch_size, mesh, f'{workdir}/config.json: config.eval.batch_size')
+    size = run_config.data.image_size
+    if size not in loaded_by_size:
+      loaded_by_size[size] = loading.load_folder(folder, run_config, require_all_classes=False,
+                                                 folder_names=folder_names)
+    loaded = loaded_by_size[size]
+    predictions[key] = (loaded, evaluate.predict_probabilities(steps.jit_eval_step(model, mesh), state, loaded.decoded,
+                                                               run_config.eval.batch_size, mesh))
+    runs[key] = {'workdir': workdir, 'checkpoint_step': int(step), 'model': run_config.model.name,
+                 'config': run_config.get('name', ''), 'image_size': int(size)}
+  (loaded_a, probabilities_a_NC), (loaded_b, probabilities_b_NC) = predictions['A'], predictions['B']
+  if loaded_a.decoded.paths != loaded_b.decoded.paths:
+    only = sorted(set(loaded_a.decoded.paths) ^ set(loaded_b.decoded.paths))
+    raise ValueError(f'{folder}: the runs\' configs decoded different images (config.data.skip_bad_images?): '
+                     f'{only[:5]}{" ..." if len(only) > 5 else ""}')
+  result = {'a': runs['A'], 'b': runs['B'], 'folder': folder, 'classes': list(classes),
+            'class_counts': np.bincount(loaded_a.decoded.labels_N, minlength=len(classes)).tolist(),
+            **paired_comparison(loaded_a.decoded.labels_N, probabilities_a_NC, probabilities_b_NC, n_bootstrap, seed),
+            'skipped_images': [list(item) for item in loaded_a.skipped_report()]}
+  if distributed.is_main_process():
+    write_outputs(result, out_dir)
+  return {**result, 'out_dir': out_dir}
+
+
+def _define_flags() -> None:
+  """Defines the program's flags (only when run, so importing this module never clashes with lungjax.main's)."""
+  flags.DEFINE_string('dir', None, 'A folder of class sub-folders that both runs predict.')
+  flags.DEFINE_string('out', '', 'Where compare.json and compare.md go (default: '
+                      'WORKDIR_A/compare/<basename of B>-<basename of --dir>).')
+  flags.DEFINE_string('class_names', '', 'FOLDER=CLASS,... for sub-folders named otherwise '
+                      '(as config.eval.class_names).')
+  flags.DEFINE_integer('n_bootstrap', 2000, 'Paired bootstrap resamples of the images.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the bootstrap resamples.')
+  flags.mark_flags_as_required(['dir'])
+
+
+def main(argv: Sequence[str]) -> None:
+  """Compares the two workdirs named after the flags and prints where the comparison went."""
+  if len(argv) != 3:
+    raise app.UsageError('name two workdirs: python -m lungjax.compare WORKDIR_A WORKDIR_B --dir=FOLDER')
+  f = flags.FLAGS
+  if f.n_bootstrap < 1:
+    raise app.UsageError(f'--n_bootstrap={f.n_bootstrap} must be at least 1')
+  result = compare_runs(argv[1], argv[2], f.dir, out_dir=f.out, class_names=f.class_names,
+                        n_bootstrap=f.n_bootstrap, seed=f.seed)
+  accuracy, recall = result['difference']['accuracy'], result['difference']['macro_recall']
+  print(f'\n{result["n_images"]} images: accuracy A {result["accuracy_a"]:.4f}, B {result["accuracy_b"]:.4f}; '
+        f'B minus A: accuracy {accuracy[0]:+.4f} [{accuracy[1]:+.4f}, {accuracy[2]:+.4f}], macro recall '
+        f'{recall[0]:+.4f} [{recall[1]:+.4f}, {recall[2]:+.4f}]; McNemar p {result["mcnemar_p"]:.4g}')
+  print(f'  report       {os.path.abspath(os.path.join(result["out_dir"], "compare.md"))}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

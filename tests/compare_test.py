@@ -1,0 +1,211 @@
+"""compare: paired differences (B minus A) with bootstrap intervals, McNemar's exact test, and the command line."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lungjax import compare, metrics as metrics_lib
+from tests.conftest import CLASSES
+from tests.ensemble_test import two_runs  # pylint: disable=unused-import  (a fixture: two tiny runs, seeds 0 and 1)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _one_hot(predictions_N, num_classes=3):
+  return np.eye(num_classes)[np.asarray(predictions_N)] * 0.8 + 0.2 / num_classes
+
+
+@pytest.mark.parametrize('b, c, p', [(0, 6, 0.03125), (6, 0, 0.03125), (5, 5, 1.0), (0, 0, 1.0), (0, 1, 1.0),
+                                     (1, 9, 2 * (1 + 10) / 1024), (2, 8, 2 * (1 + 10 + 45) / 1024)])
+def test_mcnemar_exact_p_is_the_two_sided_binomial_tail(b, c, p):
+  assert compare.mcnemar_exact_p(b, c) == pytest.approx(p, rel=1e-12)
+
+
+def test_mcnemar_exact_p_agrees_with_scipy_where_installed():
+  stats = pytest.importorskip('scipy.stats')
+  for b, c in [(3, 37), (12, 20), (40, 41), (0, 30), (400, 460)]:
+    assert compare.mcnemar_exact_p(b, c) == pytest.approx(stats.binomtest(b, b + c).pvalue, rel=1e-9)
+
+
+def test_mcnemar_rejects_negative_counts():
+  with pytest.raises(ValueError, match='b=-1'):
+    compare.mcnemar_exact_p(-1, 3)
+
+
+def test_small_example_counted_by_hand():
+  labels_N = np.asarray([0, 0, 0, 0, 1, 1, 2, 2])
+  # A: right on 0,1,2,4,6 (5 of 8); B: right on 0,1,4,5,6,7 (6 of 8). b (only A): image 2; c (only B): 5, 7.
+  probabilities_a_NC = _one_hot([0, 0, 0, 1, 1, 0, 2, 0])
+  probabilities_b_NC = _one_hot([0, 0, 1, 1, 1, 1, 2, 2])
+  result = compare.paired_comparison(labels_N, probabilities_a_NC, probabilities_b_NC, n_bootstrap=500, seed=3)
+  assert result['accuracy_a'] == 5 / 8 and result['accuracy_b'] == 6 / 8
+  assert result['discordant'] == {'a_right_b_wrong': 1, 'a_wrong_b_right': 2}
+  assert result['both_right'] == 4 and result['both_wrong'] == 1
+  assert result['mcnemar_p'] == 1.0  # 2 * P(X <= 1; 3, 1/2) = 2 * 4/8.
+  # Macro recall as the evaluation reports it: A (3/4 + 1/2 + 1/2) / 3, B (2/4 + 1 + 1) / 3.
+  for key, probabilities_NC in (('a', probabilities_a_NC), ('b', probabilities_b_NC)):
+    expected = metrics_lib.classification_metrics(labels_N, probabilities_NC, CLASSES)['macro_avg']['recall']
+    assert result[f'macro_recall_{key}'] == pytest.approx(expected)
+  assert result['difference']['accuracy'][0] == pytest.approx(1 / 8)
+  assert result['difference']['macro_recall'][0] == pytest.approx((2.5 - 1.75) / 3)
+  assert result['difference_is'] == 'B minus A'
+
+
+def test_a_model_compared_with_itself_differs_by_zero():
+  labels_N = np.repeat([0, 1, 2], 10)
+  probabilities_NC = np.random.default_rng(0).dirichlet(np.ones(3), size=30)
+  result = compare.paired_comparison(labels_N, probabilities_NC, probabilities_NC, n_bootstrap=200, seed=0)
+  assert result['difference'] == {'accuracy': [0.0, 0.0, 0.0], 'macro_recall': [0.0, 0.0, 0.0]}
+  assert result['mcnemar_p'] == 1.0 and result['discordant'] == {'a_right_b_wrong': 0, 'a_wrong_b_right': 0}
+
+
+def test_paired_interval_holds_the_difference_and_is_narrower_than_unpaired_for_correlated_models():
+  rng = np.random.default_rng(7)
+  labels_N = np.repeat([0, 1, 2], 100)
+  correct_a_N = rng.random(300) < 0.7
+  correct_b_N = correct_a_N.copy()
+  correct_b_N[rng.choice(np.flatnonzero(~correct_a_N), 15, replace=False)] = True
+  correct_b_N[rng.choice(np.flatnonzero(correct_a_N), 5, replace=False)] = False
+  wrong_N = (labels_N + 1) % 3
+  probabilities_a_NC = _one_hot(np.where(correct_a_N, labels_N, wrong_N))
+  probabilities_b_NC = _one_hot(np.where(correct_b_N, labels_N, wrong_N))
+  result = compare.paired_comparison(labels_N, probabilities_a_NC, probabilities_b_NC, n_bootstrap=2000, seed=0)
+  assert result['discordant'] == {'a_right_b_wrong': 5, 'a_wrong_b_right': 15}
+  assert result['mcnemar_p'] == pytest.approx(compare.mcnemar_exact_p(5, 15))
+  for metric in ('accuracy', 'macro_recall'):
+    value, low, high = result['difference'][metric]
+    assert value == pytest.approx(10 / 300)
+    assert low <= value <= high
+    # The unpaired interval: A and B resampled independently.
+    indices_a_BN, indices_b_BN = (metrics_lib.stratified_bootstrap_indices(labels_N, 2000, seed) for seed in (1, 2))
+    samples_a = compare.resampled_scores(correct_a_N, labels_N, indices_a_BN)
+    samples_b = compare.resampled_scores(correct_b_N, labels_N, indices_b_BN)
+    unpaired_low, unpaired_high = np.quantile(samples_b[metric] - samples_a[metric], (0.025, 0.975))
+    assert high - low < 0.6 * (unpaired_high - unpaired_low)
+  assert result['difference']['accuracy'][1] > 0  # Paired, the gain of 10 in 300 images is clear; unpaired it is not.
+  assert unpaired_low < 0
+
+
+def test_mismatched_inputs_are_named():
+  labels_N = np.asarray([0, 1, 2])
+  with pytest.raises(ValueError, match='probabilities_b_NC'):
+    compare.paired_comparison(labels_N, _one_hot([0, 1, 2]), _one_hot([0, 1]), n_bootstrap=10)
+  with pytest.raises(ValueError, match='differ in shape'):
+    compare.paired_comparison(labels_N, _one_hot([0, 1, 2]), _one_hot([0, 1, 1], 4), n_bootstrap=10)
+  with pytest.raises(ValueError, match='n_bootstrap'):
+    compare.paired_comparison(labels_N, _one_hot([0, 1, 2]), _one_hot([0, 1, 2]), n_bootstrap=0)
+
+
+def _fake_workdir(path, classes):
+  os.makedirs(path)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump({'name': 'fake', 'data': {'classes': list(classes)}}, f)
+  return str(path)
+
+
+def test_runs_trained_on_different_classes_are_refused_naming_both(tmp_path):
+  workdir_a = _fake_workdir(tmp_path / 'a', CLASSES)
+  workdir_b = _fake_workdir(tmp_path / 'b', ('Covid', 'Normal'))
+  with pytest.raises(ValueError, match='different classes') as raised:
+    compare.compare_runs(workdir_a, workdir_b, str(tmp_path / 'folder'))
+  assert workdir_a in str(raised.value) and workdir_b in str(raised.value)
+  assert not os.path.exists(os.path.join(workdir_a, 'compare'))
+
+
+def test_default_out_dir_is_under_workdir_a():
+  assert compare.default_out_dir('/runs/a', '/runs/b/', '/data/external set/') == '/runs/a/compare/b-external set'
+
+
+def _result():
+  labels_N = np.asarray([0, 1, 2, 2])
+  result = compare.paired_comparison(labels_N, _one_hot([0, 1, 0, 2]), _one_hot([0, 1, 2, 2]), n_bootstrap=50)
+  run = {'workdir': '/runs/x', 'checkpoint_step': 4, 'model': 'cnn', 'config': 'tiny', 'image_size': 32}
+  return {'a': run, 'b': {**run, 'workdir': '/runs/y'}, 'folder': '/data/f', 'classes': list(CLASSES), **result}
+
+
+def test_outputs_never_overwrite_files_compare_did_not_write(tmp_path):
+  out_dir = str(tmp_path / 'out')
+  os.makedirs(out_dir)
+  with open(os.path.join(out_dir, 'notes.txt'), 'w') as f:
+    f.write('mine')
+  paths = compare.write_outputs(_result(), out_dir)
+  assert sorted(os.listdir(out_dir)) == ['compare.json', 'compare.md', 'notes.txt']
+  assert open(os.path.join(out_dir, 'notes.txt')).read() == 'mine'
+  written = json.load(open(paths['compare.json']))
+  assert written['tool'] == 'lungjax.compare' and written['difference']['accuracy'][0] == 0.25
+  markdown = open(paths['compare.md']).read()
+  assert 'B has the higher accuracy, by 25.0 points' in markdown and 'B minus A' in markdown
+  compare.write_outputs(_result(), out_dir)  # Its own files: rewritten.
+
+  for name, text in (('compare.json', '{"accuracy": 1}'), ('compare.md', '# notes of my own\n')):
+    foreign = str(tmp_path / name.replace('.', '_'))
+    os.makedirs(foreign)
+    with open(os.path.join(foreign, name), 'w') as f:
+      f.write(text)
+    with pytest.raises(FileExistsError, match=name):
+      compare.write_outputs(_result(), foreign)
+    assert open(os.path.join(foreign, name)).read() == text
+    assert os.listdir(foreign) == [name]
+
+
+def test_verdict_says_whether_the_interval_excludes_zero():
+  assert 'excludes 0: B is better' in compare._verdict('accuracy', 0.1, 0.02, 0.18)
+  assert 'excludes 0: A is better' in compare._verdict('accuracy', -0.1, -0.18, -0.02)
+  assert 'includes 0' in compare._verdict('accuracy', 0.05, -0.01, 0.1)
+  assert compare._verdict('accuracy', 0.0, 0.0, 0.0).startswith('A and B have the same accuracy')
+
+
+@pytest.mark.slow
+def test_a_run_compared_with_itself(two_runs, synthetic_root):
+  _, workdir = two_runs[0]
+  folder = os.path.join(synthetic_root, 'test')
+  result = compare.compare_runs(workdir, workdir, folder, n_bootstrap=100)
+  assert result['out_dir'] == os.path.join(workdir, 'compare', f'{os.path.basename(workdir)}-test')
+  assert result['difference'] == {'accuracy': [0.0, 0.0, 0.0], 'macro_recall': [0.0, 0.0, 0.0]}
+  assert result['mcnemar_p'] == 1.0 and result['n_images'] == 12
+  assert result['a']['checkpoint_step'] == json.load(open(os.path.join(workdir, 'summary.json')))['best_step']
+  assert sorted(os.listdir(result['out_dir'])) == ['compare.json', 'compare.md']
+
+
+@pytest.mark.slow
+def test_two_runs_from_the_command_line(two_runs, synthetic_root, tmp_path):
+  (_, workdir_a), (_, workdir_b) = two_runs
+  folder = str(tmp_path / 'external')
+  shutil.copytree(os.path.join(synthetic_root, 'test'), folder)
+  os.rename(os.path.join(folder, 'Covid'), os.path.join(folder, 'COVID'))
+  out_dir = str(tmp_path / 'out')
+  os.makedirs(out_dir)
+  open(os.path.join(out_dir, 'keep.txt'), 'w').write('not compare\'s')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  finished = subprocess.run([sys.executable, '-m', 'lungjax.compare', workdir_a, workdir_b, f'--dir={folder}',
+                             '--class_names=COVID=Covid', f'--out={out_dir}', '--n_bootstrap=300', '--seed=2'],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert finished.returncode == 0, finished.stderr[-3000:]
+  assert os.path.join(out_dir, 'compare.md') in finished.stdout
+  result = json.load(open(os.path.join(out_dir, 'compare.json')))
+  assert set(result) >= {'a', 'b', 'n_images', 'accuracy_a', 'accuracy_b', 'difference', 'mcnemar_p', 'discordant'}
+  assert open(os.path.join(out_dir, 'keep.txt')).read() == 'not compare\'s'
+  assert result['n_images'] == 12 and result['n_bootstrap'] == 300 and result['seed'] == 2
+  for key, workdir in (('a', workdir_a), ('b', workdir_b)):
+    # The same images and checkpoint as the evaluation at the end of training.
+    evaluated = json.load(open(os.path.join(workdir, 'eval', 'test', 'metrics.json')))
+    assert result[key]['workdir'] == workdir and result[key]['model'] == 'cnn'
+    assert result[key]['checkpoint_step'] == evaluated['checkpoint_step']
+    assert result[f'accuracy_{key}'] == pytest.approx(evaluated['accuracy'])
+    assert result[f'macro_recall_{key}'] == pytest.approx(evaluated['macro_avg']['recall'])
+  value, low, high = result['difference']['accuracy']
+  assert value == pytest.approx(result['accuracy_b'] - result['accuracy_a']) and low <= value <= high
+  discordant = result['discordant']
+  assert value == pytest.approx((discordant['a_wrong_b_right'] - discordant['a_right_b_wrong']) / 12)
+  assert result['mcnemar_p'] == compare.mcnemar_exact_p(discordant['a_right_b_wrong'], discordant['a_wrong_b_right'])
+  assert 'McNemar' in open(os.path.join(out_dir, 'compare.md')).read()
+
+  unmapped = subprocess.run([sys.executable, '-m', 'lungjax.compare', workdir_a, workdir_b, f'--dir={folder}',
+                             f'--out={tmp_path / "unmapped"}'], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+  assert unmapped.returncode != 0 and 'class_names' in unmapped.stderr
