@@ -107,7 +107,8 @@ def paired_comparison(labels_N: np.ndarray, probabilities_a_NC: np.ndarray, prob
 
 def default_out_dir(workdir_a: str, workdir_b: str, folder: str) -> str:
   """WORKDIR_A/compare/<basename of B>-<basename of FOLDER>."""
-  name = f'{os.path.basename(os.path.normpath(workdir_b))}-{os.path.basename(os.path.normpath(folder))}'
+  folder_name = 'validation' if folder == evaluate.VALIDATION else os.path.basename(os.path.normpath(folder))
+  name = f'{os.path.basename(os.path.normpath(workdir_b))}-{folder_name}'
   return os.path.join(workdir_a, 'compare', name)
 
 
@@ -208,7 +209,10 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
     run_config, model, state, step = evaluate.restore_run(workdir, -1, mesh, None)
     mesh_lib.check_batch_size(run_config.eval.batch_size, mesh, f'{workdir}/config.json: config.eval.batch_size')
     size = run_config.data.image_size
-    if size not in loaded_by_size:
+    if size not in loaded_by_size and folder == evaluate.VALIDATION:  # Run A's validation split (B's must match).
+      data = loading.load_training_data(run_config)
+      loaded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())
+    elif size not in loaded_by_size:
       loaded_by_size[size] = loading.load_folder(folder, run_config, require_all_classes=False,
                                                  folder_names=folder_names)
     loaded = loaded_by_size[size]
@@ -232,7 +236,9 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
 
 def _define_flags() -> None:
   """Defines the program's flags (only when run, so importing this module never clashes with lungjax.main's)."""
-  flags.DEFINE_string('dir', None, 'A folder of class sub-folders that both runs predict.')
+  flags.DEFINE_string('dir', None, 'A folder of class sub-folders that both runs predict, or @validation: the '
+                      'validation split of run A\'s training folder (run B must have been validated on the same '
+                      'images: same data.root, split_seed and val_fraction).')
   flags.DEFINE_string('out', '', 'Where compare.json and compare.md go (default: '
                       'WORKDIR_A/compare/<basename of B>-<basename of --dir>).')
   flags.DEFINE_string('class_names', '', 'FOLDER=CLASS,... for sub-folders named otherwise '

@@ -173,6 +173,17 @@ def test_a_run_compared_with_itself(two_runs, synthetic_root):
 
 
 @pytest.mark.slow
+def test_two_runs_compared_on_their_validation_split(two_runs):
+  (_, workdir_a), (_, workdir_b) = two_runs
+  result = compare.compare_runs(workdir_a, workdir_b, '@validation', n_bootstrap=100)
+  assert result['out_dir'] == os.path.join(workdir_a, 'compare', f'{os.path.basename(workdir_b)}-validation')
+  for key, workdir in (('a', workdir_a), ('b', workdir_b)):
+    validated = json.load(open(os.path.join(workdir, 'eval', 'val', 'metrics.json')))
+    assert result['n_images'] == validated['n_images']
+    assert result[f'accuracy_{key}'] == pytest.approx(validated['accuracy'])
+
+
+@pytest.mark.slow
 def test_two_runs_from_the_command_line(two_runs, synthetic_root, tmp_path):
   (_, workdir_a), (_, workdir_b) = two_runs
   folder = str(tmp_path / 'external')
