@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
-from lungjax import distributed
+from lungjax import calibration as calibration_lib, distributed
 from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 
@@ -69,46 +68,46 @@ def read_predictions(path: str, classes: tuple[str, ...]) -> tuple[list[str], np
   return files, labels_N, probabilities_NC
 
 
-def temperature_path(workdir: str) -> str:
-  """Where training stores the temperature fitted on its validation split."""
-  return os.path.join(workdir, 'calibration.json')
+def add_calibration(metrics: dict[str, Any], labels_N: np.ndarray, probabilities_NC: np.ndarray,
+                    calibration: dict[str, Any], fitted_here: bool) -> None:
+  """Adds the ECE after temperature scaling to metrics['calibration'] (the raw ECE is already its 'ece').
 
-
-def read_temperature(workdir: str) -> float | None:
-  """The temperature a training run fitted on its validation split, if it fitted one."""
-  path = temperature_path(workdir)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return float(json.load(f)['temperature'])
-
-
-def add_temperature(metrics: dict[str, Any], labels_N: np.ndarray, probabilities_NC: np.ndarray,
-                    temperature: float) -> None:
-  """Adds the validation-fitted temperature and the ECE after applying it to metrics['calibration']."""
-  logits_NC = np.log(np.clip(probabilities_NC, 1e-12, 1.0))
-  scaled_NC = metrics_lib.apply_temperature(logits_NC, temperature)
-  metrics['calibration'].update(temperature=temperature, ece_after_temperature=metrics_lib.expected_calibration_error(
-      labels_N, scaled_NC, metrics['calibration']['n_bins']))
+  fitted_here: these are the validation images `calibration` (a calibration.json record) was fitted on, so they
+  are scaled out of fold, by temperatures fitted without them; otherwise the served temperature is applied.
+  """
+  n_bins = metrics['calibration']['n_bins']
+  if fitted_here:
+    cross = calibration.get('cross_fit', {})
+    fit = calibration_lib.cross_fit(labels_N, probabilities_NC, cross.get('folds', calibration_lib.DEFAULT_FOLDS),
+                                    cross.get('seed', 0))
+    metrics['calibration'].update(calibration_lib.out_of_fold_summary(fit, labels_N, n_bins))
+  else:
+    metrics['calibration'].update(calibration_lib.served_summary(calibration, labels_N, probabilities_NC, n_bins,
+                                                                 metrics.get('checkpoint_step')))
 
 
 def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainState, loaded: loading.FolderImages,
                         config: ml_collections.ConfigDict, mesh: Mesh, out_dir: str, title: str,
-                        checkpoint_step: int, temperature: float | None = None,
+                        checkpoint_step: int, calibration: dict[str, Any] | None = None,
                         training: images.DecodedImages | None = None) -> dict[str, Any]:
   """Predicts a loaded folder; writes metrics.json (with 95% intervals), report.md, predictions.csv and plots.
 
-  With `training` (the decoded training images), the report lists this folder's copies of training images.
+  With `training` (the decoded training images), the report lists this folder's copies of training images; with
+  `calibration` (the run's calibration.json record), the ECE after its served temperature.
   """
   probabilities_NC = predict_probabilities(eval_step, state, loaded.decoded, config.eval.batch_size, mesh)
-  return report_predictions(probabilities_NC, loaded, config, out_dir, title, checkpoint_step, temperature, training)
+  return report_predictions(probabilities_NC, loaded, config, out_dir, title, checkpoint_step, calibration, training)
 
 
 def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImages, config: ml_collections.ConfigDict,
-                       out_dir: str, title: str, checkpoint_step: int, temperature: float | None = None,
+                       out_dir: str, title: str, checkpoint_step: int, calibration: dict[str, Any] | None = None,
                        training: images.DecodedImages | loading.TrainingThumbnails | None = None,
-                       averaged: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Turns a folder's predicted probabilities into metrics.json (with 95% intervals), report.md, CSV and plots."""
+                       averaged: dict[str, Any] | None = None, calibration_fitted_here: bool = False) -> dict[str, Any]:
+  """Turns a folder's predicted probabilities into metrics.json (with 95% intervals), report.md, CSV and plots.
+
+  With `calibration` (a calibration.json record) metrics['calibration'] adds the ECE after temperature scaling:
+  out of fold when calibration_fitted_here (these are the images it was fitted on), else the served temperature's.
+  """
   labels_N = loaded.decoded.labels_N
   metrics = evaluation_metrics(labels_N, probabilities_NC, tuple(config.data.classes))
   metrics.update(checkpoint_step=checkpoint_step, folder=loaded.folder,
@@ -120,8 +119,8 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
     metrics['averaged'] = averaged
   metrics = metrics_lib.with_uncertainty(metrics, labels_N, probabilities_NC, n_bootstrap=config.eval.n_bootstrap,
                                          seed=config.seed)
-  if temperature is not None:
-    add_temperature(metrics, labels_N, probabilities_NC, temperature)
+  if calibration is not None:
+    add_calibration(metrics, labels_N, probabilities_NC, calibration, calibration_fitted_here)
   if distributed.is_main_process():  # Multi-host: every process has the metrics; process 0 writes them.
     report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
     write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
@@ -216,11 +215,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     averaged = {'checkpoints': steps_used, 'tta_views': len(keys) - 1,
                 'description': f'mean probabilities of {len(members)} checkpoint(s) x {len(keys)} view(s) '
                                f'(the plain image and {len(keys) - 1} test-time augmented)'}
-  temperature = read_temperature(workdir) if averaged is None else None
+  calibration = calibration_lib.read(workdir) if averaged is None else None  # Fitted for one model's plain view.
   training = None if folder == VALIDATION else training_images(config, workdir)
   out_dir = os.path.join(workdir, 'eval', name)
   metrics = report_predictions(total_NC / len(members), loaded, config, out_dir, f'{config.name} on {name}',
-                               steps_used[0]['step'], temperature, training, averaged)
+                               steps_used[0]['step'], calibration, training, averaged,
+                               calibration_fitted_here=folder == VALIDATION)
   return {**metrics, 'out_dir': out_dir}
 
 

@@ -8,6 +8,9 @@ and `error` and the others still run. Exit code 0 if at least one image was clas
 Every line is valid UTF-8 JSON. A file name whose bytes are not UTF-8 (Python holds them as lone surrogates, which
 JSON readers reject) is written with U+FFFD for each such byte, and its exact bytes follow as `file_bytes_hex`
 (`bytes.fromhex(line['file_bytes_hex'])` is the path to open; the same for `gradcam`).
+
+`probabilities` are scaled by the temperature in the workdir's calibration.json (`temperature`, 1.0 without one);
+`raw_probabilities` are the model's softmax.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags  # pylint: disable=g-multiple-import
 
-from lungjax import checkpoints, explain
+from lungjax import calibration, checkpoints, explain
 from lungjax.data import folders, images
 
 
@@ -72,9 +75,12 @@ def jit_probabilities(model: nn.Module) -> Callable[..., jax.Array]:
 
 
 def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDict,
-                  files: Sequence[tuple[str, str]], *, gradcam_dir: str = '') -> Iterator[dict[str, Any]]:
-  """Yields, in order, {'file', 'class', 'probabilities'} (plus 'gradcam') or {'file', 'error'} per file.
+                  files: Sequence[tuple[str, str]], *, gradcam_dir: str = '',
+                  temperature: float = 1.0) -> Iterator[dict[str, Any]]:
+  """Yields, in order, one dict per file: {'file', 'class', 'probabilities', ...} or {'file', 'error'}.
 
+  A classified file's 'probabilities' are softmax(log(raw) / temperature), the same as softmax(logits /
+  temperature); 'raw_probabilities' (the model's softmax) and 'temperature' come with them, and 'gradcam' too.
   Files are decoded and classified config.eval.batch_size at a time, the last batch zero-padded (one compile).
   With gradcam_dir, each image's Grad-CAM overlay of its predicted class is written under it.
   """
@@ -104,14 +110,17 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
                                                        class_indices_B)
         else:
           probs_BC = explain.map_batches(fn, trained.variables, batch_size, images_BHWC)
+        calibrated_BC = calibration.scale_probabilities(probs_BC, temperature)
       rows = {index: row for row, index in enumerate(pixels)}
       for index, (path, _) in enumerate(chunk):
         if index in errors:
           yield {'file': path, 'error': errors[index]}
           continue
         row = rows[index]
-        line = {'file': path, 'class': classes[int(probs_BC[row].argmax())],
-                'probabilities': {name: float(p) for name, p in zip(classes, probs_BC[row])}}
+        line = {'file': path, 'class': classes[int(calibrated_BC[row].argmax())],
+                'probabilities': {name: float(p) for name, p in zip(classes, calibrated_BC[row])},
+                'raw_probabilities': {name: float(p) for name, p in zip(classes, probs_BC[row])},
+                'temperature': temperature}
         if gradcam_dir:
           line['gradcam'] = os.path.join(gradcam_dir, names[start + index])
           explain.save_overlay(pixels[index], heatmaps_BHW[row], line['gradcam'])
@@ -138,11 +147,15 @@ def json_line(line: dict[str, Any]) -> str:
 
 
 def predict_cli(workdir: str, inputs: Sequence[str], gradcam_dir: str = '') -> int:
-  """Prints one JSON line per file of `inputs`; returns the exit code (0 if at least one image ran, else 1)."""
+  """Prints one JSON line per file of `inputs`; returns the exit code (0 if at least one image ran, else 1).
+
+  Probabilities are scaled by the workdir's calibration.json temperature (1.0 where it has none).
+  """
   config = checkpoints.load_run_config(workdir)
   trained = explain.restore_model(config, workdir)
+  temperature = calibration.served_temperature(workdir)
   classified = 0
-  for line in predict_files(trained, config, expand_inputs(inputs), gradcam_dir=gradcam_dir):
+  for line in predict_files(trained, config, expand_inputs(inputs), gradcam_dir=gradcam_dir, temperature=temperature):
     print(json_line(line), flush=True)
     classified += 'error' not in line
   return 0 if classified else 1

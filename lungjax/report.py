@@ -69,11 +69,11 @@ def _uncertainty_markdown(metrics: dict[str, Any]) -> list[str]:
   if 'calibration' in metrics:
     calibration = metrics['calibration']
     lines += ['', '## Calibration', '',
-              f'Expected calibration error (top label, {calibration["n_bins"]} equal-width confidence bins): '
+              f'Expected calibration error (top label, {calibration["n_bins"]} equal-width confidence bins), raw: '
               f'{calibration["ece"]:.3f}.']
-    if 'temperature' in calibration and 'ece_after_temperature' in calibration:
-      lines.append(f'ECE after temperature scaling (T = {calibration["temperature"]:.3f}): '
-                   f'{calibration["ece_after_temperature"]:.3f}.')
+    if 'ece_calibrated' in calibration:
+      lines.append(f'ECE after temperature scaling, {calibration["calibrated_by"]}: '
+                   f'{calibration["ece_calibrated"]:.3f} ({calibration["calibrated_how"]}).')
   if 'intervals' in metrics:
     intervals, n = metrics['intervals'], metrics['n_images']
     lo, hi = intervals['accuracy']['wilson']

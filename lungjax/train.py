@@ -14,8 +14,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, metrics as metrics_lib, report, steps, warm_start
-from lungjax import distributed, host_memory
+from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, report, steps, warm_start
+from lungjax import calibration as calibration_lib, distributed, host_memory
 from lungjax import fingerprint as fingerprint_lib, preemption
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
@@ -203,25 +203,33 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   if history and distributed.is_main_process():
     report.plot_curves(history, os.path.join(workdir, 'curves.png'))
   split_folders = {}
-  temperature = None
+  calibration = None
   if len(data.val):
     split_folders['val'] = loading.FolderImages(data.train_folder.folder, data.val, ())
     val_probabilities_NC = evaluate.predict_probabilities(eval_step, best_state, data.val, config.eval.batch_size, mesh)
-    temperature = metrics_lib.fit_temperature(data.val.labels_N, np.log(np.clip(val_probabilities_NC, 1e-12, 1.0)))
-    if distributed.is_main_process():
-      with open(evaluate.temperature_path(workdir), 'w') as f:
-        json.dump({'temperature': temperature, 'fitted_on': 'validation split', 'checkpoint_step': best_step}, f)
-    summary['temperature'] = temperature
+    if len(data.val) >= 2:  # Cross-fitting needs 2 folds of at least one image each.
+      fit = calibration_lib.cross_fit(data.val.labels_N, val_probabilities_NC, calibration_lib.DEFAULT_FOLDS,
+                                      config.seed)
+      calibration = calibration_lib.record(fit, data.val.labels_N, val_probabilities_NC, best_step)
+      summary['temperature'] = fit.temperature
+  if distributed.is_main_process():
+    if calibration is not None:
+      calibration_lib.write(workdir, calibration)
+    elif os.path.exists(calibration_lib.path(workdir)):  # An earlier run's: not this checkpoint's.
+      os.remove(calibration_lib.path(workdir))
+  if calibration is None:
+    logging.warning('%d validation images: no temperature fitted (cross-fitting needs 2)', len(data.val))
   if (test := data.load_test(config)) is not None:
     split_folders['test'] = test
   for name, loaded in split_folders.items():
     out_dir = os.path.join(workdir, 'eval', name)
     title = f'{config.name} on {name}'
-    if name == 'val':  # Already predicted to fit the temperature.
-      metrics = evaluate.report_predictions(val_probabilities_NC, loaded, config, out_dir, title, best_step, temperature)
+    if name == 'val':  # Already predicted to fit the temperature: its calibrated ECE is out of fold.
+      metrics = evaluate.report_predictions(val_probabilities_NC, loaded, config, out_dir, title, best_step,
+                                            calibration, calibration_fitted_here=True)
     else:
       metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir, title, best_step,
-                                             temperature, training=data.train_folder.decoded)
+                                             calibration, training=data.train_folder.decoded)
     summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
                                     'macro_avg': metrics['macro_avg']}
   if distributed.is_main_process():

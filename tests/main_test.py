@@ -51,6 +51,18 @@ def test_train_then_eval_from_the_command_line(tmp_path, synthetic_root):
   assert set(metrics) >= {'accuracy', 'macro_avg', 'weighted_avg', 'per_class', 'confusion_matrix', 'classes',
                           'n_images', 'checkpoint_step'}
   assert sum(map(sum, metrics['confusion_matrix'])) == 7
+  record = json.loads(open(os.path.join(workdir, 'calibration.json')).read())
+  assert metrics['calibration']['calibrated_by'] == 'served temperature'
+  assert metrics['calibration']['temperature'] == record['temperature']
+
+  # The run's own validation split, evaluated again: its calibrated ECE is the out-of-fold one, never in-sample.
+  validation = _run(f'--workdir={workdir}', '--mode=eval', '--config.eval.dir=@validation',
+                    f'--config.data.root={synthetic_root}')
+  assert validation.returncode == 0, validation.stderr[-3000:]
+  val = json.loads(open(os.path.join(workdir, 'eval', 'validation', 'metrics.json')).read())['calibration']
+  assert val['calibrated_by'] == 'out of fold'
+  assert val['fold_temperatures'] == pytest.approx(record['cross_fit']['fold_temperatures'], rel=1e-5)
+  assert val['ece_calibrated'] == pytest.approx(record['ece_calibrated_out_of_fold'], abs=1e-6)
 
   # Training again on the finished workdir resumes at its end: nothing is retrained.
   again = _run(f'--workdir={workdir}', f'--config.data.root={synthetic_root}', '--config.train.num_epochs=3')

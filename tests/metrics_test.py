@@ -414,7 +414,7 @@ def test_report_shows_every_interval_the_auc_table_calibration_and_how_to_read(t
   labels, probabilities = _sixty_of_sixty_six()
   result = metrics.with_uncertainty(metrics.classification_metrics(labels, probabilities, CLASSES),
                                     labels, probabilities, n_bootstrap=500, seed=0)
-  result['calibration'].update(temperature=1.7, ece_after_temperature=0.031)
+  result['calibration'].update(temperature=1.7, ece_calibrated=0.031, calibrated_by='out of fold', calibrated_how='how')
   report.write_evaluation(result, str(tmp_path), 'cnn on test', labels, probabilities)
   text = (tmp_path / 'report.md').read_text()
 
@@ -432,8 +432,8 @@ def test_report_shows_every_interval_the_auc_table_calibration_and_how_to_read(t
   auc, auc_interval = result['roc_auc'], result['intervals']['roc_auc']
   assert '## ROC AUC' in text and f'| macro | {cell(auc["macro"], auc_interval["macro"])} |' in text
   assert f'| Covid | {cell(auc["per_class"]["Covid"], auc_interval["per_class"]["Covid"])} |' in text
-  assert f'{result["calibration"]["ece"]:.3f}' in text
-  assert 'ECE after temperature scaling (T = 1.700): 0.031.' in text
+  assert f'confidence bins), raw: {result["calibration"]["ece"]:.3f}.' in text
+  assert 'ECE after temperature scaling, out of fold: 0.031 (how).' in text
   assert '## How to read the intervals' in text
   assert 'one image is 1.5 points of accuracy' in text and 'about ±0.07' in text
   assert 'specificity and NPV, are Wilson score intervals from their counts' in text

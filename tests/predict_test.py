@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -96,6 +97,60 @@ def test_predict_prints_a_line_per_file_and_writes_overlays(trained_workdir, syn
                                atol=1e-6)
 
 
+def _softmax_of_log_over(raw, temperature):
+  scaled = np.log(np.asarray(list(raw.values()), np.float64)) / temperature
+  return np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
+
+
+def test_training_cross_fits_the_temperature_and_reports_the_out_of_fold_ece(trained_workdir):
+  record = json.loads(open(os.path.join(trained_workdir, 'calibration.json')).read())
+  summary = json.loads(open(os.path.join(trained_workdir, 'summary.json')).read())
+  assert record['method'] == 'temperature scaling' and record['temperature'] == summary['temperature']
+  assert record['fitted_on'] == {'split': 'validation', 'n_images': summary['n_val'],
+                                 'checkpoint_step': summary['best_step']}
+  assert record['cross_fit']['folds'] == 5 and record['cross_fit']['seed'] == 0
+  assert len(record['cross_fit']['fold_temperatures']) == 5
+  assert 'also selected the checkpoint' in record['note']
+  val = json.loads(open(os.path.join(trained_workdir, 'eval', 'val', 'metrics.json')).read())['calibration']
+  assert 'ece_after_temperature' not in val and val['calibrated_by'] == 'out of fold'
+  assert val['ece'] == record['ece_raw'] and val['ece_calibrated'] == record['ece_calibrated_out_of_fold']
+  test = json.loads(open(os.path.join(trained_workdir, 'eval', 'test', 'metrics.json')).read())['calibration']
+  assert test['calibrated_by'] == 'served temperature' and test['temperature'] == record['temperature']
+  val_report = open(os.path.join(trained_workdir, 'eval', 'val', 'report.md')).read()
+  test_report = open(os.path.join(trained_workdir, 'eval', 'test', 'report.md')).read()
+  assert f'raw: {val["ece"]:.3f}.' in val_report
+  assert f'ECE after temperature scaling, out of fold: {val["ece_calibrated"]:.3f}' in val_report
+  assert f'raw: {test["ece"]:.3f}.' in test_report
+  assert f'ECE after temperature scaling, served temperature: {test["ece_calibrated"]:.3f}' in test_report
+
+
+def test_predict_serves_the_calibrated_probabilities_and_says_with_which_temperature(trained_workdir, synthetic_root,
+                                                                                    tmp_path, capsys):
+  folder = os.path.join(synthetic_root, 'test', 'Covid')
+  temperature = json.loads(open(os.path.join(trained_workdir, 'calibration.json')).read())['temperature']
+  assert predict.predict_cli(trained_workdir, [folder]) == 0
+  lines = _lines(capsys.readouterr().out)
+  assert len(lines) == 4
+  for line in lines:
+    assert line['temperature'] == temperature
+    np.testing.assert_allclose(list(line['probabilities'].values()),
+                               _softmax_of_log_over(line['raw_probabilities'], temperature), atol=1e-6)
+    assert line['class'] == max(line['probabilities'], key=line['probabilities'].get)
+
+  # A workdir without calibration.json serves the model's own probabilities: temperature 1.0.
+  uncalibrated = str(tmp_path / 'uncalibrated')
+  shutil.copytree(trained_workdir, uncalibrated)
+  os.remove(os.path.join(uncalibrated, 'calibration.json'))
+  assert predict.predict_cli(uncalibrated, [folder]) == 0
+  plain = _lines(capsys.readouterr().out)
+  for line, calibrated in zip(plain, lines):
+    assert line['temperature'] == 1.0
+    np.testing.assert_allclose(list(line['probabilities'].values()), list(line['raw_probabilities'].values()),
+                               atol=1e-6)
+    np.testing.assert_allclose(list(line['raw_probabilities'].values()),
+                               list(calibrated['raw_probabilities'].values()), atol=1e-6)
+
+
 def test_predict_exits_1_when_no_image_ran(trained_workdir, bad_files, capsys):
   assert predict.predict_cli(trained_workdir, bad_files) == 1
   assert [set(line) for line in _lines(capsys.readouterr().out)] == [{'file', 'error'}] * 3
@@ -150,7 +205,8 @@ def test_predict_command_line(trained_workdir, synthetic_root, bad_files):
   assert result.returncode == 0, result.stderr[-3000:]
   lines = _lines(result.stdout)
   assert [line['file'] for line in lines] == [os.path.join(folder, f'{i:03d}.png') for i in range(4)] + bad_files[:1]
-  assert 'error' in lines[-1] and all(set(line) == {'file', 'class', 'probabilities'} for line in lines[:4])
+  keys = {'file', 'class', 'probabilities', 'raw_probabilities', 'temperature'}
+  assert 'error' in lines[-1] and all(set(line) == keys for line in lines[:4])
 
 
 def test_a_file_name_that_is_not_utf8_still_gives_valid_json(trained_workdir, tmp_path, capsys):
