@@ -204,6 +204,11 @@ def test_significant_bits_are_read_from_the_png(tmp_path):
   assert images.png_significant_bits(_sixteen_bit_png(_twelve_bit(picture), tmp_path / 'a.png', 12)) == 12
   assert images.png_significant_bits(_sixteen_bit_png(_twelve_bit(picture), tmp_path / 'b.png')) is None
   assert images.png_significant_bits(_save(Image.new('RGB', (4, 4)), tmp_path / 'c.jpg')) is None
+  marked_16 = _sixteen_bit_png(np.full((8, 8), 4095), tmp_path / 'd.png', 16)
+  with open(marked_16, 'rb') as f, Image.open(io.BytesIO(f.read())) as image:  # Read from the open bytes.
+    assert (images.to_rgb_uint8(image) == 16).all()
+  with Image.open(marked_16) as image:  # Read from the file.
+    assert (images.to_rgb_uint8(image) == 16).all()
   assert images.sixteen_bit_scale(4095) == (4095, '12-bit (maximum 4095, no sBIT chunk)')
   assert images.sixteen_bit_scale(4096)[0] == 16383
   assert images.sixteen_bit_scale(200)[0] == 255

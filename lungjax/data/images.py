@@ -75,7 +75,12 @@ class DecodeBudget:
     ticket = object()
     with self._condition:
       self._queue.append(ticket)
-      self._condition.wait_for(lambda: self._queue[0] is ticket and self.reserved + nbytes <= self.capacity)
+      try:
+        self._condition.wait_for(lambda: self._queue[0] is ticket and self.reserved + nbytes <= self.capacity)
+      except BaseException:  # E.g. KeyboardInterrupt: leave the queue, or the requests behind would wait forever.
+        self._queue.remove(ticket)
+        self._condition.notify_all()
+        raise
       self._queue.popleft()
       self.reserved += nbytes
       self.peak = max(self.peak, self.reserved)
