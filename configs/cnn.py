@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.near_copy_threshold = 0.96
   config.data.split_seed = 0  # Fixes the validation split and the folds; config.seed drives init and shuffling.
   config.data.skip_bad_images = False
-  config.data.decode_threads = 0  # 0: one per CPU core.
+  config.data.decode_threads = 0  # 0: one per CPU core (decodes in flight share images.DECODE_MEMORY_BUDGET, 2 GiB).
   # A TFDS data_dir that `python -m lungjax.prepare` filled: train and test read from its array_record files
   # (decoded once, pixels read per batch, never all in memory) instead of decoding root/ each run. '' decodes root/.
   config.data.prepared_dir = ''

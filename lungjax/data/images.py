@@ -1,21 +1,46 @@
-"""Decode image files of any PIL mode to RGB uint8 at a fixed size, once, with errors that name the file."""
+"""Decode image files of any PIL mode to RGB uint8 at a fixed size, once, with errors that name the file.
+
+Deep grey PNGs (Pillow modes I;16, I;16B, I) are scaled by their real bit depth (see `sixteen_bit_scale`), and
+files that decode to little information (blank, low contrast, tiny) are logged and listed as warnings. Decoding is
+bounded: no full-size float or converted copies (images are converted, hashed and resized strip by strip, with the
+same pixels as converting and resizing the whole image), and the decodes in flight (every thread pool together) hold
+at most DECODE_MEMORY_BUDGET bytes (see DecodeBudget).
+"""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import os
-from collections.abc import Sequence
+import struct
+import threading
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from absl import logging
+from PIL import ExifTags, Image, ImageOps
 
 from lungjax.data.folders import Record
 
 # Only the decoders lungjax needs are ever opened: this limits exposure to Pillow's other decoders.
 PIL_FORMATS = ('JPEG', 'PNG')
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
+_GREY_MODES = ('1', 'L', 'F') + _SIXTEEN_BIT_MODES  # Converted to one 8-bit band (to_rgb_uint8 repeats it).
+# The bit depths a grey image without a PNG sBIT chunk is assumed to have: the smallest that holds its maximum.
+COMMON_BIT_DEPTHS = (8, 10, 12, 14, 16)
+# Warnings: an image whose grey levels (after scaling to 8 bits) span less than 1/16 of 0..255, or with a side
+# shorter than MIN_SIDE pixels, carries little for the model to read, yet would get a confident prediction.
+LOW_RANGE_FRACTION = 1 / 16
+MIN_SIDE = 32
+# Images are converted this many pixels at a time (a strip of rows): bounds the scratch memory of a conversion.
+STRIP_PIXELS = 1 << 20
+# The bytes that decodes in flight may hold together (all threads, all pools): 2 GiB. A decode is estimated from
+# its header (decode_bytes_estimate); one larger than the budget runs alone.
+DECODE_MEMORY_BUDGET = 2 << 30
+_ROTATED = range(2, 9)  # EXIF orientations that ImageOps.exif_transpose acts on.
 
 
 class BadImageError(ValueError):
@@ -27,23 +52,202 @@ class BadImageError(ValueError):
     self.reason = reason
 
 
-def to_rgb_uint8(image: Image.Image) -> np.ndarray:
-  """Converts a PIL image of any mode to an HxWx3 uint8 array (EXIF rotation applied, alpha over black)."""
-  image = ImageOps.exif_transpose(image)
-  if image.mode in _SIXTEEN_BIT_MODES or image.mode == 'F':
-    values = np.asarray(image, dtype=np.float64)
-    scale = 255.0 / 65535.0 if image.mode != 'F' else 255.0
-    if image.mode == 'I' and values.max(initial=0) <= 255:
-      scale = 1.0  # An 8-bit image stored as 32-bit integers.
-    grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
-  if image.mode == 'P' and 'transparency' in image.info:
-    image = image.convert('RGBA')
-  if image.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
-    rgba = np.asarray(image.convert('RGBA'), dtype=np.float32)
-    rgb = rgba[..., :3] * (rgba[..., 3:] / 255.0)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-  return np.asarray(image.convert('RGB'), dtype=np.uint8)
+class DecodeBudget:
+  """A byte budget that decodes reserve before they load a file: at most `capacity` bytes are reserved at once.
+
+  Requests are served in order (a large one is not starved by small ones); one larger than the capacity reserves
+  all of it, i.e. runs alone. Thread pools of any size can share one budget: memory, not the thread count, is bounded.
+  """
+
+  def __init__(self, capacity: int):
+    if capacity <= 0:
+      raise ValueError(f'DecodeBudget capacity must be positive, got {capacity}')
+    self.capacity = capacity
+    self.reserved = 0
+    self.peak = 0  # The most bytes ever reserved at once (for tests and reports).
+    self._condition = threading.Condition()
+    self._queue: collections.deque[object] = collections.deque()
+
+  @contextlib.contextmanager
+  def reserve(self, nbytes: int) -> Iterator[int]:
+    """Blocks until `nbytes` (at most the capacity) fit, holds them for the `with` body, and yields them."""
+    nbytes = max(0, min(int(nbytes), self.capacity))
+    ticket = object()
+    with self._condition:
+      self._queue.append(ticket)
+      try:
+        self._condition.wait_for(lambda: self._queue[0] is ticket and self.reserved + nbytes <= self.capacity)
+      except BaseException:  # E.g. KeyboardInterrupt: leave the queue, or the requests behind would wait forever.
+        self._queue.remove(ticket)
+        self._condition.notify_all()
+        raise
+      self._queue.popleft()
+      self.reserved += nbytes
+      self.peak = max(self.peak, self.reserved)
+      self._condition.notify_all()
+    try:
+      yield nbytes
+    finally:
+      with self._condition:
+        self.reserved -= nbytes
+        self._condition.notify_all()
+
+
+decode_budget = DecodeBudget(DECODE_MEMORY_BUDGET)
+
+
+def decode_bytes_estimate(width: int, height: int, mode: str) -> int:
+  """The bytes one load_image of a width x height image of PIL `mode` holds at most, from its header.
+
+  PIL stores 1 byte a pixel for modes 1, L, P, 2 for I;16*, 4 for the rest. The decoded image is held with, at most,
+  one more of: its EXIF-rotated copy (as big), or its 8-bit copy (none for L and RGB; 1 byte a pixel for grey
+  modes, 4 for the rest), or for RGB the grey copy the thumbnail reads (1). Conversions add strips of STRIP_PIXELS
+  pixels (under 48 bytes a pixel of scratch).
+  """
+  stored = 1 if mode in ('1', 'L', 'P') else 2 if mode.startswith('I;16') else 4
+  converted = 0 if mode in ('L', 'RGB') else 1 if mode in _GREY_MODES else 4
+  return width * height * (stored + max(stored, converted)) + 48 * STRIP_PIXELS
+
+
+def _read_significant_bits(f) -> int | None:
+  """Reads a PNG's grey sBIT from a binary file object at its start (see png_significant_bits)."""
+  if f.read(8) != b'\x89PNG\r\n\x1a\n':
+    return None
+  while True:
+    header = f.read(8)
+    if len(header) < 8:
+      return None
+    length, chunk_type = struct.unpack('>I4s', header)
+    if chunk_type == b'sBIT':
+      data = f.read(min(length, 4))
+      return data[0] if length >= 1 and len(data) >= 1 and 1 <= data[0] <= 16 else None
+    if chunk_type in (b'PLTE', b'IDAT', b'IEND'):
+      return None
+    f.seek(length + 4, os.SEEK_CUR)  # The chunk's data and CRC.
+
+
+def png_significant_bits(path: str) -> int | None:
+  """The grey sample's significant bits from a PNG's sBIT chunk (1-16), or None when it has none or is not a PNG.
+
+  Pillow reads past sBIT without keeping it. The chunk precedes PLTE and IDAT, so only the chunk headers before
+  them are read (other chunks' data is skipped), never the image data.
+  """
+  with open(path, 'rb') as f:
+    return _read_significant_bits(f)
+
+
+def sixteen_bit_scale(maximum: int, significant_bits: int | None = None) -> tuple[int, str]:
+  """The value that maps to 255 for a deep grey image (Pillow modes I;16*, I) with this maximum, and how it was chosen.
+
+  With a PNG sBIT chunk of n bits: 2^n - 1 when the data fits in n bits (the n-bit values stored as they are, as
+  most DICOM converters do), else 65535 (the values were scaled up to 16 bits, as the PNG specification asks).
+  Without one: 2^b - 1 for the smallest b of COMMON_BIT_DEPTHS (8, 10, 12, 14, 16) that holds the maximum, so
+  12-bit data is not 16x too dark (a 16-bit image that is really that dark is brightened: add sBIT to keep it
+  dark); values beyond 16 bits (mode I) use the maximum's bit length. Negative values become 0.
+  """
+  maximum = max(int(maximum), 0)
+  if significant_bits:
+    bits = significant_bits if maximum < 1 << significant_bits else 16
+    return (1 << bits) - 1, f'{bits}-bit (sBIT {significant_bits})'
+  bits = next((b for b in COMMON_BIT_DEPTHS if maximum < 1 << b), maximum.bit_length())
+  return (1 << bits) - 1, f'{bits}-bit (maximum {maximum}, no sBIT chunk)'
+
+
+def _significant_bits_of(image: Image.Image) -> int | None:
+  """sBIT of a PNG image opened from a file name, or from a file object that is still open; else None."""
+  if image.format != 'PNG':
+    return None
+  filename = getattr(image, 'filename', '')
+  if filename and os.path.isfile(filename):
+    return png_significant_bits(filename)
+  fp = getattr(image, 'fp', None)
+  if fp is None or getattr(fp, 'closed', False) or not fp.seekable():
+    return None
+  position = fp.tell()
+  try:
+    fp.seek(0)
+    return _read_significant_bits(fp)
+  finally:
+    fp.seek(position)
+
+
+# _OVER_BLACK[alpha * 256 + colour]: the float32 rint(colour * (alpha / 255.0)) of every pair (the formula lungjax
+# always used, so pixel hashes stay the same), looked up: no float copies.
+_LEVELS = np.arange(256, dtype=np.float32)
+_OVER_BLACK = np.clip(np.rint(_LEVELS[None, :] * (_LEVELS[:, None] / 255.0)), 0, 255).astype(np.uint8).reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Conversion:
+  """How strips of one image become uint8: grey (H x W) or RGB (H x W x 3), today's formula for every mode."""
+
+  mode: str
+  full_scale: int = 0  # Deep grey modes: the value that maps to 255.
+  span: int = 0  # Deep grey modes: the maximum minus the minimum (of values clipped at 0).
+  note: str = ''  # Deep grey modes: how full_scale was chosen (for warnings).
+
+  def __call__(self, strip: Image.Image) -> np.ndarray:
+    mode = strip.mode
+    if mode in _SIXTEEN_BIT_MODES:  # Integer rounding (half up; v * 255 / (2^b - 1) is never exactly half).
+      values = np.asarray(strip).astype(np.int64)
+      return np.clip((values * 510 + self.full_scale) // (2 * self.full_scale), 0, 255).astype(np.uint8)
+    if mode == 'F':  # Floats in [0, 1].
+      return np.clip(np.rint(np.asarray(strip, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if mode in ('L', '1'):  # The rest of _GREY_MODES.
+      return np.asarray(strip.convert('L'), dtype=np.uint8)
+    if mode == 'P' and 'transparency' in strip.info:
+      strip = strip.convert('RGBA')
+    if strip.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):  # Alpha over black: rint(colour * (alpha / 255)).
+      rgba = np.asarray(strip.convert('RGBA'), dtype=np.uint8)
+      return _OVER_BLACK[(rgba[..., 3:].astype(np.uint16) << 8) | rgba[..., :3]]
+    return np.asarray(strip.convert('RGB'), dtype=np.uint8)
+
+
+def _conversion(image: Image.Image, significant_bits: int | None) -> _Conversion:
+  """The conversion of a loaded image (deep grey modes: scaled by sixteen_bit_scale of its maximum)."""
+  if image.mode not in _SIXTEEN_BIT_MODES:
+    return _Conversion(image.mode)
+  try:
+    minimum, maximum = image.getextrema()
+  except ValueError:  # Pillow has no extrema for I;16B: read the values a strip at a time.
+    values = [np.asarray(strip) for _, strip in _strips(image)]
+    minimum, maximum = min(int(v.min()) for v in values), max(int(v.max()) for v in values)
+  full_scale, note = sixteen_bit_scale(maximum, significant_bits)
+  span = max(int(maximum), 0) - max(int(minimum), 0)
+  return _Conversion(image.mode, full_scale, span, f'{image.mode} data scaled as {note}')
+
+
+def _strips(image: Image.Image) -> Iterator[tuple[int, Image.Image]]:
+  """Yields (top row, strip): whole rows, about STRIP_PIXELS pixels a strip."""
+  width, height = image.size
+  rows = max(1, STRIP_PIXELS // max(width, 1))
+  for top in range(0, height, rows):
+    yield top, image.crop((0, top, width, min(height, top + rows)))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+  """The image as displayed (EXIF/XMP orientation applied): itself when not rotated (no copy), else a rotated copy."""
+  if image.getexif().get(ExifTags.Base.Orientation, 1) in _ROTATED:
+    return ImageOps.exif_transpose(image)
+  return image
+
+
+def to_rgb_uint8(image: Image.Image, significant_bits: int | None = None) -> np.ndarray:
+  """Converts a PIL image of any mode to an HxWx3 uint8 array (EXIF rotation applied, alpha over black).
+
+  Deep grey images (I;16*, I) are scaled by sixteen_bit_scale: `significant_bits` is the PNG's sBIT, read from the
+  image's file when not given (pass it for an image opened from bytes that are no longer open). Mode F is taken as
+  [0, 1]. Works strip by strip: no full-size float copy. load_image hashes exactly these pixels.
+  """
+  if significant_bits is None and image.mode in _SIXTEEN_BIT_MODES:
+    significant_bits = _significant_bits_of(image)
+  image = _upright(image)
+  convert = _conversion(image, significant_bits)
+  pixels = np.empty((image.height, image.width, 3), np.uint8)
+  for top, strip in _strips(image):
+    values = convert(strip)
+    pixels[top:top + values.shape[0]] = values[..., None] if values.ndim == 2 else values
+  return pixels
 
 
 THUMBNAIL_SIZE = 32
@@ -57,15 +261,98 @@ def grey_thumbnail(pixels_HWC: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class LoadedImage:
-  """One decoded file: resized pixels, a hash of its full-size pixels, and its grey thumbnail."""
+  """One decoded file: resized pixels, a hash of its full-size pixels, its grey thumbnail, and what looks wrong."""
 
   pixels_HWC: np.ndarray  # size x size x 3 uint8
   pixel_hash: str  # sha256 of the full-size decoded pixels (and shape): equal for exact copies.
   thumbnail: np.ndarray  # THUMBNAIL_SIZE^2 float32 grey values in [0, 255].
+  # Why the image may carry little information (blank, low contrast, tiny); logged once per file. Empty if none.
+  warnings: tuple[str, ...] = ()
+
+
+_logged_warnings: set[tuple[str, str]] = set()
+_logged_lock = threading.Lock()
+
+
+def _log_once(path: str, warning: str) -> None:
+  """logging.warning naming the file, once per (file, warning) in this process."""
+  with _logged_lock:
+    if (path, warning) in _logged_warnings:
+      return
+    _logged_warnings.add((path, warning))
+  logging.warning('image %r: %s', path, warning)
+
+
+def _extrema(image: Image.Image) -> list[tuple[int, int]]:
+  """(min, max) of each band of an L or RGB image."""
+  extrema = image.getextrema()
+  return [extrema] if image.mode == 'L' else list(extrema)
+
+
+@dataclasses.dataclass
+class _EightBit:
+  """A loaded image as lungjax reads it: L or RGB (to_rgb_uint8's pixels), its hash, band extrema and scaling note."""
+
+  image: Image.Image  # The decoded image itself when it is L or RGB, else a converted copy.
+  pixel_hash: str  # sha256 of the H x W x 3 uint8 pixels, then of repr((H, W, 3)).
+  extrema: list[tuple[int, int]]  # (min, max) of each band.
+  conversion: _Conversion
+
+
+def _eight_bit(image: Image.Image, significant_bits: int | None) -> _EightBit:
+  """Converts (L and RGB images: only reads) a loaded, upright image strip by strip: no full-size float copy."""
+  width, height = image.size
+  convert = _conversion(image, significant_bits)
+  digest = hashlib.sha256()
+  extrema = None
+  converted = None
+  for top, strip in _strips(image):
+    values = convert(strip)
+    digest.update(np.ascontiguousarray(np.repeat(values[..., None], 3, axis=-1) if values.ndim == 2 else values).data)
+    part = Image.fromarray(values)
+    bands = _extrema(part)
+    extrema = bands if extrema is None else [(min(a, c), max(b, d)) for (a, b), (c, d) in zip(extrema, bands)]
+    if image.mode not in ('L', 'RGB'):
+      if converted is None:
+        converted = Image.new(part.mode, (width, height))
+      converted.paste(part, (0, top))
+  digest.update(repr((height, width, 3)).encode())
+  return _EightBit(image if converted is None else converted, digest.hexdigest(), extrema, convert)
+
+
+def _warnings(width: int, height: int, eight_bit: _EightBit) -> tuple[str, ...]:
+  """Why an image may carry little information: a side under MIN_SIDE, one value everywhere, or a narrow range.
+
+  The range is the largest band's max - min in 8 bits, or for deep grey modes the values' own span against the full
+  scale they were given (so 12-bit data marked 16-bit by sBIT is low contrast: 4095 of 65535).
+  """
+  warnings = []
+  if min(width, height) < MIN_SIDE:
+    warnings.append(f'tiny: {width}x{height} pixels (a side under {MIN_SIDE})')
+  lows = tuple(low for low, _ in eight_bit.extrema)
+  span = max(high - low for low, high in eight_bit.extrema)
+  conversion = eight_bit.conversion
+  scaled = f' ({conversion.note})' if conversion.note else ''
+  if span == 0:
+    warnings.append(f'blank: every pixel is {lows[0] if len(lows) == 1 else lows}{scaled}')
+  elif conversion.full_scale and conversion.span < conversion.full_scale * LOW_RANGE_FRACTION:
+    warnings.append(f'low contrast: its values span {conversion.span} of {conversion.full_scale} (under '
+                    f'{LOW_RANGE_FRACTION:.4g} of the range){scaled}')
+  elif not conversion.full_scale and span < 255 * LOW_RANGE_FRACTION:
+    warnings.append(f'low contrast: its grey levels span {span} of 255 (under {LOW_RANGE_FRACTION:.4g} of the '
+                    f'range)')
+  return tuple(warnings)
 
 
 def load_image(path: str, size: int) -> LoadedImage:
-  """Decodes one file once into its resized pixels, full-size pixel hash and grey thumbnail."""
+  """Decodes one file once into its resized pixels, full-size pixel hash, grey thumbnail and warnings.
+
+  The decode first reserves decode_bytes_estimate of its header from `decode_budget` (so concurrent decodes stay
+  within DECODE_MEMORY_BUDGET). The pixels, hash and thumbnail are exactly those of to_rgb_uint8's full-size array
+  resized (and grey_thumbnail), computed without that array: L and RGB images are read in place, other modes are
+  converted strip by strip and the decoded image is freed before resizing. Warnings (blank, low contrast, tiny)
+  are logged once per file and returned.
+  """
   if os.path.getsize(path) == 0:
     raise BadImageError(path, 'the file is empty')
   try:
@@ -73,23 +360,35 @@ def load_image(path: str, size: int) -> LoadedImage:
       if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float('inf')):  # Pillow only warns up to 2x.
         raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
                                            f'={Image.MAX_IMAGE_PIXELS}')
-      image.load()
-      pixels = to_rgb_uint8(image)
+      significant_bits = png_significant_bits(path) if image.mode in _SIXTEEN_BIT_MODES else None
+      with decode_budget.reserve(decode_bytes_estimate(image.width, image.height, image.mode)):
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # No copy when there is no rotation.
+        width, height = image.size
+        eight_bit = _eight_bit(image, significant_bits)
+        if eight_bit.image is not image:
+          image.close()  # Frees the decoded pixels: only the converted copy is resized.
+        source = eight_bit.image
+        resized = source.resize((size, size), Image.Resampling.BILINEAR)
+        grey = source if source.mode == 'L' else source.convert('L')
+        thumbnail = grey.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
+        del grey, source
+        warnings = _warnings(width, height, eight_bit)
   except Image.DecompressionBombError as error:
     raise BadImageError(path, f'too many pixels ({error})') from error
   except Image.UnidentifiedImageError as error:
     raise BadImageError(path, f'not a {"/".join(PIL_FORMATS)} image') from error
   except (OSError, SyntaxError, ValueError) as error:  # Truncated or corrupt data.
     raise BadImageError(path, str(error) or type(error).__name__) from error
-  digest = hashlib.sha256(np.ascontiguousarray(pixels).tobytes())
-  digest.update(repr(pixels.shape).encode())
-  resized = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
-  return LoadedImage(np.asarray(resized, dtype=np.uint8), digest.hexdigest(), grey_thumbnail(pixels))
+  for warning in warnings:
+    _log_once(path, warning)
+  return LoadedImage(np.asarray(resized.convert('RGB'), np.uint8), eight_bit.pixel_hash,
+                     np.asarray(thumbnail, np.float32).reshape(-1), warnings)
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodedImages:
-  """Decoded, resized images of a list of records, and the files that were skipped."""
+  """Decoded, resized images of a list of records, the files that were skipped, and the images' warnings."""
 
   images_NHWC: np.ndarray  # uint8; or prepared.PreparedImages, read from disk per batch.
   labels_N: np.ndarray  # int32
@@ -97,6 +396,7 @@ class DecodedImages:
   pixel_hashes: tuple[str, ...]  # sha256 of the full-size decoded pixels: equal for exact copies.
   thumbnails_ND: np.ndarray  # float32 grey thumbnails (see grey_thumbnail), for near-copy detection.
   skipped: tuple[tuple[str, str], ...]  # (path, reason) of each undecodable file.
+  warnings: tuple[tuple[str, str], ...] = ()  # (path, warning) of decoded images (LoadedImage.warnings).
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -107,17 +407,20 @@ class DecodedImages:
     images_NHWC = self.images_NHWC.subset(indices) if hasattr(self.images_NHWC, 'subset') else self.images_NHWC[indices]
     return DecodedImages(
         images_NHWC, self.labels_N[indices], tuple(self.paths[i] for i in indices),
-        tuple(self.pixel_hashes[i] for i in indices), self.thumbnails_ND[indices], self.skipped)
+        tuple(self.pixel_hashes[i] for i in indices), self.thumbnails_ND[indices], self.skipped, self.warnings)
 
 
 def decode_records(
     records: Sequence[Record], size: int, *, skip_bad_images: bool = False, threads: int = 0
 ) -> DecodedImages:
-  """Decodes every record once (threads run PIL's decoders in parallel); bad files raise or are skipped."""
+  """Decodes every record once (threads run PIL's decoders in parallel); bad files raise or are skipped.
+
+  threads=0 means one per CPU core; however many, the decodes in flight share `decode_budget`'s memory.
+  """
   threads = threads or os.cpu_count() or 1
   images = np.zeros((len(records), size, size, 3), np.uint8)
   thumbnails = np.zeros((len(records), THUMBNAIL_SIZE**2), np.float32)
-  kept, hashes, skipped = [], [], []
+  kept, hashes, skipped, warnings = [], [], [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     futures = [pool.submit(load_image, record.path, size) for record in records]
     for index, future in enumerate(futures):
@@ -135,10 +438,12 @@ def decode_records(
       thumbnails[len(kept)] = loaded.thumbnail
       kept.append(records[index])
       hashes.append(loaded.pixel_hash)
+      warnings += [(records[index].path, warning) for warning in loaded.warnings]
   return DecodedImages(
       images_NHWC=images[:len(kept)],
       labels_N=np.asarray([r.label for r in kept], np.int32),
       paths=tuple(r.path for r in kept),
       pixel_hashes=tuple(hashes),
       thumbnails_ND=thumbnails[:len(kept)],
-      skipped=tuple(skipped))
+      skipped=tuple(skipped),
+      warnings=tuple(warnings))
