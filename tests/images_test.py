@@ -398,3 +398,10 @@ def test_a_9400_pixel_rgba_png_decodes_in_under_1_gb(tmp_path):
   peak_bytes, seconds, shape = result.stdout.split(maxsplit=2)
   assert shape.strip() == '(256, 256, 3)'
   assert int(peak_bytes) < 1 << 30, f'peak RSS {int(peak_bytes) / 2**20:.0f} MiB, {float(seconds):.1f} s'
+
+
+def test_a_dangling_link_or_a_vanished_file_is_named(tmp_path):
+  os.symlink(tmp_path / 'gone.png', tmp_path / 'link.png')
+  for path in (tmp_path / 'link.png', tmp_path / 'never-there.png'):
+    with pytest.raises(images.BadImageError, match=str(path)):
+      images.load_image(str(path), 16)

@@ -353,9 +353,9 @@ def load_image(path: str, size: int) -> LoadedImage:
   converted strip by strip and the decoded image is freed before resizing. Warnings (blank, low contrast, tiny)
   are logged once per file and returned.
   """
-  if os.path.getsize(path) == 0:
-    raise BadImageError(path, 'the file is empty')
   try:
+    if os.path.getsize(path) == 0:  # Inside the try: a dangling link or a file gone since the scan is named too.
+      raise BadImageError(path, 'the file is empty')
     with Image.open(path, formats=PIL_FORMATS) as image:
       if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float('inf')):  # Pillow only warns up to 2x.
         raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
@@ -374,6 +374,8 @@ def load_image(path: str, size: int) -> LoadedImage:
         thumbnail = grey.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
         del grey, source
         warnings = _warnings(width, height, eight_bit)
+  except BadImageError:
+    raise
   except Image.DecompressionBombError as error:
     raise BadImageError(path, f'too many pixels ({error})') from error
   except Image.UnidentifiedImageError as error:
