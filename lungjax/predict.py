@@ -116,7 +116,7 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
 
 def predict_cli(workdir: str, inputs: Sequence[str], gradcam_dir: str = '') -> int:
   """Prints one JSON line per file of `inputs`; returns the exit code (0 if at least one image ran, else 1)."""
-  config = checkpoints.load_run_config(workdir)
+  config = checkpoints.run_config_for_inference(workdir)  # The run's own config.json builds the model.
   trained = explain.restore_model(config, workdir)
   classified = 0
   for line in predict_files(trained, config, expand_inputs(inputs), gradcam_dir=gradcam_dir):
