@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -59,13 +60,87 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, 'checkpoints'))
 
 
+# The only config fields that eval, explain and predict take from the command line (or the config they are given)
+# rather than from the run's own config.json: how to evaluate and explain, where the data lies now, and settings of
+# this process that change neither the model nor its inputs. A path covers a field or a whole sub-config.
+INFERENCE_FIELDS = (
+    'eval', 'explain',
+    'data.root', 'data.prepared_dir', 'data.kaggle_dataset', 'data.decode_threads', 'data.skip_bad_images',
+    'checkpoint.fallback_to_good_step', 'distributed',
+    'train.keep_freed_host_memory_gb', 'train.cpu_compiler_options',
+)
+
+
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """Returns the config a training run saved in workdir/config.json (for predict and explain)."""
+  """Returns the config a training run saved in workdir/config.json, as saved (run_config_for_inference merges)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} not found: --workdir must be a folder that lungjax.main trained in')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def _covers(paths: Sequence[str], field: str) -> bool:
+  """True when `field` ('a.b.c') is one of paths or lies under one ('a', 'a.b')."""
+  return any(field == path or field.startswith(f'{path}.') for path in paths)
+
+
+def _as_json(value: Any) -> Any:
+  """The value as config.json holds it (tuples become lists), to compare a given value with a saved one."""
+  return json.loads(json.dumps(value))
+
+
+def run_config_for_inference(workdir: str, given: ml_collections.ConfigDict | None = None,
+                             overridden: Sequence[str] | None = None) -> ml_collections.ConfigDict:
+  """The config eval, explain and predict restore workdir's run with: its config.json, plus INFERENCE_FIELDS.
+
+  `overridden` lists the fields ('model.conv_features') set explicitly on the command line
+  (config_flags.get_override_values); None means every field of `given` counts as set explicitly (a Python caller).
+  An explicitly set field of INFERENCE_FIELDS is taken from `given`; any other explicitly set field that differs
+  from the saved value raises ValueError naming the field, the saved value and the given one. Fields that only
+  differ because another config file was given are taken from config.json (logged); fields config.json lacks (an
+  older lungjax) from `given`. With `given` None: config.json as is.
+  """
+  saved = load_run_config(workdir)
+  if given is None:
+    saved.lock()
+    return saved
+  where = os.path.join(workdir, 'config.json')
+  conflicts, from_saved, added = [], [], []
+
+  def merge(saved_tree: dict[str, Any], given_tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out = dict(saved_tree)
+    for key, value in given_tree.items():
+      field = f'{prefix}{key}'
+      if key not in saved_tree:
+        out[key] = value
+        added.append(field)
+      elif isinstance(value, dict) and isinstance(saved_tree[key], dict):
+        out[key] = merge(saved_tree[key], value, f'{field}.')
+      elif _as_json(value) != _as_json(saved_tree[key]):
+        explicit = overridden is None or _covers(overridden, field)
+        if explicit and _covers(INFERENCE_FIELDS, field):
+          out[key] = value
+        elif explicit:
+          conflicts.append(f'config.{field}: the run saved {_as_json(saved_tree[key])!r}, given {_as_json(value)!r}')
+        else:
+          from_saved.append(field)
+    return out
+
+  merged = merge(saved.to_dict(), given.to_dict(), '')
+  if conflicts:
+    raise ValueError(
+        f'eval, explain and predict rebuild the model that {workdir!r} trained, from {where!r}; these fields '
+        'differ from it:\n  ' + '\n  '.join(conflicts) + '\nDrop those overrides (only '
+        f'{", ".join(f"config.{path}" for path in INFERENCE_FIELDS)} may change), or train a new run.')
+  if from_saved:
+    logging.info('taken from %s, not from the given config (they differ but were not overridden): %s', where,
+                 ', '.join(from_saved))
+  if added:
+    logging.info('not in %s (an older lungjax), taken from the given config: %s', where, ', '.join(added))
+  config = ml_collections.ConfigDict(merged)
+  config.lock()
+  return config
 
 
 def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *,
@@ -379,15 +454,24 @@ def choose_step(manager: ocp.CheckpointManager, requested: int, workdir: str) ->
 
 
 def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir: str, *, requested: int = -1,
-                   fallback: bool = False) -> Restored:
+                   fallback: bool = False, config: ml_collections.ConfigDict | None = None) -> Restored:
   """For eval / explain / predict: the verified choose_step() checkpoint.
 
   A corrupt one raises CorruptCheckpointError naming the step, unless `fallback`
   (config.checkpoint.fallback_to_good_step): then the newest other step that verifies is used, with a warning.
+  With `config` (what abstract_state was built from), a step whose run fingerprint records other classes, another
+  model or image size raises fingerprint.FingerprintMismatchError naming the field, before its arrays are read.
   """
+
+  def restore(step: int) -> Restored:
+    if config is not None:
+      fingerprint_lib.check_inference(read_integrity(manager, step).get('fingerprint'), config,
+                                      f'checkpoint step {step} in {str(manager.directory)!r}')
+    return restore_verified(manager, step, abstract_state)
+
   chosen = choose_step(manager, requested, workdir)
   try:
-    return restore_verified(manager, chosen, abstract_state)
+    return restore(chosen)
   except CorruptCheckpointError as error:
     if not fallback:
       raise CorruptCheckpointError(str(manager.directory), chosen, error.reason +
@@ -396,7 +480,7 @@ def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir:
     logging.error('%s; falling back to an older step', error)
   for step in sorted((s for s in manager.all_steps() if s != chosen), reverse=True):
     try:
-      restored = restore_verified(manager, step, abstract_state)
+      restored = restore(step)
     except CorruptCheckpointError as error:
       logging.error('%s; trying the step before', error)
       continue

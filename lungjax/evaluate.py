@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -132,14 +132,19 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
 
 def restore_run(workdir: str, requested_step: int, mesh: Mesh,
                 config: ml_collections.ConfigDict | None = None) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
-  """Restores a training run's (config, model, state, step): `config` or the run's own config.json."""
-  config = config or checkpoints.load_run_config(workdir)
+  """Restores a training run's (config, model, state, step).
+
+  `config` (from checkpoints.run_config_for_inference) or else the run's own config.json builds the model; a
+  checkpoint whose fingerprint records other classes, model or image size is refused (FingerprintMismatchError).
+  """
+  config = config or checkpoints.run_config_for_inference(workdir)
   manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
   model = create_model(config.model, len(config.data.classes))
   abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
   try:
     restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=requested_step,
-                                          fallback=config.checkpoint.get('fallback_to_good_step', False))
+                                          fallback=config.checkpoint.get('fallback_to_good_step', False),
+                                          config=config)
   finally:
     manager.close()
   return config, model, restored.state, restored.step
@@ -169,13 +174,17 @@ def predict_with_views(eval_step: Callable[..., jax.Array], state: steps.TrainSt
   return total_NC / len(keys)
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        overridden: Sequence[str] | None = None) -> dict[str, Any]:
   """Restores workdir's best (or config.eval.step) checkpoint and evaluates config.eval.dir.
 
-  With config.eval.ensemble (more workdirs, comma-separated) the probabilities of every run's best checkpoint are
-  averaged; with config.eval.tta_views=T each model also averages T augmented views of every image. The metrics
-  come back with 'out_dir', where the report went.
+  The model, classes and image size come from the run's config.json: `config` may change only
+  checkpoints.INFERENCE_FIELDS, and an `overridden` field (None: any field) that differs is a ValueError
+  (checkpoints.run_config_for_inference). With config.eval.ensemble (more workdirs, comma-separated) the
+  probabilities of every run's best checkpoint are averaged; with config.eval.tta_views=T each model also averages
+  T augmented views of every image. The metrics come back with 'out_dir', where the report went.
   """
+  config = checkpoints.run_config_for_inference(workdir, config, overridden)
   folder = config.eval.dir
   if not folder:
     raise ValueError('--mode=eval needs a folder of class sub-folders: pass --config.eval.dir=FOLDER')

@@ -42,14 +42,19 @@ class TrainedModel:
 
 
 def restore_model(config: ml_collections.ConfigDict, workdir: str) -> TrainedModel:
-  """Restores workdir's best (or config.eval.step) checkpoint for inference."""
+  """Restores workdir's best (or config.eval.step) checkpoint for inference, its model built from `config`.
+
+  Pass checkpoints.run_config_for_inference(workdir, ...): a checkpoint whose fingerprint records other classes,
+  another model or image size than `config` is refused (fingerprint.FingerprintMismatchError naming the field).
+  """
   mesh = mesh_lib.make_mesh()
   model = create_model(config.model, len(config.data.classes))
   manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
   try:
     abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
     restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=config.eval.step,
-                                          fallback=config.checkpoint.get('fallback_to_good_step', False))
+                                          fallback=config.checkpoint.get('fallback_to_good_step', False),
+                                          config=config)
   finally:
     manager.close()
   state = restored.state
@@ -217,12 +222,16 @@ def _read_folder(folder: str, config: ml_collections.ConfigDict) -> tuple[images
   return decoded, ignored + [list(item) for item in decoded.skipped]
 
 
-def explain_folder(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def explain_folder(config: ml_collections.ConfigDict, workdir: str,
+                   overridden: Sequence[str] | None = None) -> dict[str, Any]:
   """Writes a Grad-CAM overlay per image of config.explain.dir, gallery.png and explain.json; returns the summary.
 
   The folder holds class sub-folders (true labels known) or images directly (labels unknown). Output goes to
-  workdir/explain/<folder name>/, mirroring the class sub-folders.
+  workdir/explain/<folder name>/, mirroring the class sub-folders. The model, classes and image size come from the
+  run's config.json: `config` may change only checkpoints.INFERENCE_FIELDS, and an `overridden` field (None: any
+  field) that differs is a ValueError (checkpoints.run_config_for_inference).
   """
+  config = checkpoints.run_config_for_inference(workdir, config, overridden)
   folder = config.explain.dir
   if not folder:
     raise ValueError('--mode=explain needs a folder of images: pass --config.explain.dir=FOLDER')

@@ -109,6 +109,35 @@ def check_resume(saved: dict[str, Any] | None, current: dict[str, Any], on_misma
   return True
 
 
+def inference_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """What a checkpoint's arrays mean, as config fields: {'data': {'classes', 'image_size'}, 'model': {...}}."""
+  return {'data': {'classes': list(config.data.classes), 'image_size': config.data.image_size},
+          'model': config.model.to_dict()}
+
+
+def check_inference(saved: dict[str, Any] | None, config: ml_collections.ConfigDict, where: str) -> None:
+  """Refuses to restore for eval / explain / predict a checkpoint whose own record (its run fingerprint) names other
+  classes (names or order), another model or another image size than `config` builds.
+
+  Raises FingerprintMismatchError naming each field (config.data.classes, config.model.<field>,
+  config.data.image_size); a checkpoint without a fingerprint (an older lungjax) only warns.
+  """
+  if saved is None:
+    warn(f'{where} has no run fingerprint (saved by an older lungjax): its classes, model and image size cannot be '
+         'checked against the config it is restored with')
+    return
+  run = saved.get('run', {})
+  recorded = {'data': {'classes': run.get('classes'), 'image_size': run.get('image_size')},
+              'model': run.get('model')}
+  changed = diff(recorded, inference_fields(config))
+  if changed:
+    raise FingerprintMismatchError(
+        f'{where} was trained with other classes, model or image size than the config it is restored with, so its '
+        'predictions would be mislabelled or meaningless:\n  '
+        + '\n  '.join(f'config.{line}' for line in changed) + '\n("saved" is the checkpoint\'s own record; was the '
+        'workdir\'s config.json edited or rewritten, or another config given?)')
+
+
 def warn(message: str) -> None:
   """Logs a warning and prints it to stderr, so it shows even where logging is quiet."""
   logging.warning('%s', message)

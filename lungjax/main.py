@@ -1,4 +1,8 @@
-"""Entry point: python -m lungjax.main --config=configs/cnn.py [--workdir=W] [--mode=train|eval|explain]."""
+"""Entry point: python -m lungjax.main --config=configs/cnn.py [--workdir=W] [--mode=train|eval|explain].
+
+--mode=eval and --mode=explain rebuild the model from the workdir's config.json; the command line may change only
+lungjax.checkpoints.INFERENCE_FIELDS (eval.*, explain.*, where the data lies, ...).
+"""
 
 import os
 
@@ -29,6 +33,12 @@ class _QuietLibraries:
         f'/{name}/' in record.pathname for name in ('orbax', 'grain'))
 
 
+def overridden_fields() -> list[str]:
+  """The config fields set explicitly on the command line ('model.conv_features' for --config.model.conv_features=,
+  flag files included): eval and explain refuse those that would change the run's saved model."""
+  return list(config_flags.get_override_values(FLAGS['config']))
+
+
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -52,13 +62,13 @@ def main(argv):
             f'macro recall {result["macro_avg"]["recall"]:.4f}, macro F1 {result["macro_avg"]["f1"]:.4f}')
     print(f'  TensorBoard  tensorboard --logdir={workdir}')
   elif FLAGS.mode == 'explain':
-    summary = explain.explain_folder(config, workdir)
+    summary = explain.explain_folder(config, workdir, overridden_fields())
     print(f'\nexplained {summary["n_images"]} images with Grad-CAM of {summary["layer"]} '
           f'(checkpoint step {summary["checkpoint_step"]})')
     print(f'  overlays     {summary["out_dir"]}')
     print(f'  gallery      {summary["gallery"]}')
   else:
-    metrics = evaluate.evaluate_checkpoint(config, workdir)
+    metrics = evaluate.evaluate_checkpoint(config, workdir, overridden_fields())
     print(f'\nevaluated checkpoint step {metrics["checkpoint_step"]} on {metrics["n_images"]} images: '
           f'accuracy {metrics["accuracy"]:.4f}, macro recall {metrics["macro_avg"]["recall"]:.4f}')
     print(f'  report       {os.path.abspath(metrics["out_dir"])}/report.md')

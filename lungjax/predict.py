@@ -151,7 +151,7 @@ def predict_cli(workdir: str, inputs: Sequence[str], gradcam_dir: str = '') -> i
 
   Probabilities are scaled by the workdir's calibration.json temperature (1.0 where it has none).
   """
-  config = checkpoints.load_run_config(workdir)
+  config = checkpoints.run_config_for_inference(workdir)  # The run's own config.json builds the model.
   trained = explain.restore_model(config, workdir)
   temperature = calibration.served_temperature(workdir)
   classified = 0

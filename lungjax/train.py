@@ -96,15 +96,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   """train_and_evaluate's body; `stop` says when a preemption was requested."""
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
-  if distributed.is_main_process():  # Multi-host: process 0 writes the run's files, all processes compute.
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:  # What predict and explain rebuild the model from.
-      f.write(config.to_json_best_effort(indent=2))
   classes = tuple(config.data.classes)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.train.batch_size, mesh, 'config.train.batch_size')
   mesh_lib.check_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  writer.write_hparams(_flatten(config.to_dict()))
 
   data = data or loading.load_training_data(config)
   if distributed.is_main_process():  # What eval looks for copies of training images in (not decoding them again).
@@ -134,6 +129,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   else:
     state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(config.seed))
     state = warm_start.warm_start(config, workdir, state, data, tx)
+  # Only now that every check of a resume has passed (a refused one leaves the workdir as it was): the run's files.
+  if distributed.is_main_process():  # Multi-host: process 0 writes the run's files, all processes compute.
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:  # What eval, explain and predict rebuild the model from.
+      f.write(config.to_json_best_effort(indent=2))
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams(_flatten(config.to_dict()))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   logging.info('model %s: %d parameters; %d steps (%d epochs x %d)', config.model.name, n_params, num_steps,
                config.train.num_epochs, steps_per_epoch)
