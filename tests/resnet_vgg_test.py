@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 and VGG-11/16/19: shapes, sizes, BatchNorm statistics, field errors and their configs."""
+"""ResNet-18/34/50 and VGG-11/16/19: shapes, sizes, BatchNorm statistics, GroupNorm, field errors and configs."""
 
 import functools
 
@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from configs import resnet as resnet_config
 from configs import vgg as vgg_config
-from lungjax.models import create_model, resnet, vgg
+from lungjax.models import create_model, keras_weights, resnet, vgg
 
 # Backbone sizes (params + BatchNorm statistics, head excluded). ResNet-18/34: torchvision's parameter counts less
 # the fc layer plus 2 x the BatchNorm channels; 50/16/19: keras.applications' include_top=False count_params();
@@ -92,6 +92,60 @@ def test_resnet_batch_stats_update_in_train_mode_only():
   assert not np.allclose(apply_train(variables, images[:2])[0][:1], logits[:1], atol=1e-5)
 
 
+def test_group_norm_resnet_keeps_no_statistics_and_evaluates_as_it_trains():
+  model = create_model(_config('resnet', 18, width=4, norm='group'), 3)
+  images = _images(4, 32)
+  variables = _variables(model, images)
+  assert list(variables) == ['params']  # No batch_stats: nothing to converge, nothing for steps.py to carry.
+  params = traverse_util.flatten_dict(variables['params'])
+  assert params['conv1_bn', 'scale'].shape == (4,) and ('conv5', 'block1', '0_bn', 'bias') in params
+  # The same parameter count as BatchNorm's trainable part: scale and bias per channel.
+  batch_norm_params = _variables(create_model(_config('resnet', 18, width=4), 3), images)['params']
+  assert jax.tree.map(np.shape, batch_norm_params) == jax.tree.map(np.shape, variables['params'])
+  logits = model.apply(variables, images, train=False)
+  # Without dropout, train mode is eval mode; and an image's logits do not depend on its batch.
+  np.testing.assert_allclose(model.apply(variables, images, train=True), logits, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(model.apply(variables, images[:1], train=False), logits[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_config_batch_statistics_follow_the_batches_within_an_epoch():
+  """lungjax issue 12: ~12 steps an epoch left BatchNorm's momentum-0.99 statistics near their initial values
+  (0.99^12 = 0.89 of the way back), so eval mode normalised with other statistics than training did. After one
+  such epoch of train-mode steps on a batch, the config's running statistics must be within 30% of the initial gap
+  from that batch's statistics, in every BatchNorm layer."""
+  config = resnet_config.get_config().model
+  assert config.norm == 'batch'
+  config.width, config.dropout_rate = 4, 0.0
+  model = create_model(config, 3)
+  images = _images(8, 32)
+  variables = _variables(model, images)
+  # Each BatchNorm's input is its conv's output (name '<i>_conv' for '<i>_bn'): captured to get the batch statistics.
+  is_conv = lambda module, _: (module.name or '').endswith('_conv')
+  apply_train = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats', 'intermediates'],
+                                          capture_intermediates=is_conv))
+  initial = traverse_util.flatten_dict(variables['batch_stats'])
+  for _ in range(12):
+    _, updated = apply_train(variables, images)
+    variables = {'params': variables['params'], 'batch_stats': updated['batch_stats']}
+  conv_outputs = {key[:-2] + (key[-2].replace('_conv', '_bn'),): value[0]  # key: (..., '1_conv', '__call__').
+                  for key, value in traverse_util.flatten_dict(updated['intermediates']).items()}
+  running = traverse_util.flatten_dict(variables['batch_stats'])
+  assert len(running) == 2 * len(conv_outputs) == 2 * 20
+  for key, value in running.items():
+    outputs_BHWC = np.asarray(conv_outputs[key[:-1]])
+    batch = outputs_BHWC.mean((0, 1, 2)) if key[-1] == 'mean' else outputs_BHWC.var((0, 1, 2))
+    gap = np.abs(initial[key] - batch)
+    assert np.all(np.abs(value - batch) <= 0.3 * gap + 1e-4), (key, np.max(np.abs(value - batch) / (gap + 1e-12)))
+
+
+def test_keras_resnet_weights_need_batch_norm():
+  config = _config('resnet', 50, preprocessing='caffe', norm='group')
+  with pytest.raises(ValueError, match="config.model.norm='group'.*'batch'"):
+    keras_weights.check_model_config(config)
+  config.norm = 'batch'
+  keras_weights.check_model_config(config)
+
+
 def test_vgg_head_fields():
   images = _images(2, 64)
   flatten = create_model(_config('vgg', 11, width=4, pooling='flatten', dense_features=(16, 8)), 3)
@@ -122,6 +176,8 @@ def test_rescale_preprocessing_takes_uint8_or_float_pixels():
     ('vgg', {'depth': 13}, 'config.model.depth'),
     ('vgg', {'depth': 16, 'pooling': 'max'}, 'config.model.pooling'),
     ('resnet', {'depth': 18, 'preprocessing': 'torch'}, 'config.model.preprocessing'),
+    ('resnet', {'depth': 18, 'norm': 'layer'}, 'config.model.norm'),
+    ('resnet', {'depth': 18, 'bn_momentum': 1.0}, 'config.model.bn_momentum'),
 ])
 def test_bad_fields_raise_naming_the_config_field(name, fields, field):
   with pytest.raises(ValueError, match=field):

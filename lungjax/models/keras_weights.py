@@ -130,6 +130,9 @@ def check_model_config(model_config: ml_collections.ConfigDict) -> None:
   preprocessing = model_config.get('preprocessing', 'rescale')
   if preprocessing != 'caffe':
     raise ValueError(f"config.model.preprocessing={preprocessing!r}: Keras' ImageNet weights expect 'caffe'")
+  norm = model_config.get('norm', 'batch')
+  if name == 'resnet' and norm != 'batch':
+    raise ValueError(f"config.model.norm={norm!r}: Keras' ImageNet weights carry BatchNorm statistics: use 'batch'")
 
 
 def load_keras_weights(variables: dict, path: str,
