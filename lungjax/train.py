@@ -102,9 +102,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   mesh_lib.check_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
 
   data = data or loading.load_training_data(config)
-  if distributed.is_main_process():  # What eval looks for copies of training images in (not decoding them again).
-    loading.save_training_thumbnails(loading.TrainingThumbnails.of(data.train_folder),
-                                     loading.training_thumbnails_path(workdir))
   host_memory.release_free_memory()  # The decoders' full-size scratch goes back to the system before training.
   weights_C = class_weights(data.train.labels_N, config)
   logging.info('class weights: %s', dict(zip(classes, np.round(weights_C, 4).tolist())))
@@ -133,6 +130,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   if distributed.is_main_process():  # Multi-host: process 0 writes the run's files, all processes compute.
     with open(os.path.join(workdir, 'config.json'), 'w') as f:  # What eval, explain and predict rebuild the model from.
       f.write(config.to_json_best_effort(indent=2))
+    # What eval looks for copies of training images in (not decoding them again).
+    loading.save_training_thumbnails(loading.TrainingThumbnails.of(data.train_folder),
+                                     loading.training_thumbnails_path(workdir))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_flatten(config.to_dict()))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
