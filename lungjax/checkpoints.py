@@ -50,6 +50,21 @@ class CorruptCheckpointError(RuntimeError):
 class CheckpointMismatchError(ValueError):
   """A saved step holds arrays of other dtypes or shapes than the model asks for (orbax would cast silently)."""
 
+
+class StepVanishedError(FileNotFoundError):
+  """A step folder disappeared while it was read (a training run on the workdir deleted it): not corrupt."""
+
+  def __init__(self, directory: str, step: int, reason: str):
+    super().__init__(f'checkpoint step {step} in {directory!r} was deleted while it was read (a training run on this '
+                     f'workdir keeps only its newest and best steps): {reason}')
+    self.step = step
+
+
+# How often eval / explain / predict list the steps again when the chosen one vanishes while it is read, and how
+# long a reader waits to see whether an unreadable step is being deleted (orbax removes its files, then the folder).
+READ_ATTEMPTS = 5
+VANISH_WAIT_S = 1.0
+
 # Validation metrics a checkpoint can be ranked by, and whether higher is better.
 BEST_METRICS = {'macro_recall': 'max', 'macro_f1': 'max', 'macro_precision': 'max', 'accuracy': 'max',
                 'loss': 'min'}
@@ -169,7 +184,26 @@ def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *
   if not read_only:
     remove_uncommitted(checkpoint_dir(workdir))
   check_step_metadata(checkpoint_dir(workdir), read_only=read_only)
+  if read_only:
+    return _open_read_only(checkpoint_dir(workdir), options)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def _open_read_only(directory: str, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+  """A reader's manager. orbax reads every step's metadata as it opens: a training run deleting a step meanwhile
+  makes that fail or miss every step, so it lists them again (READ_ATTEMPTS times at most)."""
+  for attempt in range(1, READ_ATTEMPTS + 1):
+    try:
+      manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+    except FileNotFoundError as error:
+      if attempt == READ_ATTEMPTS or not os.path.isdir(directory):
+        raise
+      logging.warning('%s: a step was deleted while the steps were listed (%s); listing them again', directory, error)
+      continue
+    if not manager.all_steps():
+      reload(manager)
+    return manager
+  raise AssertionError('unreachable')
 
 
 def check_step_metadata(directory: str, *, read_only: bool) -> None:
@@ -185,6 +219,8 @@ def check_step_metadata(directory: str, *, read_only: bool) -> None:
       try:
         with open(path) as f:
           json.load(f)
+      except FileNotFoundError:  # Deleted meanwhile (a training run's retention): nothing left to check.
+        break
       except (ValueError, UnicodeDecodeError) as error:
         corrupt = CorruptCheckpointError(directory, int(name), f'{part} is unreadable ({error})')
         if read_only:
@@ -333,13 +369,37 @@ def read_integrity(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   return integrity
 
 
+def step_exists(directory: str, step: int, wait_s: float = 0.0) -> bool:
+  """Whether the committed folder of `step` is there, and still is after up to wait_s seconds."""
+  path = os.path.join(directory, str(step))
+  deadline = time.monotonic() + wait_s
+  while os.path.isdir(path):
+    if time.monotonic() >= deadline:
+      return True
+    time.sleep(0.05)
+  return False
+
+
 def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-                     data_iter: grain.DatasetIterator | None = None) -> Restored:
+                     data_iter: grain.DatasetIterator | None = None, *, vanish_wait_s: float = 0.0) -> Restored:
   """Restores `step` (and the iterator, in place, if given) and checks every leaf against the saved checksums.
 
-  Raises CorruptCheckpointError naming the step when anything is unreadable, missing or different, and
-  CheckpointMismatchError when the model wants other dtypes or shapes than were saved.
+  Raises CorruptCheckpointError naming the step when anything is unreadable, missing or different while the step's
+  folder is still there (vanish_wait_s later), StepVanishedError when the folder went away (deleted by a training
+  run's retention: not corrupt), and CheckpointMismatchError when the model wants other dtypes or shapes than were
+  saved.
   """
+  try:
+    return _restore_verified(manager, step, abstract_state, data_iter)
+  except CorruptCheckpointError as error:
+    if step_exists(str(manager.directory), step, vanish_wait_s):
+      raise
+    raise StepVanishedError(str(manager.directory), step, error.reason) from error
+
+
+def _restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                      data_iter: grain.DatasetIterator | None) -> Restored:
+  """restore_verified's body: CorruptCheckpointError for anything unreadable, missing or different."""
   directory = str(manager.directory)
   integrity = read_integrity(manager, step)
   saved_leaves = integrity['leaves']
@@ -461,13 +521,54 @@ def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir:
   (config.checkpoint.fallback_to_good_step): then the newest other step that verifies is used, with a warning.
   With `config` (what abstract_state was built from), a step whose run fingerprint records other classes, another
   model or image size raises fingerprint.FingerprintMismatchError naming the field, before its arrays are read.
+  A step deleted while it is read (a training run on the same workdir keeps only its newest and best) is not
+  corrupt: the steps are listed again and the one chosen now is restored (READ_ATTEMPTS tries in all).
   """
+  for attempt in range(1, READ_ATTEMPTS + 1):
+    try:
+      return _restore_chosen_once(manager, abstract_state, workdir, requested=requested, fallback=fallback,
+                                  config=config)
+    except StepVanishedError as error:
+      if attempt == READ_ATTEMPTS:
+        raise
+      logging.warning('%s; listing the steps again (try %d of %d)', error, attempt + 1, READ_ATTEMPTS)
+      reload(manager)
+  raise AssertionError('unreachable')
+
+
+def reload(manager: ocp.CheckpointManager) -> None:
+  """Lists the manager's steps again. A step deleted while orbax lists them makes it fail, or miss every step
+  while step folders are there: then it lists them again (READ_ATTEMPTS times at most)."""
+  directory = str(manager.directory)
+  for attempt in range(1, READ_ATTEMPTS + 1):
+    try:
+      manager.reload()
+    except FileNotFoundError as error:
+      if attempt == READ_ATTEMPTS:
+        raise
+      logging.warning('%s: a step was deleted while the steps were listed (%s); listing them again', directory, error)
+      continue
+    if manager.all_steps() or attempt == READ_ATTEMPTS or not os.path.isdir(directory) or not any(
+        name.isdigit() for name in os.listdir(directory)):
+      return
+    time.sleep(0.1)
+
+
+def _restore_chosen_once(manager: ocp.CheckpointManager, abstract_state: Any, workdir: str, *, requested: int,
+                         fallback: bool, config: ml_collections.ConfigDict | None) -> Restored:
+  """restore_chosen's body: StepVanishedError when the chosen (or a fallback) step vanished while it was read."""
 
   def restore(step: int) -> Restored:
     if config is not None:
-      fingerprint_lib.check_inference(read_integrity(manager, step).get('fingerprint'), config,
+      try:
+        integrity = read_integrity(manager, step)
+      except CorruptCheckpointError as error:
+        if step_exists(str(manager.directory), step, VANISH_WAIT_S):
+          raise
+        raise StepVanishedError(str(manager.directory), step, error.reason) from error
+      fingerprint_lib.check_inference(integrity.get('fingerprint'), config,
                                       f'checkpoint step {step} in {str(manager.directory)!r}')
-    return restore_verified(manager, step, abstract_state)
+    return restore_verified(manager, step, abstract_state, vanish_wait_s=VANISH_WAIT_S)
 
   chosen = choose_step(manager, requested, workdir)
   try:

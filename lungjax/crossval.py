@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from lungjax import evaluate, metrics as metrics_lib, report, train
-from lungjax import distributed
+from lungjax import distributed, workdir as workdir_lib
 from lungjax.data import loading, splits
 
 # The headline numbers summarised over runs, as paths into metrics.json.
@@ -26,10 +26,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains as the config asks: K folds (config.cv.folds > 1), N seeds (config.seeds > 1), or one run."""
   if config.cv.folds > 1 and config.seeds > 1:
     raise ValueError('set config.cv.folds or config.seeds above 1, not both')
-  if config.cv.folds > 1:
-    return cross_validate(config, workdir)
-  if config.seeds > 1:
-    return repeat_over_seeds(config, workdir)
+  if config.cv.folds > 1 or config.seeds > 1:
+    with workdir_lib.owned(workdir):  # Each run's folder under it is claimed and locked too.
+      return cross_validate(config, workdir) if config.cv.folds > 1 else repeat_over_seeds(config, workdir)
   if config.cv.folds == 1 or config.seeds < 1:
     raise ValueError(f'config.cv.folds={config.cv.folds} and config.seeds={config.seeds}: folds must be 0 or >= 2, '
                      'seeds >= 1')

@@ -217,7 +217,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                              run_config, keys, config.eval.batch_size, mesh)
     steps_used.append({'workdir': member, 'step': step, 'model': run_config.model.name})
   loaded = next(iter(decoded_by_size.values()))
-  name = 'validation' if folder == VALIDATION else os.path.basename(os.path.normpath(folder))
+  # 'folder-<name>': never training's own eval/val and eval/test, whatever the evaluated folder is called.
+  name = 'validation' if folder == VALIDATION else 'folder-' + os.path.basename(os.path.normpath(folder))
   name += ('_ensemble' if len(members) > 1 else '') + (f'_tta{len(keys) - 1}' if len(keys) > 1 else '')
   averaged = None
   if len(members) > 1 or len(keys) > 1:

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lungjax import checkpoints, mesh as mesh_lib, steps
+from lungjax import checkpoints, mesh as mesh_lib, steps, workdir as workdir_lib
 from lungjax.data import folders, images, loading
 from lungjax.models import create_model
 
@@ -171,15 +171,15 @@ def save_overlay(pixels_HWC: np.ndarray, heatmap_HW: np.ndarray, path: str) -> N
   Image.fromarray(overlay(pixels_HWC, heatmap_HW)).save(path, format='PNG')
 
 
-def unique_png_names(relative_paths: Sequence[str]) -> list[str]:
-  """Maps image paths to .png names (extension replaced), suffixing -2, -3 ... where two would collide."""
+def overlay_names(relative_paths: Sequence[str]) -> list[str]:
+  """Overlay names that keep each input's whole name ('a/x.jpg' → 'a/x.jpg.gradcam.png'): x.jpg and x.png never
+  share one. Two inputs of the same name (case aside, e.g. from two folders) get 'x.jpg.gradcam-2.png', ..."""
   names, used = [], set()
   for relative in relative_paths:
-    stem = os.path.splitext(relative)[0]
-    name, count = f'{stem}.png', 1
+    name, count = f'{relative}.gradcam.png', 1
     while name.lower() in used:
       count += 1
-      name = f'{stem}-{count}.png'
+      name = f'{relative}.gradcam-{count}.png'
     used.add(name.lower())
     names.append(name)
   return names
@@ -227,9 +227,11 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   """Writes a Grad-CAM overlay per image of config.explain.dir, gallery.png and explain.json; returns the summary.
 
   The folder holds class sub-folders (true labels known) or images directly (labels unknown). Output goes to
-  workdir/explain/<folder name>/, mirroring the class sub-folders. The model, classes and image size come from the
-  run's config.json: `config` may change only checkpoints.INFERENCE_FIELDS, and an `overridden` field (None: any
-  field) that differs is a ValueError (checkpoints.run_config_for_inference).
+  workdir/explain/<folder name>/, mirroring the class sub-folders ('Covid/x.jpg' → 'Covid/x.jpg.gradcam.png');
+  a file there that lungjax did not write, or that is one of the inputs, is an error (workdir.claim_outputs).
+  The model, classes and image size come from the run's config.json: `config` may change only
+  checkpoints.INFERENCE_FIELDS, and an `overridden` field (None: any field) that differs is a ValueError
+  (checkpoints.run_config_for_inference).
   """
   config = checkpoints.run_config_for_inference(workdir, config, overridden)
   folder = config.explain.dir
@@ -245,15 +247,17 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   decoded, skipped = _read_folder(folder, config)
   if not len(decoded):
     raise ValueError(f'config.explain.dir={folder!r}: no decodable images left to explain')
+  name = os.path.basename(os.path.normpath(folder))
+  out_dir = os.path.join(workdir, 'explain', name)
+  names = overlay_names([os.path.relpath(path, folder) for path in decoded.paths])
+  workdir_lib.claim_outputs(out_dir, [*names, 'gallery.png', 'explain.json'],
+                            inputs=[*decoded.paths, *(path for path, _ in skipped)])
   trained = restore_model(config, workdir)
   explain_fn = jit_explain(trained.model, config.explain.layer)
   class_indices_N = np.full(len(decoded), explained, np.int32)
   probs_NC, heatmaps_NHW = map_batches(explain_fn, trained.variables, config.eval.batch_size,
                                        decoded.images_NHWC, class_indices_N)
 
-  name = os.path.basename(os.path.normpath(folder))
-  out_dir = os.path.join(workdir, 'explain', name)
-  names = unique_png_names([os.path.relpath(path, folder) for path in decoded.paths])
   rows, titles, colours = [], [], []
   for index, (path, overlay_name) in enumerate(zip(decoded.paths, names)):
     predicted = int(probs_NC[index].argmax())

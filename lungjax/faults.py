@@ -1,6 +1,6 @@
 """python -m lungjax.faults: the fault matrix (kill -9, SIGTERM, full disk, corrupt checkpoints, other runs'
-checkpoints, NaN, bad images, determinism), each trial in a subprocess or tmp folder of the tiny config on
-synthetic images. Writes results/reliability/summary.json and README.md.
+checkpoints, NaN, bad images, determinism, busy or foreign workdirs), each trial in a subprocess or tmp folder of
+the tiny config on synthetic images. Writes results/reliability/summary.json and README.md.
 """
 
 from __future__ import annotations
@@ -584,11 +584,40 @@ def row_determinism(ctx: Context, runs: int) -> Row:
   return row
 
 
+def row_workdir(ctx: Context) -> Row:
+  """A second run on a running run's workdir, and a folder lungjax did not make as --workdir: both refused."""
+  row = Row('second run on a busy workdir; a foreign folder as workdir')
+  workdir, log = ctx.fresh('busy')
+  first = start(run_command(ctx.root, workdir), log)
+  lock = os.path.join(workdir, '.lock')
+  while not os.path.exists(lock) and first.poll() is None:
+    time.sleep(0.05)
+  rc = finish(run_command(ctx.root, workdir), workdir + '-second.log')
+  message = tail(workdir + '-second.log', 3000)
+  first_rc = first.wait(600)
+  same = first_rc == 0 and ctx.checker.digest(workdir) == ctx.reference_digest
+  row.add(rc != 0 and 'WorkdirBusyError' in message and f'process {first.pid}' in message and same,
+          f'{workdir}: second exit {rc} ({message[-300:]}), first exit {first_rc}, identical {same}')
+  foreign, log = ctx.fresh('foreign')
+  os.makedirs(os.path.join(foreign, 'checkpoints', '100'))
+  for name, text in (('config.json', '{"mine": 1}'), ('summary.json', '{}'), ('checkpoints/100/w.bin', 'x')):
+    with open(os.path.join(foreign, name), 'w') as f:
+      f.write(text)
+  before = sorted((p, open(os.path.join(p, n), 'rb').read()) for p, _, ns in os.walk(foreign) for n in ns)
+  rc = finish(run_command(ctx.root, foreign), log)
+  after = sorted((p, open(os.path.join(p, n), 'rb').read()) for p, _, ns in os.walk(foreign) for n in ns)
+  row.add(rc != 0 and 'ForeignFolderError' in tail(log) and before == after,
+          f'{foreign}: exit {rc}, untouched {before == after}')
+  row.outcome = (f'{row.passed}/{row.trials}: the second run exited non-zero naming the first\'s process, which '
+                 'ended identical; the foreign folder was refused and left byte-identical')
+  return row
+
+
 # ---- the matrix --------------------------------------------------------------------------------------------------
 
 
 ROWS = ('kill', 'save_kill', 'chain', 'sigterm', 'disk', 'flip', 'truncate', 'dtype', 'fingerprint', 'nan',
-        'images', 'iterator', 'determinism')
+        'images', 'iterator', 'determinism', 'workdir')
 
 
 def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_trials: int, sigterm_trials: int,
@@ -616,7 +645,8 @@ def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_tria
       'truncate': (lambda c, n: row_corruption(c, n, 'truncate'), corrupt_trials),
       'dtype': (lambda c, n: row_dtype(c), 1), 'fingerprint': (lambda c, n: row_fingerprint(c), 1),
       'nan': (lambda c, n: row_nan(c), 1), 'images': (lambda c, n: row_bad_images(c), 1),
-      'iterator': (row_iterator, max(1, corrupt_trials // 2)), 'determinism': (row_determinism, determinism_runs)}
+      'iterator': (row_iterator, max(1, corrupt_trials // 2)), 'determinism': (row_determinism, determinism_runs),
+      'workdir': (lambda c, n: row_workdir(c), 1)}
   done = []
   for name in ROWS:
     fn, n = plan[name]

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags  # pylint: disable=g-multiple-import
 
-from lungjax import calibration, checkpoints, explain
+from lungjax import calibration, checkpoints, explain, workdir as workdir_lib
 from lungjax.data import folders, images
 
 
@@ -82,7 +82,9 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
   A classified file's 'probabilities' are softmax(log(raw) / temperature), the same as softmax(logits /
   temperature); 'raw_probabilities' (the model's softmax) and 'temperature' come with them, and 'gradcam' too.
   Files are decoded and classified config.eval.batch_size at a time, the last batch zero-padded (one compile).
-  With gradcam_dir, each image's Grad-CAM overlay of its predicted class is written under it.
+  With gradcam_dir, each image's Grad-CAM overlay of its predicted class is written under it, named after the
+  whole file name ('x.jpg' → 'x.jpg.gradcam.png'); ForeignFileError (before anything runs) when one would land on
+  an input or on a file there that lungjax did not write (workdir.claim_outputs).
   """
   classes = tuple(config.data.classes)
   batch_size = config.eval.batch_size
@@ -90,7 +92,9 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
     fn = explain.jit_explain(trained.model, config.explain.layer)
   else:
     fn = jit_probabilities(trained.model)
-  names = explain.unique_png_names([name for _, name in files])
+  names = explain.overlay_names([name for _, name in files])
+  if gradcam_dir:  # Before any work: no overlay may land on an input or on a file lungjax did not write.
+    workdir_lib.claim_outputs(gradcam_dir, names, inputs=[path for path, _ in files])
   threads = config.data.decode_threads or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for start in range(0, len(files), batch_size):

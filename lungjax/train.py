@@ -17,6 +17,7 @@ from clu import metric_writers, periodic_actions
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, report, steps, warm_start
 from lungjax import calibration as calibration_lib, distributed, host_memory
 from lungjax import fingerprint as fingerprint_lib, preemption
+from lungjax import workdir as workdir_lib
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
 
@@ -86,8 +87,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `data` (already decoded and split, e.g. one cross-validation fold) skips loading. Ends by evaluating the best
   checkpoint on validation (and test/, if present) and drawing the curves. Returns a summary (also written to
   workdir/summary.json). On SIGTERM or SIGINT (Ctrl-C) it saves the current step and raises preemption.Preempted.
+  The run holds workdir's lock throughout, and refuses a non-empty folder that is not a lungjax run (lungjax/workdir.py).
   """
-  with preemption.StopRequest() as stop:
+  with workdir_lib.owned(workdir), preemption.StopRequest() as stop:
     return _train_and_evaluate(config, workdir, data, stop)
 
 

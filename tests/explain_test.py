@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import explain, steps, train
+from lungjax import explain, steps, train, workdir
 from lungjax.models import MODELS, create_model
 from tests.conftest import CLASSES
 
@@ -191,9 +191,10 @@ def test_map_batches_pads_every_batch_to_one_shape_and_keeps_the_order():
   np.testing.assert_array_equal(doubled_N, np.arange(7) * 2)
 
 
-def test_unique_png_names_replace_the_extension_and_never_collide():
-  names = explain.unique_png_names(['Covid/a.jpg', 'Covid/a.png', 'Covid/A.jpeg', 'Normal/a.jpg', 'b.jpeg'])
-  assert names == ['Covid/a.png', 'Covid/a-2.png', 'Covid/A-3.png', 'Normal/a.png', 'b.png']
+def test_overlay_names_keep_the_extension_and_never_collide():
+  names = explain.overlay_names(['Covid/a.jpg', 'Covid/a.png', 'Covid/A.jpg', 'Normal/a.jpg', 'b.jpeg'])
+  assert names == ['Covid/a.jpg.gradcam.png', 'Covid/a.png.gradcam.png', 'Covid/A.jpg.gradcam-2.png',
+                   'Normal/a.jpg.gradcam.png', 'b.jpeg.gradcam.png']
 
 
 def test_overlay_keeps_cold_pixels_and_colours_hot_ones():
@@ -245,7 +246,7 @@ def test_explain_folder_of_class_folders(trained_workdir, synthetic_root):
   assert summary['out_dir'] == os.path.abspath(out_dir) and summary['n_images'] == 12 and summary['labelled']
   for name in CLASSES:
     for i in range(4):
-      overlay_path = os.path.join(out_dir, name, f'{i:03d}.png')
+      overlay_path = os.path.join(out_dir, name, f'{i:03d}.png.gradcam.png')
       _assert_png_without_metadata(overlay_path)
       with Image.open(overlay_path) as image:
         assert image.size == (32, 32)
@@ -271,7 +272,8 @@ def test_explain_flat_folder_with_a_chosen_class(trained_workdir, synthetic_root
   config.data.skip_bad_images = True
   summary = explain.explain_folder(config, trained_workdir)
   out_dir = os.path.join(trained_workdir, 'explain', 'loose images')
-  assert sorted(os.listdir(out_dir)) == ['explain.json', 'gallery.png', 'x.png', 'y.png', 'z.png']
+  assert sorted(os.listdir(out_dir)) == [workdir.MANIFEST, 'explain.json', 'gallery.png', 'x.png.gradcam.png',
+                                         'y.jpg.gradcam.png', 'z.png.gradcam.png']
   assert not summary['labelled'] and 'accuracy' not in summary
   assert [row['true'] for row in summary['images']] == [None] * 3
   assert {row['explained_class'] for row in summary['images']} == {'Normal'}
@@ -303,4 +305,5 @@ def test_main_explain_mode_prints_where_the_files_went(trained_workdir, syntheti
   out_dir = os.path.join(trained_workdir, 'explain', 'Covid')
   assert f'overlays     {out_dir}' in result.stdout
   assert f'gallery      {os.path.join(out_dir, "gallery.png")}' in result.stdout
-  assert sorted(os.listdir(out_dir)) == ['000.png', '001.png', '002.png', '003.png', 'explain.json', 'gallery.png']
+  assert sorted(os.listdir(out_dir)) == [workdir.MANIFEST, *(f'{i:03d}.png.gradcam.png' for i in range(4)),
+                                         'explain.json', 'gallery.png']

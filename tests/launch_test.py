@@ -51,7 +51,8 @@ def test_colab_notebook_runs_on_cpu_with_the_tiny_config(tmp_path, monkeypatch):
   report = outputs[-1]
   assert 'tiny on test' in report and 'accuracy' in report  # report.md of the evaluation, shown as markdown.
   assert report.count('image/png') == 4  # Curves, confusion matrix, ROC, reliability.
-  assert os.path.exists(os.path.join(workdir, 'eval', 'test', 'metrics.json'))
+  assert os.path.exists(os.path.join(workdir, 'eval', 'test', 'metrics.json'))  # Training's test/ report.
+  assert os.path.exists(os.path.join(workdir, 'eval', 'folder-test', 'metrics.json'))  # The --mode=eval one.
 
 
 def _pod_command(**env: str) -> list[str]:

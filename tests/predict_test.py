@@ -82,7 +82,7 @@ def test_predict_prints_a_line_per_file_and_writes_overlays(trained_workdir, syn
     assert abs(sum(probabilities.values()) - 1.0) < 1e-5
     assert line['class'] == max(probabilities, key=probabilities.get)
     relative = os.path.relpath(line['file'], synthetic_root)
-    assert line['gradcam'] == os.path.join(gradcam_dir, relative)
+    assert line['gradcam'] == os.path.join(gradcam_dir, relative + '.gradcam.png')
     _assert_png_without_metadata(line['gradcam'])
   for line, path in zip(lines[12:], bad_files):
     assert set(line) == {'file', 'error'} and repr(path) in line['error']
