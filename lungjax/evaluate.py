@@ -17,7 +17,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
-from lungjax import calibration as calibration_lib, distributed
+from lungjax import calibration as calibration_lib, distributed, model_card
 from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 
@@ -230,6 +230,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   metrics = report_predictions(total_NC / len(members), loaded, config, out_dir, f'{config.name} on {name}',
                                steps_used[0]['step'], calibration, training, averaged,
                                calibration_fitted_here=folder == VALIDATION)
+  if distributed.is_main_process():
+    model_card.append_evaluation(workdir, metrics, name)
   return {**metrics, 'out_dir': out_dir}
 
 

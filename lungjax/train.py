@@ -16,7 +16,7 @@ from clu import metric_writers, periodic_actions
 
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, report, steps, warm_start
 from lungjax import calibration as calibration_lib, distributed, host_memory
-from lungjax import fingerprint as fingerprint_lib, preemption
+from lungjax import fingerprint as fingerprint_lib, model_card, preemption
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
 
@@ -236,5 +236,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   if distributed.is_main_process():
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
+    model_card.write_model_card(workdir, config, summary, run_fingerprint, data)
   distributed.barrier('train_and_evaluate')  # Every process returns once process 0's files are written.
   return summary
