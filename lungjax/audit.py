@@ -22,6 +22,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
+from lungjax import progress  # pylint: disable=g-import-not-at-top
 from lungjax.data import dicom, duplicates, folders, images  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -336,7 +337,7 @@ def _audit_dicom(path: str) -> FileAudit:
 def audit_files(paths: Sequence[str], threads: int = 0) -> list[FileAudit]:
   """Audits every file in a thread pool (PIL decodes in parallel), in the order given."""
   with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-    return list(pool.map(audit_file, paths))
+    return list(progress.progress(pool.map(audit_file, paths), len(paths), 'auditing'))
 
 
 # ---------------------------------------------------------------------------------------------------------------

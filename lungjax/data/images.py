@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 from PIL import ExifTags, Image, ImageOps
 
+from lungjax import progress
 from lungjax.data.folders import Record
 
 # Only the decoders lungjax needs are ever opened: this limits exposure to Pillow's other decoders.
@@ -433,7 +434,7 @@ def decode_records(
   kept, hashes, skipped, warnings = [], [], [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     futures = [pool.submit(load_image, record.path, size) for record in records]
-    for index, future in enumerate(futures):
+    for index, future in enumerate(progress.progress(futures, len(futures), 'decoding')):
       try:
         loaded = future.result()
       except BadImageError as error:
