@@ -22,7 +22,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
-from lungjax.data import duplicates, folders, images  # pylint: disable=g-import-not-at-top
+from lungjax import progress  # pylint: disable=g-import-not-at-top
+from lungjax.data import dicom, duplicates, folders, images  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 NEAR_THRESHOLD = 0.96  # Pearson r of grey thumbnails that makes two images near copies.
@@ -220,12 +221,19 @@ def _save_pixels_png(pixels_HWC: np.ndarray, path: str) -> None:
 
 
 def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: int) -> dict[str, str]:
-  """Writes `path` without metadata so it decodes to `pixel_hash`: 'copied', 'stripped' bytewise, or 'png'.
+  """Writes `path` without metadata so it decodes to `pixel_hash`: 'copied', 'stripped' bytewise, or 'png';
+  'dicom' for a DICOM file (dicom.write_stripped_copy: identifying tags removed, pixel data untouched).
 
   A file that lungjax rotates (EXIF/XMP orientation), or that bytewise removal would change, becomes a lossless
   PNG of its decoded pixels at copy_path + '.png' (unless it already ends in .png). Only new files are written:
   FileExistsError names a copy path that exists (see copy_targets).
   """
+  if dicom.is_dicom_path(path):  # Tags removed, pixel data untouched: the copy must decode to the same pixels.
+    removed = dicom.write_stripped_copy(path, copy_path)
+    if images.load_image(copy_path, 1).pixel_hash != pixel_hash:
+      raise RuntimeError(f'the DICOM copy {copy_path!r} of {path!r} does not decode to the same pixels')
+    return {'copy': copy_path, 'method': 'dicom', 'why': f'removed {", ".join(removed) or "no identifying tags"}; '
+            'instance UIDs replaced by one-way hashes; PatientIdentityRemoved set'}
   with open(path, 'rb') as f:
     data = f.read()
   os.makedirs(os.path.dirname(copy_path) or '.', exist_ok=True)
@@ -286,6 +294,8 @@ def audit_file(path: str) -> FileAudit:
       problem = error.strerror or type(error).__name__
   if problem is not None:
     return FileAudit(path, (), error=problem, unreadable=True)
+  if dicom.is_dicom_path(path):
+    return _audit_dicom(path)
   pieces, problem = file_pieces(data)
   metadata = tuple(sorted({p.finding for p in pieces if p.finding}))
   try:
@@ -308,10 +318,26 @@ def audit_file(path: str) -> FileAudit:
                    preview_HW)
 
 
+def _audit_dicom(path: str) -> FileAudit:
+  """audit_file of a DICOM file: its identifying tags (dicom.IDENTIFYING_TAGS, private tags) and decoded summary."""
+  try:
+    metadata = dicom.identifying_tags(dicom.read(path, stop_before_pixels=True))
+  except images.BadImageError as error:
+    return FileAudit(path, (), error=error.reason)
+  try:
+    loaded = images.load_image(path, SHEET_PIXELS)
+    with images.open_image(path) as image:
+      (width, height), mode = image.size, f'DICOM {image.mode}'
+  except images.BadImageError as error:
+    return FileAudit(path, metadata, error=error.reason)
+  preview_HW = np.asarray(Image.fromarray(loaded.pixels_HWC).convert('L'), np.uint8)
+  return FileAudit(path, metadata, None, width, height, mode, 1, loaded.pixel_hash, loaded.thumbnail, preview_HW)
+
+
 def audit_files(paths: Sequence[str], threads: int = 0) -> list[FileAudit]:
   """Audits every file in a thread pool (PIL decodes in parallel), in the order given."""
   with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-    return list(pool.map(audit_file, paths))
+    return list(progress.progress(pool.map(audit_file, paths), len(paths), 'auditing'))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -458,7 +484,7 @@ def _check_arguments(folder_paths: Sequence[str], out_dir: str, near_threshold: 
 def copy_targets(path: str, folder: str, strip_dir: str) -> tuple[str, str]:
   """The two paths a clean copy of `path` (in audited `folder`) may take: the same name, or that name + '.png'."""
   copy_path = os.path.join(strip_dir, os.path.basename(os.path.realpath(folder)), os.path.relpath(path, folder))
-  return copy_path, copy_path if copy_path.lower().endswith('.png') else copy_path + '.png'
+  return copy_path, copy_path if copy_path.lower().endswith('.png') or dicom.is_dicom_path(path) else copy_path + '.png'
 
 
 def check_strip_targets(paths: Sequence[str], folder_paths: Sequence[str], folder_N: np.ndarray,

@@ -17,7 +17,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
-from lungjax import calibration as calibration_lib, distributed
+from lungjax import calibration as calibration_lib, distributed, model_card, progress
 from lungjax.data import folders, images, loading, pipeline
 from lungjax.models import create_model
 
@@ -32,7 +32,8 @@ def predict_probabilities(eval_step: Callable[..., jax.Array], state: steps.Trai
   dataset = pipeline.eval_dataset(decoded.images_NHWC, decoded.labels_N, global_batch_size=batch_size)
   sharding = mesh_lib.batch_sharded(mesh)
   outputs = []
-  for batch in dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)):
+  batches = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  for batch in progress.progress(batches, -(-len(decoded) // batch_size), 'evaluating'):
     batch = mesh_lib.to_global_batch(batch, sharding)  # The mask too: gathered below in the rows' global order.
     mask_B = batch.pop('mask')
     outputs.append((eval_step(state, batch), mask_B))
@@ -231,6 +232,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   metrics = report_predictions(total_NC / len(members), loaded, config, out_dir, f'{config.name} on {name}',
                                steps_used[0]['step'], calibration, training, averaged,
                                calibration_fitted_here=folder == VALIDATION)
+  if distributed.is_main_process():
+    model_card.append_evaluation(workdir, metrics, name)
   return {**metrics, 'out_dir': out_dir}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lungjax import checkpoints, mesh as mesh_lib, steps, workdir as workdir_lib
+from lungjax import checkpoints, mesh as mesh_lib, progress, steps, workdir as workdir_lib
 from lungjax.data import folders, images, loading
 from lungjax.models import create_model
 
@@ -143,13 +143,16 @@ def jit_explain(model: nn.Module, layer: str) -> Callable[..., tuple[jax.Array, 
   return jax.jit(explain_batch)
 
 
-def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray) -> Any:
-  """Applies fn(variables, *batch) over batches of `batch_size` rows (the last zero-padded: one compile)."""
+def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray,
+                desc: str = '') -> Any:
+  """Applies fn(variables, *batch) over batches of `batch_size` rows (the last zero-padded: one compile); with
+  `desc`, a progress bar (in a terminal) so labelled."""
   n = len(arrays_N[0])
   if n == 0:
     raise ValueError('map_batches needs at least one row')
   outputs = []
-  for start in range(0, n, batch_size):
+  starts = range(0, n, batch_size)
+  for start in progress.progress(starts, len(starts), desc) if desc else starts:
     batch = [a[start:start + batch_size] for a in arrays_N]
     rows = len(batch[0])
     padded = [np.concatenate([b, np.zeros((batch_size - rows, *b.shape[1:]), b.dtype)]) for b in batch]
@@ -185,19 +188,46 @@ def overlay_names(relative_paths: Sequence[str]) -> list[str]:
   return names
 
 
+GALLERY_TILE_INCHES = 2.2  # The width of a gallery column.
+GALLERY_TITLE_POINTS = 7  # The font size of a tile's title.
+# A character of the title font is at most this many font sizes wide on average (DejaVu Sans: about 0.55-0.6).
+_CHARACTER_WIDTH = 0.66
+
+
+def middle_ellipsis(text: str, limit: int) -> str:
+  """`text` cut to `limit` characters by an ellipsis in its middle (the start and the end, which tell files apart,
+  stay); text within the limit comes back as it is."""
+  if len(text) <= limit:
+    return text
+  if limit <= 1:
+    return '…'[:limit]
+  head = limit // 2
+  tail = limit - 1 - head
+  return text[:head] + '…' + (text[-tail:] if tail else '')
+
+
+def title_limit(tile_inches: float, font_points: float = GALLERY_TITLE_POINTS) -> int:
+  """The characters of a title line that fit a tile `tile_inches` wide in a font of `font_points`."""
+  return max(4, int(tile_inches * 72 / (font_points * _CHARACTER_WIDTH)))
+
+
 def plot_gallery(overlays_NHWC: np.ndarray, titles: Sequence[str], colours: Sequence[str], path: str,
                  title: str) -> None:
-  """Draws the overlays in a grid, each titled (e.g. true/predicted labels and confidence)."""
+  """Draws the overlays in a grid, each titled (e.g. true/predicted labels and confidence); each title line longer
+  than its tile holds (title_limit) is shortened in its middle (middle_ellipsis)."""
   n = len(overlays_NHWC)
   columns = min(n, 6)
   rows = math.ceil(n / columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(2.2 * max(columns, 3), 2.8 * rows + 0.3), squeeze=False,
+  width = GALLERY_TILE_INCHES * max(columns, 3)
+  limit = title_limit(width / columns * 0.9)  # constrained layout leaves some of the tile as margin.
+  fig, axes = plt.subplots(rows, columns, figsize=(width, 2.8 * rows + 0.3), squeeze=False,
                            layout='constrained')
   for index, ax in enumerate(axes.flat):
     ax.axis('off')
     if index < n:
       ax.imshow(overlays_NHWC[index], interpolation='nearest')
-      ax.set_title(titles[index], fontsize=7, color=colours[index])
+      shortened = '\n'.join(middle_ellipsis(line, limit) for line in titles[index].split('\n'))
+      ax.set_title(shortened, fontsize=GALLERY_TITLE_POINTS, color=colours[index])
   fig.suptitle(title, fontsize=9)
   fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
   plt.close(fig)
@@ -256,7 +286,7 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   explain_fn = jit_explain(trained.model, config.explain.layer)
   class_indices_N = np.full(len(decoded), explained, np.int32)
   probs_NC, heatmaps_NHW = map_batches(explain_fn, trained.variables, config.eval.batch_size,
-                                       decoded.images_NHWC, class_indices_N)
+                                       decoded.images_NHWC, class_indices_N, desc='Grad-CAM')
 
   rows, titles, colours = [], [], []
   for index, (path, overlay_name) in enumerate(zip(decoded.paths, names)):

@@ -39,6 +39,23 @@ def overridden_fields() -> list[str]:
   return list(config_flags.get_override_values(FLAGS['config']))
 
 
+def start_summary(config, mode: str, workdir: str) -> str:
+  """A few lines on what a run is about to do: its data, model, steps and where its outputs go."""
+  where = os.path.abspath(workdir)
+  if mode == 'train':
+    data = config.data.root or f'Kaggle {config.data.kaggle_dataset} (downloaded)'
+    model = f'{config.model.name} at {config.data.image_size}x{config.data.image_size}'
+    runs = config.cv.folds if config.cv.folds > 1 else config.seeds
+    steps = (f'{config.train.num_epochs} epochs of batch {config.train.batch_size}, learning rate '
+             f'{config.train.learning_rate}' + (f', {runs} runs' if runs > 1 else ''))
+  else:
+    data = config.eval.dir if mode == 'eval' else config.explain.dir
+    model = f'the checkpoint and config.json in {where}'
+    steps = f'batch {config.eval.batch_size}'
+  return (f'{mode} {config.name}\n  data     {data}\n  model    {model}\n  steps    {steps}\n  outputs  {where} '
+          '(the full config: config.json there, or --v=1)')
+
+
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -46,7 +63,8 @@ def main(argv):
   trims = host_memory.apply(config.train)  # Before XLA's threads start and the first large allocation.
   distributed.initialize(config)  # Multi-host: joins the other processes before anything touches a device.
   workdir = FLAGS.workdir or os.path.join('workdirs', config.name)
-  logging.info('mode %s, workdir %s, config:\n%s', FLAGS.mode, os.path.abspath(workdir), config)
+  logging.info('%s', start_summary(config, FLAGS.mode, workdir))
+  logging.debug('config:\n%s', config)  # All of it is in WORKDIR/config.json too.
   if FLAGS.mode == 'train' and (config.cv.folds > 1 or config.seeds > 1):
     result = crossval.run(config, workdir)
     print(f'\n{result["n_runs"]} runs under {os.path.abspath(workdir)}; summary: '

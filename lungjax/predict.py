@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags  # pylint: disable=g-multiple-import
 
-from lungjax import calibration, checkpoints, explain, workdir as workdir_lib
+from lungjax import calibration, checkpoints, explain, progress, workdir as workdir_lib
 from lungjax.data import folders, images
 
 
@@ -97,7 +97,8 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
     workdir_lib.claim_outputs(gradcam_dir, names, inputs=[path for path, _ in files])
   threads = config.data.decode_threads or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    for start in range(0, len(files), batch_size):
+    starts = range(0, len(files), batch_size)
+    for start in progress.progress(starts, len(starts), 'predicting'):
       chunk = files[start:start + batch_size]
       futures = [pool.submit(read_image, path, config.data.image_size) for path, _ in chunk]
       pixels, errors = {}, {}

@@ -144,8 +144,14 @@ def _clinical_markdown(metrics: dict[str, Any]) -> list[str]:
   return lines
 
 
-def report_markdown(metrics: dict[str, Any], title: str) -> str:
-  """Returns the study's classification table, the clinical table, the confusion matrix and the goals as markdown."""
+# The plots write_evaluation draws, in the order report.md shows them: (file name, alt text).
+PLOTS = (('confusion_matrix.png', 'confusion matrix'), ('roc.png', 'ROC curves'),
+         ('reliability.png', 'reliability diagram'))
+
+
+def report_markdown(metrics: dict[str, Any], title: str, plots: Sequence[str] = ()) -> str:
+  """Returns the study's classification table, the clinical table, the confusion matrix and the goals as markdown;
+  `plots` (file names of PLOTS beside report.md) are embedded with relative links, so a viewer shows one page."""
   lines = [f'# {title}', '']
   details = [f'{metrics["n_images"]} images']
   if metrics.get('checkpoint_step') is not None:
@@ -201,6 +207,9 @@ def report_markdown(metrics: dict[str, Any], title: str) -> str:
   if metrics.get('skipped_images'):
     lines += ['', '## Skipped files', '']
     lines += [f'- `{path}`: {reason}' for path, reason in metrics['skipped_images']]
+  shown = [(name, alt) for name, alt in PLOTS if name in plots]
+  if shown:
+    lines += ['', '## Plots', ''] + [f'![{alt}]({name})' for name, alt in shown]
   return '\n'.join(lines) + '\n'
 
 
@@ -292,9 +301,11 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str, labels_N
                      'or neither')
   os.makedirs(out_dir, exist_ok=True)
   write_metrics_json(metrics, os.path.join(out_dir, 'metrics.json'))
-  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(report_markdown(metrics, title))
   plot_confusion_matrix(metrics, os.path.join(out_dir, 'confusion_matrix.png'), title)
+  plots = ['confusion_matrix.png']
   if labels_N is not None:
     plot_roc(labels_N, probabilities_NC, metrics['classes'], os.path.join(out_dir, 'roc.png'))
     plot_reliability(labels_N, probabilities_NC, os.path.join(out_dir, 'reliability.png'))
+    plots += ['roc.png', 'reliability.png']
+  with open(os.path.join(out_dir, 'report.md'), 'w') as f:  # After the plots it links to.
+    f.write(report_markdown(metrics, title, plots))

@@ -16,7 +16,7 @@ from clu import metric_writers, periodic_actions
 
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, report, steps, warm_start
 from lungjax import calibration as calibration_lib, distributed, host_memory
-from lungjax import fingerprint as fingerprint_lib, preemption
+from lungjax import fingerprint as fingerprint_lib, model_card, preemption, progress
 from lungjax import workdir as workdir_lib
 from lungjax.data import loading, pipeline, splits
 from lungjax.models import create_model
@@ -152,7 +152,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   epoch_window: list[tuple[int, steps.TrainMetrics]] = []
   log_window: list[tuple[int, steps.TrainMetrics]] = []
   start_time = time.perf_counter()
-  for step in range(first_step + 1, num_steps + 1):
+  for step in progress.progress(range(first_step + 1, num_steps + 1), num_steps - first_step,
+                                f'training {config.train.num_epochs} epochs x {steps_per_epoch} steps'):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = mesh_lib.to_global_batch(next(data_iter), batch_sharding)
       state, step_metrics = train_step(state, batch)
@@ -238,5 +239,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   if distributed.is_main_process():
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
+    model_card.write_model_card(workdir, config, summary, run_fingerprint, data)
   distributed.barrier('train_and_evaluate')  # Every process returns once process 0's files are written.
   return summary

@@ -8,7 +8,7 @@ import os
 import stat
 from collections.abc import Mapping, Sequence
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.dcm', '.dicom')  # DICOM needs pydicom (lungjax[dicom]).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ class FolderScan:
 
 
 def is_image_file(name: str) -> bool:
-  """True for the extensions lungjax reads (.jpg, .jpeg, .png in any letter case)."""
+  """True for the extensions lungjax reads (.jpg, .jpeg, .png, .dcm, .dicom in any letter case)."""
   return name.lower().endswith(IMAGE_EXTENSIONS)
 
 

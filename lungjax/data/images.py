@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 from PIL import ExifTags, Image, ImageOps
 
+from lungjax import progress
 from lungjax.data.folders import Record
 
 # Only the decoders lungjax needs are ever opened: this limits exposure to Pillow's other decoders.
@@ -344,6 +345,14 @@ def _warnings(width: int, height: int, eight_bit: _EightBit) -> tuple[str, ...]:
   return tuple(warnings)
 
 
+def open_image(path: str) -> Image.Image:
+  """Opens a JPEG or PNG lazily, or decodes a DICOM file (.dcm, .dicom: lungjax.data.dicom) to its 8-bit image."""
+  from lungjax.data import dicom  # pylint: disable=g-import-not-at-top  (dicom imports this module)
+  if dicom.is_dicom_path(path):
+    return dicom.load(path)[0]
+  return Image.open(path, formats=PIL_FORMATS)
+
+
 def load_image(path: str, size: int) -> LoadedImage:
   """Decodes one file once into its resized pixels, full-size pixel hash, grey thumbnail and warnings.
 
@@ -356,7 +365,7 @@ def load_image(path: str, size: int) -> LoadedImage:
   try:
     if os.path.getsize(path) == 0:  # Inside the try: a dangling link or a file gone since the scan is named too.
       raise BadImageError(path, 'the file is empty')
-    with Image.open(path, formats=PIL_FORMATS) as image:
+    with open_image(path) as image:
       if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float('inf')):  # Pillow only warns up to 2x.
         raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
                                            f'={Image.MAX_IMAGE_PIXELS}')
@@ -425,7 +434,7 @@ def decode_records(
   kept, hashes, skipped, warnings = [], [], [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     futures = [pool.submit(load_image, record.path, size) for record in records]
-    for index, future in enumerate(futures):
+    for index, future in enumerate(progress.progress(futures, len(futures), 'decoding')):
       try:
         loaded = future.result()
       except BadImageError as error:
