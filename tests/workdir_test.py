@@ -121,9 +121,9 @@ def test_explain_keeps_extensions_and_refuses_a_foreign_file_in_its_folder(train
   config = tiny.get_config()
   config.data.root = synthetic_root
   config.explain.dir = str(folder)
-  summary = explain.explain_folder(config, run)
+  summary = explain.explain_folder(config, run, ['explain.dir'])
   assert [os.path.basename(row['overlay']) for row in summary['images']] == ['x.jpg.gradcam.png', 'x.png.gradcam.png']
-  explain.explain_folder(config, run)  # Its own files it may write again.
+  explain.explain_folder(config, run, ['explain.dir'])  # Its own files it may write again.
   os.rename(folder, tmp_path / 'other')
   config.explain.dir = str(tmp_path / 'other')
   theirs = os.path.join(run, 'explain', 'other', 'gallery.png')  # Put there by someone else.
@@ -131,7 +131,7 @@ def test_explain_keeps_extensions_and_refuses_a_foreign_file_in_its_folder(train
   with open(theirs, 'wb') as f:
     f.write(b'theirs')
   with pytest.raises(workdir.ForeignFileError, match=f'{theirs}.*lungjax did not write it'):
-    explain.explain_folder(config, run)
+    explain.explain_folder(config, run, ['explain.dir'])
   assert open(theirs, 'rb').read() == b'theirs' and os.listdir(os.path.dirname(theirs)) == ['gallery.png']
 
 
@@ -228,7 +228,7 @@ def test_eval_of_a_folder_named_val_or_test_keeps_the_training_reports(trained, 
     eval_config = tiny.get_config()
     eval_config.data.root = config.data.root
     eval_config.eval.dir = folder
-    metrics = evaluate.evaluate_checkpoint(eval_config, run)
+    metrics = evaluate.evaluate_checkpoint(eval_config, run, ['eval.dir'])
     assert metrics['out_dir'] == os.path.join(run, 'eval', f'folder-{split}') and metrics['n_images'] == 6
   assert {split: _tree_digests(os.path.join(run, 'eval', split)) for split in ('val', 'test')} == reports
 
