@@ -6,6 +6,7 @@ import os
 import shutil
 import types
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -96,7 +97,7 @@ def test_an_unmapped_extra_folder_is_refused_naming_the_source(two_sources):
     loading.load_training_folder(two_sources)
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
+@pytest.mark.parametrize('seed', [0, 1, 2, 3, 4, 5])
 def test_validation_is_stratified_by_class_and_source_and_keeps_copies_together(two_sources, seed):
   two_sources.data.split_seed = seed
   data = loading.load_training_data(two_sources)
@@ -107,6 +108,7 @@ def test_validation_is_stratified_by_class_and_source_and_keeps_copies_together(
             os.path.join(two_sources.data.extra_root, 'COVID', 'copy.png')]
   assert all(p in data.train.paths + data.val.paths for p in copies)
   assert sum(p in data.val.paths for p in copies) in (0, 2)  # The copy across sources is on one side.
+  assert set(data.val.pixel_hashes).isdisjoint(data.train.pixel_hashes)
   groups = loading.split_groups(data.train_folder.decoded, two_sources)
   index = {p: i for i, p in enumerate(data.train_folder.decoded.paths)}
   assert groups[index[copies[0]]] == groups[index[copies[1]]]
@@ -219,3 +221,27 @@ def test_the_multisource_config_documents_the_command():
   assert config.data.extra_root == '' and config.data.source_name == 'kaggle'
   assert '--config.data.extra_class_names=' in multisource.__doc__
   assert 'Viral Pneumonia' in config.eval.caveat
+
+
+def test_per_image_weights_reach_the_loss():
+  from tests.steps_test import _batch, _setup  # pylint: disable=g-import-not-at-top
+  from lungjax import mesh as mesh_lib, steps  # pylint: disable=g-import-not-at-top
+  from lungjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config, model, tx, mesh, _ = _setup()
+  create = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)
+  class_weights_C = np.asarray([0.5, 2.0, 1.0], np.float32)
+  train_step = steps.jit_train_step(model, tx, class_weights_C, mesh)
+  plain = _batch(6)
+  weights_N = class_weights_C[plain['label']]
+  dataset = pipeline.train_dataset(plain['image'], plain['label'], global_batch_size=6, num_epochs=1, seed=0,
+                                   weights_N=weights_N)
+  batch = next(iter(dataset))
+  np.testing.assert_allclose(batch['weight'], class_weights_C[batch['label']])
+  sharding = mesh_lib.batch_sharded(mesh)
+  # The step donates its state: a fresh, identical one each time.
+  loss = lambda b: float(train_step(create(jax.random.PRNGKey(0)), mesh_lib.to_global_batch(b, sharding))[1]
+                         .compute()['loss'])
+  same = loss(plain), loss({**plain, 'weight': weights_N})
+  np.testing.assert_allclose(same[0], same[1], rtol=1e-5)
+  other = loss({**plain, 'weight': weights_N * np.asarray([1, 1, 1, 3, 3, 3], np.float32)})
+  assert abs(other - same[0]) > 1e-3
