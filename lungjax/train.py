@@ -244,6 +244,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
                                              calibration, training=data.train_folder.decoded)
     summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
                                     'macro_avg': metrics['macro_avg']}
+    if 'per_source' in metrics:
+      summary['evaluations'][name]['per_source'] = {
+          source: {'n_images': row['n_images'], 'accuracy': row['accuracy'], 'macro_avg': row['macro_avg'],
+                   'recall': {c: v['recall'] for c, v in row['per_class'].items() if v['support']}}
+          for source, row in metrics['per_source'].items()}
   if distributed.is_main_process():
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)

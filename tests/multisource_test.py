@@ -205,6 +205,8 @@ def test_two_source_training_and_eval_of_two_folders(two_sources, tmp_path):
   assert summary['n_train'] + summary['n_val'] == 77
   val = json.loads(open(os.path.join(workdir, 'eval', 'val', 'metrics.json')).read())
   assert set(val['per_source']) == {'kids', 'adult'}
+  assert summary['evaluations']['val']['per_source']['adult']['n_images'] == 10
+  assert set(summary['evaluations']['val']['per_source']['adult']['recall']) == {'Covid', 'Normal'}
   a, b = tmp_path / 'A', tmp_path / 'B'
   write_image_folder(str(a), 2, seed=3)
   write_image_folder(str(b), 2, seed=4, classes=('Covid', 'Normal'))
