@@ -25,6 +25,19 @@ def get_config() -> ml_collections.ConfigDict:
   # A TFDS data_dir that `python -m lungjax.prepare` filled: train and test read from its array_record files
   # (decoded once, pixels read per batch, never all in memory) instead of decoding root/ each run. '' decodes root/.
   config.data.prepared_dir = ''
+  # Several labelled sources in one run (lungjax/data/sources.py). The main source is root's train/, named
+  # source_name ('' : the root folder's basename, or the Kaggle dataset's name); it must hold every class.
+  config.data.source_name = ''
+  # One extra source: a folder of class sub-folders (no train/ level), its folder names mapped onto classes as
+  # config.eval.class_names reads them ('COVID=Covid,Normal=Normal'), named extra_source_name ('': the basename).
+  # It may hold only some classes. Not with prepared_dir (which holds one root only).
+  config.data.extra_root = ''
+  config.data.extra_class_names = ''
+  config.data.extra_source_name = ''
+  # More extra sources: 'NAME=DIR' or 'NAME=DIR;FOLDER=Class,FOLDER=Class' strings, e.g. on the command line
+  # --config.data.extra_sources="('adult=/data/adult;COVID=Covid,NORMAL=Normal',)". Source names must differ.
+  # Validation split and folds are stratified by class and source; copies across sources stay on one side.
+  config.data.extra_sources = ()
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cnn'
@@ -51,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.adam_b2 = 0.999
   config.train.adam_eps = 1e-7
   config.train.class_weighting = 'balanced'  # 'balanced' (n / (k * count_c)) or 'none'.
+  # With several sources: 'balanced' also gives every source of a class the same share of that class's weight
+  # (splits.example_weights); 'none' weighs images by their class only.
+  config.train.source_weighting = 'none'
   config.train.log_every_steps = 5
   config.train.freeze_backbone_epochs = 0  # With model.init_from: train only the head for these epochs.
   # XLA options for the jitted train / eval steps, on the CPU backend only: 'name=value;name=value'.
@@ -110,6 +126,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict()
   # --mode=eval: the folder of class sub-folders to evaluate, or '@validation': the run's validation split.
+  # Several folders, comma-separated ('A,B'), are each a source (named by its basename): metrics.json then has
+  # per_source.<name> beside the pooled metrics. class_names below applies to every folder.
   config.eval.dir = ''
   config.eval.step = -1  # -1: the best checkpoint by checkpoint.best_metric.
   config.eval.batch_size = 16

@@ -39,7 +39,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   """Trains one model per grouped, stratified fold of train; pools the out-of-fold predictions."""
   root, loaded = loading.load_training_folder(config)
   decoded = loaded.decoded
-  folds = splits.grouped_stratified_folds(decoded.labels_N, loading.split_groups(decoded, config),
+  folds = splits.grouped_stratified_folds(loading.split_strata(decoded), loading.split_groups(decoded, config),
                                           config.cv.folds, config.data.split_seed)
   run_dirs = []
   for k, (train_indices, val_indices) in enumerate(folds):

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
 from lungjax import calibration as calibration_lib, distributed, model_card, progress
-from lungjax.data import folders, images, loading, pipeline
+from lungjax.data import folders, images, loading, pipeline, sources as sources_lib
 from lungjax.models import create_model
 
 
@@ -47,6 +47,24 @@ def evaluation_metrics(labels_N: np.ndarray, probabilities_NC: np.ndarray,
   metrics = metrics_lib.classification_metrics(labels_N, probabilities_NC, classes)
   metrics['loss'] = metrics_lib.mean_cross_entropy(labels_N, probabilities_NC)
   return metrics
+
+
+def per_source_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray,
+                       config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """{source name: the whole's metrics (evaluation_metrics plus with_uncertainty's intervals) on that source's rows
+  alone}, for images of several sources (decoded.sources_N); {} for one source. A source without rows here is
+  left out (missing_sources names it)."""
+  sources_N, names = sources_lib.source_indices(decoded)
+  if len(names) < 2:
+    return {}
+  labels_N, classes, found = np.asarray(decoded.labels_N), tuple(config.data.classes), {}
+  for s, name in enumerate(names):
+    rows = sources_N == s
+    if rows.any():
+      metrics = evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes)
+      found[name] = metrics_lib.with_uncertainty(metrics, labels_N[rows], probabilities_NC[rows],
+                                                 n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+  return found
 
 
 def write_predictions(decoded: images.DecodedImages, probabilities_NC: np.ndarray, classes: tuple[str, ...],
@@ -122,6 +140,9 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
                                          seed=config.seed)
   if calibration is not None:
     add_calibration(metrics, labels_N, probabilities_NC, calibration, calibration_fitted_here)
+  if per_source := per_source_metrics(loaded.decoded, probabilities_NC, config):
+    metrics['per_source'] = per_source
+    metrics['source_missing_classes'] = sources_lib.missing_classes(loaded.decoded, config.data.classes)
   if distributed.is_main_process():  # Multi-host: every process has the metrics; process 0 writes them.
     report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
     write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
@@ -212,14 +233,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         data = loading.load_training_data(sized)
         decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())
       else:
-        decoded_by_size[size] = loading.load_folder(folder, sized, require_all_classes=False,
-                                                    folder_names=folder_names)
+        decoded_by_size[size] = loading.load_folders(folder, sized, folder_names)  # 'A,B': one source each.
     total_NC = total_NC + predict_with_views(steps.jit_eval_step(model, mesh), state, decoded_by_size[size].decoded,
                                              run_config, keys, config.eval.batch_size, mesh)
     steps_used.append({'workdir': member, 'step': step, 'model': run_config.model.name})
   loaded = next(iter(decoded_by_size.values()))
   # 'folder-<name>': never training's own eval/val and eval/test, whatever the evaluated folder is called.
-  name = 'validation' if folder == VALIDATION else 'folder-' + os.path.basename(os.path.normpath(folder))
+  name = 'validation' if folder == VALIDATION else 'folder-' + '+'.join(
+      os.path.basename(os.path.normpath(f.strip())) for f in folder.split(',') if f.strip())
   name += ('_ensemble' if len(members) > 1 else '') + (f'_tta{len(keys) - 1}' if len(keys) > 1 else '')
   averaged = None
   if len(members) > 1 or len(keys) > 1:

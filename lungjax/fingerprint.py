@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import images
+from lungjax.data import images, sources as sources_lib
 
 MISMATCH_CHOICES = ('error', 'fresh')
 
@@ -34,10 +34,29 @@ def _files_digest(decoded: images.DecodedImages, folder: str) -> dict[str, Any]:
   return {'n': len(decoded), 'sha256': digest.hexdigest()}
 
 
+def _sources(config: ml_collections.ConfigDict, data: Any) -> dict[str, Any]:
+  """With extra training sources: each source's name, folder, class mapping and its own files' digest (paths
+  relative to its folder, so moving a source keeps its digest), and config.train.source_weighting."""
+  extras = sources_lib.extra_sources(config)
+  decoded = data.train_folder.decoded
+  sources_N, _ = sources_lib.source_indices(decoded)
+  names = [sources_lib.main_source_name(config)] + [source.name for source in extras]
+  folders = [data.train_folder.folder] + [source.folder for source in extras]
+  mappings = [{}] + [source.mapping for source in extras]
+  described = []
+  for s, (name, folder, mapping) in enumerate(zip(names, folders, mappings)):
+    described.append({'name': name, 'folder': os.path.abspath(folder), 'class_names': mapping,
+                      'files': _files_digest(decoded.subset(np.flatnonzero(sources_N == s)), folder)})
+  return {'sources': described, 'source_weighting': config.train.get('source_weighting', 'none')}
+
+
 def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state: Any,
                     loader_threads: int) -> dict[str, Any]:
   """The fields a resumed run must share with its checkpoint ('run') and those that only change bits ('host')."""
   folder = data.train_folder.folder
+  extra = _sources(config, data) if sources_lib.extra_sources(config) else {}
+  if config.train.get('source_weighting', 'none') != 'none':
+    extra['source_weighting'] = config.train.source_weighting
   dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(abstract_state.params)})
   return {
       'run': {
@@ -55,6 +74,7 @@ def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state
           'val_files': _files_digest(data.val, folder),
           'process_count': jax.process_count(),
           'loader_threads': loader_threads,
+          **extra,  # Only with several sources or source weighting: single-source fingerprints are unchanged.
       },
       'host': {'cpu_count': cpu_count(), 'device_count': jax.device_count(),
                'platform': jax.devices()[0].platform},

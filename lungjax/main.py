@@ -89,6 +89,9 @@ def main(argv):
     metrics = evaluate.evaluate_checkpoint(config, workdir, overridden_fields())
     print(f'\nevaluated checkpoint step {metrics["checkpoint_step"]} on {metrics["n_images"]} images: '
           f'accuracy {metrics["accuracy"]:.4f}, macro recall {metrics["macro_avg"]["recall"]:.4f}')
+    for name, row in metrics.get('per_source', {}).items():  # Several sources (--config.eval.dir=A,B).
+      print(f'  {name:<12} {row["n_images"]} images: accuracy {row["accuracy"]:.4f}, recall ' + ', '.join(
+          f'{c} {v["recall"]:.3f}' for c, v in row['per_class'].items() if v['support']))
     print(f'  report       {os.path.abspath(metrics["out_dir"])}/report.md')
   if trims is not None:
     logging.info('host memory: freed memory handed back %d times above the %s GB cap', len(trims),

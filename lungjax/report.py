@@ -144,6 +144,31 @@ def _clinical_markdown(metrics: dict[str, Any]) -> list[str]:
   return lines
 
 
+def _per_source_markdown(metrics: dict[str, Any]) -> list[str]:
+  """The per-source table (images, accuracy, macro recall, each class's recall, with intervals) and what each
+  source lacks; nothing for one source."""
+  per_source = metrics.get('per_source')
+  if not per_source:
+    return []
+  classes = metrics['classes']
+  lines = ['', '## Per source', '',
+           '| source | images | accuracy | macro recall | ' + ' | '.join(f'{c} recall' for c in classes) + ' |',
+           '|---' * (len(classes) + 4) + '|']
+  for name, row in [*per_source.items(), ('pooled', metrics)]:
+    recalls = [_with_interval(row['per_class'][c]['recall'], _interval_at(row, ('per_class', c, 'recall')))
+               if row['per_class'][c]['support'] else 'n/a (none)' for c in classes]
+    lines.append(f'| {name} | {row["n_images"]} | {_with_interval(row["accuracy"], _interval_at(row, ("accuracy",)))} '
+                 f'| {_with_interval(row["macro_avg"]["recall"], _interval_at(row, ("macro_avg", "recall")))} | '
+                 + ' | '.join(recalls) + ' |')
+  lines += ['', 'Each source\'s metrics are computed on its images alone (metrics.json: per_source.<name>, with the '
+            'same keys as the pooled metrics); its macro recall averages the classes it holds.']
+  for name, lacking in metrics.get('source_missing_classes', {}).items():
+    what = 'no image at all here' if len(lacking) == len(classes) else f'no {" or ".join(lacking)} images'
+    lines.append(f'- {name} has {what}: its scores say nothing about {"it" if len(lacking) == len(classes) else "them"},'
+                 ' and a model may tie a class to the look of the sources that do hold it.')
+  return lines
+
+
 # The plots write_evaluation draws, in the order report.md shows them: (file name, alt text).
 PLOTS = (('confusion_matrix.png', 'confusion matrix'), ('roc.png', 'ROC curves'),
          ('reliability.png', 'reliability diagram'))
@@ -173,6 +198,7 @@ def report_markdown(metrics: dict[str, Any], title: str, plots: Sequence[str] = 
     lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {n} |')
   if metrics['macro_avg_classes'] != metrics['classes']:
     lines += ['', f'Macro averages run over the classes present: {", ".join(metrics["macro_avg_classes"])}.']
+  lines += _per_source_markdown(metrics)
   lines += _clinical_markdown(metrics)
   lines += ['', '## Confusion matrix (rows: true, columns: predicted)', '',
             '| true \\ predicted | ' + ' | '.join(metrics['classes']) + ' |',

@@ -79,7 +79,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     outputs = model.apply({'params': params, **state.model_state}, images_BHWC, train=True,
                           rngs={'dropout': dropout_key}, mutable=mutable)
     logits_BC, new_model_state = outputs if mutable else (outputs, state.model_state)
-    return weighted_cross_entropy(logits_BC, batch['label'], class_weights_C), (logits_BC, new_model_state)
+    if 'weight' in batch:  # Per-image weights (config.train.source_weighting): sum_i(w_i * CE_i) / B.
+      per_example_B = optax.softmax_cross_entropy_with_integer_labels(logits_BC, batch['label'])
+      loss = jnp.sum(batch['weight'] * per_example_B) / batch['label'].shape[0]
+    else:
+      loss = weighted_cross_entropy(logits_BC, batch['label'], class_weights_C)
+    return loss, (logits_BC, new_model_state)
 
   (loss, (logits_BC, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if frozen_mask is not None and freeze_steps > 0:

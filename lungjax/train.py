@@ -18,7 +18,7 @@ from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, report, st
 from lungjax import calibration as calibration_lib, distributed, host_memory
 from lungjax import fingerprint as fingerprint_lib, model_card, preemption, progress
 from lungjax import workdir as workdir_lib
-from lungjax.data import loading, pipeline, splits
+from lungjax.data import loading, pipeline, sources as sources_lib, splits
 from lungjax.models import create_model
 
 
@@ -35,6 +35,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       ('config.data.val_fraction', config.data.val_fraction, 0.0 <= config.data.val_fraction < 1.0),
       ('config.train.class_weighting', config.train.class_weighting,
        config.train.class_weighting in ('balanced', 'none')),
+      ('config.train.source_weighting', config.train.get('source_weighting', 'none'),
+       config.train.get('source_weighting', 'none') in ('balanced', 'none')),
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
       ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
@@ -43,6 +45,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ValueError(f'{field}={value!r} is not allowed')
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
+  sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -107,11 +110,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
   host_memory.release_free_memory()  # The decoders' full-size scratch goes back to the system before training.
   weights_C = class_weights(data.train.labels_N, config)
   logging.info('class weights: %s', dict(zip(classes, np.round(weights_C, 4).tolist())))
+  weights_N = None
+  if config.train.get('source_weighting', 'none') != 'none':
+    sources_N, source_names = sources_lib.source_indices(data.train)
+    weights_N = splits.example_weights(data.train.labels_N, sources_N, weights_C, config.train.source_weighting)
+    logging.info('source weighting %s: mean weight per (source, class): %s', config.train.source_weighting, {
+        f'{name}/{c}': round(float(weights_N[(sources_N == s) & (data.train.labels_N == k)].mean()), 4)
+        for s, name in enumerate(source_names) for k, c in enumerate(classes)
+        if np.any((sources_N == s) & (data.train.labels_N == k))})
   steps_per_epoch = len(data.train) // config.train.batch_size
   num_steps = steps_per_epoch * config.train.num_epochs
   dataset = pipeline.train_dataset(data.train.images_NHWC, data.train.labels_N,
                                    global_batch_size=config.train.batch_size,
-                                   num_epochs=config.train.num_epochs, seed=config.seed)
+                                   num_epochs=config.train.num_epochs, seed=config.seed, weights_N=weights_N)
   read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
   data_iter = iter(dataset.to_iter_dataset(read_options))
 
@@ -236,6 +247,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
                                              calibration, training=data.train_folder.decoded)
     summary['evaluations'][name] = {'dir': out_dir, 'accuracy': metrics['accuracy'],
                                     'macro_avg': metrics['macro_avg']}
+    if 'per_source' in metrics:
+      summary['evaluations'][name]['per_source'] = {
+          source: {'n_images': row['n_images'], 'accuracy': row['accuracy'], 'macro_avg': row['macro_avg'],
+                   'recall': {c: v['recall'] for c, v in row['per_class'].items() if v['support']}}
+          for source, row in metrics['per_source'].items()}
   if distributed.is_main_process():
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)

@@ -78,13 +78,13 @@ def _is_dir(entry: os.DirEntry) -> bool:
     return False
 
 
-def parse_folder_names(text: str, classes: Sequence[str]) -> dict[str, str]:
-  """Parses config.eval.class_names, 'FOLDER=Class,FOLDER=Class', into {folder name: class name}."""
+def parse_folder_names(text: str, classes: Sequence[str], field: str = 'config.eval.class_names') -> dict[str, str]:
+  """Parses config.eval.class_names (or `field`), 'FOLDER=Class,FOLDER=Class', into {folder name: class name}."""
   mapping = {}
   for item in filter(None, (part.strip() for part in text.split(','))):
     folder, sep, class_name = (x.strip() for x in item.partition('='))
     if not sep or class_name not in classes:
-      raise ValueError(f'config.eval.class_names: {item!r} must read FOLDER=CLASS with CLASS one of {list(classes)}')
+      raise ValueError(f'{field}: {item!r} must read FOLDER=CLASS with CLASS one of {list(classes)}')
     mapping[folder] = class_name
   return mapping
 

@@ -408,6 +408,8 @@ class DecodedImages:
   thumbnails_ND: np.ndarray  # float32 grey thumbnails (see grey_thumbnail), for near-copy detection.
   skipped: tuple[tuple[str, str], ...]  # (path, reason) of each undecodable file.
   warnings: tuple[tuple[str, str], ...] = ()  # (path, warning) of decoded images (LoadedImage.warnings).
+  sources_N: np.ndarray | None = None  # int32 index into source_names of each image's source (data/sources.py).
+  source_names: tuple[str, ...] = ()
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -418,7 +420,8 @@ class DecodedImages:
     images_NHWC = self.images_NHWC.subset(indices) if hasattr(self.images_NHWC, 'subset') else self.images_NHWC[indices]
     return DecodedImages(
         images_NHWC, self.labels_N[indices], tuple(self.paths[i] for i in indices),
-        tuple(self.pixel_hashes[i] for i in indices), self.thumbnails_ND[indices], self.skipped, self.warnings)
+        tuple(self.pixel_hashes[i] for i in indices), self.thumbnails_ND[indices], self.skipped, self.warnings,
+        None if self.sources_N is None else self.sources_N[indices], self.source_names)
 
 
 def decode_records(

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import download, duplicates, folders, images, prepared, splits
+from lungjax.data import download, duplicates, folders, images, prepared, sources as sources_lib, splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +79,11 @@ class TrainingData:
 
 
 def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, FolderImages]:
-  """Resolves the data root and decodes its train/ folder once (or reads config.data.prepared_dir's train split);
-  every class must keep an image."""
+  """Resolves the data root and decodes its train/ folder once (or reads config.data.prepared_dir's train split),
+  then every extra source (config.data.extra_root, config.data.extra_sources; data/sources.py): the images come back
+  in that order, each with its source (decoded.sources_N, decoded.source_names). The main source must keep an
+  image of every class; an extra source may hold some of them only."""
+  extras = sources_lib.extra_sources(config)  # Validated first: names the field of a bad entry before decoding.
   if config.data.prepared_dir:
     loaded = load_prepared_folder(config, 'train')
     root = os.path.dirname(loaded.folder)
@@ -90,7 +93,35 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
   missing = [c for i, c in enumerate(config.data.classes) if not np.any(loaded.decoded.labels_N == i)]
   if missing:
     raise ValueError(f'no decodable training images left for classes {missing}')
-  return root, loaded
+  parts = [loaded]
+  for source in extras:
+    try:
+      parts.append(load_folder(source.folder, config, require_all_classes=False, folder_names=source.mapping))
+    except ValueError as error:
+      raise ValueError(f'{source.field} (source {source.name!r}): {error}') from error
+  names = [sources_lib.main_source_name(config)] + [source.name for source in extras]
+  decoded = sources_lib.concatenate([part.decoded for part in parts], names)
+  if extras:
+    for name, part in zip(names, parts):
+      counts = np.bincount(part.decoded.labels_N, minlength=len(config.data.classes))
+      logging.info('source %s (%s): %d images (%s)', name, part.folder, len(part.decoded),
+                   ', '.join(f'{c} {n}' for c, n in zip(config.data.classes, counts)))
+  return root, FolderImages(loaded.folder, decoded, sum((part.ignored_files for part in parts), ()))
+
+
+def load_folders(text: str, config: ml_collections.ConfigDict,
+                 folder_names: dict[str, str] | None = None) -> FolderImages:
+  """Decodes config.eval.dir: one folder, or several comma-separated ('A,B'), each its own source named by its
+  basename (a repeated basename is a ValueError); `folder_names` applies to every folder."""
+  paths = [p.strip() for p in text.split(',') if p.strip()]
+  if len(paths) == 1:
+    return load_folder(paths[0], config, require_all_classes=False, folder_names=folder_names)
+  names = [os.path.basename(os.path.normpath(p)) for p in paths]
+  if len(set(names)) != len(names):
+    raise ValueError(f'config.eval.dir={text!r}: each folder is a source named by its basename, and {names} repeat one')
+  parts = [load_folder(p, config, require_all_classes=False, folder_names=folder_names) for p in paths]
+  decoded = sources_lib.concatenate([part.decoded for part in parts], names)
+  return FolderImages(','.join(paths), decoded, sum((part.ignored_files for part in parts), ()))
 
 
 # The training folder's file names, pixel hashes and thumbnails, kept in the workdir at training time.
@@ -163,7 +194,8 @@ def copies_of_training_images(evaluated: images.DecodedImages, training: images.
 
 def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> np.ndarray:
   """The group of each image that splits keep on one side: exact copies and near copies (thumbnail r at or above
-  config.data.near_copy_threshold, as `python -m lungjax.audit` finds them) share a group."""
+  config.data.near_copy_threshold, as `python -m lungjax.audit` finds them) share a group. Every source is compared
+  with every other, so a copy found in two sources lands on one side too."""
   pairs = duplicates.find_copy_pairs(decoded.pixel_hashes, decoded.thumbnails_ND, config.data.near_copy_threshold)
   for pair in pairs:
     logging.info('%s copy (r %.3f) kept on one side of every split: %s ~ %s', pair.kind, pair.score,
@@ -171,12 +203,19 @@ def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDic
   return duplicates.copy_groups(len(decoded), pairs)
 
 
+def split_strata(decoded: images.DecodedImages) -> np.ndarray:
+  """What splits and folds stratify by: the class, and with several sources the class and the source."""
+  sources_N, names = sources_lib.source_indices(decoded)
+  return sources_lib.strata(decoded.labels_N, sources_N, len(names))
+
+
 def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:
-  """Decodes train/ once and splits off a grouped, stratified validation part."""
+  """Decodes train/ (and every extra source) once and splits off a grouped validation part, stratified by class
+  and source."""
   root, loaded = load_training_folder(config)
   decoded = loaded.decoded
   train_indices, val_indices = splits.grouped_stratified_split(
-      decoded.labels_N, split_groups(decoded, config), config.data.val_fraction, config.data.split_seed)
+      split_strata(decoded), split_groups(decoded, config), config.data.val_fraction, config.data.split_seed)
   logging.info('split %d images: %d train, %d validation (split seed %d, copies kept on one side)',
                len(decoded), len(train_indices), len(val_indices), config.data.split_seed)
   if config.data.val_fraction > 0 and not len(val_indices):

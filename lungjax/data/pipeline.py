@@ -19,16 +19,21 @@ class ImageSource(Protocol):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GatherBatch:
-  """Maps a global batch of indices to this process's rows {'image': BxHxWx3 uint8, 'label': B int32}."""
+  """Maps a global batch of indices to this process's rows {'image': BxHxWx3 uint8, 'label': B int32}, plus
+  'weight' (B float32, each image's loss weight) when weights_N is given."""
 
   images_NHWC: ImageSource
   labels_N: np.ndarray
   start: int
   size: int
+  weights_N: np.ndarray | None = None
 
   def __call__(self, indices_B: np.ndarray) -> dict[str, np.ndarray]:
     indices_B = indices_B[self.start:self.start + self.size]
-    return {'image': self.images_NHWC[indices_B], 'label': self.labels_N[indices_B]}
+    batch = {'image': self.images_NHWC[indices_B], 'label': self.labels_N[indices_B]}
+    if self.weights_N is not None:
+      batch['weight'] = self.weights_N[indices_B]
+    return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +67,11 @@ def process_rows(global_batch_size: int, shard_options: grain.sharding.ShardOpti
 
 def train_dataset(
     images_NHWC: ImageSource, labels_N: np.ndarray, *, global_batch_size: int, num_epochs: int, seed: int,
-    shard_options: grain.sharding.ShardOptions | None = None
+    shard_options: grain.sharding.ShardOptions | None = None, weights_N: np.ndarray | None = None
 ) -> grain.MapDataset:
   """Returns num_epochs x (n // batch) batches, reshuffled each epoch, the remainder dropped.
 
+  With weights_N (each image's loss weight, e.g. splits.example_weights) every batch carries 'weight'.
   Every process shuffles the same way and keeps its own slice of each global batch (shard_options: by JAX
   process unless given).
   """
@@ -75,7 +81,9 @@ def train_dataset(
   start, per_process = process_rows(global_batch_size, shard_options)
   dataset = grain.MapDataset.range(len(labels_N)).shuffle(seed=seed)
   dataset = dataset.batch(global_batch_size, drop_remainder=True)
-  return dataset.map(GatherBatch(images_NHWC, labels_N, start, per_process)).repeat(num_epochs)
+  gather = GatherBatch(images_NHWC, labels_N, start, per_process,
+                       None if weights_N is None else np.asarray(weights_N, np.float32))
+  return dataset.map(gather).repeat(num_epochs)
 
 
 def eval_dataset(images_NHWC: ImageSource, labels_N: np.ndarray, *, global_batch_size: int,

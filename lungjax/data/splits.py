@@ -56,6 +56,30 @@ def balanced_class_weights(labels_N: Sequence[int], num_classes: int) -> np.ndar
   return weights.astype(np.float32)
 
 
+def example_weights(labels_N: Sequence[int], sources_N: Sequence[int], class_weights_C: np.ndarray,
+                    source_weighting: str) -> np.ndarray:
+  """The loss weight of each training image: its class's weight, times (source_weighting 'balanced') a factor that
+  gives every source present in a class the same total weight within that class.
+
+  Within class c, an image of source s gets n_c / (S_c * n_cs), where n_c counts the class's images, n_cs those of
+  source s and S_c the sources that hold the class: each class keeps its total weight (n_c * w_c) and each of its
+  sources gets 1/S_c of it. 'none': the class weight alone.
+  """
+  labels_N = np.asarray(labels_N, np.int64)
+  weights_N = np.asarray(class_weights_C, np.float64)[labels_N]
+  if source_weighting == 'none':
+    return weights_N.astype(np.float32)
+  if source_weighting != 'balanced':
+    raise ValueError(f'config.train.source_weighting={source_weighting!r} is not one of [\'none\', \'balanced\']')
+  sources_N = np.asarray(sources_N, np.int64)
+  for label in np.unique(labels_N):
+    in_class = labels_N == label
+    present, counts = np.unique(sources_N[in_class], return_counts=True)
+    for source, count in zip(present, counts):
+      weights_N[in_class & (sources_N == source)] *= in_class.sum() / (len(present) * count)
+  return weights_N.astype(np.float32)
+
+
 def grouped_stratified_folds(
     labels_N: Sequence[int], groups_N: Sequence[Hashable], num_folds: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:

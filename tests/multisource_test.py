@@ -1,0 +1,249 @@
+"""Several labelled training sources (lungjax/data/sources.py) and every metric per source (issue 16, parts 1-2)."""
+
+import collections
+import json
+import os
+import shutil
+import types
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import multisource, tiny
+from conftest import CLASSES, striped_image, write_image_folder
+from lungjax import evaluate, fingerprint, metrics as metrics_lib, report, train
+from lungjax.data import loading, sources, splits
+
+EXTRA_FOLDERS = ('COVID', 'NORMAL')  # The second source names its folders otherwise and has no Viral Pneumonia.
+MAPPING = 'COVID=Covid,NORMAL=Normal'
+
+
+@pytest.fixture
+def two_sources(tmp_path):
+  """A main root (train/: 12 per class, 3 classes) and an extra source 'adult' (20 per class, 2 classes, other
+  folder names, 64x64 JPEGs instead of 40x48 PNGs), with one image of the main source copied into the extra."""
+  main = tmp_path / 'main'
+  write_image_folder(str(main / 'train'), 12, seed=0)
+  extra = tmp_path / 'adult'
+  rng = np.random.default_rng(5)
+  for label, name in enumerate(EXTRA_FOLDERS):
+    os.makedirs(extra / name)
+    for i in range(20):
+      Image.fromarray(striped_image(label, rng, 64, 64)).save(extra / name / f'x{i:03d}.jpg', quality=95)
+  shutil.copy(main / 'train' / 'Covid' / '003.png', extra / 'COVID' / 'copy.png')
+  config = tiny.get_config()
+  config.data.root = str(main)
+  config.data.source_name = 'kids'
+  config.data.extra_root = str(extra)
+  config.data.extra_class_names = MAPPING
+  return config
+
+
+def test_extra_sources_read_the_fields(two_sources, tmp_path):
+  found = sources.extra_sources(two_sources)
+  assert [(s.name, s.mapping) for s in found] == [('adult', {'COVID': 'Covid', 'NORMAL': 'Normal'})]
+  other = tmp_path / 'other'
+  write_image_folder(str(other), 2, seed=9, classes=('Normal',))
+  two_sources.data.extra_source_name = 'rsna'
+  two_sources.data.extra_sources = (f'more={other}', f'same={other};Normal=Normal')
+  assert [s.name for s in sources.extra_sources(two_sources)] == ['rsna', 'more', 'same']
+  assert sources.main_source_name(two_sources) == 'kids'
+  two_sources.data.source_name = ''
+  assert sources.main_source_name(two_sources) == 'main'
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('extra_class_names', 'COVID=Adult', 'config.data.extra_class_names'),
+    ('extra_source_name', 'kids', 'already used'),
+    ('extra_root', '/no/such/folder', 'config.data.extra_root'),
+    ('extra_sources', ('nameless',), r'config.data.extra_sources\[0\]'),
+    ('prepared_dir', '/somewhere', 'config.data.prepared_dir'),
+])
+def test_bad_source_fields_are_refused_naming_the_field(two_sources, field, value, message):
+  setattr(two_sources.data, field, value)
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    train.validate_config(two_sources)
+
+
+def test_class_names_without_extra_root_is_refused(tiny_config):
+  tiny_config.data.extra_class_names = MAPPING
+  with pytest.raises(ValueError, match='without config.data.extra_root'):
+    train.validate_config(tiny_config)
+
+
+def test_sources_are_decoded_mapped_and_resized_alike(two_sources):
+  _, loaded = loading.load_training_folder(two_sources)
+  decoded = loaded.decoded
+  assert decoded.source_names == ('kids', 'adult')
+  assert decoded.images_NHWC.shape == (36 + 41, 32, 32, 3)  # 40x48 PNGs and 64x64 JPEGs: one size.
+  kids, adult = decoded.sources_N == 0, decoded.sources_N == 1
+  assert np.bincount(decoded.labels_N[kids]).tolist() == [12, 12, 12]
+  assert np.bincount(decoded.labels_N[adult], minlength=3).tolist() == [21, 20, 0]  # COVID→Covid, NORMAL→Normal.
+  assert all(os.sep + 'COVID' + os.sep in decoded.paths[i] for i in np.flatnonzero(adult & (decoded.labels_N == 0)))
+  assert sources.missing_classes(decoded, CLASSES) == {'adult': ['Viral Pneumonia']}
+
+
+def test_the_main_source_still_needs_every_class(two_sources, tmp_path):
+  shutil.rmtree(os.path.join(two_sources.data.root, 'train', 'Viral Pneumonia'))
+  with pytest.raises(FileNotFoundError, match='Viral Pneumonia'):
+    loading.load_training_folder(two_sources)
+
+
+def test_an_unmapped_extra_folder_is_refused_naming_the_source(two_sources):
+  two_sources.data.extra_class_names = 'COVID=Covid'
+  with pytest.raises(ValueError, match=r"config.data.extra_root \(source 'adult'\).*NORMAL"):
+    loading.load_training_folder(two_sources)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2, 3, 4, 5])
+def test_validation_is_stratified_by_class_and_source_and_keeps_copies_together(two_sources, seed):
+  two_sources.data.split_seed = seed
+  data = loading.load_training_data(two_sources)
+  counts = dict(collections.Counter(zip(data.val.sources_N.tolist(), data.val.labels_N.tolist())))
+  # 25% of each (source, class): 3 of 12 kids per class; 5 of 20 (or 21) adult Covid and Normal.
+  assert counts == {(0, 0): 3, (0, 1): 3, (0, 2): 3, (1, 0): 5, (1, 1): 5}
+  copies = [os.path.join(two_sources.data.root, 'train', 'Covid', '003.png'),
+            os.path.join(two_sources.data.extra_root, 'COVID', 'copy.png')]
+  assert all(p in data.train.paths + data.val.paths for p in copies)
+  assert sum(p in data.val.paths for p in copies) in (0, 2)  # The copy across sources is on one side.
+  assert set(data.val.pixel_hashes).isdisjoint(data.train.pixel_hashes)
+  groups = loading.split_groups(data.train_folder.decoded, two_sources)
+  index = {p: i for i, p in enumerate(data.train_folder.decoded.paths)}
+  assert groups[index[copies[0]]] == groups[index[copies[1]]]
+
+
+def test_folds_are_stratified_by_source():
+  labels_N = np.asarray([0] * 8 + [0] * 4)
+  sources_N = np.asarray([0] * 8 + [1] * 4)
+  folds = splits.grouped_stratified_folds(sources.strata(labels_N, sources_N, 2), np.arange(12), 4, seed=0)
+  for _, val in folds:
+    assert sources_N[val].tolist() == [0, 0, 1]
+
+
+def test_source_balanced_weights():
+  labels_N = np.asarray([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+  sources_N = np.asarray([0, 0, 0, 0, 1, 1, 0, 0, 0, 0])
+  class_weights_C = splits.balanced_class_weights(labels_N, 2)
+  none_N = splits.example_weights(labels_N, sources_N, class_weights_C, 'none')
+  np.testing.assert_allclose(none_N, class_weights_C[labels_N])
+  balanced_N = splits.example_weights(labels_N, sources_N, class_weights_C, 'balanced')
+  for label in (0, 1):  # Each class keeps its total weight...
+    np.testing.assert_allclose(balanced_N[labels_N == label].sum(), none_N[labels_N == label].sum(), rtol=1e-6)
+  # ...and within class 0 the two sources share it equally (4 images vs 2).
+  np.testing.assert_allclose(balanced_N[(labels_N == 0) & (sources_N == 0)].sum(),
+                             balanced_N[(labels_N == 0) & (sources_N == 1)].sum(), rtol=1e-6)
+  with pytest.raises(ValueError, match='config.train.source_weighting'):
+    splits.example_weights(labels_N, sources_N, class_weights_C, 'by_size')
+
+
+def test_the_fingerprint_names_every_source(two_sources):
+  data = loading.load_training_data(two_sources)
+  abstract = types.SimpleNamespace(params={'w': np.zeros(1, np.float32)})
+  print_ = fingerprint.run_fingerprint(two_sources, data, abstract, 2)['run']
+  assert [s['name'] for s in print_['sources']] == ['kids', 'adult']
+  assert print_['sources'][1]['class_names'] == {'COVID': 'Covid', 'NORMAL': 'Normal'}
+  assert print_['sources'][1]['files']['n'] == 41
+  two_sources.train.source_weighting = 'balanced'
+  two_sources.data.extra_source_name = 'renamed'
+  changed = fingerprint.diff(print_, fingerprint.run_fingerprint(two_sources, data, abstract, 2)['run'])
+  assert any(line.startswith('sources') for line in changed) and any('source_weighting' in l for l in changed)
+
+
+def test_a_single_source_fingerprint_has_no_sources_field(tiny_config):
+  data = loading.load_training_data(tiny_config)
+  abstract = types.SimpleNamespace(params={'w': np.zeros(1, np.float32)})
+  assert 'sources' not in fingerprint.run_fingerprint(tiny_config, data, abstract, 2)['run']
+
+
+def test_per_source_metrics_equal_each_source_alone(two_sources, tmp_path):
+  data = loading.load_training_data(two_sources)
+  val = data.val
+  rng = np.random.default_rng(0)
+  probabilities_NC = rng.dirichlet(np.ones(3), size=len(val))
+  loaded = loading.FolderImages('val', val, ())
+  metrics = evaluate.report_predictions(probabilities_NC, loaded, two_sources, str(tmp_path / 'out'), 'val', 1)
+  written = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  assert set(written['per_source']) == {'kids', 'adult'}
+  for s, name in enumerate(('kids', 'adult')):
+    rows = val.sources_N == s
+    alone = metrics_lib.with_uncertainty(
+        evaluate.evaluation_metrics(val.labels_N[rows], probabilities_NC[rows], CLASSES), val.labels_N[rows],
+        probabilities_NC[rows], n_bootstrap=two_sources.eval.n_bootstrap, seed=two_sources.seed)
+    assert json.loads(json.dumps(alone)) == written['per_source'][name]
+    assert set(written['per_source'][name]) <= set(written)
+  assert metrics['source_missing_classes'] == {'adult': ['Viral Pneumonia']}
+  markdown = (tmp_path / 'out' / 'report.md').read_text()
+  assert '## Per source' in markdown and '| adult | 10 |' in markdown and '| pooled | 19 |' in markdown
+  assert 'adult has no Viral Pneumonia images' in markdown
+  assert '## Caveat' in markdown
+
+
+def test_one_source_has_no_per_source_section(tmp_path):
+  metrics = {'per_source': {}, 'classes': list(CLASSES)}
+  assert report._per_source_markdown(metrics) == []
+
+
+def test_eval_folders_are_each_a_source(two_sources, tmp_path):
+  a, b = tmp_path / 'A', tmp_path / 'B'
+  write_image_folder(str(a), 2, seed=3)
+  write_image_folder(str(b), 3, seed=4, classes=('Covid', 'Normal'))
+  loaded = loading.load_folders(f'{a},{b}', two_sources)
+  assert loaded.decoded.source_names == ('A', 'B')
+  assert np.bincount(loaded.decoded.sources_N).tolist() == [6, 6]
+  with pytest.raises(ValueError, match='config.eval.dir'):
+    loading.load_folders(f'{a},{a}', two_sources)
+
+
+@pytest.mark.slow
+def test_two_source_training_and_eval_of_two_folders(two_sources, tmp_path):
+  workdir = str(tmp_path / 'work')
+  with two_sources.unlocked():
+    two_sources.train.source_weighting = 'balanced'
+  summary = train.train_and_evaluate(two_sources, workdir)
+  assert summary['n_train'] + summary['n_val'] == 77
+  val = json.loads(open(os.path.join(workdir, 'eval', 'val', 'metrics.json')).read())
+  assert set(val['per_source']) == {'kids', 'adult'}
+  assert summary['evaluations']['val']['per_source']['adult']['n_images'] == 10
+  assert set(summary['evaluations']['val']['per_source']['adult']['recall']) == {'Covid', 'Normal'}
+  a, b = tmp_path / 'A', tmp_path / 'B'
+  write_image_folder(str(a), 2, seed=3)
+  write_image_folder(str(b), 2, seed=4, classes=('Covid', 'Normal'))
+  config = tiny.get_config()
+  config.eval.dir = f'{a},{b}'
+  metrics = evaluate.evaluate_checkpoint(config, workdir, ['eval.dir'])
+  assert set(metrics['per_source']) == {'A', 'B'} and metrics['n_images'] == 10
+  assert metrics['source_missing_classes'] == {'B': ['Viral Pneumonia']}
+  assert 'Per source' in open(os.path.join(metrics['out_dir'], 'report.md')).read()
+
+
+def test_the_multisource_config_documents_the_command():
+  config = multisource.get_config()
+  assert config.data.extra_root == '' and config.data.source_name == 'kaggle'
+  assert '--config.data.extra_class_names=' in multisource.__doc__
+  assert 'Viral Pneumonia' in config.eval.caveat
+
+
+def test_per_image_weights_reach_the_loss():
+  from tests.steps_test import _batch, _setup  # pylint: disable=g-import-not-at-top
+  from lungjax import mesh as mesh_lib, steps  # pylint: disable=g-import-not-at-top
+  from lungjax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config, model, tx, mesh, _ = _setup()
+  create = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)
+  class_weights_C = np.asarray([0.5, 2.0, 1.0], np.float32)
+  train_step = steps.jit_train_step(model, tx, class_weights_C, mesh)
+  plain = _batch(6)
+  weights_N = class_weights_C[plain['label']]
+  dataset = pipeline.train_dataset(plain['image'], plain['label'], global_batch_size=6, num_epochs=1, seed=0,
+                                   weights_N=weights_N)
+  batch = next(iter(dataset))
+  np.testing.assert_allclose(batch['weight'], class_weights_C[batch['label']])
+  sharding = mesh_lib.batch_sharded(mesh)
+  # The step donates its state: a fresh, identical one each time.
+  loss = lambda b: float(train_step(create(jax.random.PRNGKey(0)), mesh_lib.to_global_batch(b, sharding))[1]
+                         .compute()['loss'])
+  same = loss(plain), loss({**plain, 'weight': weights_N})
+  np.testing.assert_allclose(same[0], same[1], rtol=1e-5)
+  other = loss({**plain, 'weight': weights_N * np.asarray([1, 1, 1, 3, 3, 3], np.float32)})
+  assert abs(other - same[0]) > 1e-3
