@@ -14,7 +14,7 @@ common="--config.data.root=$data_root --config.data.image_size=128"
 declare -A extra=([cnn]="--config.seeds=3" [autoencoder]="" [resnet]="--config.seeds=3"
                   [vgg]="--config.seeds=3 --config.model.depth=11 --config.model.width=32")
 mkdir -p "$runs"
-for name in cnn autoencoder resnet vgg; do
+for name in cnn resnet vgg autoencoder; do  # The autoencoder last: the longest.
   rm -rf "${runs:?}/$name"
   command="python -m lungjax.main --config=configs/$name.py --workdir=$runs/$name $common ${extra[$name]}"
   start=$(date +%s.%N)
