@@ -192,7 +192,9 @@ def test_a_model_that_reads_the_centre_passes(centre_run):
   assert views['lungs_hidden']['accuracy'] <= 0.5, views
   assert views['lungs_only']['accuracy'] >= 0.9, views
   assert summary['verdict']['lungs_hidden'] == 'needs_the_lungs'
-  assert all(share > summary['box_area_share'] for share in summary['cam_share_in_lungs'].values()), summary['cam']
+  # Most of the heat lies in the box (0.59 of the image): 0.70 over all images here, each class above 0.6.
+  assert summary['cam']['overall']['mean'] > summary['box_area_share'] + 0.05, summary['cam']
+  assert min(summary['cam_share_in_lungs'].values()) > 0.55, summary['cam']
   with open(os.path.join(summary['out_dir'], 'shortcuts.md')) as f:
     assert 'uses something else' not in f.read()
 
@@ -219,3 +221,15 @@ def test_the_mode_runs_from_the_command_line_and_keeps_files_it_did_not_write(ce
   with pytest.raises(FileExistsError, match='did not write'):
     shortcuts.check_shortcuts(config, str(foreign))
   assert (foreign / 'shortcuts' / 'held out' / 'shortcuts.md').read_text() == 'my notes'
+
+
+@pytest.mark.slow
+def test_the_runs_own_validation_split(centre_run):
+  config, workdir, _ = centre_run
+  config = config.copy_and_resolve_references()
+  config.eval.dir = '@validation'
+  summary = shortcuts.check_shortcuts(config, workdir)
+  assert summary['out_dir'] == os.path.abspath(os.path.join(workdir, 'shortcuts', 'validation'))
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    assert summary['n_images'] == json.load(f)['n_val'] == 24
+  assert os.path.exists(os.path.join(summary['out_dir'], 'shortcuts.png'))
