@@ -1,6 +1,6 @@
-"""Entry point: python -m lungjax.main --config=configs/cnn.py [--workdir=W] [--mode=train|eval|explain].
+"""Entry point: python -m lungjax.main --config=configs/cnn.py [--workdir=W] [--mode=train|eval|explain|shortcuts].
 
---mode=eval and --mode=explain rebuild the model from the workdir's config.json; the command line may change only
+--mode=eval, explain and shortcuts rebuild the model from the workdir's config.json; the command line may change only
 lungjax.checkpoints.INFERENCE_FIELDS (eval.*, explain.*, where the data lies, ...).
 """
 
@@ -13,13 +13,15 @@ import logging as std_logging  # pylint: disable=g-import-not-at-top
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax import crossval, evaluate, explain, preemption  # pylint: disable=g-import-not-at-top
+from lungjax import crossval, evaluate, explain, preemption, shortcuts  # pylint: disable=g-import-not-at-top
 from lungjax import distributed, host_memory  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (default: workdirs/<config.name>).')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'explain'], 'train: train and evaluate (resumes a workdir); '
-                  'eval: evaluate a checkpoint on --config.eval.dir; explain: Grad-CAM of --config.explain.dir.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'explain', 'shortcuts'],
+                  'train: train and evaluate (resumes a workdir); eval: evaluate a checkpoint on --config.eval.dir; '
+                  'explain: Grad-CAM of --config.explain.dir; shortcuts: does the model need the lungs of '
+                  '--config.eval.dir (scores with them hidden / shown alone, Grad-CAM share in them).')
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; override fields as --config.a.b=value.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -85,6 +87,14 @@ def main(argv):
           f'(checkpoint step {summary["checkpoint_step"]})')
     print(f'  overlays     {summary["out_dir"]}')
     print(f'  gallery      {summary["gallery"]}')
+  elif FLAGS.mode == 'shortcuts':
+    summary = shortcuts.check_shortcuts(config, workdir, overridden_fields())
+    views = summary['views']
+    print(f'\nchecked checkpoint step {summary["checkpoint_step"]} on {summary["n_images"]} images: accuracy as is '
+          f'{views["as_is"]["accuracy"]:.4f}, lungs hidden {views["lungs_hidden"]["accuracy"]:.4f}, '
+          f'lungs only {views["lungs_only"]["accuracy"]:.4f}')
+    print(f'  {summary["verdict"]["lungs_hidden_text"]}')
+    print(f'  report       {summary["out_dir"]}/shortcuts.md')
   else:
     metrics = evaluate.evaluate_checkpoint(config, workdir, overridden_fields())
     print(f'\nevaluated checkpoint step {metrics["checkpoint_step"]} on {metrics["n_images"]} images: '
