@@ -106,17 +106,16 @@ def _env() -> dict[str, str]:
   return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
 
 
-def start(command: Sequence[str], log_path: str, prefix: Sequence[str] = (), cwd: str = REPO) -> subprocess.Popen:
+def start(command: Sequence[str], log_path: str, prefix: Sequence[str] = ()) -> subprocess.Popen:
   """Starts a run in its own process group, its output in log_path."""
   log = open(log_path, 'ab')  # pylint: disable=consider-using-with
-  return subprocess.Popen([*prefix, *command], cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+  return subprocess.Popen([*prefix, *command], cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                           start_new_session=True)
 
 
-def finish(command: Sequence[str], log_path: str, prefix: Sequence[str] = (), timeout: float = 600,
-           cwd: str = REPO) -> int:
+def finish(command: Sequence[str], log_path: str, prefix: Sequence[str] = (), timeout: float = 600) -> int:
   """Runs a command to its end; returns its exit status."""
-  process = start(command, log_path, prefix, cwd)
+  process = start(command, log_path, prefix)
   try:
     return process.wait(timeout)
   except subprocess.TimeoutExpired:

@@ -1,5 +1,6 @@
-"""The fault matrix: every bad-image kind, mid-epoch iterator restores, the results table, and (slow) every row of
-the matrix with 2 trials each, as CI runs it (the full matrix is `python -m lungjax.faults`)."""
+"""The fault matrix: every bad-image kind, mid-epoch iterator restores, the results table (a skipped trial is never
+counted as passed), the helpers of the issue-15 rows, and (slow) every row of the matrix with 2 trials each, as CI
+runs it (the full matrix is `python -m lungjax.faults`)."""
 
 import json
 import os
