@@ -867,9 +867,9 @@ print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_
 DECODE_PEAK_LIMIT = 1 << 30  # Issue 15: the 9400 x 9400 PNG decodes in under 1 GB.
 
 
-def measure_peak(command: Sequence[str], cwd: str = REPO) -> tuple[int, float, int, list[dict[str, Any]], str]:
+def measure_peak(command: Sequence[str]) -> tuple[int, int, float, list[dict[str, Any]], str]:
   """Runs command; returns its exit status, peak RSS in bytes and seconds, its JSON lines and output."""
-  rc, lines, output = capture([sys.executable, '-c', _PEAK, *command], cwd=cwd)
+  rc, lines, output = capture([sys.executable, '-c', _PEAK, *command])
   found = re.search(r'^PEAK (\d+) ([\d.]+) (-?\d+)$', output, re.MULTILINE)
   if rc != 0 or not found:
     return rc or -1, 0, 0.0, lines, output
