@@ -1,6 +1,8 @@
-"""python -m lungjax.faults: the fault matrix (kill -9, SIGTERM, full disk, corrupt checkpoints, other runs'
-checkpoints, NaN, bad images, determinism, busy or foreign workdirs), each trial in a subprocess or tmp folder of
-the tiny config on synthetic images. Writes results/reliability/summary.json and README.md.
+"""python -m lungjax.faults: the fault matrix (kill -9, SIGTERM, Ctrl-C, full disk, corrupt checkpoints, other runs'
+checkpoints, NaN, bad images, determinism, busy or foreign workdirs, outputs beside inputs, restores with other
+classes, reading while training, a huge PNG, dangling links and unreadable files), each trial in a subprocess or
+tmp folder of the tiny config on synthetic images. Writes results/reliability/summary.json and README.md; a trial
+that cannot run here (e.g. it needs root) is counted as skipped, never as passed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer('disk_trials', 2, 'checkpoint folder on a full tmpfs: the run must fail clearly.')
   flags.DEFINE_integer('corrupt_trials', 10, 'byte flips, and as many truncations / deletions, in a saved step.')
   flags.DEFINE_integer('determinism_runs', 10, 'fresh runs that must end with identical parameters.')
+  flags.DEFINE_integer('sigint_trials', 3, 'SIGINT (Ctrl-C) mid-training: must save, exit 130 and resume.')
+  flags.DEFINE_integer('read_trials', 10, 'predicts on a workdir whose training run saves and deletes steps.')
   flags.DEFINE_list('rows', [], 'Only these rows (names: see ROWS); default all.')
   flags.DEFINE_integer('seed', 0, 'Seeds the trial timings and corruptions.')
   flags.DEFINE_string('out', os.path.join(REPO, 'results', 'reliability'), 'Where summary.json and README.md go.')
@@ -57,6 +61,7 @@ class Row:
   passed: int = 0
   outcome: str = ''
   failures: list[str] = dataclasses.field(default_factory=list)
+  skipped: int = 0  # Trials that could not run here (e.g. they need root): neither in trials nor passed.
 
   def add(self, ok: bool, failure: str = '') -> None:
     """Counts one trial."""
@@ -64,6 +69,10 @@ class Row:
     self.passed += bool(ok)
     if not ok:
       self.failures.append(failure)
+
+  def skip(self, n: int = 1) -> None:
+    """Counts n trials that could not run here: they are reported as skipped, never as passed."""
+    self.skipped += n
 
 
 # ---- synthetic data and runs ------------------------------------------------------------------------------------
@@ -92,11 +101,15 @@ def run_command(root: str, workdir: str, *extra: str) -> list[str]:
           f'--config.data.root={root}', f'--workdir={workdir}', *RUN_OVERRIDES, *extra]
 
 
+def _env() -> dict[str, str]:
+  """The environment of the matrix's subprocesses: this checkout's lungjax, TensorFlow quiet."""
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
+
+
 def start(command: Sequence[str], log_path: str, prefix: Sequence[str] = ()) -> subprocess.Popen:
   """Starts a run in its own process group, its output in log_path."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
   log = open(log_path, 'ab')  # pylint: disable=consider-using-with
-  return subprocess.Popen([*prefix, *command], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+  return subprocess.Popen([*prefix, *command], cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT,
                           start_new_session=True)
 
 
@@ -270,28 +283,50 @@ def row_chained(ctx: Context, trials: int) -> Row:
   return row
 
 
-def row_sigterm(ctx: Context, trials: int) -> Row:
-  row = Row('SIGTERM (preemption)')
+def _stop_mid_training(ctx: Context, trials: int, row: Row, signum: int, name: str) -> list[int]:
+  """Sends `signum` to runs once their first checkpoint is committed (SIGINT to the whole process group, as a
+  terminal's Ctrl-C does); each must save, exit 0 (SIGTERM) or 130 (SIGINT, and without a traceback), and resume
+  identical. Returns the steps they saved at."""
+  expected_rc = 130 if signum == signal.SIGINT else 0
+  said = 'stopped (SIGINT, Ctrl-C)' if signum == signal.SIGINT else 'preempted (SIGTERM)'
   stopped_at = []
   for _ in range(trials):
-    workdir, log = ctx.fresh('sigterm')
+    workdir, log = ctx.fresh(name)
     process = start(run_command(ctx.root, workdir), log)
     while process.poll() is None and not committed_steps(workdir):  # The handler is installed by then.
       time.sleep(0.005)
     time.sleep(ctx.rng.uniform(0.0, 0.05))
-    if process.poll() is None:
-      process.send_signal(signal.SIGTERM)
+    if process.poll() is None and signum == signal.SIGINT:
+      os.killpg(process.pid, signum)
+    elif process.poll() is None:
+      process.send_signal(signum)
     rc = process.wait(300)
-    found = re.search(r'preempted \(SIGTERM\): saved checkpoint step (\d+)', tail(log))
-    stopped = found is not None
+    message = tail(log, 20000)
+    traceback = signum == signal.SIGINT and 'Traceback' in message
+    found = re.search(re.escape(said) + r': saved checkpoint step (\d+)', message)
     stopped_at += [int(found.group(1))] if found else []
-    if rc != 0:
-      row.add(False, f'{workdir}: exit {rc} after SIGTERM: {tail(log, 600)}')
+    if rc != expected_rc or traceback:
+      row.add(False, f'{workdir}: exit {rc} after {signal.Signals(signum).name} (expected {expected_rc}), '
+                     f'traceback {traceback}: {message[-600:]}')
       continue
     ok, why = _resume_matches(ctx, workdir, log)
-    row.add(ok and stopped, why or f'{workdir}: finished without a preemption save')
+    row.add(ok and found is not None, why or f'{workdir}: finished without a save on the signal')
+  return stopped_at
+
+
+def row_sigterm(ctx: Context, trials: int) -> Row:
+  row = Row('SIGTERM (preemption)')
+  stopped_at = _stop_mid_training(ctx, trials, row, signal.SIGTERM, 'sigterm')
   row.outcome = (f'{row.passed}/{row.trials} saved at the next step (steps {stopped_at} of 18), exited 0, resumed '
                  'identical')
+  return row
+
+
+def row_sigint(ctx: Context, trials: int) -> Row:
+  row = Row('SIGINT (Ctrl-C)')
+  stopped_at = _stop_mid_training(ctx, trials, row, signal.SIGINT, 'sigint')
+  row.outcome = (f'{row.passed}/{row.trials} saved at the next step (steps {stopped_at} of 18), exited 130 without '
+                 'a traceback, resumed identical')
   return row
 
 
@@ -307,8 +342,10 @@ def row_disk_full(ctx: Context, trials: int) -> Row:
     shutil.move(folder, saved)
     os.makedirs(folder)
     if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', folder], capture_output=True).returncode:
-      row.outcome = 'not run: `mount -t tmpfs` is not permitted here (needs root)'
+      row.skip(trials - row.trials)
+      row.outcome = f'not run ({row.skipped} skipped): `mount -t tmpfs` is not permitted here (needs root)'
       shutil.rmtree(folder)
+      shutil.move(saved, folder)
       return row
     try:
       for name in os.listdir(saved):
@@ -613,16 +650,372 @@ def row_workdir(ctx: Context) -> Row:
   return row
 
 
+# ---- outputs, restores, readers, decoding and the file system (issue 15) ----------------------------------------
+
+
+def sha256_tree(folder: str) -> dict[str, str]:
+  """{path relative to folder: sha256 of its bytes} of every file under folder (links as their target's name)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  found = {}
+  for dirpath, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      if os.path.islink(path):
+        found[os.path.relpath(path, folder)] = 'link → ' + os.readlink(path)
+        continue
+      with open(path, 'rb') as f:
+        found[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return found
+
+
+def capture(command: Sequence[str], cwd: str = REPO, prefix: Sequence[str] = (), timeout: float = 600
+            ) -> tuple[int, list[dict[str, Any]], str]:
+  """Runs a command to its end; returns its exit status, the JSON objects of its stdout lines (a line that is not
+  JSON is left out), and its stdout and stderr together."""
+  try:
+    result = subprocess.run([*prefix, *command], cwd=cwd, env=_env(), capture_output=True, text=True,
+                            errors='replace', timeout=timeout, check=False)
+  except subprocess.TimeoutExpired as error:
+    return -9, [], f'timed out after {timeout} s: {error.stdout or ""}{error.stderr or ""}'
+  lines = []
+  for text in result.stdout.splitlines():
+    if text.startswith('{'):
+      try:
+        lines.append(json.loads(text))
+      except ValueError:
+        pass
+  return result.returncode, lines, result.stdout + result.stderr
+
+
+def predict_command(workdir: str, *args: str) -> list[str]:
+  """The lungjax.predict command line."""
+  return [sys.executable, '-m', 'lungjax.predict', f'--workdir={workdir}', *args]
+
+
+def eval_command(workdir: str, folder: str, *extra: str) -> list[str]:
+  """The lungjax.main --mode=eval command line of the matrix's tiny config."""
+  return [sys.executable, '-m', 'lungjax.main', f'--config={os.path.join(REPO, "configs", "tiny.py")}',
+          '--mode=eval', f'--workdir={workdir}', f'--config.eval.dir={folder}', '--config.eval.n_bootstrap=50',
+          *extra]
+
+
+def _classified(lines: Sequence[dict[str, Any]], n: int) -> bool:
+  """n JSON lines, each with a class and probabilities (no error)."""
+  return len(lines) == n and all('class' in line and 'probabilities' in line and 'error' not in line
+                                 for line in lines)
+
+
+def _image(ctx: Context, index: int = 0) -> str:
+  """One of the synthetic training images."""
+  return os.path.join(ctx.root, 'train', 'Covid', f'{index:03d}.png')
+
+
+def row_overwrite(ctx: Context) -> Row:
+  """predict --gradcam_dir in the folder of its inputs, a foreign file where an overlay goes, and eval of a folder
+  named `test`: no input changes, overlays keep the input's whole name, a foreign file is an error naming it, and
+  training's own eval/test report stays as it was."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  row = Row('overwrite safety: outputs beside the inputs')
+  here, _ = ctx.fresh('overwrite')
+  os.makedirs(os.path.join(here, 'pair'))
+  shutil.copy(_image(ctx), os.path.join(here, 'scan.png'))
+  Image.open(_image(ctx, 1)).convert('RGB').save(os.path.join(here, 'pair', 'x.jpg'))
+  shutil.copy(_image(ctx, 2), os.path.join(here, 'pair', 'x.png'))  # Unrelated to x.jpg.
+
+  def check(name: str, args: Sequence[str], n_lines: int, overlays: Sequence[str]) -> None:
+    before = sha256_tree(here)
+    rc, lines, output = capture(predict_command(ctx.reference, *args), cwd=here)
+    after = sha256_tree(here)
+    changed = [p for p, digest in before.items()  # The overlays and the list of what lungjax wrote may change.
+               if after.get(p) != digest and p not in overlays and os.path.basename(p) != workdir_lib.MANIFEST]
+    missing = [p for p in overlays if p not in after]
+    row.add(rc == 0 and _classified(lines, n_lines) and not changed and not missing,
+            f'{name}: exit {rc}, {len(lines)} lines, changed {changed}, overlays missing {missing}: {output[-600:]}')
+
+  check('--gradcam_dir=. scan.png', ['--gradcam_dir=.', 'scan.png'], 1, ['scan.png.gradcam.png'])
+  check('--gradcam_dir=. pair (x.jpg, x.png)', ['--gradcam_dir=.', 'pair'], 2,
+        ['pair/x.jpg.gradcam.png', 'pair/x.png.gradcam.png'])
+  check('the first command again (its own overlay)', ['--gradcam_dir=.', 'scan.png'], 1, ['scan.png.gradcam.png'])
+  foreign = os.path.join(here, 'out', 'scan.png.gradcam.png')
+  os.makedirs(os.path.dirname(foreign))
+  with open(foreign, 'wb') as f:
+    f.write(b'a file lungjax did not write\n')
+  before = sha256_tree(here)
+  rc, lines, output = capture(predict_command(ctx.reference, '--gradcam_dir=out', 'scan.png'), cwd=here)
+  row.add(rc != 0 and 'out/scan.png.gradcam.png' in output and sha256_tree(here) == before and not lines,
+          f'foreign overlay name: exit {rc}, untouched {sha256_tree(here) == before}, {len(lines)} lines: '
+          f'{output[-600:]}')
+  # A run whose data has a test split (its report: eval/test), then eval of another folder named test.
+  data = os.path.join(ctx.work, 'data-with-test')
+  if not os.path.isdir(data):
+    shutil.copytree(ctx.root, data)
+    for name in os.listdir(os.path.join(data, 'train')):
+      for image in sorted(os.listdir(os.path.join(data, 'train', name)))[:4]:
+        os.makedirs(os.path.join(data, 'test', name), exist_ok=True)
+        shutil.copy(os.path.join(data, 'train', name, image), os.path.join(data, 'test', name, image))
+  other = os.path.join(here, 'elsewhere', 'test')
+  for name in os.listdir(os.path.join(data, 'test')):
+    shutil.copytree(os.path.join(data, 'test', name), os.path.join(other, name))
+    os.remove(os.path.join(other, name, sorted(os.listdir(os.path.join(other, name)))[0]))  # Not the same folder.
+  workdir, log = ctx.fresh('overwrite-eval')
+  rc = finish(run_command(data, workdir, '--config.train.num_epochs=1'), log)
+  own = sha256_tree(os.path.join(workdir, 'eval', 'test'))
+  eval_rc = finish(eval_command(workdir, other), log)
+  kept = bool(own) and sha256_tree(os.path.join(workdir, 'eval', 'test')) == own
+  written = os.path.isfile(os.path.join(workdir, 'eval', 'folder-test', 'report.md'))
+  row.add(rc == 0 and eval_rc == 0 and kept and written,
+          f'eval of a folder named test: train exit {rc}, eval exit {eval_rc}, eval/test kept {kept} '
+          f'({len(own)} files), eval/folder-test written {written}: {tail(log, 600)}')
+  row.outcome = (f'{row.passed}/{row.trials}: --gradcam_dir=. beside scan.png, and beside x.jpg and an unrelated '
+                 'x.png, left every input byte-identical (overlays x.jpg.gradcam.png, x.png.gradcam.png), and again '
+                 'over its own overlays; a foreign file where an overlay goes: refused naming it, nothing written; '
+                 'eval of a folder named test wrote eval/folder-test and left the run\'s eval/test byte-identical')
+  return row
+
+
+def row_class_mismatch(ctx: Context) -> Row:
+  """A restore asked for other classes than the checkpoint's own record: eval with reordered classes, predict and
+  eval on a workdir whose config.json was tampered with, and a resume with changed classes: each refused naming
+  config.data.classes; the refused resume leaves the workdir byte-identical."""
+  row = Row('restores with other classes than the checkpoint\'s')
+  reordered = "('Normal','Covid','Viral Pneumonia')"
+  workdir, _ = ctx.fresh('classes-eval')
+  shutil.copytree(ctx.reference, workdir)
+  before = sha256_tree(workdir)
+  rc, _, output = capture(eval_command(workdir, os.path.join(ctx.root, 'train'), f'--config.data.classes={reordered}'))
+  row.add(rc != 0 and 'config.data.classes' in output and sha256_tree(workdir) == before,
+          f'eval --config.data.classes={reordered}: exit {rc}: {output[-600:]}')
+  tampered, _ = ctx.fresh('classes-tampered')
+  shutil.copytree(ctx.reference, tampered)
+  config_path = os.path.join(tampered, 'config.json')
+  with open(config_path) as f:
+    saved = json.load(f)
+  saved['data']['classes'] = ['Normal', 'Covid', 'Viral Pneumonia']
+  with open(config_path, 'w') as f:
+    json.dump(saved, f, indent=2)
+  rc, lines, output = capture(predict_command(tampered, _image(ctx)))
+  row.add(rc != 0 and 'config.data.classes' in output and not any('class' in line for line in lines),
+          f'predict, config.json classes reordered: exit {rc}, {len(lines)} lines: {output[-600:]}')
+  rc, _, output = capture(eval_command(tampered, os.path.join(ctx.root, 'train')))
+  row.add(rc != 0 and 'config.data.classes' in output,
+          f'eval, config.json classes reordered: exit {rc}: {output[-600:]}')
+  resumed, log = ctx.fresh('classes-resume')
+  shutil.copytree(ctx.reference, resumed)
+  before = sha256_tree(resumed)
+  rc = finish(run_command(ctx.root, resumed, f'--config.data.classes={reordered}'), log)
+  after = sha256_tree(resumed)
+  changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+  row.add(rc != 0 and 'classes' in tail(log, 4000) and not changed,
+          f'resume with reordered classes: exit {rc}, changed {changed}: {tail(log, 600)}')
+  row.outcome = (f'{row.passed}/{row.trials}: eval with reordered config.data.classes, predict and eval after '
+                 'config.json\'s classes were reordered: each exited non-zero naming config.data.classes; the '
+                 'refused resume with reordered classes left every file of the workdir (config.json too) '
+                 'byte-identical')
+  return row
+
+
+def row_read_while_training(ctx: Context, trials: int) -> Row:
+  """`trials` predicts, one after another, on a workdir whose training run saves a step every epoch and deletes the
+  one before (keep_latest=1, keep_best=1, best by validation loss): each must classify, none may say corrupt."""
+  row = Row('predict while a training run saves and deletes steps')
+  workdir, log = ctx.fresh('readwhile')
+  training = start(run_command(ctx.root, workdir, '--config.train.num_epochs=2000', '--config.checkpoint.keep_latest=1',
+                               '--config.checkpoint.keep_best=1', '--config.checkpoint.best_metric=loss'), log)
+  try:
+    while training.poll() is None and not committed_steps(workdir):
+      time.sleep(0.05)
+    first = committed_steps(workdir)
+    for trial in range(trials):
+      rc, lines, output = capture(predict_command(workdir, _image(ctx, trial % 12)), timeout=300)
+      running = training.poll() is None
+      said_corrupt = 'corrupt' in output.lower()
+      row.add(rc == 0 and _classified(lines, 1) and not said_corrupt and running,
+              f'predict {trial}: exit {rc}, {len(lines)} lines, "corrupt" {said_corrupt}, training running '
+              f'{running}: {output[-600:]}')
+    last = committed_steps(workdir)
+  finally:
+    if training.poll() is None:
+      training.send_signal(signal.SIGTERM)  # Saves and exits 0.
+    training_rc = training.wait(300)
+  if training_rc != 0:
+    row.add(False, f'{workdir}: the training run exited {training_rc}: {tail(log, 600)}')
+  span = f'steps {first} → {last}' if first and last else 'no steps'
+  row.outcome = (f'{row.passed}/{row.trials} predicts classified while the run trained ({span}, 6 steps an epoch, '
+                 'each save deleting the step before); none said "corrupt"')
+  return row
+
+
+_BIG_PNG = r'''
+import sys
+from PIL import Image
+side = 9400  # 88 Mpixels: under PIL.Image.MAX_IMAGE_PIXELS (89 M), so Pillow decodes it.
+ramp = Image.linear_gradient('L').resize((side, side), Image.Resampling.NEAREST)
+alpha = Image.radial_gradient('L').resize((side, side), Image.Resampling.NEAREST)
+Image.merge('RGBA', (ramp, ramp.transpose(Image.Transpose.ROTATE_90), Image.new('L', (side, side), 128),
+                     alpha)).save(sys.argv[1], compress_level=9)  # About 400 KB.
+'''
+
+# Runs the command after it and prints its peak resident memory (kB) and seconds: the only child of this process.
+_PEAK = r'''
+import resource, subprocess, sys, time
+began = time.perf_counter()
+rc = subprocess.run(sys.argv[1:], check=False).returncode
+print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - began, rc, flush=True)
+'''
+
+DECODE_PEAK_LIMIT = 1 << 30  # Issue 15: the 9400 x 9400 PNG decodes in under 1 GB.
+
+
+def measure_peak(command: Sequence[str]) -> tuple[int, int, float, list[dict[str, Any]], str]:
+  """Runs command; returns its exit status, peak RSS in bytes and seconds, its JSON lines and output."""
+  rc, lines, output = capture([sys.executable, '-c', _PEAK, *command])
+  found = re.search(r'^PEAK (\d+) ([\d.]+) (-?\d+)$', output, re.MULTILINE)
+  if rc != 0 or not found:
+    return rc or -1, 0, 0.0, lines, output
+  return int(found.group(3)), int(found.group(1)) * 1024, float(found.group(2)), lines, output
+
+
+def row_bounded_decoding(ctx: Context) -> Row:
+  """A small 9400 x 9400 RGBA PNG (88 Mpixels, just under Pillow's bomb limit): images.load_image alone in a
+  subprocess must peak under 1 GiB RSS; lungjax.predict must classify it, its peak less than 1 GiB above its peak on
+  a small image (what JAX and the model take)."""
+  row = Row('a 9400 x 9400 RGBA PNG of a few hundred KB')
+  folder, _ = ctx.fresh('bigpng')
+  os.makedirs(folder)
+  path = os.path.join(folder, 'big.png')
+  rc, _, output = capture([sys.executable, '-c', _BIG_PNG, path])
+  if rc != 0:
+    row.add(False, f'making {path} failed: {output[-600:]}')
+    row.outcome = 'the test image could not be made'
+    return row
+  load = ('from lungjax.data import images; import sys; '
+          'print(images.load_image(sys.argv[1], 256).pixels_HWC.shape)')
+  rc, load_peak, load_seconds, _, output = measure_peak([sys.executable, '-c', load, path])
+  row.add(rc == 0 and '(256, 256, 3)' in output and load_peak < DECODE_PEAK_LIMIT,
+          f'load_image: exit {rc}, peak {load_peak / 2**20:.0f} MiB, {load_seconds:.1f} s: {output[-600:]}')
+  rc, small_peak, _, lines, output = measure_peak(predict_command(ctx.reference, _image(ctx)))
+  small_ok = rc == 0 and _classified(lines, 1)
+  rc, predict_peak, predict_seconds, lines, output = measure_peak(predict_command(ctx.reference, path))
+  row.add(small_ok and rc == 0 and _classified(lines, 1) and predict_peak - small_peak < DECODE_PEAK_LIMIT,
+          f'predict: exit {rc}, peak {predict_peak / 2**20:.0f} MiB ({small_peak / 2**20:.0f} MiB on a 48x40 image, '
+          f'which classified {small_ok}), {predict_seconds:.1f} s: {output[-600:]}')
+  row.outcome = (f'{row.passed}/{row.trials} decoded in under 1 GiB ({os.path.getsize(path) / 1e3:.0f} KB file): '
+                 f'images.load_image in a subprocess peaked at {load_peak / 2**20:.0f} MiB RSS in '
+                 f'{load_seconds:.1f} s; lungjax.predict classified it in {predict_seconds:.1f} s, peak '
+                 f'{predict_peak / 2**20:.0f} MiB, {(predict_peak - small_peak) / 2**20:.0f} MiB above its '
+                 f'{small_peak / 2**20:.0f} MiB on a 48x40 image (JAX and the model)')
+  return row
+
+
+def unprivileged_prefix() -> tuple[str, ...] | None:
+  """A command prefix under which chmod 000 makes a file unreadable: none needed for a non-root user; for root,
+  setpriv dropping the capabilities that bypass file permissions; None where neither works."""
+  if os.geteuid() != 0:
+    return ()
+  prefix = ('setpriv', '--inh-caps=-dac_override,-dac_read_search', '--bounding-set=-dac_override,-dac_read_search')
+  probe = os.path.join(tempfile.mkdtemp(prefix='lungjax-faults-'), 'probe')
+  try:
+    with open(probe, 'w') as f:
+      f.write('x')
+    os.chmod(probe, 0)
+    result = subprocess.run([*prefix, 'cat', probe], capture_output=True, check=False)
+    return prefix if result.returncode != 0 and b'denied' in result.stderr else None
+  except OSError:
+    return None
+  finally:
+    shutil.rmtree(os.path.dirname(probe), ignore_errors=True)
+
+
+def row_filesystem(ctx: Context) -> Row:
+  """A dangling link, a link loop and an unreadable file (chmod 000; as root, run without the capabilities that
+  read it anyway) in a training class folder: training names each, skips and lists them with skip_bad_images, and
+  the audit reports them (and a folder it cannot list) under `unreadable`."""
+  row = Row('dangling link, link loop, unreadable file in the data')
+  prefix = unprivileged_prefix()
+  kinds = {'dangling link': 'dangling.png', 'link loop': 'loop.png'}
+  if prefix is not None:
+    kinds['unreadable file'] = 'secret.png'
+  locked, unlisted = [], []
+
+  def add_bad(root: str, kind: str) -> str:
+    path = os.path.join(root, 'train', 'Covid', kinds[kind])
+    if kind == 'dangling link':
+      os.symlink(os.path.join(root, 'gone.png'), path)
+    elif kind == 'link loop':
+      os.symlink(os.path.basename(path), path)
+    else:
+      shutil.copy(_image(ctx), path)
+      os.chmod(path, 0)
+      locked.append(path)
+    return path
+
+  all_bad = os.path.join(ctx.work, 'data-filesystem')
+  try:
+    shutil.copytree(ctx.root, all_bad)
+    bad_paths = [add_bad(all_bad, kind) for kind in kinds]
+    for kind in kinds:
+      root = os.path.join(ctx.work, f'data-filesystem-{kinds[kind].split(".")[0]}')
+      shutil.copytree(ctx.root, root)
+      path = add_bad(root, kind)
+      workdir, log = ctx.fresh('filesystem')
+      rc = finish(run_command(root, workdir, '--config.train.num_epochs=1'), log, prefix=prefix or ())
+      message = tail(log, 4000)
+      row.add(rc != 0 and path in message and not committed_steps(workdir),
+              f'{kind}: exit {rc}, named {path in message}: {message[-600:]}')
+    workdir, log = ctx.fresh('filesystem-skip')
+    rc = finish(run_command(all_bad, workdir, '--config.train.num_epochs=1', '--config.data.skip_bad_images=True'),
+                log, prefix=prefix or ())
+    skipped = []
+    if rc == 0:
+      with open(os.path.join(workdir, 'summary.json')) as f:
+        skipped = [path for path, _ in json.load(f)['skipped_images']]
+    row.add(rc == 0 and sorted(skipped) == sorted(bad_paths),
+            f'skip_bad_images: exit {rc}, skipped {skipped}: {tail(log, 600)}')
+    if prefix is not None:
+      unlisted.append(os.path.join(all_bad, 'train', 'Private'))  # A sub-folder the audit cannot list.
+      os.makedirs(unlisted[0])
+      shutil.copy(_image(ctx), os.path.join(unlisted[0], 'hidden.png'))
+      os.chmod(unlisted[0], 0)
+      locked.append(unlisted[0])
+    out = os.path.join(ctx.work, 'filesystem-audit')
+    rc, _, output = capture([sys.executable, '-m', 'lungjax.audit', os.path.join(all_bad, 'train'), f'--out={out}'],
+                            cwd=ctx.work, prefix=prefix or ())
+    listed = []
+    if rc == 0:
+      with open(os.path.join(out, 'audit.json')) as f:
+        report = json.load(f)
+      listed = [os.path.abspath(os.path.join(ctx.work, item['path']))
+                for stats in report['folders'] for item in stats['unreadable']]
+    row.add(rc == 0 and sorted(listed) == sorted(os.path.abspath(p) for p in bad_paths + unlisted),
+            f'audit: exit {rc}, unreadable {listed}: {output[-600:]}')
+  finally:
+    for path in locked:
+      os.chmod(path, 0o755)
+  if prefix is None:
+    row.skip()  # The unreadable file's own run.
+  unreadable = ('an unreadable file (chmod 000' + (', run without root\'s file-permission capabilities)'
+                                                    if os.geteuid() == 0 else ')')
+                if prefix is not None else 'no unreadable file (root, and setpriv cannot drop its capabilities here)')
+  row.outcome = (f'{row.passed}/{row.trials}: a dangling link, a link loop and {unreadable} in a class folder: '
+                 'training exited non-zero naming each, trained with skip_bad_images listing them in summary.json\'s '
+                 'skipped_images, and lungjax.audit exited 0 listing them' +
+                 (' and a sub-folder it could not list' if unlisted else '') + ' under unreadable')
+  return row
+
+
 # ---- the matrix --------------------------------------------------------------------------------------------------
 
 
-ROWS = ('kill', 'save_kill', 'chain', 'sigterm', 'disk', 'flip', 'truncate', 'dtype', 'fingerprint', 'nan',
-        'images', 'iterator', 'determinism', 'workdir')
+ROWS = ('kill', 'save_kill', 'chain', 'sigterm', 'sigint', 'disk', 'flip', 'truncate', 'dtype', 'fingerprint', 'nan',
+        'images', 'iterator', 'determinism', 'workdir', 'overwrite', 'class_mismatch', 'read_while_training',
+        'bounded_decoding', 'filesystem')
 
 
 def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_trials: int, sigterm_trials: int,
-               disk_trials: int, corrupt_trials: int, determinism_runs: int, seed: int = 0,
-               rows: Sequence[str] = ROWS, log: Callable[[str], None] = print) -> list[Row]:
+               disk_trials: int, corrupt_trials: int, determinism_runs: int, sigint_trials: int = 3,
+               read_trials: int = 10, seed: int = 0, rows: Sequence[str] = ROWS,
+               log: Callable[[str], None] = print) -> list[Row]:
   """Runs the chosen rows (all by default) in `work` and returns them; a row that crashes is a failed row."""
   unknown = set(rows) - set(ROWS)
   if unknown:
@@ -646,7 +1039,10 @@ def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_tria
       'dtype': (lambda c, n: row_dtype(c), 1), 'fingerprint': (lambda c, n: row_fingerprint(c), 1),
       'nan': (lambda c, n: row_nan(c), 1), 'images': (lambda c, n: row_bad_images(c), 1),
       'iterator': (row_iterator, max(1, corrupt_trials // 2)), 'determinism': (row_determinism, determinism_runs),
-      'workdir': (lambda c, n: row_workdir(c), 1)}
+      'workdir': (lambda c, n: row_workdir(c), 1), 'sigint': (row_sigint, sigint_trials),
+      'overwrite': (lambda c, n: row_overwrite(c), 1), 'class_mismatch': (lambda c, n: row_class_mismatch(c), 1),
+      'read_while_training': (row_read_while_training, read_trials),
+      'bounded_decoding': (lambda c, n: row_bounded_decoding(c), 1), 'filesystem': (lambda c, n: row_filesystem(c), 1)}
   done = []
   for name in ROWS:
     fn, n = plan[name]
@@ -659,27 +1055,46 @@ def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_tria
       row = Row(name, trials=max(n, 1), outcome=f'crashed: {type(error).__name__}: {error}',
                 failures=[repr(error)])
     done.append(row)
-    log(f'{row.fault}: {row.outcome} ({time.perf_counter() - began:.0f} s)')
+    log(f'{row.fault}: {row.outcome} ({time.perf_counter() - began:.0f} s)' +
+        (f' [{row.skipped} skipped]' if row.skipped else ''))
     for failure in row.failures:
       log(f'  FAILED: {failure[:1000]}')
   return done
 
 
+def row_status(row: Row) -> str:
+  """'failed' (a trial that ran did not pass), 'skipped' (no trial could run here), 'partly skipped' (some trials
+  could not run here; every one that ran passed) or 'passed'. A skipped trial never counts as passed."""
+  if row.passed < row.trials:
+    return 'failed'
+  if row.skipped and not row.trials:
+    return 'skipped'
+  return 'partly skipped' if row.skipped else 'passed'
+
+
 def write_results(rows: Sequence[Row], out: str, command: str, seconds: float) -> None:
   """summary.json and README.md (the table and the command)."""
   os.makedirs(out, exist_ok=True)
+  statuses = [row_status(r) for r in rows]
   summary = {'command': command, 'seconds': round(seconds, 1), 'cpu_count': len(os.sched_getaffinity(0)),
-             'rows': [{'fault': r.fault, 'trials': r.trials, 'passed': r.passed, 'outcome': r.outcome,
-                       'failures': r.failures} for r in rows]}
+             'n_rows': len(rows), **{f'n_rows_{s.replace(" ", "_")}': statuses.count(s)
+                                      for s in ('passed', 'failed', 'skipped', 'partly skipped')},
+             'rows': [{'fault': r.fault, 'trials': r.trials, 'passed': r.passed, 'skipped': r.skipped,
+                       'status': status, 'outcome': r.outcome, 'failures': r.failures}
+                      for r, status in zip(rows, statuses)]}
   with open(os.path.join(out, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
+  not_run = [f'{r.fault} ({r.skipped})' for r in rows if r.skipped]
   lines = ['# Reliability: the fault matrix', '',
            'Every row is a fault injected into real runs of `configs/tiny.py` (3 epochs of 6 steps) on 36 synthetic '
            'images, each in a subprocess and a tmp folder; "identical" means the sha256 of the final parameters '
            'equals an uninterrupted run\'s. Regenerate with:', '', '```bash', command, '```', '',
            f'({seconds / 60:.1f} minutes on {summary["cpu_count"]} CPU cores.)', '',
-           '| fault | trials | passed | outcome |', '|---|---|---|---|']
-  lines += [f'| {r.fault} | {r.trials} | {r.passed} | {r.outcome} |' for r in rows]
+           f'{summary["n_rows_passed"]} of {len(rows)} rows passed every trial; {summary["n_rows_failed"]} failed; '
+           + (f'trials that could not run here (counted as skipped, never as passed): {", ".join(not_run)}.'
+              if not_run else 'no trial was skipped.'), '',
+           '| fault | trials | passed | skipped | outcome |', '|---|---|---|---|---|']
+  lines += [f'| {r.fault} | {r.trials} | {r.passed} | {r.skipped} | {r.outcome} |' for r in rows]
   with open(os.path.join(out, 'README.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
@@ -694,18 +1109,22 @@ def main(argv: Sequence[str]) -> None:
     rows = run_matrix(work, kill_trials=FLAGS.kill_trials, save_kill_trials=FLAGS.save_kill_trials,
                       chain_trials=FLAGS.chain_trials, sigterm_trials=FLAGS.sigterm_trials,
                       disk_trials=FLAGS.disk_trials, corrupt_trials=FLAGS.corrupt_trials,
-                      determinism_runs=FLAGS.determinism_runs, seed=FLAGS.seed, rows=FLAGS.rows or ROWS)
+                      determinism_runs=FLAGS.determinism_runs, sigint_trials=FLAGS.sigint_trials,
+                      read_trials=FLAGS.read_trials, seed=FLAGS.seed, rows=FLAGS.rows or ROWS)
   finally:
     if not FLAGS.work:
       shutil.rmtree(work, ignore_errors=True)
-  flag_names = ('kill_trials', 'save_kill_trials', 'chain_trials', 'sigterm_trials', 'disk_trials',
-                'corrupt_trials', 'determinism_runs', 'seed')
+  flag_names = ('kill_trials', 'save_kill_trials', 'chain_trials', 'sigterm_trials', 'sigint_trials', 'disk_trials',
+                'corrupt_trials', 'determinism_runs', 'read_trials', 'seed')
   command = 'python -m lungjax.faults ' + ' '.join(f'--{n}={FLAGS[n].value}' for n in flag_names)
   if FLAGS.rows:
     command += f' --rows={",".join(FLAGS.rows)}'
   write_results(rows, FLAGS.out, command, time.perf_counter() - began)
   print(f'wrote {os.path.join(FLAGS.out, "summary.json")} and README.md')
-  if any(r.passed < r.trials for r in rows):
+  for row in rows:
+    if row.skipped:
+      print(f'SKIPPED {row.skipped} trial(s) of {row.fault!r} (not counted as passed): {row.outcome}')
+  if any(row_status(r) == 'failed' for r in rows):
     sys.exit(1)
 
 

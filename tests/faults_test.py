@@ -1,5 +1,6 @@
-"""The fault matrix: every bad-image kind, mid-epoch iterator restores, the results table, and (slow) every row of
-the matrix with 2 trials each, as CI runs it (the full matrix is `python -m lungjax.faults`)."""
+"""The fault matrix: every bad-image kind, mid-epoch iterator restores, the results table (a skipped trial is never
+counted as passed), the helpers of the issue-15 rows, and (slow) every row of the matrix with 2 trials each, as CI
+runs it (the full matrix is `python -m lungjax.faults`)."""
 
 import json
 import os
@@ -29,23 +30,71 @@ def test_results_table_and_summary(tmp_path):
   faults.write_results(rows, str(tmp_path), 'python -m lungjax.faults --kill_trials=2', 12.0)
   summary = json.load(open(tmp_path / 'summary.json'))
   assert [(r['fault'], r['trials'], r['passed']) for r in summary['rows']] == [('kill -9', 2, 2), ('disk full', 1, 0)]
+  assert [r['status'] for r in summary['rows']] == ['passed', 'failed'] and summary['n_rows_failed'] == 1
   readme = open(tmp_path / 'README.md').read()
-  assert '| kill -9 | 2 | 2 | 2/2 identical |' in readme and 'python -m lungjax.faults --kill_trials=2' in readme
+  assert '| kill -9 | 2 | 2 | 0 | 2/2 identical |' in readme and 'python -m lungjax.faults --kill_trials=2' in readme
+
+
+def test_a_skipped_trial_is_reported_as_skipped_never_as_passed(tmp_path):
+  """Issue 13: a row that cannot run here (disk full without root) counts as skipped, not passed."""
+  skipped, partly = faults.Row('disk full', outcome='not run (2 skipped): needs root'), faults.Row('files')
+  skipped.skip(2)
+  partly.add(True)
+  partly.skip()
+  faults.write_results([skipped, partly, faults.Row('kill', 1, 1, 'ok')], str(tmp_path), 'python -m lungjax.faults',
+                       1.0)
+  summary = json.load(open(tmp_path / 'summary.json'))
+  assert [(r['trials'], r['passed'], r['skipped'], r['status']) for r in summary['rows']] == [
+      (0, 0, 2, 'skipped'), (1, 1, 1, 'partly skipped'), (1, 1, 0, 'passed')]
+  assert (summary['n_rows_passed'], summary['n_rows_skipped'], summary['n_rows_partly_skipped']) == (1, 1, 1)
+  readme = open(tmp_path / 'README.md').read()
+  assert '| disk full | 0 | 0 | 2 |' in readme and '1 of 3 rows passed every trial' in readme
+  assert 'counted as skipped, never as passed): disk full (2), files (1)' in readme
+
+
+def test_sha256_tree_sees_every_changed_byte_and_new_file(tmp_path):
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'a' / 'x.png').write_bytes(b'1')
+  os.symlink('x.png', tmp_path / 'a' / 'link.png')
+  before = faults.sha256_tree(str(tmp_path))
+  assert sorted(before) == ['a/link.png', 'a/x.png'] and before['a/link.png'] == 'link → x.png'
+  (tmp_path / 'a' / 'x.png').write_bytes(b'2')
+  assert faults.sha256_tree(str(tmp_path))['a/x.png'] != before['a/x.png']
+  (tmp_path / 'a' / 'x.png').write_bytes(b'1')
+  (tmp_path / 'new').write_bytes(b'')
+  assert faults.sha256_tree(str(tmp_path)) == {**before, 'new': faults.sha256_tree(str(tmp_path))['new']}
+
+
+def test_an_unprivileged_prefix_makes_chmod_000_unreadable_or_is_none(tmp_path):
+  """The filesystem row's unreadable file: real for a non-root user; for root, only under the returned prefix."""
+  import subprocess
+  prefix = faults.unprivileged_prefix()
+  if prefix is None:
+    pytest.skip('root, and setpriv cannot drop the file-permission capabilities here: that trial is counted skipped')
+  secret = tmp_path / 'secret'
+  secret.write_text('x')
+  os.chmod(secret, 0)
+  try:
+    assert subprocess.run([*prefix, 'cat', str(secret)], capture_output=True, check=False).returncode != 0
+  finally:
+    os.chmod(secret, 0o644)
 
 
 def test_unknown_row_is_refused(tmp_path):
   with pytest.raises(ValueError, match='unknown'):
     faults.run_matrix(str(tmp_path), kill_trials=0, save_kill_trials=0, chain_trials=0, sigterm_trials=0,
-                      disk_trials=0, corrupt_trials=0, determinism_runs=0, rows=['nope'])
+                      disk_trials=0, corrupt_trials=0, determinism_runs=0, sigint_trials=0, read_trials=0,
+                      rows=['nope'])
 
 
 @pytest.mark.slow
 def test_every_row_of_the_fault_matrix_with_two_trials(tmp_path):
   """CI's version of `python -m lungjax.faults`: every row, 2 trials each (the fixed rows run their own set)."""
   rows = faults.run_matrix(str(tmp_path), kill_trials=2, save_kill_trials=2, chain_trials=2, sigterm_trials=2,
-                           disk_trials=2, corrupt_trials=2, determinism_runs=2)
+                           disk_trials=2, corrupt_trials=2, determinism_runs=2, sigint_trials=2, read_trials=2)
   assert len(rows) == len(faults.ROWS)
   for row in rows:
-    if row.outcome.startswith('not run') and os.geteuid() != 0:  # The disk-full row mounts a tmpfs: root only.
-      continue
-    assert row.trials >= 1 and row.passed == row.trials, (row.fault, row.outcome, row.failures)
+    # Only what cannot run here is skipped (the disk-full row mounts a tmpfs: root only), and it is never counted.
+    assert not row.skipped or os.geteuid() != 0 or row.fault.startswith('dangling'), (row.fault, row.outcome)
+    assert faults.row_status(row) != 'failed' and row.trials + row.skipped >= 1, (row.fault, row.outcome,
+                                                                                   row.failures)
