@@ -9,6 +9,9 @@ Every line is valid UTF-8 JSON. A file name whose bytes are not UTF-8 (Python ho
 JSON readers reject) is written with U+FFFD for each such byte, and its exact bytes follow as `file_bytes_hex`
 (`bytes.fromhex(line['file_bytes_hex'])` is the path to open; the same for `gradcam`).
 
+A blank, low-contrast or tiny image (a side under 32 px) is still classified, and its line carries `warnings` saying
+so: a confident answer about little information.
+
 `probabilities` are scaled by the temperature in the workdir's calibration.json (`temperature`, 1.0 without one);
 `raw_probabilities` are the model's softmax.
 """
@@ -52,14 +55,15 @@ def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
   return listed
 
 
-def read_image(path: str, size: int) -> np.ndarray:
-  """Decodes one file to size x size x 3 uint8; BadImageError names it (also when missing or a folder)."""
+def read_image(path: str, size: int) -> images.LoadedImage:
+  """Decodes one file to size x size x 3 uint8 (and its warnings); BadImageError names it (also when missing or a
+  folder)."""
   if os.path.isdir(path):
     raise images.BadImageError(path, 'a folder with no .jpg/.jpeg/.png images')
   if not os.path.isfile(path):
     raise images.BadImageError(path, 'no such file')
   try:
-    return images.load_image(path, size).pixels_HWC
+    return images.load_image(path, size)
   except OSError as error:  # E.g. no permission to read it.
     raise images.BadImageError(path, str(error)) from error
 
@@ -101,10 +105,11 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
     for start in progress.progress(starts, len(starts), 'predicting'):
       chunk = files[start:start + batch_size]
       futures = [pool.submit(read_image, path, config.data.image_size) for path, _ in chunk]
-      pixels, errors = {}, {}
+      pixels, errors, warnings = {}, {}, {}
       for index, future in enumerate(futures):
         try:
-          pixels[index] = future.result()
+          loaded = future.result()
+          pixels[index], warnings[index] = loaded.pixels_HWC, loaded.warnings
         except images.BadImageError as error:
           errors[index] = str(error)
       if pixels:
@@ -126,6 +131,8 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
                 'probabilities': {name: float(p) for name, p in zip(classes, calibrated_BC[row])},
                 'raw_probabilities': {name: float(p) for name, p in zip(classes, probs_BC[row])},
                 'temperature': temperature}
+        if warnings[index]:  # Blank, low-contrast or tiny: a confident answer about little information.
+          line['warnings'] = list(warnings[index])
         if gradcam_dir:
           line['gradcam'] = os.path.join(gradcam_dir, names[start + index])
           explain.save_overlay(pixels[index], heatmaps_BHW[row], line['gradcam'])

@@ -225,3 +225,15 @@ def test_a_file_name_that_is_not_utf8_still_gives_valid_json(trained_workdir, tm
   assert found['file'].endswith('/scans/\ufffd.png') and 'class' in found
   assert bytes.fromhex(found['file_bytes_hex']) == os.path.join(folder, b'\xff.png')
   assert bytes.fromhex(missing['file_bytes_hex']).endswith(b'/\xfe-missing.png') and 'error' in missing
+
+
+def test_blank_and_tiny_images_carry_warnings_in_their_lines(trained_workdir, tmp_path, capsys):
+  blank, tiny_image, ordinary = (str(tmp_path / name) for name in ('blank.png', 'one.png', 'ordinary.png'))
+  Image.fromarray(np.full((64, 64), 128, np.uint8)).save(blank)
+  Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tiny_image)
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), np.uint8)).save(ordinary)
+  assert predict.predict_cli(trained_workdir, [blank, tiny_image, ordinary]) == 0
+  lines = {os.path.basename(line['file']): line for line in _lines(capsys.readouterr().out)}
+  assert any('blank' in w for w in lines['blank.png']['warnings']) and 'class' in lines['blank.png']
+  assert any('tiny' in w for w in lines['one.png']['warnings']) and 'class' in lines['one.png']
+  assert 'warnings' not in lines['ordinary.png']
