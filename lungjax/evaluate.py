@@ -250,7 +250,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   calibration = calibration_lib.read(workdir) if averaged is None else None  # Fitted for one model's plain view.
   training = None if folder == VALIDATION else training_images(config, workdir)
   out_dir = os.path.join(workdir, 'eval', name)
-  metrics = report_predictions(total_NC / len(members), loaded, config, out_dir, f'{config.name} on {name}',
+  title = f'{config.name} on {name.removeprefix("folder-")}'  # The folder's own name; 'folder-' only keeps it apart.
+  metrics = report_predictions(total_NC / len(members), loaded, config, out_dir, title,
                                steps_used[0]['step'], calibration, training, averaged,
                                calibration_fitted_here=folder == VALIDATION)
   if distributed.is_main_process():
