@@ -114,6 +114,25 @@ def test_validation_is_stratified_by_class_and_source_and_keeps_copies_together(
   assert groups[index[copies[0]]] == groups[index[copies[1]]]
 
 
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_an_extra_source_leaves_the_main_sources_validation_images_in_place(two_sources, seed):
+  """Strata order the main source first, so its seeded draw is the one a single-source run makes: comparing a run
+  with and without the extra source compares them on the same main-source validation images."""
+  two_sources.data.split_seed = seed
+  os.remove(os.path.join(two_sources.data.extra_root, 'COVID', 'copy.png'))  # No group across the sources.
+  with_extra = loading.load_training_data(two_sources)
+  two_sources.data.extra_root, two_sources.data.extra_class_names = '', ''
+  alone = loading.load_training_data(two_sources)
+  main_val = [p for p in with_extra.val.paths if p.startswith(two_sources.data.root + os.sep)]
+  assert sorted(main_val) == sorted(alone.val.paths)
+
+
+def test_strata_put_the_source_before_the_class():
+  labels_N, sources_N = np.asarray([0, 1, 2, 0, 1]), np.asarray([0, 0, 0, 1, 1])
+  assert sources.strata(labels_N, sources_N, 2).tolist() == [0, 1, 2, 3, 4]
+  assert sources.strata(labels_N, None, 1).tolist() == labels_N.tolist()
+
+
 def test_folds_are_stratified_by_source():
   labels_N = np.asarray([0] * 8 + [0] * 4)
   sources_N = np.asarray([0] * 8 + [1] * 4)

@@ -124,14 +124,17 @@ def source_indices(decoded: images.DecodedImages) -> tuple[np.ndarray, tuple[str
 
 
 def strata(labels_N: np.ndarray, sources_N: np.ndarray | None, num_sources: int) -> np.ndarray:
-  """The stratum of each image for splits: its class and its source (label * num_sources + source).
+  """The stratum of each image for splits: its source, then its class (source * num_classes + label).
 
-  With one source the strata are the labels themselves, so single-source splits stay as they were.
+  The main source (0) comes first, so its strata are its labels and a seeded split draws them first, as it does
+  with no extra source: adding a source leaves the main source's validation images where they were (unless a copy
+  group joins images across sources). With one source the strata are the labels themselves.
   """
   labels_N = np.asarray(labels_N, np.int64)
   if sources_N is None or num_sources <= 1:
     return labels_N
-  return labels_N * num_sources + np.asarray(sources_N, np.int64)
+  num_classes = int(labels_N.max(initial=-1)) + 1
+  return np.asarray(sources_N, np.int64) * num_classes + labels_N
 
 
 def missing_classes(decoded: images.DecodedImages, classes: Sequence[str]) -> dict[str, list[str]]:
