@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# How configs/multisource.py's source weighting was chosen (validation only, seed 0): the mixed run with
+# --config.train.source_weighting=balanced and =none; the rule, fixed before the runs: the higher of the two
+# sources' lower validation macro recall wins. Writes results/multisource/selection/. About 22 min on 2 quiet cores.
+# Usage (from the repository root): bash results/multisource/select.sh [KAGGLE_DIR] [SAMPLE_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+kaggle=${1:-../shared/data/covid19-image-dataset}
+sample=${2:-../shared/data/covid19-radiography-sample}
+root=workdirs/results-multisource/selection
+for weighting in balanced none; do
+  [ -f "$root/$weighting/summary.json" ] || python -m lungjax.main --config=configs/multisource.py \
+    --config.data.root="$kaggle" --config.data.extra_root="$sample" \
+    --config.data.extra_class_names='COVID=Covid,Normal=Normal' --config.seed=0 \
+    --config.train.source_weighting=$weighting --workdir="$root/$weighting"
+  mkdir -p results/multisource/selection
+  cp "$root/$weighting/eval/val/metrics.json" "results/multisource/selection/${weighting}_validation_metrics.json"
+done
+python results/multisource/selection.py results/multisource/selection
