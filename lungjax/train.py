@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -12,6 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.sharding import Mesh
 
 from lungjax import augment, autoencoder, checkpoints, evaluate, final_evaluation, mesh as mesh_lib, steps
 from lungjax import distributed, fingerprint as fingerprint_lib, host_memory, preemption, progress, warm_start
@@ -79,8 +81,8 @@ def _write_run_files(config: ml_collections.ConfigDict, workdir: str, data: load
                                      loading.training_thumbnails_path(workdir))
 
 
-def _validation_row(eval_step, state: steps.TrainState, data: loading.TrainingData, config: ml_collections.ConfigDict,
-                    mesh) -> dict[str, float]:
+def _validation_row(eval_step: Callable[..., jax.Array], state: steps.TrainState, data: loading.TrainingData,
+                    config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, float]:
   """The epoch's validation loss, accuracy and macro averages as val_* columns ({} without a validation split)."""
   if not len(data.val):
     return {}
