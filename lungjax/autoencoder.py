@@ -1,4 +1,5 @@
-"""Stage 1 of the autoencoder variant: pretrain the CNN's conv stack on reconstruction, then hand it to the classifier.
+"""Stage 1 of the autoencoder variant: pretrain the CNN's conv stack on reconstruction (pretrain), before the
+classifier trains (train.train_and_evaluate calls it on a fresh run; warm_start loads the encoder it returns).
 
 Everything lives under workdir/autoencoder/: checkpoints/ (latest epoch, resumable), settings.json, history.json
 (per-epoch MSE) and reconstructions.png (also copied to workdir/reconstructions.png).
@@ -54,6 +55,14 @@ class AutoencoderState:
 
 
 @dataclasses.dataclass(frozen=True)
+class PretrainedEncoder:
+  """Stage 1's product: the autoencoder parameters whose Conv_* leaves become the CNN's, and how they were got."""
+
+  params: Any
+  description: str  # One paragraph for the log and workdir/warm_start.txt.
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage1Result:
   """The trained autoencoder parameters and how this call got them."""
 
@@ -70,27 +79,9 @@ def stage_dir(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, 'autoencoder'))
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the field for stage-1 settings that cannot work."""
-  if config.model.name != 'cnn':
-    raise ValueError(f'config.autoencoder.enabled pretrains the CNN\'s conv stack, so config.model.name must be '
-                     f'\'cnn\', got {config.model.name!r}')
-  ae = config.autoencoder
-  factor = 2**len(config.model.conv_features)
-  checks = [
-      ('config.autoencoder.num_epochs', ae.num_epochs, isinstance(ae.num_epochs, int) and ae.num_epochs >= 1),
-      ('config.autoencoder.learning_rate', ae.learning_rate, ae.learning_rate > 0),
-      ('config.autoencoder.batch_size', ae.batch_size, isinstance(ae.batch_size, int) and ae.batch_size >= 1),
-      ('config.autoencoder.extra_dirs', ae.extra_dirs,
-       isinstance(ae.extra_dirs, (tuple, list)) and all(isinstance(d, str) and d for d in ae.extra_dirs)),
-      ('config.model.conv_features', config.model.conv_features, len(config.model.conv_features) >= 1),
-  ]
-  for field, value, ok in checks:
-    if not ok:
-      raise ValueError(f'{field}={value!r} is not allowed')
-  if config.data.image_size % factor:
-    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by {factor} for the '
-                     f'autoencoder to reconstruct it ({len(config.model.conv_features)} 2x2 poolings)')
+def enabled(config: ml_collections.ConfigDict) -> bool:
+  """True when the config asks for stage 1 (config.autoencoder.enabled) before the classifier trains."""
+  return 'autoencoder' in config and bool(config.autoencoder.enabled)
 
 
 def create_model(config: ml_collections.ConfigDict) -> ConvAutoencoder:
@@ -219,8 +210,10 @@ def _check_finite(step_losses: list[tuple[int, jax.Array]]) -> list[float]:
 
 
 def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NHWC: np.ndarray) -> Stage1Result:
-  """Trains (or resumes, or reuses when finished) stage 1 on images_NHWC, checkpointing every epoch."""
-  validate_config(config)
+  """Trains (or resumes, or reuses when finished) stage 1 on images_NHWC, checkpointing every epoch.
+
+  The stage-1 fields are assumed valid (config_check.validate).
+  """
   ae = config.autoencoder
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(ae.batch_size, mesh, 'config.autoencoder.batch_size')
@@ -369,10 +362,12 @@ def grid_images(images_NHWC: np.ndarray) -> np.ndarray:
   return images_NHWC[indices]
 
 
-def load_pretrained_encoder(config: ml_collections.ConfigDict, workdir: str, data: loading.TrainingData,
-                            variables: dict[str, Any]) -> tuple[dict[str, Any], str]:
-  """Runs (or resumes, or reuses) stage 1 on the train split (+ extra_dirs); returns variables with its encoder."""
-  validate_config(config)
+def pretrain(config: ml_collections.ConfigDict, workdir: str, data: loading.TrainingData) -> PretrainedEncoder:
+  """Stage 1: trains (or resumes, or reuses when finished) the autoencoder on the train split (+ extra_dirs).
+
+  Writes workdir/autoencoder/ (checkpoints, settings.json, history.json, reconstructions.png) and
+  workdir/reconstructions.png; returns the parameters for warm_start to load into the CNN's conv stack.
+  """
   if is_finished(config, workdir):
     images_NHWC, n_extra = data.train.images_NHWC, None  # Nothing to train: the extra folders are not decoded.
   else:
@@ -382,7 +377,6 @@ def load_pretrained_encoder(config: ml_collections.ConfigDict, workdir: str, dat
   result = train_autoencoder(config, workdir, images_NHWC)
   write_outputs(config, workdir, result, grid_images(data.train.images_NHWC))
   names = encoder_layer_names(config.model.conv_features)
-  variables = replace_encoder(variables, result.params, config.model.conv_features)
   n_params = sum(int(np.prod(x.shape)) for name in names for x in jax.tree.leaves(result.params[name]))
   if result.reused:
     how = 'reused a finished stage 1'
@@ -397,8 +391,8 @@ def load_pretrained_encoder(config: ml_collections.ConfigDict, workdir: str, dat
   else:
     use = (f'It is fine-tuned in stage 2 (config.autoencoder.freeze_encoder=False), frozen for the first '
            f'{config.train.freeze_backbone_epochs} epochs (config.train.freeze_backbone_epochs).')
-  summary = (f'Loaded the encoder of a convolutional autoencoder into the CNN\'s {", ".join(names)} '
-             f'({n_params} parameters): {how} in {stage_dir(workdir)} ({len(result.history)} epochs of '
-             f'reconstruction MSE on {result.n_images} images: {sources}); final reconstruction MSE '
-             f'{result.history[-1]["mse"]:.5f} (pixels in [0, 1]). {use}')
-  return variables, summary
+  description = (f'Loaded the encoder of a convolutional autoencoder into the CNN\'s {", ".join(names)} '
+                 f'({n_params} parameters): {how} in {stage_dir(workdir)} ({len(result.history)} epochs of '
+                 f'reconstruction MSE on {result.n_images} images: {sources}); final reconstruction MSE '
+                 f'{result.history[-1]["mse"]:.5f} (pixels in [0, 1]). {use}')
+  return PretrainedEncoder(result.params, description)

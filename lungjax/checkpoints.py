@@ -164,9 +164,7 @@ def create_manager(workdir: str, checkpoint_config: ml_collections.ConfigDict, *
 
   A writable manager deletes the `*.orbax-checkpoint-tmp*` folders of saves a killed run never committed.
   """
-  metric = checkpoint_config.best_metric
-  if metric not in BEST_METRICS:
-    raise ValueError(f'config.checkpoint.best_metric={metric!r} is not one of {sorted(BEST_METRICS)}')
+  metric = checkpoint_config.best_metric  # One of BEST_METRICS (config_check.validate).
   mode = BEST_METRICS[metric]
 
   def metric_value(metrics: dict[str, float]) -> float:
@@ -465,10 +463,7 @@ def resume(manager: ocp.CheckpointManager, workdir: str, checkpoint_config: ml_c
   new manager is returned.
   """
   initial_iter_state = data_iter.get_state()
-  on_mismatch = checkpoint_config.get('on_mismatch', 'error')
-  if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
-    raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '
-                     f'{list(fingerprint_lib.MISMATCH_CHOICES)}')
+  on_mismatch = checkpoint_config.get('on_mismatch', 'error')  # One of MISMATCH_CHOICES (config_check.validate).
 
   def accept(integrity: dict[str, Any], step: int) -> bool:
     return fingerprint_lib.check_resume(integrity.get('fingerprint'), fingerprint, on_mismatch,

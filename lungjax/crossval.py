@@ -1,9 +1,14 @@
-"""Cross-validation and seed repeats: one training run per fold or seed, reported as mean ± std and pooled."""
+"""Cross-validation and seed repeats: train.train_and_evaluate once per fold or seed, each run's validation
+metrics reported as mean ± std, and the runs' validation predictions pooled (in memory) into one evaluation.
+
+Writes WORKDIR/fold_K/ or WORKDIR/seed_S/ (one training run each) and WORKDIR/cv/ or WORKDIR/seeds/ (metrics.json,
+report.md, pooled/).
+"""
 
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -12,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import evaluate, metrics as metrics_lib, report, train
+from lungjax import evaluate, final_evaluation, metrics as metrics_lib, report, train
 from lungjax import distributed, workdir as workdir_lib
 from lungjax.data import loading, splits
 
@@ -22,17 +27,19 @@ _HEADLINE = ([('accuracy',)] + [(avg, m) for avg in ('macro_avg', 'weighted_avg'
 _PER_CLASS = ('precision', 'recall', 'f1', 'specificity', 'npv')
 
 
+def is_repeated(config: ml_collections.ConfigDict) -> bool:
+  """True when the config asks for several runs: folds (config.cv.folds > 1) or seeds (config.seeds > 1)."""
+  return config.cv.folds > 1 or config.seeds > 1
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains as the config asks: K folds (config.cv.folds > 1), N seeds (config.seeds > 1), or one run."""
-  if config.cv.folds > 1 and config.seeds > 1:
-    raise ValueError('set config.cv.folds or config.seeds above 1, not both')
-  if config.cv.folds > 1 or config.seeds > 1:
-    with workdir_lib.owned(workdir):  # Each run's folder under it is claimed and locked too.
-      return cross_validate(config, workdir) if config.cv.folds > 1 else repeat_over_seeds(config, workdir)
-  if config.cv.folds == 1 or config.seeds < 1:
-    raise ValueError(f'config.cv.folds={config.cv.folds} and config.seeds={config.seeds}: folds must be 0 or >= 2, '
-                     'seeds >= 1')
-  return train.train_and_evaluate(config, workdir)
+  """Trains K folds (config.cv.folds > 1) or N seeds (config.seeds > 1) under workdir; returns the summary.
+
+  The config is assumed valid (config_check.validate); one run (neither above 1) is train.train_and_evaluate's.
+  """
+  assert is_repeated(config), 'crossval.run needs config.cv.folds > 1 or config.seeds > 1'
+  with workdir_lib.owned(workdir):  # Each run's folder under it is claimed and locked too.
+    return cross_validate(config, workdir) if config.cv.folds > 1 else repeat_over_seeds(config, workdir)
 
 
 def cross_validate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -41,30 +48,38 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   decoded = loaded.decoded
   folds = splits.grouped_stratified_folds(loading.split_strata(decoded), loading.split_groups(decoded, config),
                                           config.cv.folds, config.data.split_seed)
-  run_dirs = []
+  runs = {}
   for k, (train_indices, val_indices) in enumerate(folds):
     logging.info('fold %d of %d: %d train, %d validation', k + 1, len(folds), len(train_indices), len(val_indices))
     run_dir = os.path.join(workdir, f'fold_{k}')
     data = loading.TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))
-    train.train_and_evaluate(config, run_dir, data)
-    run_dirs.append(run_dir)
-  return summarise_runs(config, run_dirs, os.path.join(workdir, 'cv'), f'{config.name}: {len(folds)}-fold CV',
-                        pool=True)
+    runs[run_dir] = _validation(train.train_and_evaluate(config, run_dir, data), run_dir)
+  return summarise_runs(config, runs, os.path.join(workdir, 'cv'), f'{config.name}: {len(folds)}-fold CV', pool=True)
 
 
 def repeat_over_seeds(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the same split with seeds seed, seed+1, ..., seed+seeds-1 (init, shuffling, dropout)."""
   data = loading.load_training_data(config)
-  run_dirs = []
+  runs = {}
   for offset in range(config.seeds):
     seed_config = copy.deepcopy(config)
     with seed_config.unlocked():
       seed_config.seed = config.seed + offset
     run_dir = os.path.join(workdir, f'seed_{seed_config.seed}')
-    train.train_and_evaluate(seed_config, run_dir, data)
-    run_dirs.append(run_dir)
-  return summarise_runs(config, run_dirs, os.path.join(workdir, 'seeds'), f'{config.name}: {config.seeds} seeds',
+    runs[run_dir] = _validation(train.train_and_evaluate(seed_config, run_dir, data), run_dir)
+  return summarise_runs(config, runs, os.path.join(workdir, 'seeds'), f'{config.name}: {config.seeds} seeds',
                         pool=True, repeats=config.seeds)
+
+
+def _validation(summary: final_evaluation.RunSummary, run_dir: str) -> final_evaluation.Validation:
+  """A finished run's validation predictions, as its eval/val/ files hold them (probabilities to 6 decimals, as in
+  predictions.csv, so that the pooled numbers are those of the runs' own reports)."""
+  if summary.validation is None:
+    raise ValueError(f'{run_dir}: the run has no validation images to report over runs (config.data.val_fraction)')
+  validation = summary.validation
+  as_written_NC = np.asarray([[float(f'{p:.6f}') for p in row] for row in validation.probabilities_NC],
+                             np.float64).reshape(validation.probabilities_NC.shape)
+  return dataclasses.replace(validation, probabilities_NC=as_written_NC)
 
 
 def _value(metrics: dict[str, Any], path: Sequence[str]) -> float:
@@ -88,29 +103,22 @@ def mean_and_std(per_run: Sequence[dict[str, Any]], classes: Sequence[str]) -> d
   return summary
 
 
-def summarise_runs(config: ml_collections.ConfigDict, run_dirs: Sequence[str], out_dir: str, title: str, *,
-                   pool: bool, repeats: int = 1) -> dict[str, Any]:
+def summarise_runs(config: ml_collections.ConfigDict, runs: dict[str, final_evaluation.Validation], out_dir: str,
+                   title: str, *, pool: bool, repeats: int = 1) -> dict[str, Any]:
   """Writes out_dir/metrics.json and report.md: each metric's mean ± std over runs (and pooled, if asked).
+
+  runs: {run folder: its best checkpoint's validation predictions and metrics}, in run order.
 
   repeats=1 pools folds (each image predicted once); repeats=R pools R runs on the same images (seeds): the
   pooled intervals then resample images with all R of their predictions and count images, not predictions.
   """
   classes = tuple(config.data.classes)
-  per_run = []
-  for run_dir in run_dirs:
-    with open(os.path.join(run_dir, 'eval', 'val', 'metrics.json')) as f:
-      per_run.append(json.load(f))
-  result: dict[str, Any] = {'runs': list(run_dirs), 'n_runs': len(run_dirs),
-                            'summary': mean_and_std(per_run, classes)}
+  result: dict[str, Any] = {'runs': list(runs), 'n_runs': len(runs),
+                            'summary': mean_and_std([run.metrics for run in runs.values()], classes)}
   os.makedirs(out_dir, exist_ok=True)
   if pool:
-    labels, probabilities = [], []
-    for run_dir in run_dirs:
-      _, labels_N, probabilities_NC = evaluate.read_predictions(
-          os.path.join(run_dir, 'eval', 'val', 'predictions.csv'), classes)
-      labels.append(labels_N)
-      probabilities.append(probabilities_NC)
-    pooled_labels, pooled_probabilities = np.concatenate(labels), np.concatenate(probabilities)
+    pooled_labels = np.concatenate([run.labels_N for run in runs.values()])
+    pooled_probabilities = np.concatenate([run.probabilities_NC for run in runs.values()])
     pooled = metrics_lib.with_uncertainty(
         evaluate.evaluation_metrics(pooled_labels, pooled_probabilities, classes), pooled_labels,
         pooled_probabilities, n_bootstrap=config.eval.n_bootstrap, seed=config.seed, repeats=repeats)

@@ -34,12 +34,12 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
   """Joins this process to a multi-host run when config.distributed.enabled; returns whether it did.
 
   Empty fields (address '', num_processes 0, process_id -1) are left to JAX's cluster detection (Cloud TPU, SLURM,
-  Open MPI, ...). Must run before anything touches a device.
+  Open MPI, ...). Must run before anything touches a device. The fields are checked by config_check.validate
+  (distributed.check_config).
   """
   distributed = config.distributed
   if not distributed.enabled:
     return False
-  check_config(distributed)
   jax.config.update('jax_cpu_collectives_implementation', distributed.cpu_collectives)  # CPU processes only.
   kwargs: dict[str, Any] = {'initialization_timeout': distributed.initialization_timeout_s}
   if distributed.coordinator_address:

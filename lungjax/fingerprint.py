@@ -107,8 +107,6 @@ def check_resume(saved: dict[str, Any] | None, current: dict[str, Any], on_misma
 
   Raises FingerprintMismatchError with the diff (on_mismatch='error'); warns when only the host changed.
   """
-  if on_mismatch not in MISMATCH_CHOICES:
-    raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of {list(MISMATCH_CHOICES)}')
   if saved is None:
     changed = ['fingerprint: the checkpoint has none (saved by an older lungjax)']
   else:

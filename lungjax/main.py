@@ -1,5 +1,9 @@
 """Entry point: python -m lungjax.main --config=configs/cnn.py [--workdir=W] [--mode=train|eval|explain|shortcuts].
 
+main() validates the config once (config_check.validate), then runs one function per mode: train (one run:
+train.train_and_evaluate; folds or seeds: crossval.run), evaluate, explain, shortcuts. Each is importable and
+prints a short summary of what it wrote.
+
 --mode=eval, explain and shortcuts rebuild the model from the workdir's config.json; the command line may change only
 lungjax.checkpoints.INFERENCE_FIELDS (eval.*, explain.*, where the data lies, ...).
 """
@@ -9,12 +13,16 @@ import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # clu's writers import TensorFlow: keep its start-up quiet.
 
 import logging as std_logging  # pylint: disable=g-import-not-at-top
+from collections.abc import Sequence  # pylint: disable=g-import-not-at-top
+from typing import Any  # pylint: disable=g-import-not-at-top
 
+import ml_collections  # pylint: disable=g-import-not-at-top
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax import crossval, evaluate, explain, preemption, shortcuts  # pylint: disable=g-import-not-at-top
-from lungjax import distributed, host_memory  # pylint: disable=g-import-not-at-top
+from lungjax import config_check, crossval, distributed, host_memory, preemption  # pylint: disable=g-import-not-at-top
+from lungjax import evaluate as evaluate_lib, explain as explain_lib  # pylint: disable=g-import-not-at-top
+from lungjax import shortcuts as shortcuts_lib, train as train_lib  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (default: workdirs/<config.name>).')
@@ -58,51 +66,80 @@ def start_summary(config, mode: str, workdir: str) -> str:
           '(the full config: config.json there, or --v=1)')
 
 
-def main(argv):
-  del argv
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  config = FLAGS.config
-  trims = host_memory.apply(config.train)  # Before XLA's threads start and the first large allocation.
-  distributed.initialize(config)  # Multi-host: joins the other processes before anything touches a device.
-  workdir = FLAGS.workdir or os.path.join('workdirs', config.name)
-  logging.info('%s', start_summary(config, FLAGS.mode, workdir))
-  logging.debug('config:\n%s', config)  # All of it is in WORKDIR/config.json too.
-  if FLAGS.mode == 'train' and (config.cv.folds > 1 or config.seeds > 1):
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """--mode=train: one run (train.train_and_evaluate), or folds / seeds (crossval.run); prints where results went."""
+  if crossval.is_repeated(config):
     result = crossval.run(config, workdir)
     print(f'\n{result["n_runs"]} runs under {os.path.abspath(workdir)}; summary: '
           f'{os.path.abspath(os.path.join(workdir, "cv" if config.cv.folds > 1 else "seeds", "report.md"))}')
-  elif FLAGS.mode == 'train':
-    summary = crossval.run(config, workdir)
-    print(f'\ntrained {summary["num_steps"]} steps; best checkpoint step {summary["best_step"]} '
-          f'(by validation {summary["best_metric"]})')
-    print(f'  checkpoints  {os.path.abspath(os.path.join(workdir, "checkpoints"))}')
-    print(f'  curves       {os.path.abspath(os.path.join(workdir, "curves.png"))}')
-    for name, result in summary['evaluations'].items():
-      print(f'  {name:<12} {result["dir"]}  accuracy {result["accuracy"]:.4f}, '
-            f'macro recall {result["macro_avg"]["recall"]:.4f}, macro F1 {result["macro_avg"]["f1"]:.4f}')
-    print(f'  TensorBoard  tensorboard --logdir={workdir}')
-  elif FLAGS.mode == 'explain':
-    summary = explain.explain_folder(config, workdir, overridden_fields())
-    print(f'\nexplained {summary["n_images"]} images with Grad-CAM of {summary["layer"]} '
-          f'(checkpoint step {summary["checkpoint_step"]})')
-    print(f'  overlays     {summary["out_dir"]}')
-    print(f'  gallery      {summary["gallery"]}')
-  elif FLAGS.mode == 'shortcuts':
-    summary = shortcuts.check_shortcuts(config, workdir, overridden_fields())
-    views = summary['views']
-    print(f'\nchecked checkpoint step {summary["checkpoint_step"]} on {summary["n_images"]} images: accuracy as is '
-          f'{views["as_is"]["accuracy"]:.4f}, lungs hidden {views["lungs_hidden"]["accuracy"]:.4f}, '
-          f'lungs only {views["lungs_only"]["accuracy"]:.4f}')
-    print(f'  {summary["verdict"]["lungs_hidden_text"]}')
-    print(f'  report       {summary["out_dir"]}/shortcuts.md')
+    return result
+  summary = train_lib.train_and_evaluate(config, workdir)
+  print(f'\ntrained {summary["num_steps"]} steps; best checkpoint step {summary["best_step"]} '
+        f'(by validation {summary["best_metric"]})')
+  print(f'  checkpoints  {os.path.abspath(os.path.join(workdir, "checkpoints"))}')
+  print(f'  curves       {os.path.abspath(os.path.join(workdir, "curves.png"))}')
+  for name, result in summary['evaluations'].items():
+    print(f'  {name:<12} {result["dir"]}  accuracy {result["accuracy"]:.4f}, '
+          f'macro recall {result["macro_avg"]["recall"]:.4f}, macro F1 {result["macro_avg"]["f1"]:.4f}')
+  print(f'  TensorBoard  tensorboard --logdir={workdir}')
+  return summary
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             overridden: Sequence[str] | None = None) -> dict[str, Any]:
+  """--mode=eval: a checkpoint of workdir evaluated on config.eval.dir; prints the headline numbers."""
+  metrics = evaluate_lib.evaluate_checkpoint(config, workdir, overridden)
+  print(f'\nevaluated checkpoint step {metrics["checkpoint_step"]} on {metrics["n_images"]} images: '
+        f'accuracy {metrics["accuracy"]:.4f}, macro recall {metrics["macro_avg"]["recall"]:.4f}')
+  for name, row in metrics.get('per_source', {}).items():  # Several sources (--config.eval.dir=A,B).
+    print(f'  {name:<12} {row["n_images"]} images: accuracy {row["accuracy"]:.4f}, recall ' + ', '.join(
+        f'{c} {v["recall"]:.3f}' for c, v in row['per_class'].items() if v['support']))
+  print(f'  report       {os.path.abspath(metrics["out_dir"])}/report.md')
+  return metrics
+
+
+def explain(config: ml_collections.ConfigDict, workdir: str,
+            overridden: Sequence[str] | None = None) -> dict[str, Any]:
+  """--mode=explain: Grad-CAM overlays of config.explain.dir; prints where they went."""
+  summary = explain_lib.explain_folder(config, workdir, overridden)
+  print(f'\nexplained {summary["n_images"]} images with Grad-CAM of {summary["layer"]} '
+        f'(checkpoint step {summary["checkpoint_step"]})')
+  print(f'  overlays     {summary["out_dir"]}')
+  print(f'  gallery      {summary["gallery"]}')
+  return summary
+
+
+def shortcuts(config: ml_collections.ConfigDict, workdir: str,
+              overridden: Sequence[str] | None = None) -> dict[str, Any]:
+  """--mode=shortcuts: config.eval.dir scored with the lungs hidden / shown alone; prints the verdict."""
+  summary = shortcuts_lib.check_shortcuts(config, workdir, overridden)
+  views = summary['views']
+  print(f'\nchecked checkpoint step {summary["checkpoint_step"]} on {summary["n_images"]} images: accuracy as is '
+        f'{views["as_is"]["accuracy"]:.4f}, lungs hidden {views["lungs_hidden"]["accuracy"]:.4f}, '
+        f'lungs only {views["lungs_only"]["accuracy"]:.4f}')
+  print(f'  {summary["verdict"]["lungs_hidden_text"]}')
+  print(f'  report       {summary["out_dir"]}/shortcuts.md')
+  return summary
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config, mode = FLAGS.config, FLAGS.mode
+  config_check.validate(config, mode)  # Every field, once, before any work.
+  trims = host_memory.apply(config.train)  # Before XLA's threads start and the first large allocation.
+  distributed.initialize(config)  # Multi-host: joins the other processes before anything touches a device.
+  workdir = FLAGS.workdir or os.path.join('workdirs', config.name)
+  logging.info('%s', start_summary(config, mode, workdir))
+  logging.debug('config:\n%s', config)  # All of it is in WORKDIR/config.json too.
+  if mode == 'train':
+    train(config, workdir)
+  elif mode == 'eval':
+    evaluate(config, workdir, overridden_fields())
+  elif mode == 'explain':
+    explain(config, workdir, overridden_fields())
   else:
-    metrics = evaluate.evaluate_checkpoint(config, workdir, overridden_fields())
-    print(f'\nevaluated checkpoint step {metrics["checkpoint_step"]} on {metrics["n_images"]} images: '
-          f'accuracy {metrics["accuracy"]:.4f}, macro recall {metrics["macro_avg"]["recall"]:.4f}')
-    for name, row in metrics.get('per_source', {}).items():  # Several sources (--config.eval.dir=A,B).
-      print(f'  {name:<12} {row["n_images"]} images: accuracy {row["accuracy"]:.4f}, recall ' + ', '.join(
-          f'{c} {v["recall"]:.3f}' for c, v in row['per_class'].items() if v['support']))
-    print(f'  report       {os.path.abspath(metrics["out_dir"])}/report.md')
+    shortcuts(config, workdir, overridden_fields())
   if trims is not None:
     logging.info('host memory: freed memory handed back %d times above the %s GB cap', len(trims),
                  config.train.keep_freed_host_memory_gb)

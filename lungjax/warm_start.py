@@ -1,5 +1,5 @@
-"""Where training starts: fresh weights, a Keras ImageNet file (model.init_from) or a pretrained autoencoder's
-encoder; and which parameters stay frozen for how many steps."""
+"""Warm starts: a fresh state's weights replaced by a Keras ImageNet file (model.init_from) or by a pretrained
+autoencoder's encoder (autoencoder.pretrain); and which parameters stay frozen for how many steps."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from lungjax import steps
-from lungjax.data import loading
+from lungjax import autoencoder, steps
 
 
-def _autoencoder_enabled(config: ml_collections.ConfigDict) -> bool:
-  return 'autoencoder' in config and bool(config.autoencoder.enabled)
+def warm_start(config: ml_collections.ConfigDict, workdir: str, state: steps.TrainState, tx,
+               encoder: autoencoder.PretrainedEncoder | None = None) -> steps.TrainState:
+  """Returns a fresh state with pretrained weights loaded (and a new optimizer state), or the state as it is.
 
-
-def warm_start(config: ml_collections.ConfigDict, workdir: str, state: steps.TrainState,
-               data: loading.TrainingData, tx) -> steps.TrainState:
-  """Returns a fresh state with pretrained weights loaded (and a new optimizer state), or the state as it is."""
+  Loads config.model.init_from (a Keras weights file) or else `encoder` (stage 1's product) into the CNN's conv
+  stack; writes what it loaded to workdir/warm_start.txt.
+  """
   variables = {'params': state.params, **state.model_state}
   if config.model.init_from:
     from lungjax.models import keras_weights  # pylint: disable=g-import-not-at-top
@@ -27,9 +26,9 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, state: steps.Tra
       raise FileNotFoundError(f'config.model.init_from={config.model.init_from!r} does not exist')
     variables, load_report = keras_weights.load_keras_weights(variables, config.model.init_from, config.model)
     summary = load_report.summary()
-  elif _autoencoder_enabled(config):
-    from lungjax import autoencoder  # pylint: disable=g-import-not-at-top
-    variables, summary = autoencoder.load_pretrained_encoder(config, workdir, data, variables)
+  elif encoder is not None:
+    variables = autoencoder.replace_encoder(variables, encoder.params, config.model.conv_features)
+    summary = encoder.description
   else:
     return state
   logging.info('warm start: %s', summary)
@@ -45,8 +44,7 @@ def frozen_parameters(config: ml_collections.ConfigDict, params: Any, steps_per_
   if config.model.init_from and config.train.freeze_backbone_epochs > 0:
     from lungjax.models import keras_weights  # pylint: disable=g-import-not-at-top
     return keras_weights.backbone_mask(params), config.train.freeze_backbone_epochs * steps_per_epoch
-  if _autoencoder_enabled(config):
-    from lungjax import autoencoder  # pylint: disable=g-import-not-at-top
+  if autoencoder.enabled(config):
     if config.autoencoder.freeze_encoder:
       return autoencoder.encoder_mask(params), config.train.num_epochs * steps_per_epoch
     if config.train.freeze_backbone_epochs > 0:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import autoencoder as autoencoder_config, cnn, tiny
-from lungjax import autoencoder, checkpoints, mesh as mesh_lib, steps, train
+from lungjax import autoencoder, checkpoints, config_check, mesh as mesh_lib, steps, train, warm_start
 from lungjax.data import images as images_lib, loading
 from lungjax.models import create_model
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
@@ -133,8 +133,7 @@ def test_configs_defaults_and_the_autoencoder_variant():
           base.freeze_encoder) == (False, 10, 1e-3, 16, (), True)
   config = autoencoder_config.get_config()
   assert config.name == 'autoencoder' and config.autoencoder.enabled and config.model.name == 'cnn'
-  train.validate_config(config)
-  autoencoder.validate_config(config)
+  config_check.validate(config, 'train')
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -144,13 +143,18 @@ def test_configs_defaults_and_the_autoencoder_variant():
     ('autoencoder.num_epochs', 0, 'config.autoencoder.num_epochs'),
     ('autoencoder.learning_rate', 0.0, 'config.autoencoder.learning_rate'),
     ('autoencoder.extra_dirs', ('',), 'config.autoencoder.extra_dirs'),
+    ('model.init_from', 'vgg16.h5', 'config.model.init_from'),
 ])
 def test_bad_settings_name_the_field(field, value, message):
   config = _ae_config()
+  config_check.validate(config, 'train')
   section, name = field.split('.')
   config[section][name] = value
   with pytest.raises(ValueError, match=message):
-    autoencoder.validate_config(config)
+    config_check.validate(config, 'train')
+  config.autoencoder.enabled = False  # Stage 1's fields are checked only when it runs.
+  if section == 'autoencoder':
+    config_check.validate(config, 'train')
 
 
 def test_too_few_images_for_a_batch_names_the_field(tmp_path):
@@ -267,12 +271,18 @@ def test_finished_stage1_is_reused_not_retrained(stage1, monkeypatch):
 
   monkeypatch.setattr(autoencoder, 'jit_train_step', no_training)
   monkeypatch.setattr(autoencoder, 'load_extra_images', no_training)
-  variables = _classifier_variables(config)
-  loaded, summary = autoencoder.load_pretrained_encoder(config, workdir, data, variables)
-  assert 'reused a finished stage 1' in summary and f'{result.history[-1]["mse"]:.5f}' in summary
+  encoder = autoencoder.pretrain(config, workdir, data)
+  assert 'reused a finished stage 1' in encoder.description
+  assert f'{result.history[-1]["mse"]:.5f}' in encoder.description
+  _assert_trees_equal(encoder.params, result.params)
+  model, tx = create_model(config.model, 3), steps.create_optimizer(config.train)
+  fresh = steps.jit_create_train_state(model, tx, 32, mesh_lib.make_mesh())(jax.random.PRNGKey(1))
+  state = warm_start.warm_start(config, workdir, fresh, tx, encoder)
   for name in ('Conv_0', 'Conv_1', 'Conv_2'):
-    _assert_trees_equal(loaded['params'][name], result.params[name])
-  _assert_trees_equal(loaded['params']['Dense_2'], variables['params']['Dense_2'])
+    _assert_trees_equal(state.params[name], result.params[name])
+  _assert_trees_equal(state.params['Dense_2'], fresh.params['Dense_2'])
+  with open(os.path.join(workdir, 'warm_start.txt')) as f:
+    assert f.read() == encoder.description + '\n'
   with open(os.path.join(autoencoder.stage_dir(workdir), 'history.json')) as f:
     assert json.load(f)['epochs'] == result.history
   for path in (os.path.join(workdir, 'reconstructions.png'),

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lungjax import crossval
+from lungjax import crossval, evaluate
 from lungjax.data import splits
 
 
@@ -63,5 +63,13 @@ def test_seeds_report_mean_and_std_and_pool_every_seed_on_the_same_images(tmp_pa
   pooled = result['pooled']
   assert pooled['n_images'] == 2 * per_seed[0]['n_images'] and pooled['intervals']['repeats'] == 2
   np.testing.assert_allclose(pooled['accuracy'], np.mean([m['accuracy'] for m in per_seed]))
+  # Pooled in memory, the numbers are those of the runs' own files (metrics.json, predictions.csv) to the last bit.
+  assert result['summary']['log_loss']['values'] == [m['log_loss'] for m in per_seed]
+  classes = tuple(tiny_config.data.classes)
+  read = [evaluate.read_predictions(os.path.join(r, 'eval', 'val', 'predictions.csv'), classes) for r in result['runs']]
+  labels_N, probabilities_NC = np.concatenate([r[1] for r in read]), np.concatenate([r[2] for r in read])
+  from_files = evaluate.evaluation_metrics(labels_N, probabilities_NC, classes)
+  assert (pooled['log_loss'], pooled['brier'], pooled['confusion_matrix']) == (
+      from_files['log_loss'], from_files['brier'], from_files['confusion_matrix'])
   assert 'count' in (tmp_path / 'seeds' / 'report.md').read_text()
   assert (tmp_path / 'seeds' / 'pooled' / 'report.md').exists()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from configs import multisource, tiny
 from conftest import CLASSES, striped_image, write_image_folder
-from lungjax import evaluate, fingerprint, metrics as metrics_lib, report, train
+from lungjax import config_check, evaluate, fingerprint, metrics as metrics_lib, report, train
 from lungjax.data import loading, sources, splits
 
 EXTRA_FOLDERS = ('COVID', 'NORMAL')  # The second source names its folders otherwise and has no Viral Pneumonia.
@@ -64,13 +64,13 @@ def test_extra_sources_read_the_fields(two_sources, tmp_path):
 def test_bad_source_fields_are_refused_naming_the_field(two_sources, field, value, message):
   setattr(two_sources.data, field, value)
   with pytest.raises((ValueError, FileNotFoundError), match=message):
-    train.validate_config(two_sources)
+    config_check.validate(two_sources)
 
 
 def test_class_names_without_extra_root_is_refused(tiny_config):
   tiny_config.data.extra_class_names = MAPPING
   with pytest.raises(ValueError, match='without config.data.extra_root'):
-    train.validate_config(tiny_config)
+    config_check.validate(tiny_config)
 
 
 def test_sources_are_decoded_mapped_and_resized_alike(two_sources):

@@ -30,7 +30,7 @@ def test_keras_file_is_loaded_and_backbone_frozen(tmp_path):
   tx = steps.create_optimizer(config.train)
   mesh = mesh_lib.make_mesh()
   fresh = steps.jit_create_train_state(model, tx, 32, mesh)(jax.random.PRNGKey(0))
-  state = warm_start.warm_start(config, str(tmp_path), fresh, None, tx)
+  state = warm_start.warm_start(config, str(tmp_path), fresh, tx)
   keras_kernel = keras_model.get_layer('block1_conv1').get_weights()[0]
   np.testing.assert_array_equal(np.asarray(state.params['block1']['conv1']['kernel']), keras_kernel)
   assert 'loaded' in open(tmp_path / 'warm_start.txt').read()

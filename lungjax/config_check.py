@@ -1,0 +1,123 @@
+"""validate(config, mode): the config's field values checked in one place, once, before any work.
+
+Each error is a ValueError (FileNotFoundError for a missing extra source folder) that names the field and its value,
+e.g. `config.train.num_epochs=0 is not allowed`. main calls it once; the library's functions assume a valid config
+and keep only cheap assertions where a bad value would silently give wrong numbers (splits, evaluate.view_keys).
+The parsers of structured fields stay with their modules and are run from here: config.augment
+(augment.augment_settings), the extra sources (data/sources.extra_sources) and config.distributed
+(distributed.check_config).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from lungjax import augment, checkpoints, distributed
+from lungjax import fingerprint as fingerprint_lib
+from lungjax.data import sources as sources_lib
+
+MODES = ('train', 'eval', 'explain', 'shortcuts')
+
+
+def _refuse_failed(checks: list[tuple[str, Any, bool]]) -> None:
+  """Raises ValueError naming the first (field, value, ok) whose ok is False."""
+  for field, value, ok in checks:
+    if not ok:
+      raise ValueError(f'{field}={value!r} is not allowed')
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_runtime(config: ml_collections.ConfigDict) -> None:
+  """Fields every mode reads: how the process runs (host memory, multi-host) and how checkpoints are chosen."""
+  memory_gb = config.train.get('keep_freed_host_memory_gb', 0.0)
+  if isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float)) or memory_gb < 0:
+    raise ValueError(f'config.train.keep_freed_host_memory_gb={memory_gb!r} must be a number of GB >= 0 (0: off)')
+  if 'distributed' in config and config.distributed.enabled:
+    distributed.check_config(config.distributed)
+  metric = config.checkpoint.best_metric
+  if metric not in checkpoints.BEST_METRICS:
+    raise ValueError(f'config.checkpoint.best_metric={metric!r} is not one of {sorted(checkpoints.BEST_METRICS)}')
+  on_mismatch = config.checkpoint.get('on_mismatch', 'error')
+  if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
+    raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '
+                     f'{list(fingerprint_lib.MISMATCH_CHOICES)}')
+  tta_views = config.eval.get('tta_views', 0)
+  if tta_views < 0:
+    raise ValueError(f'config.eval.tta_views={tta_views} must be >= 0')
+  _refuse_failed([
+      ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
+      ('config.eval.batch_size', config.eval.batch_size, config.eval.batch_size >= 1),
+  ])
+
+
+def check_training(config: ml_collections.ConfigDict) -> None:
+  """The fields a training run reads: data, split, recipe, checkpoints, augmentation, repeats."""
+  classes = tuple(config.data.classes)
+  if len(classes) < 2 or len(set(classes)) != len(classes):
+    raise ValueError(f'config.data.classes must list at least 2 distinct names, got {list(classes)}')
+  val_fraction = config.data.val_fraction
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f'config.data.val_fraction must be in [0, 1), got {val_fraction}')
+  _refuse_failed([
+      ('config.data.image_size', config.data.image_size, config.data.image_size >= 8),
+      ('config.train.num_epochs', config.train.num_epochs, config.train.num_epochs >= 1),
+      ('config.train.learning_rate', config.train.learning_rate, config.train.learning_rate > 0),
+      ('config.train.log_every_steps', config.train.log_every_steps, config.train.log_every_steps >= 1),
+      ('config.train.class_weighting', config.train.class_weighting,
+       config.train.class_weighting in ('balanced', 'none')),
+      ('config.train.source_weighting', config.train.get('source_weighting', 'none'),
+       config.train.get('source_weighting', 'none') in ('balanced', 'none')),
+      ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
+      ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
+  ])
+  folds, seeds = config.cv.folds, config.seeds
+  if folds > 1 and seeds > 1:
+    raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: set config.cv.folds or config.seeds above '
+                     '1, not both')
+  if folds == 1 or seeds < 1:
+    raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: folds must be 0 or >= 2, seeds >= 1')
+  augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
+  sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
+  if 'autoencoder' in config and config.autoencoder.enabled:
+    check_autoencoder(config)
+
+
+def check_autoencoder(config: ml_collections.ConfigDict) -> None:
+  """The autoencoder's pre-training (stage 1) settings, when config.autoencoder.enabled."""
+  if config.model.name != 'cnn':
+    raise ValueError(f'config.autoencoder.enabled pretrains the CNN\'s conv stack, so config.model.name must be '
+                     f'\'cnn\', got {config.model.name!r}')
+  ae = config.autoencoder
+  _refuse_failed([
+      ('config.autoencoder.num_epochs', ae.num_epochs, _is_int(ae.num_epochs) and ae.num_epochs >= 1),
+      ('config.autoencoder.learning_rate', ae.learning_rate, ae.learning_rate > 0),
+      ('config.autoencoder.batch_size', ae.batch_size, _is_int(ae.batch_size) and ae.batch_size >= 1),
+      ('config.autoencoder.extra_dirs', ae.extra_dirs,
+       isinstance(ae.extra_dirs, (tuple, list)) and all(isinstance(d, str) and d for d in ae.extra_dirs)),
+      ('config.model.conv_features', config.model.conv_features, len(config.model.conv_features) >= 1),
+  ])
+  if config.model.init_from:
+    raise ValueError(f'config.model.init_from={config.model.init_from!r} and config.autoencoder.enabled both load '
+                     'the conv stack\'s starting weights: set one of them')
+  factor = 2**len(config.model.conv_features)
+  if config.data.image_size % factor:
+    raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by {factor} for the '
+                     f'autoencoder to reconstruct it ({len(config.model.conv_features)} 2x2 poolings)')
+
+
+def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
+  """Raises ValueError naming the first field whose value `mode` cannot work with; returns None when all are fine.
+
+  mode: 'train' checks everything a training run reads; 'eval', 'explain' and 'shortcuts' check what they read from
+  the command line (the model's fields come from the run's config.json, checked when it trained).
+  """
+  if mode not in MODES:
+    raise ValueError(f'--mode={mode!r} is not one of {list(MODES)}')
+  check_runtime(config)
+  if mode == 'train':
+    check_training(config)

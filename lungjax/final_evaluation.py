@@ -1,0 +1,102 @@
+"""After training: the best checkpoint's reports on validation (with a fitted temperature) and test/, the curves,
+summary.json and the model card."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from lungjax import calibration as calibration_lib, distributed, evaluate, model_card, report, steps
+from lungjax.data import loading
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+  """What the best checkpoint predicted on the validation split, as its eval/val/ files report it."""
+
+  labels_N: np.ndarray
+  probabilities_NC: np.ndarray
+  metrics: dict[str, Any]  # eval/val/metrics.json's contents.
+
+
+class RunSummary(dict):
+  """summary.json's contents (a plain dict, as written), plus `validation` (None without a validation split): the
+  best checkpoint's validation predictions, which crossval pools over runs in memory."""
+
+  def __init__(self, summary: dict[str, Any], validation: Validation | None):
+    super().__init__(summary)
+    self.validation = validation
+
+
+def _evaluation_entry(metrics: dict[str, Any], out_dir: str) -> dict[str, Any]:
+  """summary.json's short record of one split's evaluation."""
+  entry = {'dir': out_dir, 'accuracy': metrics['accuracy'], 'macro_avg': metrics['macro_avg']}
+  if 'per_source' in metrics:
+    entry['per_source'] = {
+        source: {'n_images': row['n_images'], 'accuracy': row['accuracy'], 'macro_avg': row['macro_avg'],
+                 'recall': {c: v['recall'] for c, v in row['per_class'].items() if v['support']}}
+        for source, row in metrics['per_source'].items()}
+  return entry
+
+
+def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any],
+                           eval_step: Callable[..., jax.Array], best_state: steps.TrainState, best_step: int,
+                           mesh: Mesh, data: loading.TrainingData,
+                           run_fingerprint: dict[str, Any]) -> RunSummary:
+  """Evaluates best_state on validation and test/ and writes every report of the run; returns its summary.
+
+  `summary` holds the training's record (steps, history, ...); this adds 'evaluations' (and 'temperature') and
+  writes it to workdir/summary.json. On validation the temperature is cross-fitted (calibration.json) and the
+  reported calibrated ECE is out of fold; test/ is checked for copies of training images.
+  """
+  summary = {**summary, 'evaluations': {}}
+  history = summary['history']
+  if history and distributed.is_main_process():
+    report.plot_curves(history, os.path.join(workdir, 'curves.png'))
+  split_folders = {}
+  calibration = None
+  validation = None
+  if len(data.val):
+    split_folders['val'] = loading.FolderImages(data.train_folder.folder, data.val, ())
+    val_probabilities_NC = evaluate.predict_probabilities(eval_step, best_state, data.val, config.eval.batch_size,
+                                                          mesh)
+    if len(data.val) >= 2:  # Cross-fitting needs 2 folds of at least one image each.
+      fit = calibration_lib.cross_fit(data.val.labels_N, val_probabilities_NC, calibration_lib.DEFAULT_FOLDS,
+                                      config.seed)
+      calibration = calibration_lib.record(fit, data.val.labels_N, val_probabilities_NC, best_step)
+      summary['temperature'] = fit.temperature
+  if distributed.is_main_process():
+    if calibration is not None:
+      calibration_lib.write(workdir, calibration)
+    elif os.path.exists(calibration_lib.path(workdir)):  # An earlier run's: not this checkpoint's.
+      os.remove(calibration_lib.path(workdir))
+  if calibration is None:
+    logging.warning('%d validation images: no temperature fitted (cross-fitting needs 2)', len(data.val))
+  if (test := data.load_test(config)) is not None:
+    split_folders['test'] = test
+  for name, loaded in split_folders.items():
+    out_dir = os.path.join(workdir, 'eval', name)
+    title = f'{config.name} on {name}'
+    if name == 'val':  # Already predicted to fit the temperature: its calibrated ECE is out of fold.
+      metrics = evaluate.report_predictions(val_probabilities_NC, loaded, config, out_dir, title, best_step,
+                                            calibration, calibration_fitted_here=True)
+      validation = Validation(np.asarray(data.val.labels_N), np.asarray(val_probabilities_NC), metrics)
+    else:
+      metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir, title, best_step,
+                                             calibration, training=data.train_folder.decoded)
+    summary['evaluations'][name] = _evaluation_entry(metrics, out_dir)
+  if distributed.is_main_process():
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+    model_card.write_model_card(workdir, config, summary, run_fingerprint, data)
+  distributed.barrier('train_and_evaluate')  # Every process returns once process 0's files are written.
+  return RunSummary(summary, validation)
