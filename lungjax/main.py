@@ -14,7 +14,8 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-mu
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from lungjax import crossval, evaluate, explain, preemption, shortcuts  # pylint: disable=g-import-not-at-top
-from lungjax import distributed, host_memory  # pylint: disable=g-import-not-at-top
+from lungjax import distributed  # pylint: disable=g-import-not-at-top
+from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (default: workdirs/<config.name>).')

@@ -15,7 +15,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, report, steps, warm_start
-from lungjax import calibration as calibration_lib, distributed, host_memory
+from lungjax import calibration as calibration_lib, distributed
+from lungjax.cpu import host_memory
 from lungjax import fingerprint as fingerprint_lib, model_card, preemption, progress
 from lungjax import workdir as workdir_lib
 from lungjax.data import loading, pipeline, sources as sources_lib, splits
