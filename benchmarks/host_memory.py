@@ -116,8 +116,11 @@ def run_child(name: str, spec: dict[str, Any], args: argparse.Namespace) -> dict
   command = [sys.executable, '-m', 'benchmarks.host_memory', '--child', f'--keep_gb={spec["keep_gb"]}',
              f'--image_size={args.image_size}', f'--batch_size={args.batch_size}',
              f'--warmup_steps={args.warmup_steps}', f'--steps={args.steps}']
-  result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.child_timeout_s,
-                          check=False, cwd=pathlib.Path(__file__).resolve().parents[1])
+  try:
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.child_timeout_s,
+                            check=False, cwd=pathlib.Path(__file__).resolve().parents[1])
+  except subprocess.TimeoutExpired:
+    return {'error': f'{name}: no result within --child_timeout_s={args.child_timeout_s}'}
   lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
   if result.returncode != 0 or not lines:
     return {'error': f'{name}: exit {result.returncode}: {result.stderr[-1500:]}'}
