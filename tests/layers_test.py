@@ -102,7 +102,7 @@ def test_the_portable_lowerings_import_nothing_of_lungjax_cpu():
           'config = cnn.get_config().model; config.conv_impl, config.pool_impl = "patches", "reshape"\n'
           'model = create_model(config, 3)\n'
           'print(model.conv_impl, model.pool_impl, sorted(m for m in sys.modules if m.startswith("lungjax.cpu")))')
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=True,
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600, check=True,
                           cwd=_REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert result.stdout.split() == ['patches', 'reshape', '[]'], result.stderr[-2000:]
 
