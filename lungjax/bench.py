@@ -300,10 +300,8 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
     result['compiler_options'] = runner.compiler_options
     result['n_params'] = runner.n_params
     result['keep_freed_host_memory_gb'] = config.train.get('keep_freed_host_memory_gb', 0.0)
-    if 'conv_impl' in config.model:  # what 'auto' became on this machine
-      from lungjax.models import layers  # pylint: disable=g-import-not-at-top
-      result['lowering'] = dict(zip(('conv_impl', 'pool_impl'), layers.resolve_impls(
-          config.model.conv_impl, config.model.pool_impl, config.model.get('dtype', 'float32'))))
+    if 'conv_impl' in config.model:  # what 'auto' became on this machine (chosen when the model was built)
+      result['lowering'] = {'conv_impl': runner.model.conv_impl, 'pool_impl': runner.model.pool_impl}
     batch = runner.to_device(synthetic_batch(batch_size, config.data.image_size, len(config.data.classes)))
     result['first_train_step_s'] = round(runner.run_steps(lambda: batch, 1), 2)  # Trace + compile + one step.
     result['compile_train_s'] = round(sum(compiles.get('train_step', [0.0])), 2)
@@ -344,7 +342,7 @@ def main(argv):
     return
   if FLAGS.config is None:
     raise app.UsageError('--config is required (e.g. --config=configs/cnn.py)')
-  from lungjax import host_memory  # pylint: disable=g-import-not-at-top
+  from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
   trims = host_memory.apply(FLAGS.config.train)  # As lungjax.main does, before the first large allocation.
   result = benchmark(FLAGS.config, keras_model=FLAGS.keras_model if FLAGS.keras else None, rounds=FLAGS.rounds,
                      n_steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps, epochs=FLAGS.epochs,

@@ -20,9 +20,10 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax import config_check, crossval, distributed, host_memory, preemption  # pylint: disable=g-import-not-at-top
+from lungjax import config_check, crossval, distributed, preemption  # pylint: disable=g-import-not-at-top
 from lungjax import evaluate as evaluate_lib, explain as explain_lib  # pylint: disable=g-import-not-at-top
 from lungjax import shortcuts as shortcuts_lib, train as train_lib  # pylint: disable=g-import-not-at-top
+from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and reports go (default: workdirs/<config.name>).')

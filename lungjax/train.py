@@ -16,7 +16,8 @@ from clu import metric_writers, periodic_actions
 from jax.sharding import Mesh
 
 from lungjax import augment, autoencoder, checkpoints, evaluate, final_evaluation, mesh as mesh_lib, steps
-from lungjax import distributed, fingerprint as fingerprint_lib, host_memory, preemption, progress, warm_start
+from lungjax import distributed, fingerprint as fingerprint_lib, preemption, progress, warm_start
+from lungjax.cpu import host_memory
 from lungjax import workdir as workdir_lib
 from lungjax.data import loading, pipeline, sources as sources_lib, splits
 from lungjax.models import create_model

@@ -1,4 +1,4 @@
-"""lungjax.host_memory: glibc keeps freed memory under an RSS cap, in child processes (it changes the process)."""
+"""lungjax.cpu.host_memory: glibc keeps freed memory under an RSS cap, in child processes (it changes the process)."""
 
 import os
 import subprocess
@@ -7,11 +7,11 @@ import sys
 import ml_collections
 import pytest
 
-from lungjax import host_memory
+from lungjax.cpu import host_memory
 
 _FAULTS = '''
 import ctypes, resource, sys
-from lungjax import host_memory
+from lungjax.cpu import host_memory
 applied = host_memory.keep_freed_memory() if sys.argv[1] == 'keep' else None
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -44,7 +44,7 @@ def test_freed_large_blocks_are_reused_instead_of_faulted_in_again():
 
 _CAP = '''
 import ctypes, sys, time
-from lungjax import host_memory
+from lungjax.cpu import host_memory
 mb = 1 << 20
 start = host_memory.rss_bytes()
 cap_gb = (start + 200 * mb) / 2**30
@@ -96,7 +96,7 @@ def test_accelerator_runs_keep_glibc_defaults(monkeypatch):
 
 
 def test_accelerator_platform_reads_jax_platforms():
-  script = 'from lungjax import host_memory; print(host_memory.accelerator_platform())'
+  script = 'from lungjax.cpu import host_memory; print(host_memory.accelerator_platform())'
   for platforms, expected in (('tpu', 'tpu'), ('cpu', 'None'), ('cuda,cpu', 'cuda')):
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120, check=True,
                             env={**os.environ, 'JAX_PLATFORMS': platforms})
@@ -105,7 +105,7 @@ def test_accelerator_platform_reads_jax_platforms():
 
 def test_apply_does_not_start_the_backend():
   # mallopt must precede XLA's threads (their arenas would stay otherwise): apply may not start JAX's backend.
-  script = ('import ml_collections; from lungjax import host_memory; from jax._src import xla_bridge; '
+  script = ('import ml_collections; from lungjax.cpu import host_memory; from jax._src import xla_bridge; '
             'trims = host_memory.apply(ml_collections.ConfigDict({"keep_freed_host_memory_gb": 2.0})); '
             'print(trims is not None, xla_bridge.backends_are_initialized())')
   result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120, check=True,
@@ -114,3 +114,17 @@ def test_apply_does_not_start_the_backend():
   if applied == 'False':
     pytest.skip('not glibc')
   assert started == 'False'
+
+
+def test_one_watcher_a_process():
+  script = ('import threading; from lungjax.cpu import host_memory\n'
+            'first = host_memory.keep_freed_memory_under(8.0)\n'
+            'if first is None: print("skip"); raise SystemExit\n'
+            'again = host_memory.keep_freed_memory_under(8.0)\n'
+            'try:\n  host_memory.keep_freed_memory_under(4.0); print("no error")\n'
+            'except ValueError as e: print("keep_freed_host_memory_gb" in str(e))\n'
+            'print(again is first, sum(t.name == "lungjax-host-memory" for t in threading.enumerate()))\n')
+  result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120, check=True)
+  if result.stdout.strip() == 'skip':
+    pytest.skip('not glibc')
+  assert result.stdout.split() == ['True', 'True', '1'], result.stdout

@@ -1,7 +1,12 @@
-"""lungjax.kernels.cpu: the C++ conv + bias and relu + max-pool custom calls give jax.lax's values and gradients."""
+"""lungjax.cpu.kernels: the C++ conv + bias and relu + max-pool custom calls give jax.lax's values and gradients.
+
+Tests that run the kernels skip, with the build's reason, where they cannot build (no C++ compiler, no OpenBLAS);
+the tests of what happens then (a failed build, 'auto' falling back to XLA's ops) run everywhere.
+"""
 
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -11,14 +16,29 @@ import numpy as np
 import pytest
 
 from configs import cnn
-from lungjax.kernels import cpu
-from lungjax.models import create_model, layers
+from lungjax.cpu import kernels as cpu
+from lungjax.models import choose_lowering, create_model, layers
+
+_REPO = pathlib.Path(__file__).parents[1]
+
+
+@pytest.fixture
+def built():
+  """Skips the test, saying why, where the kernels do not build and load in this process."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip(f'the kernels are XLA:CPU custom calls; this run is on {jax.default_backend()}')
+  if (reason := cpu.unavailable_reason()) is not None:
+    pytest.skip(f'the C++ kernels do not build here: {reason.splitlines()[0]}')
+
+
+needs_kernels = pytest.mark.usefixtures('built')
 
 
 def _lax_conv_bias(x, w, b, padding):
   return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + b
 
 
+@needs_kernels
 @pytest.mark.parametrize('shape,kernel,padding', [
     ((2, 9, 7, 3), (3, 3, 3, 5), ((1, 1), (1, 1))),
     ((1, 8, 8, 4), (3, 3, 4, 6), ((0, 0), (0, 0))),
@@ -45,6 +65,7 @@ def test_conv_bias_matches_lax_values_and_gradients(shape, kernel, padding):
     np.testing.assert_allclose(a, e, atol=1e-4, rtol=1e-4)
 
 
+@needs_kernels
 def test_kernel_gradient_is_bitwise_deterministic():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(4, 64, 64, 8)), jnp.float32)
@@ -57,6 +78,7 @@ def test_kernel_gradient_is_bitwise_deterministic():
       np.testing.assert_array_equal(np.asarray(a), e)
 
 
+@needs_kernels
 @pytest.mark.parametrize('shape', [(2, 8, 6, 3), (1, 7, 9, 2), (3, 32, 32, 16)])
 def test_relu_max_pool_matches_reshape_pool_with_ties(shape):
   rng = np.random.default_rng(2)
@@ -71,6 +93,7 @@ def test_relu_max_pool_matches_reshape_pool_with_ties(shape):
   np.testing.assert_allclose(jax.jit(jax.grad(loss(cpu.relu_max_pool)))(z), jax.grad(loss(theirs))(z), atol=1e-6)
 
 
+@needs_kernels
 def test_the_cpu_kernels_keep_nn_conv_parameters():
   images = np.random.default_rng(3).integers(0, 256, (2, 16, 16, 3), np.uint8)
   trees = []
@@ -82,11 +105,16 @@ def test_the_cpu_kernels_keep_nn_conv_parameters():
   jax.tree.map(np.testing.assert_array_equal, trees[0], trees[1])  # same names, shapes and initial values
 
 
+@needs_kernels
 def test_auto_picks_the_kernels_on_one_cpu_device_and_xla_for_bfloat16():
   assert jax.device_count() == 1
-  assert layers.resolve_impls('auto', 'auto', 'float32') == ('blas', 'cpu_kernel')
-  assert layers.resolve_impls('auto', 'auto', 'bfloat16') == ('xla', 'reshape')
-  assert layers.resolve_impls('patches', 'auto', 'float32') == ('patches', 'cpu_kernel')
+  resolved = lambda *impls: (lambda l: (l.conv_impl, l.pool_impl, l.kernels is not None))(choose_lowering(*impls))
+  assert resolved('auto', 'auto', 'float32') == ('blas', 'cpu_kernel', True)
+  assert resolved('auto', 'auto', 'bfloat16') == ('xla', 'reshape', False)
+  assert resolved('patches', 'auto', 'float32') == ('patches', 'cpu_kernel', True)
+  assert resolved('xla', 'reshape', 'float32') == ('xla', 'reshape', False)
+  model = create_model(cnn.get_config().model, 3)  # 'auto' is resolved when the model is built
+  assert (model.conv_impl, model.pool_impl, model.kernels.conv_bias) == ('blas', 'cpu_kernel', cpu.conv_bias)
 
 
 def test_what_the_kernels_do_not_cover_is_refused_by_name():
@@ -95,19 +123,69 @@ def test_what_the_kernels_do_not_cover_is_refused_by_name():
   with pytest.raises(ValueError, match='config.model.conv_impl'):
     create_model(config, 3)
   with pytest.raises(NotImplementedError, match='conv_impl'):
-    cpu.conv_padding('CIRCULAR', (3, 3))
+    layers.explicit_padding('CIRCULAR', (3, 3), 'blas')
   with pytest.raises(NotImplementedError, match='padding < kernel size'):
-    cpu.conv_padding(((3, 3), (1, 1)), (3, 3))
+    cpu.check_padding(((3, 3), (1, 1)), (3, 3))
+  with pytest.raises(ValueError, match='create_model'):  # 'auto' is chosen at build time, by the registry
+    layers.check_resolved('auto', 'reshape', None)
+  with pytest.raises(ValueError, match='C\+\+ kernels'):
+    layers.check_resolved('blas', 'reshape', None)
 
 
 def test_a_failed_build_names_the_compiler_and_the_alternative(tmp_path):
-  code = ('import pytest; from lungjax.kernels import cpu\n'
+  code = ('import pytest; from lungjax.cpu import kernels as cpu\n'
           'with pytest.raises(cpu.KernelBuildError, match="conv_impl=.xla.") as e: cpu.build()\n'
           'print(e.value)\n')
   env = {**os.environ, 'CXX': str(tmp_path / 'no-such-compiler'), 'LUNGJAX_KERNEL_CACHE': str(tmp_path / 'cache'),
          'JAX_PLATFORMS': 'cpu'}
-  result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120,
-                          cwd=pathlib.Path(__file__).parents[1])
+  result = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=_REPO)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'C++ compiler' in result.stdout
   assert not list((tmp_path / 'cache').glob('*.so'))  # nothing half-written is left to be loaded later
+
+
+_NO_COMPILER = '''
+import jax, numpy as np
+from configs import tiny
+from lungjax import mesh as mesh_lib, steps
+from lungjax.models import create_model
+config = tiny.get_config()  # conv_impl = pool_impl = 'auto', as the study config
+model = create_model(config.model, 3)
+create_model(config.model, 3)  # a second build: the choice is not made (nor logged) again
+mesh = mesh_lib.make_mesh()
+tx = steps.create_optimizer(config.train)
+state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(0))
+train_step = steps.jit_train_step(model, tx, np.ones(3, np.float32), mesh)
+rng = np.random.default_rng(0)
+batch = mesh_lib.to_global_batch({'image': rng.integers(0, 256, (4, 32, 32, 3), np.uint8),
+                                  'label': np.array([0, 1, 2, 0], np.int32)}, mesh_lib.batch_sharded(mesh))
+state, metrics = train_step(state, batch)
+print(model.conv_impl, model.pool_impl, model.kernels, int(state.step), bool(np.isfinite(metrics.compute()['loss'])))
+'''
+
+
+def test_without_a_compiler_auto_trains_with_xla_ops_after_one_line(tmp_path):
+  env = {**os.environ, 'CXX': '/nonexistent', 'LUNGJAX_KERNEL_CACHE': str(tmp_path / 'cache'), 'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run([sys.executable, '-c', _NO_COMPILER], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=_REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.split() == ['xla', 'reshape', 'None', '1', 'True']
+  lines = [line for line in result.stderr.splitlines() if 'lowering' in line or 'compiler' in line]
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert "conv_impl=xla, pool_impl=reshape" in lines[0] and "'/nonexistent'" in lines[0], lines
+  assert 'Traceback' not in result.stderr
+
+
+def test_the_portable_build_compiles_without_the_x86_code(tmp_path):
+  """-DLUNGJAX_PORTABLE compiles what a CPU other than x86-64 compiles (no <immintrin.h>, no AVX-512)."""
+  try:
+    native, portable = cpu.build(), cpu.build(tmp_path, extra_flags=('-DLUNGJAX_PORTABLE',))
+  except cpu.KernelBuildError as e:
+    pytest.skip(f'the C++ kernels do not build here: {str(e).splitlines()[0]}')
+  nm = lambda *args: subprocess.run(['nm', *args], capture_output=True, text=True, check=True).stdout
+  exported = nm('-D', '--defined-only', str(portable))
+  assert all(symbol in exported for symbol in cpu._SYMBOLS.values())  # pylint: disable=protected-access
+  if platform.machine() == 'x86_64':
+    assert 'DirectBlock' in nm('-C', str(native))  # the AVX-512 direct conv, left out of the portable build
+  assert 'DirectBlock' not in nm('-C', str(portable))

@@ -1,5 +1,11 @@
 """The alternative conv / max-pool lowerings give jax.lax's values and gradients (within 1e-4)."""
 
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +13,10 @@ import numpy as np
 import pytest
 
 from configs import cnn
+from lungjax.cpu import kernels
 from lungjax.models import create_model, layers
+
+_REPO = pathlib.Path(__file__).parents[1]
 
 
 def _lax_conv(x, w, padding):
@@ -59,8 +68,10 @@ def test_study_cnn_lowerings_agree_in_logits_and_every_gradient():
   images = rng.integers(0, 256, (2, 32, 32, 3), np.uint8)
   labels = jnp.array([0, 2])
   results = []
-  for conv_impl, pool_impl in (('xla', 'reduce_window'), ('patches', 'reshape'), ('blas', 'cpu_kernel'),
-                               ('auto', 'auto')):
+  lowerings = [('xla', 'reduce_window'), ('patches', 'reshape'), ('auto', 'auto')]
+  if kernels.unavailable_reason() is None:  # else 'auto' is xla / reshape; tests/kernels_test.py says why
+    lowerings.append(('blas', 'cpu_kernel'))
+  for conv_impl, pool_impl in lowerings:
     config = cnn.get_config().model
     config.conv_features, config.dense_features = (4, 8, 8), (16, 16)
     config.conv_impl, config.pool_impl = conv_impl, pool_impl
@@ -84,3 +95,35 @@ def test_unknown_lowering_or_dtype_names_the_config_field():
     config[field] = value
     with pytest.raises(ValueError, match=f'config.model.{field}'):
       create_model(config, 3)
+
+
+def test_the_portable_lowerings_import_nothing_of_lungjax_cpu():
+  code = ('import sys; from configs import cnn; from lungjax.models import create_model\n'
+          'config = cnn.get_config().model; config.conv_impl, config.pool_impl = "patches", "reshape"\n'
+          'model = create_model(config, 3)\n'
+          'print(model.conv_impl, model.pool_impl, sorted(m for m in sys.modules if m.startswith("lungjax.cpu")))')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=600, check=True,
+                          cwd=_REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.stdout.split() == ['patches', 'reshape', '[]'], result.stderr[-2000:]
+
+
+def test_only_the_model_registry_and_the_start_up_import_lungjax_cpu():
+  """The kernels are chosen where the model is built; the host memory policy is applied at start-up."""
+  importers = {}
+  for path in sorted((_REPO / 'lungjax').rglob('*.py')):
+    if path.parent.name == 'cpu':
+      continue
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module:
+        names = [f'{node.module}.{alias.name}' for alias in node.names]
+      elif isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+      else:
+        continue
+      for name in names:
+        if name.startswith('lungjax.cpu'):
+          importers.setdefault(name, set()).add(str(path.relative_to(_REPO)))
+  assert importers.pop('lungjax.cpu.kernels') == {'lungjax/models/__init__.py'}
+  # main applies the policy; train hands the loader's scratch back; lungjax/bench.py (moving to benchmarks/) times it.
+  assert importers.pop('lungjax.cpu.host_memory') <= {'lungjax/main.py', 'lungjax/train.py', 'lungjax/bench.py'}
+  assert not importers, importers

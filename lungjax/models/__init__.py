@@ -1,8 +1,20 @@
-"""The model registry: config.model.name → a flax.linen module built from config.model's fields."""
+"""The model registry: config.model.name → a flax.linen module built from config.model's fields.
 
+The CNN's conv / pool lowering is chosen here, when the model is built (choose_lowering, once per process and
+setting, logged in one line): 'auto' becomes the C++ kernels of lungjax.cpu.kernels ('blas', 'cpu_kernel') on one
+CPU device in float32 when they build, else XLA's ops ('xla', 'reshape'). This is the one place in lungjax that
+imports the kernels; the model receives their functions as a layers.KernelOps.
+"""
+
+import dataclasses
+import functools
+
+from absl import logging
 import flax.linen as nn
+import jax
 import ml_collections
 
+from lungjax.models import layers
 from lungjax.models.cnn import CNN
 from lungjax.models.resnet import ResNet
 from lungjax.models.vgg import VGG
@@ -10,15 +22,83 @@ from lungjax.models.vgg import VGG
 MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG}
 # config.model fields that configure training around the module, not the module itself.
 NON_MODULE_FIELDS = ('name', 'init_from')
+# Module fields that create_model fills in itself (the CNN's kernels follow from its lowering).
+_BUILT_FIELDS = ('kernels',)
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowering:
+  """The CNN's lowering as built: no 'auto' left, the kernels' functions where 'blas' / 'cpu_kernel' use them."""
+
+  conv_impl: str
+  pool_impl: str
+  kernels: layers.KernelOps | None
+  reason: str  # Why: 'as configured', or what 'auto' found.
+
+
+def _kernels_blocker(dtype: str) -> str | None:
+  """Why 'auto' cannot use the C++ kernels in this process (None: it can); compiles them on first use."""
+  if dtype != 'float32':
+    return f'dtype {dtype} (the kernels compute in float32)'
+  if jax.default_backend() != 'cpu':
+    return f'the {jax.default_backend()} backend (the kernels are XLA:CPU custom calls)'
+  if jax.device_count() > 1 or jax.process_count() > 1:
+    return f'{jax.device_count()} devices in {jax.process_count()} processes (the kernels run on one CPU device)'
+  from lungjax.cpu import kernels  # pylint: disable=g-import-not-at-top  (only where they may be used)
+  reason = kernels.unavailable_reason()
+  if reason is None:
+    return None
+  first, *details = reason.splitlines()
+  if details:
+    logging.debug('lungjax.cpu.kernels build output:\n%s', '\n'.join(details))
+  return f'the C++ kernels are not available here: {first}' + (' (compiler output: --v=1)' if details else '')
+
+
+@functools.cache
+def choose_lowering(conv_impl: str, pool_impl: str, dtype: str) -> Lowering:
+  """Resolves config.model.conv_impl / pool_impl for this process and logs the choice and why in one line.
+
+  'auto' takes the C++ kernels where they apply (float32, one CPU device) and build, else 'xla' / 'reshape'.
+  'blas' or 'cpu_kernel' named explicitly raise where the kernels cannot run (another backend, no compiler).
+  """
+  layers.check_impls(conv_impl, pool_impl, dtype)
+  auto = 'auto' in (conv_impl, pool_impl)
+  blocker = _kernels_blocker(dtype) if auto else None
+  resolved = (('blas' if blocker is None else 'xla') if conv_impl == 'auto' else conv_impl,
+              ('cpu_kernel' if blocker is None else 'reshape') if pool_impl == 'auto' else pool_impl)
+  kernel_ops = None
+  if resolved[0] == 'blas' or resolved[1] == 'cpu_kernel':
+    from lungjax.cpu import kernels  # pylint: disable=g-import-not-at-top
+    kernels.check_cpu('conv_impl' if resolved[0] == 'blas' else 'pool_impl')
+    if (reason := kernels.unavailable_reason()) is not None:
+      raise kernels.KernelBuildError(reason)
+    kernel_ops = layers.KernelOps(conv_bias=kernels.conv_bias, relu_max_pool=kernels.relu_max_pool)
+  if not auto:
+    why = 'as configured'
+  elif blocker is None:
+    why = 'auto: float32 on one CPU device, the C++ kernels built'
+  else:
+    why = f'auto: {blocker}'
+  lowering = Lowering(*resolved, kernels=kernel_ops, reason=why)
+  log = logging.warning if blocker and 'kernels are not available' in blocker else logging.info
+  log('CNN lowering: conv_impl=%s, pool_impl=%s (%s)', lowering.conv_impl, lowering.pool_impl, why)
+  return lowering
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """Builds the registered module named by model_config.name with the config's other fields."""
+  """Builds the registered module named by model_config.name with the config's other fields.
+
+  The CNN's lowering is chosen here (choose_lowering); the module gets it resolved, with the kernels it needs.
+  """
   if model_config.name not in MODELS:
     raise ValueError(f'config.model.name={model_config.name!r} is not one of the registered models {sorted(MODELS)}')
   fields = {k: v for k, v in model_config.items() if k not in NON_MODULE_FIELDS}
   module_class = MODELS[model_config.name]
-  unknown = sorted(set(fields) - set(module_class.__dataclass_fields__))
+  unknown = sorted(set(fields) - (set(module_class.__dataclass_fields__) - set(_BUILT_FIELDS)))
   if unknown:
     raise ValueError(f'config.model has fields {unknown} that model {model_config.name!r} does not take')
+  if 'kernels' in module_class.__dataclass_fields__:
+    defaults = {k: module_class.__dataclass_fields__[k].default for k in ('conv_impl', 'pool_impl', 'dtype')}
+    lowering = choose_lowering(*(str(fields.get(k, default)) for k, default in defaults.items()))
+    fields.update(conv_impl=lowering.conv_impl, pool_impl=lowering.pool_impl, kernels=lowering.kernels)
   return module_class(num_classes=num_classes, **fields)

@@ -19,31 +19,34 @@ class CNN(nn.Module):
   conv_features: Sequence[int] = (32, 64, 128)
   dense_features: Sequence[int] = (128, 128)
   dropout_rate: float = 0.3
-  conv_impl: str = 'xla'  # 'xla' (lax.conv), 'patches' (im2col), 'blas' (CPU custom calls), 'auto': same maths.
-  pool_impl: str = 'reduce_window'  # 'reduce_window' (nn.max_pool), 'reshape', 'cpu_kernel' (relu fused), 'auto'.
+  conv_impl: str = 'xla'  # 'xla' (lax.conv), 'patches' (im2col), 'blas' (CPU custom calls): same maths.
+  pool_impl: str = 'reduce_window'  # 'reduce_window' (nn.max_pool), 'reshape', 'cpu_kernel' (relu fused).
   dtype: str = 'float32'  # Compute dtype: 'bfloat16' keeps float32 params, logits and loss.
+  # 'blas' / 'cpu_kernel': the C++ kernels, handed in by lungjax.models.create_model (which also resolves 'auto').
+  kernels: layers.KernelOps | None = None
 
   def __post_init__(self):
-    """Rejects an unknown conv / pool lowering or dtype, naming the config field."""
+    """Rejects an unknown or unresolved conv / pool lowering or dtype, naming the config field."""
     layers.check_impls(self.conv_impl, self.pool_impl, self.dtype)
+    layers.check_resolved(self.conv_impl, self.pool_impl, self.kernels)
     super().__post_init__()
 
   @nn.compact
   def __call__(self, images_BHWC: jax.Array, *, train: bool) -> jax.Array:
     """Maps uint8 (or [0, 255] float) images to class logits; pixels are rescaled by 1/255 here."""
     dtype = jnp.dtype(self.dtype)
-    conv_impl, pool_impl = layers.resolve_impls(self.conv_impl, self.pool_impl, self.dtype)
     relu_pool = {'reduce_window': lambda x: nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2)),
                  'reshape': lambda x: layers.reshape_max_pool(nn.relu(x)),
-                 'cpu_kernel': layers.relu_max_pool}[pool_impl]
+                 'cpu_kernel': lambda x: self.kernels.relu_max_pool(x)}[self.pool_impl]
     x = (images_BHWC.astype(jnp.float32) / 255.0).astype(dtype)
     for index, features in enumerate(self.conv_features):
       name = f'Conv_{index}'  # nn.Conv's own names, whichever lowering: checkpoints and Grad-CAM layers match.
-      if conv_impl == 'blas':
-        x = layers.BlasConv(features, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT, name=name)(x)
+      if self.conv_impl == 'blas':
+        x = layers.KernelConv(features, (3, 3), self.kernels.conv_bias, padding='SAME', kernel_init=_KERNEL_INIT,
+                              name=name)(x)
       else:
         x = nn.Conv(features, (3, 3), padding='SAME', kernel_init=_KERNEL_INIT, dtype=dtype, name=name,
-                    conv_general_dilated=layers.patches_conv if conv_impl == 'patches' else None)(x)
+                    conv_general_dilated=layers.patches_conv if self.conv_impl == 'patches' else None)(x)
       x = relu_pool(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))

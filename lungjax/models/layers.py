@@ -4,21 +4,23 @@
 matmul over im2col patches, and its custom VJP makes both gradients matmuls too (the kernel's: patches^T @ dY; the
 input's: dY @ W^T folded back by shifted adds), where XLA's CPU conv gradients are slow. `reshape_max_pool` is a
 2x2 / stride 2 max-pool as a reshape + max, whose gradient is cheaper than reduce_window's select-and-scatter.
+Both are plain JAX. The C++ kernels ('blas', 'cpu_kernel') live in lungjax.cpu.kernels: lungjax.models.create_model
+chooses the lowering once and hands their two functions to the model as a `KernelOps`; nothing here imports them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lungjax.kernels import cpu
-
-# 'blas': BlasConv, custom calls of lungjax.kernels.cpu (CPU, float32); 'cpu_kernel': relu + reshape pool whose
-# gradient is one C++ pass; 'auto': those two on one CPU device in float32 when the kernels build, else xla / reshape.
+# 'blas': KernelConv with the C++ conv + bias of lungjax.cpu.kernels (CPU, float32); 'cpu_kernel': relu + reshape
+# pool whose gradient is one C++ pass; 'auto': lungjax.models.create_model picks those two on one CPU device in
+# float32 when the kernels build, else xla / reshape.
 CONV_IMPLS = ('auto', 'xla', 'patches', 'blas')
 POOL_IMPLS = ('auto', 'reduce_window', 'reshape', 'cpu_kernel')
 DTYPES = ('float32', 'bfloat16')
@@ -36,14 +38,40 @@ def check_impls(conv_impl: str, pool_impl: str, dtype: str) -> None:
                        "conv_impl='xla', pool_impl='reshape'")
 
 
-def resolve_impls(conv_impl: str, pool_impl: str, dtype: str) -> tuple[str, str]:
-  """Replaces 'auto' by the CPU kernels ('blas', 'cpu_kernel') where they apply and build, else 'xla' / 'reshape'."""
-  if 'auto' not in (conv_impl, pool_impl):
-    return conv_impl, pool_impl
-  use_kernels = (dtype == 'float32' and jax.default_backend() == 'cpu' and jax.device_count() == 1
-                 and jax.process_count() == 1 and cpu.available())
-  return (('blas' if use_kernels else 'xla') if conv_impl == 'auto' else conv_impl,
-          ('cpu_kernel' if use_kernels else 'reshape') if pool_impl == 'auto' else pool_impl)
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelOps:
+  """The C++ kernels' two entry points (lungjax.cpu.kernels), handed to a model by lungjax.models.create_model."""
+
+  conv_bias: Callable[[jax.Array, jax.Array, jax.Array, Padding], jax.Array]  # (x_BHWC, kernel_HWIO, bias_F, pads)
+  relu_max_pool: Callable[[jax.Array], jax.Array]  # reshape_max_pool(relu(z)), its gradient one C++ pass
+
+
+def check_resolved(conv_impl: str, pool_impl: str, kernels: KernelOps | None) -> None:
+  """Raises ValueError when 'auto' is left or the kernels a lowering needs were not handed in (build with
+  lungjax.models.create_model, which chooses the lowering)."""
+  if 'auto' in (conv_impl, pool_impl):
+    raise ValueError(f'conv_impl={conv_impl!r}, pool_impl={pool_impl!r}: "auto" is chosen when the model is built; '
+                     'build it with lungjax.models.create_model')
+  if kernels is None and (conv_impl == 'blas' or pool_impl == 'cpu_kernel'):
+    raise ValueError(f'conv_impl={conv_impl!r}, pool_impl={pool_impl!r} need the C++ kernels: build the model with '
+                     'lungjax.models.create_model')
+
+
+def explicit_padding(padding: Any, kernel_size: Sequence[int], impl: str) -> Padding:
+  """flax's 'SAME' / 'VALID' / explicit pads as ((top, bottom), (left, right)); `impl` names the lowering in errors."""
+  kh, kw = kernel_size
+  if isinstance(padding, str):
+    if padding == 'VALID':
+      padding = ((0, 0), (0, 0))
+    elif padding == 'SAME':
+      padding = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
+    else:
+      raise NotImplementedError(f'conv_impl="{impl}" does not support padding {padding!r}')
+  (top, bottom), (left, right) = ((int(a), int(b)) for a, b in padding)
+  return (top, bottom), (left, right)
 
 
 def _patches(x_BHWC: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -90,7 +118,7 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
       d != 1 for d in tuple(lhs_dilation or (1, 1)) + tuple(rhs_dilation or (1, 1))):
     raise NotImplementedError('conv_impl="patches" supports 2-D, stride-1, undilated, ungrouped convs only; '
                               'use config.model.conv_impl="xla" for this model')
-  (top, bottom), (left, right) = cpu.explicit_padding(padding, rhs.shape[:2], 'patches')
+  (top, bottom), (left, right) = explicit_padding(padding, rhs.shape[:2], 'patches')
   x_BHWC = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
   return _conv_valid(x_BHWC, rhs)
 
@@ -102,26 +130,21 @@ def reshape_max_pool(x_BHWC: jax.Array) -> jax.Array:
   return x_BHWC.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class BlasConv(nn.Module):
-  """nn.Conv's parameters ('kernel' HWIO, 'bias') and output for stride-1 float32 convs, as CPU custom calls."""
+class KernelConv(nn.Module):
+  """nn.Conv's parameters ('kernel' HWIO, 'bias') and output for stride-1 float32 convs, computed by `conv_bias`
+  (KernelOps.conv_bias: one custom call forward and one per gradient)."""
 
   features: int
   kernel_size: Sequence[int]
+  conv_bias: Callable[[jax.Array, jax.Array, jax.Array, Padding], jax.Array]
   padding: Any = 'SAME'
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    """conv(x, kernel) + bias, one custom call forward and one per gradient."""
-    cpu.check_cpu('conv_impl')
+    """conv(x, kernel) + bias in float32."""
     kernel_HWIO = self.param('kernel', self.kernel_init, (*self.kernel_size, x_BHWC.shape[-1], self.features))
     bias_F = self.param('bias', self.bias_init, (self.features,))
-    padding = cpu.conv_padding(self.padding, self.kernel_size)
-    return cpu.conv_bias(x_BHWC.astype(jnp.float32), kernel_HWIO, bias_F, padding)
-
-
-def relu_max_pool(x_BHWC: jax.Array) -> jax.Array:
-  """reshape_max_pool(relu(x)) whose gradient is one pass in C++ (pool_impl='cpu_kernel')."""
-  cpu.check_cpu('pool_impl')
-  return cpu.relu_max_pool(x_BHWC)
+    padding = explicit_padding(self.padding, self.kernel_size, 'blas')
+    return self.conv_bias(x_BHWC.astype(jnp.float32), kernel_HWIO, bias_F, padding)

@@ -56,7 +56,7 @@ def jax_layers(use_kernels: bool) -> list[dict[str, float]]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.getcwd())
-  from lungjax.kernels import cpu  # pylint: disable=g-import-not-at-top
+  from lungjax.cpu import kernels as cpu  # pylint: disable=g-import-not-at-top
   from lungjax.models import layers  # pylint: disable=g-import-not-at-top
   options = {'xla_cpu_experimental_ynn_fusion_type': ''}
   pads = ((1, 1), (1, 1))
@@ -96,7 +96,7 @@ def main() -> None:
     return
   sys.path.insert(0, os.getcwd())
   from configs import cnn  # pylint: disable=g-import-not-at-top
-  from lungjax import host_memory  # pylint: disable=g-import-not-at-top
+  from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.apply(cnn.get_config().train)  # the study config's host memory policy, as lungjax.main applies it
   child = subprocess.run([sys.executable, __file__, '--tensorflow'], capture_output=True, text=True, check=True,
                          timeout=600)

@@ -15,7 +15,8 @@ import numpy as np
 
 sys.path.insert(0, os.getcwd())
 from configs import cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lungjax import bench, host_memory  # pylint: disable=wrong-import-position
+from lungjax import bench  # pylint: disable=wrong-import-position
+from lungjax.cpu import host_memory  # pylint: disable=wrong-import-position
 
 LOWERINGS = (('blas', 'cpu_kernel'), ('blas', 'reshape'), ('xla', 'cpu_kernel'), ('xla', 'reshape'))
 ROUNDS, STEPS, WARMUP = 5, 4, 2

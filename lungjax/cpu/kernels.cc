@@ -4,13 +4,14 @@
 //   times dY, and the row sums of dY, in the same pass;
 // - the gradient of relu then 2x2 / stride-2 max-pool in one pass (ties share the gradient, as jnp.max's does).
 // Blocks run on XLA's intra-op thread pool with single-threaded sgemm.
+// Portable C++17: the AVX-512 direct conv below is compiled only for x86-64 (and not with -DLUNGJAX_PORTABLE); other
+// CPUs take the im2col + sgemm path for every conv.
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <exception>
-#include <immintrin.h>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -18,6 +19,13 @@
 
 #include "cblas.h"
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__x86_64__) && !defined(LUNGJAX_PORTABLE)
+#define LUNGJAX_AVX512_DIRECT 1
+#include <immintrin.h>
+#else
+#define LUNGJAX_AVX512_DIRECT 0
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -100,6 +108,7 @@ int64_t Workers(ffi::ThreadPool& pool, int64_t num_tasks) {
 }
 
 
+#if LUNGJAX_AVX512_DIRECT
 // Direct conv + bias with AVX-512 (chosen at run time when the CPU has it and o is a multiple of 16): for one
 // output row, a block of P positions x NV vectors of 16 output features stays in registers while the taps and input
 // channels stream by (each input value broadcast, each kernel row loaded once per block), as oneDNN's direct convs
@@ -185,11 +194,13 @@ bool UseDirect(const Geometry& g) {
   static const bool has_avx512 = __builtin_cpu_supports("avx512f");
   return has_avx512 && g.o % 16 == 0;
 }
+#endif  // LUNGJAX_AVX512_DIRECT
 
 // y = conv(x, kernel) + bias: direct (AVX-512) by output rows, else per block, patches [m, kh*kw*c] @ kernel
 // [kh*kw*c, o] added to rows of bias.
 void ConvForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* kernel, const float* bias,
                  float* y) {
+#if LUNGJAX_AVX512_DIRECT
   if (UseDirect(g)) {
     const int64_t rows = g.n * g.oh;
     ParallelFor(pool, rows, Workers(pool, rows), [&](int64_t, int64_t row) {
@@ -197,6 +208,7 @@ void ConvForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const
     });
     return;
   }
+#endif
   const int64_t blocks = g.BlocksPerImage(), rows_per_block = g.RowsPerBlock(), tasks = g.n * blocks;
   const int64_t workers = Workers(pool, tasks);
   // Every buffer is allocated here, on the calling thread, so that an allocation failure is an error, not a crash.

@@ -1,10 +1,11 @@
-"""XLA:CPU custom calls (cpu.cc) for the study CNN: conv + bias on im2col blocks and OpenBLAS, relu + max-pool.
+"""XLA:CPU custom calls (kernels.cc) for the study CNN: conv + bias on im2col blocks and OpenBLAS, relu + max-pool.
 
-The C++ source ships with the package and is compiled once per source / jaxlib / OpenBLAS version into a cache
-folder (`$LUNGJAX_KERNEL_CACHE`, default `~/.cache/lungjax/kernels`) the first time a model uses
-`config.model.conv_impl='blas'` or `pool_impl='cpu_kernel'`. `conv_bias` (stride-1 conv plus bias) and
+The C++ source ships with the package and is compiled once per source / jaxlib / OpenBLAS / compiler into a cache
+folder (`$LUNGJAX_KERNEL_CACHE`, default `~/.cache/lungjax/kernels`) when lungjax.models.create_model first picks
+`conv_impl='blas'` or `pool_impl='cpu_kernel'` (never inside a trace). `conv_bias` (stride-1 conv plus bias) and
 `relu_max_pool` have custom VJPs whose gradients are custom calls too; the values and gradients are jax.lax's
-(tests check them within 1e-4, ties of the max-pool included).
+(tests check them within 1e-4, ties of the max-pool included). This module needs only JAX and NumPy: the model
+code receives these two functions from create_model and never imports this module.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = pathlib.Path(__file__).with_name('cpu.cc')
+SOURCE = pathlib.Path(__file__).with_name('kernels.cc')
 _SYMBOLS = {'conv_forward': 'LungjaxBlasConvForward', 'conv_input_grad': 'LungjaxBlasConvInputGrad',
             'conv_kernel_grad': 'LungjaxBlasConvKernelGrad', 'relu_max_pool_grad': 'LungjaxReluMaxPoolGrad'}
 # -fno-trapping-math lets GCC vectorize the branch-free selects of the pool gradient (no FP traps are used).
@@ -51,14 +51,18 @@ def _openblas() -> Any:
   return scipy_openblas32
 
 
-def build(directory: pathlib.Path | None = None) -> pathlib.Path:
-  """Compiles cpu.cc unless this source / jaxlib / OpenBLAS build is cached; returns the library's path."""
+def build(directory: pathlib.Path | None = None, extra_flags: Sequence[str] = ()) -> pathlib.Path:
+  """Compiles kernels.cc unless this source / jaxlib / OpenBLAS / compiler build is cached; returns the library.
+
+  extra_flags: more compiler flags (e.g. '-DLUNGJAX_PORTABLE' builds the code other CPUs than x86-64 compile).
+  """
   openblas = _openblas()
   compiler = os.environ.get('CXX', 'g++')
   lib_dir = openblas.get_lib_dir()
+  flags = (*_COMPILE_FLAGS, *extra_flags)
   key = hashlib.sha256(b'\0'.join([SOURCE.read_bytes(), jax.__version__.encode(), lib_dir.encode(),
                                    openblas.get_library().encode(), compiler.encode(),
-                                   ' '.join(_COMPILE_FLAGS).encode()])).hexdigest()[:16]
+                                   ' '.join(flags).encode()])).hexdigest()[:16]
   directory = pathlib.Path(directory or cache_dir())
   library = directory / f'lungjax_cpu-{key}.so'
   if library.exists():
@@ -66,16 +70,16 @@ def build(directory: pathlib.Path | None = None) -> pathlib.Path:
   directory.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=directory) as tmp:
     partial = pathlib.Path(tmp) / library.name
-    command = [compiler, *_COMPILE_FLAGS, '-I', jax.ffi.include_dir(), '-I', openblas.get_include_dir(), str(SOURCE),
+    command = [compiler, *flags, '-I', jax.ffi.include_dir(), '-I', openblas.get_include_dir(), str(SOURCE),
                '-L', lib_dir, f'-l{openblas.get_library()}', f'-Wl,-rpath,{lib_dir}', '-o', str(partial)]
     try:
       result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-      raise KernelBuildError(f'could not run the C++ compiler for lungjax.kernels ({e}); install g++ (or set $CXX), '
+      raise KernelBuildError(f'could not run the C++ compiler {compiler!r} ({e}); install g++ (or set $CXX), '
                              "or use config.model.conv_impl='xla', pool_impl='reshape'") from e
-    if result.returncode != 0:
-      raise KernelBuildError(f'compiling {SOURCE} failed (exit {result.returncode}):\n{result.stderr[-3000:]}\n'
-                             "Use config.model.conv_impl='xla', pool_impl='reshape' instead")
+    if result.returncode != 0:  # The first line is the summary; the compiler's output follows.
+      raise KernelBuildError(f'compiling {SOURCE} with {compiler!r} failed (exit {result.returncode}); use '
+                             f"config.model.conv_impl='xla', pool_impl='reshape'\n{result.stderr[-3000:]}")
     os.replace(partial, library)  # atomic: concurrent builders each write their own tmp folder
   return library
 
@@ -93,14 +97,16 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 @functools.cache
-def available() -> bool:
-  """True when the kernels build and load here; else logs why once (config 'auto' then uses XLA's ops)."""
+def unavailable_reason() -> str | None:
+  """None when the kernels build (or are cached) and load here, else the KernelBuildError's message (once a process).
+
+  The handlers are registered for XLA:CPU: the caller checks the backend (check_cpu).
+  """
   try:
     _register()
   except KernelBuildError as e:
-    logging.warning('lungjax.kernels.cpu unavailable, conv_impl/pool_impl "auto" use XLA: %s', e)
-    return False
-  return True
+    return str(e)
+  return None
 
 
 def _call(name: str, shapes: Sequence[Sequence[int]], *operands: jax.Array, aliases: dict[int, int] | None = None,
@@ -128,15 +134,24 @@ def _output_shape(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: 
           x_shape[2] + left + right - kernel_shape[1] + 1, kernel_shape[3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def conv_bias(x_BHWC: jax.Array, kernel_HWIO: jax.Array, bias_F: jax.Array, padding: Padding) -> jax.Array:
-  """Stride-1 float32 conv of x (NHWC) with an HWIO kernel and ((top, bottom), (left, right)) pads, plus bias."""
+  """Stride-1 float32 conv of x (NHWC) with an HWIO kernel and ((top, bottom), (left, right)) pads, plus bias.
+
+  Raises NotImplementedError for a pad outside [0, kernel size) (the kernels' im2col covers those only).
+  """
+  check_padding(padding, kernel_HWIO.shape[:2])
+  return _conv_bias(x_BHWC, kernel_HWIO, bias_F, tuple((int(a), int(b)) for a, b in padding))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_bias(x_BHWC: jax.Array, kernel_HWIO: jax.Array, bias_F: jax.Array, padding: Padding) -> jax.Array:
+  """conv_bias's custom call, its padding checked."""
   return _call('conv_forward', [_output_shape(x_BHWC.shape, kernel_HWIO.shape, padding)], x_BHWC, kernel_HWIO,
                bias_F, **_pads(padding))
 
 
 def _conv_bias_fwd(x_BHWC, kernel_HWIO, bias_F, padding):
-  return conv_bias(x_BHWC, kernel_HWIO, bias_F, padding), (x_BHWC, kernel_HWIO)
+  return _conv_bias(x_BHWC, kernel_HWIO, bias_F, padding), (x_BHWC, kernel_HWIO)
 
 
 def _conv_bias_bwd(padding, residuals, dy_BHWF):
@@ -148,14 +163,18 @@ def _conv_bias_bwd(padding, residuals, dy_BHWF):
   return dx_BHWC, dkernel_HWIO, dbias_F
 
 
-conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
+_conv_bias.defvjp(_conv_bias_fwd, _conv_bias_bwd)
 
 
 @jax.custom_vjp
 def relu_max_pool(z_BHWC: jax.Array) -> jax.Array:
-  """2x2 / stride-2 max-pool of relu(z) (XLA); its gradient is one custom call (ties share it, as jnp.max's)."""
-  from lungjax.models import layers  # pylint: disable=g-import-not-at-top  (layers imports this module)
-  return layers.reshape_max_pool(jax.nn.relu(z_BHWC))
+  """2x2 / stride-2 max-pool of relu(z) (XLA); its gradient is one custom call (ties share it, as jnp.max's).
+
+  The forward is lungjax.models.layers.reshape_max_pool's reshape + max (an odd last row / column is dropped).
+  """
+  b, h, w, c = z_BHWC.shape
+  y_BHWC = jax.nn.relu(z_BHWC[:, :h // 2 * 2, :w // 2 * 2, :])
+  return y_BHWC.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def _relu_max_pool_fwd(z_BHWC):
@@ -177,24 +196,9 @@ def check_cpu(field: str) -> None:
                               f'{jax.default_backend()!r}: use conv_impl="xla", pool_impl="reshape"')
 
 
-def explicit_padding(padding: Any, kernel_size: Sequence[int], impl: str) -> Padding:
-  """flax's 'SAME' / 'VALID' / explicit pads as ((top, bottom), (left, right)); `impl` names the lowering in errors."""
-  kh, kw = kernel_size
-  if isinstance(padding, str):
-    if padding == 'VALID':
-      padding = ((0, 0), (0, 0))
-    elif padding == 'SAME':
-      padding = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
-    else:
-      raise NotImplementedError(f'conv_impl="{impl}" does not support padding {padding!r}')
-  (top, bottom), (left, right) = ((int(a), int(b)) for a, b in padding)
-  return (top, bottom), (left, right)
-
-
-def conv_padding(padding: Any, kernel_size: Sequence[int]) -> Padding:
-  """explicit_padding for conv_impl='blas', checked for the kernel (0 <= each pad < its kernel size)."""
-  (top, bottom), (left, right) = explicit_padding(padding, kernel_size, 'blas')
+def check_padding(padding: Padding, kernel_size: Sequence[int]) -> None:
+  """Raises NotImplementedError unless 0 <= each of ((top, bottom), (left, right)) < its kernel size."""
+  (top, bottom), (left, right) = padding
   kh, kw = kernel_size
   if min(top, bottom, left, right) < 0 or max(top, bottom) >= kh or max(left, right) >= kw:
     raise NotImplementedError(f'conv_impl="blas" needs 0 <= padding < kernel size, got {padding!r}')
-  return (top, bottom), (left, right)

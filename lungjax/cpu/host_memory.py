@@ -7,7 +7,10 @@ chunks and no trimming make the freed blocks the next step's buffers. Kept memor
 land in a freed step buffer, the next one is carved from fresh memory, and the heap grows by a step's buffers a
 few times an epoch (full runs of the study config reached 2.9-3.5 GB). So a watcher thread reads the RSS every 50 ms and, above the cap,
 hands the free pages back (malloc_trim); the next step faults them in once more. results/bench/README.md measures
-speed and peak RSS.
+speed and peak RSS; benchmarks/host_memory.py sets the policy beside glibc's tunables and jemalloc / tcmalloc.
+
+The policy changes the whole process: `apply` is called once, at start-up, by lungjax.main (and the benchmarks
+that time training), and starts at most one watcher thread a process.
 """
 
 from __future__ import annotations
@@ -92,14 +95,29 @@ def _watch(cap_bytes: int, trims: list[float]) -> None:
     time.sleep(POLL_S)
 
 
+_watcher: dict[str, tuple[float, list[float]]] = {}  # 'started': (cap_gb, trims) once the thread runs.
+_watcher_lock = threading.Lock()
+
+
 def keep_freed_memory_under(cap_gb: float) -> list[float] | None:
-  """keep_freed_memory() plus a daemon thread that trims above cap_gb of RSS; returns its trim times (or None)."""
-  if not keep_freed_memory():
-    return None
-  trims: list[float] = []
-  threading.Thread(target=_watch, args=(int(cap_gb * 2**30), trims), name='lungjax-host-memory',
-                   daemon=True).start()
-  return trims
+  """keep_freed_memory() plus a daemon thread that trims above cap_gb of RSS; returns its trim times (or None).
+
+  One watcher a process: a second call returns the first one's trim list (a different cap raises ValueError).
+  """
+  with _watcher_lock:
+    if 'started' in _watcher:
+      started_gb, trims = _watcher['started']
+      if started_gb != cap_gb:
+        raise ValueError(f'the host memory watcher already runs with a {started_gb} GB cap, not {cap_gb} GB '
+                         '(config.train.keep_freed_host_memory_gb is set once a process)')
+      return trims
+    if not keep_freed_memory():
+      return None
+    trims = []
+    threading.Thread(target=_watch, args=(int(cap_gb * 2**30), trims), name='lungjax-host-memory',
+                     daemon=True).start()
+    _watcher['started'] = (cap_gb, trims)
+    return trims
 
 
 def accelerator_platform() -> str | None:
