@@ -114,6 +114,21 @@ def test_flipped_bytes_in_a_value_file_are_caught_and_resume_uses_the_step_befor
   manager.close()
 
 
+def test_another_steps_valid_state_folder_is_caught_by_the_checksums(tmp_path, tiny_config):
+  # Step 6's state/ folder is whole and readable (tensorstore's own checks pass); only lungjax's sha256 of every
+  # leaf tells that it is not the state that step 12 saved.
+  manager, abstract, saved, _ = _saved_run(tmp_path, tiny_config)
+  folder = checkpoints.checkpoint_dir(str(tmp_path))
+  shutil.rmtree(os.path.join(folder, '12', 'state'))
+  shutil.copytree(os.path.join(folder, '6', 'state'), os.path.join(folder, '12', 'state'))
+  with pytest.raises(checkpoints.CorruptCheckpointError, match='step 12.*sha256 mismatch'):
+    checkpoints.restore_verified(manager, 12, abstract)
+  good = checkpoints.restore_latest_good(manager, abstract, None)
+  assert good.step == 6 and manager.all_steps() == [6]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(good.state.params), saved[6].params)
+  manager.close()
+
+
 def test_truncated_or_missing_items_are_corrupt_steps(tmp_path, tiny_config):
   manager, abstract, _, _ = _saved_run(tmp_path, tiny_config)
   for path in _value_files(str(tmp_path), 12):

@@ -238,6 +238,30 @@ def test_bootstrap_intervals_are_seeded():
   assert (first['n_bootstrap'], first['seed'], first['confidence']) == (300, 0, 0.95)
 
 
+@pytest.mark.parametrize('confidence, percentiles', [(0.95, (2.5, 97.5)), (0.8, (10.0, 90.0))])
+def test_bootstrap_interval_is_the_resamples_percentiles_at_the_stated_confidence(confidence, percentiles):
+  # Recomputed outside lungjax.metrics from the same resamples: accuracy, macro recall and the Brier score of each
+  # row of indices, then numpy's percentiles at (1 -/+ confidence) / 2. A 90% interval labelled 95% is narrower.
+  labels, probabilities = _sixty_of_sixty_six()
+  n_bootstrap, seed = 1000, 4
+  indices_BN = metrics.stratified_bootstrap_indices(labels, n_bootstrap, seed)
+  labels_BN, predicted_BN = labels[indices_BN], probabilities.argmax(axis=1)[indices_BN]
+  right_BN = labels_BN == predicted_BN
+  accuracy_B = right_BN.mean(axis=1)
+  macro_recall_B = np.mean([right_BN[:, labels == c].mean(axis=1) for c in range(3)], axis=0)
+  brier_B = ((probabilities[indices_BN] - np.eye(3)[labels_BN]) ** 2).sum(axis=2).mean(axis=1)
+  intervals = metrics.bootstrap_intervals(labels, probabilities, CLASSES, n_bootstrap=n_bootstrap, seed=seed,
+                                          confidence=confidence)
+  assert intervals['degenerate'] == [] and intervals['confidence'] == confidence
+  for got, values_B in ((intervals['accuracy'], accuracy_B), (intervals['macro_avg']['recall'], macro_recall_B),
+                        (intervals['brier'], brier_B)):
+    np.testing.assert_allclose(got, np.percentile(values_B, percentiles), rtol=1e-9, atol=1e-12)
+  # The Brier score has no ties: 1 - confidence of its resamples fall outside the interval, half on each side.
+  low, high = intervals['brier']
+  assert abs(np.mean(brier_B < low) - (1 - confidence) / 2) <= 0.002
+  assert abs(np.mean(brier_B > high) - (1 - confidence) / 2) <= 0.002
+
+
 def test_bootstrap_interval_contains_the_point_and_narrows_with_more_images():
   labels, probabilities = _sixty_of_sixty_six()
   point = metrics.classification_metrics(labels, probabilities, CLASSES)

@@ -1,10 +1,14 @@
 """Grouped, stratified validation splits and class weights."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
+from PIL import Image
 
-from lungjax.data import folders, splits
-from tests.conftest import CLASSES, needs_shared_data, SHARED_TRAIN
+from lungjax.data import folders, loading, splits
+from tests.conftest import CLASSES, needs_shared_data, SHARED_TRAIN, write_image_folder
 
 
 def test_split_is_stratified_seeded_and_covers_every_index():
@@ -27,6 +31,57 @@ def test_copies_stay_on_one_side_for_every_seed():
     val_groups = {groups[i] for i in val}
     assert not val_groups & {groups[i] for i in train}
     assert all(abs(count - 5) <= 1 for count in np.bincount(labels[val]))  # Within one group of 25%.
+
+
+@pytest.fixture
+def folder_with_copies(tmp_path, tiny_config):
+  """tiny_config on a train/ folder of 12 images per class plus, for two images of each class, an exact copy (the
+  file copied) and a near copy (every pixel 3 brighter: another pixel hash, a thumbnail that correlates above
+  config.data.near_copy_threshold). Returns (config, [[original, exact copy, near copy] paths per copy group])."""
+  train = write_image_folder(str(tmp_path / 'train'), 12, seed=5)
+  copy_groups = []
+  for name in CLASSES:
+    for i in (1, 7):
+      original = os.path.join(train, name, f'{i:03d}.png')
+      exact, near = os.path.join(train, name, f'{i:03d}_exact.png'), os.path.join(train, name, f'{i:03d}_near.png')
+      shutil.copy(original, exact)
+      pixels = np.asarray(Image.open(original)).astype(np.int16) + 3  # A little brighter.
+      Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(near)
+      copy_groups.append([original, exact, near])
+  tiny_config.data.root = str(tmp_path)
+  return tiny_config, copy_groups
+
+
+def test_exact_and_near_copies_share_a_group(folder_with_copies):
+  config, copy_groups = folder_with_copies
+  decoded = loading.load_training_folder(config)[1].decoded
+  index = {p: i for i, p in enumerate(decoded.paths)}
+  groups = loading.split_groups(decoded, config)
+  for original, exact, near in copy_groups:
+    assert decoded.pixel_hashes[index[original]] == decoded.pixel_hashes[index[exact]]
+    assert decoded.pixel_hashes[index[original]] != decoded.pixel_hashes[index[near]]  # Found as a near copy.
+    assert groups[index[original]] == groups[index[exact]] == groups[index[near]]
+  assert len(set(groups.tolist())) == len(decoded) - 2 * len(copy_groups)  # No other image is grouped.
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_copies_land_on_one_side_of_the_validation_split_and_of_every_fold(folder_with_copies, seed):
+  config, copy_groups = folder_with_copies
+  config.data.split_seed = seed
+  data = loading.load_training_data(config)
+  assert len(data.train) + len(data.val) == 12 * len(CLASSES) + 2 * len(copy_groups)
+  for group in copy_groups:
+    assert sum(p in data.val.paths for p in group) in (0, 3), group
+    assert sum(p in data.train.paths for p in group) in (0, 3), group
+  # Cross-validation's folds (crossval.cross_validate): the same groups, each in the validation part of one fold.
+  decoded = data.train_folder.decoded
+  index = {p: i for i, p in enumerate(decoded.paths)}
+  folds = splits.grouped_stratified_folds(loading.split_strata(decoded), loading.split_groups(decoded, config), 4,
+                                          seed)
+  for _, val_indices in folds:
+    val = set(val_indices.tolist())
+    for group in copy_groups:
+      assert sum(index[p] in val for p in group) in (0, 3), group
 
 
 def test_bad_fraction_names_the_field():
