@@ -3,6 +3,9 @@
 Each step also holds an `integrity` JSON item: the sha256, dtype and shape of every state leaf, a hash of the
 history, the iterator state and the run fingerprint. A restore recomputes the hashes of what orbax read back, so a
 flipped byte, a truncated file or a missing item is an error naming the step, never silently wrong weights.
+
+Two ways in, both through restore_verified: `resume` (training: the newest good step, iterator in place, bad steps
+moved aside) and `restore_chosen` (inference, behind lungjax.inference.load: the best or a requested step).
 """
 
 from __future__ import annotations
