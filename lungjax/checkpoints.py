@@ -3,6 +3,9 @@
 Each step also holds an `integrity` JSON item: the sha256, dtype and shape of every state leaf, a hash of the
 history, the iterator state and the run fingerprint. A restore recomputes the hashes of what orbax read back, so a
 flipped byte, a truncated file or a missing item is an error naming the step, never silently wrong weights.
+
+Two ways in, both through restore_verified: `resume` (training: the newest good step, iterator in place, bad steps
+moved aside) and `restore_chosen` (inference, behind lungjax.inference.load: the best or a requested step).
 """
 
 from __future__ import annotations
@@ -387,38 +390,32 @@ def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: 
   run's retention: not corrupt), and CheckpointMismatchError when the model wants other dtypes or shapes than were
   saved.
   """
-  try:
-    return _restore_verified(manager, step, abstract_state, data_iter)
-  except CorruptCheckpointError as error:
-    if step_exists(str(manager.directory), step, vanish_wait_s):
-      raise
-    raise StepVanishedError(str(manager.directory), step, error.reason) from error
-
-
-def _restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-                      data_iter: grain.DatasetIterator | None) -> Restored:
-  """restore_verified's body: CorruptCheckpointError for anything unreadable, missing or different."""
   directory = str(manager.directory)
-  integrity = read_integrity(manager, step)
-  saved_leaves = integrity['leaves']
-  _check_target(directory, step, saved_leaves, abstract_state)
-  items = {'state': ocp.args.StandardRestore(abstract_state), 'history': ocp.args.JsonRestore()}
-  if data_iter is not None:
-    items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except Exception as error:
-    raise CorruptCheckpointError(directory, step, f'{type(error).__name__}: {str(error)[:300]}') from error
-  actual = leaf_checksums(restored.state)
-  bad = [path for path, entry in saved_leaves.items() if actual.get(path) != entry]
-  if bad:
-    raise CorruptCheckpointError(directory, step, f'{len(bad)} arrays read back other values than were saved '
-                                 f'(sha256 mismatch), first {bad[0]}')
-  if _json_sha256(restored.history) != integrity['history_sha256']:
-    raise CorruptCheckpointError(directory, step, 'the history item differs from what was saved')
-  if data_iter is not None and data_iter.get_state() != integrity['data_iter']:
-    raise CorruptCheckpointError(directory, step, f'the iterator state reads {data_iter.get_state()}, '
-                                 f'saved {integrity["data_iter"]}')
+    integrity = read_integrity(manager, step)
+    saved_leaves = integrity['leaves']
+    _check_target(directory, step, saved_leaves, abstract_state)
+    items = {'state': ocp.args.StandardRestore(abstract_state), 'history': ocp.args.JsonRestore()}
+    if data_iter is not None:
+      items['data_iter'] = grain.checkpoint.CheckpointRestore(data_iter)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:
+      raise CorruptCheckpointError(directory, step, f'{type(error).__name__}: {str(error)[:300]}') from error
+    actual = leaf_checksums(restored.state)
+    bad = [path for path, entry in saved_leaves.items() if actual.get(path) != entry]
+    if bad:
+      raise CorruptCheckpointError(directory, step, f'{len(bad)} arrays read back other values than were saved '
+                                   f'(sha256 mismatch), first {bad[0]}')
+    if _json_sha256(restored.history) != integrity['history_sha256']:
+      raise CorruptCheckpointError(directory, step, 'the history item differs from what was saved')
+    if data_iter is not None and data_iter.get_state() != integrity['data_iter']:
+      raise CorruptCheckpointError(directory, step, f'the iterator state reads {data_iter.get_state()}, '
+                                   f'saved {integrity["data_iter"]}')
+  except CorruptCheckpointError as error:
+    if step_exists(directory, step, vanish_wait_s):
+      raise
+    raise StepVanishedError(directory, step, error.reason) from error
   return Restored(step, restored.state, dict(restored.history), integrity.get('fingerprint'))
 
 
@@ -482,13 +479,6 @@ def resume(manager: ocp.CheckpointManager, workdir: str, checkpoint_config: ml_c
   return manager, None
 
 
-def restore_for_training(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState,
-                         data_iter: grain.DatasetIterator) -> tuple[TrainState, list[dict[str, float]]]:
-  """Restores and verifies state, iterator position (in place) and history of `step`, to resume training."""
-  restored = restore_verified(manager, step, abstract_state, data_iter)
-  return restored.state, list(restored.history['epochs'])
-
-
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState) -> TrainState:
   """Restores and verifies only the train state of `step` (for evaluation)."""
   return restore_verified(manager, step, abstract_state).state
@@ -510,7 +500,7 @@ def choose_step(manager: ocp.CheckpointManager, requested: int, workdir: str) ->
 
 def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir: str, *, requested: int = -1,
                    fallback: bool = False, config: ml_collections.ConfigDict | None = None) -> Restored:
-  """For eval / explain / predict: the verified choose_step() checkpoint.
+  """For inference (lungjax.inference.load): the verified choose_step() checkpoint.
 
   A corrupt one raises CorruptCheckpointError naming the step, unless `fallback`
   (config.checkpoint.fallback_to_good_step): then the newest other step that verifies is used, with a warning.
@@ -519,10 +509,39 @@ def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir:
   A step deleted while it is read (a training run on the same workdir keeps only its newest and best) is not
   corrupt: the steps are listed again and the one chosen now is restored (READ_ATTEMPTS tries in all).
   """
+  directory = str(manager.directory)
+
+  def restore(step: int) -> Restored:
+    if config is not None:
+      try:
+        integrity = read_integrity(manager, step)
+      except CorruptCheckpointError as error:
+        if step_exists(directory, step, VANISH_WAIT_S):
+          raise
+        raise StepVanishedError(directory, step, error.reason) from error
+      fingerprint_lib.check_inference(integrity.get('fingerprint'), config, f'checkpoint step {step} in {directory!r}')
+    return restore_verified(manager, step, abstract_state, vanish_wait_s=VANISH_WAIT_S)
+
   for attempt in range(1, READ_ATTEMPTS + 1):
     try:
-      return _restore_chosen_once(manager, abstract_state, workdir, requested=requested, fallback=fallback,
-                                  config=config)
+      chosen = choose_step(manager, requested, workdir)
+      try:
+        return restore(chosen)
+      except CorruptCheckpointError as error:
+        if not fallback:
+          raise CorruptCheckpointError(directory, chosen, error.reason +
+                                       ' (set config.checkpoint.fallback_to_good_step=True to use the newest good '
+                                       'step instead)') from error
+        logging.error('%s; falling back to an older step', error)
+      for step in sorted((s for s in manager.all_steps() if s != chosen), reverse=True):
+        try:
+          restored = restore(step)
+        except CorruptCheckpointError as error:
+          logging.error('%s; trying the step before', error)
+          continue
+        logging.warning('using checkpoint step %d instead of the corrupt step %d', step, chosen)
+        return restored
+      raise CorruptCheckpointError(directory, chosen, 'and no other step verifies either')
     except StepVanishedError as error:
       if attempt == READ_ATTEMPTS:
         raise
@@ -547,40 +566,3 @@ def reload(manager: ocp.CheckpointManager) -> None:
         name.isdigit() for name in os.listdir(directory)):
       return
     time.sleep(0.1)
-
-
-def _restore_chosen_once(manager: ocp.CheckpointManager, abstract_state: Any, workdir: str, *, requested: int,
-                         fallback: bool, config: ml_collections.ConfigDict | None) -> Restored:
-  """restore_chosen's body: StepVanishedError when the chosen (or a fallback) step vanished while it was read."""
-
-  def restore(step: int) -> Restored:
-    if config is not None:
-      try:
-        integrity = read_integrity(manager, step)
-      except CorruptCheckpointError as error:
-        if step_exists(str(manager.directory), step, VANISH_WAIT_S):
-          raise
-        raise StepVanishedError(str(manager.directory), step, error.reason) from error
-      fingerprint_lib.check_inference(integrity.get('fingerprint'), config,
-                                      f'checkpoint step {step} in {str(manager.directory)!r}')
-    return restore_verified(manager, step, abstract_state, vanish_wait_s=VANISH_WAIT_S)
-
-  chosen = choose_step(manager, requested, workdir)
-  try:
-    return restore(chosen)
-  except CorruptCheckpointError as error:
-    if not fallback:
-      raise CorruptCheckpointError(str(manager.directory), chosen, error.reason +
-                                   ' (set config.checkpoint.fallback_to_good_step=True to use the newest good '
-                                   'step instead)') from error
-    logging.error('%s; falling back to an older step', error)
-  for step in sorted((s for s in manager.all_steps() if s != chosen), reverse=True):
-    try:
-      restored = restore(step)
-    except CorruptCheckpointError as error:
-      logging.error('%s; trying the step before', error)
-      continue
-    logging.warning('using checkpoint step %d instead of the corrupt step %d', step, chosen)
-    return restored
-  raise CorruptCheckpointError(str(manager.directory), chosen, 'and no other step verifies either')
-

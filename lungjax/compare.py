@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from absl import app, flags  # pylint: disable=g-multiple-import
 
-from lungjax import checkpoints, distributed, evaluate, mesh as mesh_lib, metrics as metrics_lib, steps
+from lungjax import checkpoints, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib
+from lungjax import steps
 from lungjax.data import folders, loading
 
 CONFIDENCE = 0.95
@@ -206,7 +207,8 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
   mesh = mesh_lib.make_mesh()
   runs, predictions, loaded_by_size = {}, {}, {}
   for key, workdir in (('A', workdir_a), ('B', workdir_b)):
-    run_config, model, state, step = evaluate.restore_run(workdir, -1, mesh, None)
+    model = inference.load(workdir, -1, mesh=mesh)
+    run_config, step = model.config, model.checkpoint_step
     mesh_lib.check_batch_size(run_config.eval.batch_size, mesh, f'{workdir}/config.json: config.eval.batch_size')
     size = run_config.data.image_size
     if size not in loaded_by_size and folder == evaluate.VALIDATION:  # Run A's validation split (B's must match).
@@ -216,8 +218,8 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
       loaded_by_size[size] = loading.load_folder(folder, run_config, require_all_classes=False,
                                                  folder_names=folder_names)
     loaded = loaded_by_size[size]
-    predictions[key] = (loaded, evaluate.predict_probabilities(steps.jit_eval_step(model, mesh), state, loaded.decoded,
-                                                               run_config.eval.batch_size, mesh))
+    predictions[key] = (loaded, evaluate.predict_probabilities(steps.jit_eval_step(model.module, mesh), model.state,
+                                                               loaded.decoded, run_config.eval.batch_size, mesh))
     runs[key] = {'workdir': workdir, 'checkpoint_step': int(step), 'model': run_config.model.name,
                  'config': run_config.get('name', ''), 'image_size': int(size)}
   (loaded_a, probabilities_a_NC), (loaded_b, probabilities_b_NC) = predictions['A'], predictions['B']

@@ -17,9 +17,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
-from lungjax import calibration as calibration_lib, distributed, model_card, progress
+from lungjax import calibration as calibration_lib, distributed, inference, model_card, progress
 from lungjax.data import folders, images, loading, pipeline, sources as sources_lib
-from lungjax.models import create_model
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
@@ -152,26 +151,6 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
   return metrics
 
 
-def restore_run(workdir: str, requested_step: int, mesh: Mesh,
-                config: ml_collections.ConfigDict | None = None) -> tuple[ml_collections.ConfigDict, Any, Any, int]:
-  """Restores a training run's (config, model, state, step).
-
-  `config` (from checkpoints.run_config_for_inference) or else the run's own config.json builds the model; a
-  checkpoint whose fingerprint records other classes, model or image size is refused (FingerprintMismatchError).
-  """
-  config = config or checkpoints.run_config_for_inference(workdir)
-  manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
-  model = create_model(config.model, len(config.data.classes))
-  abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
-  try:
-    restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=requested_step,
-                                          fallback=config.checkpoint.get('fallback_to_good_step', False),
-                                          config=config)
-  finally:
-    manager.close()
-  return config, model, restored.state, restored.step
-
-
 def view_keys(seed: int, tta_views: int) -> list[jax.Array | None]:
   """None for the plain view, then one key per test-time augmented view."""
   if tta_views < 0:
@@ -218,8 +197,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   decoded_by_size: dict[int, loading.FolderImages] = {}
   total_NC, steps_used = 0.0, []
   for member in members:
-    run_config, model, state, step = restore_run(member, config.eval.step if member == workdir else -1, mesh,
-                                                 config if member == workdir else None)
+    model = inference.load(member, config.eval.step if member == workdir else -1,
+                           config=config if member == workdir else None, mesh=mesh)
+    run_config = model.config
     if tuple(run_config.data.classes) != tuple(config.data.classes):
       raise ValueError(f'config.eval.ensemble: {member!r} was trained on classes {list(run_config.data.classes)}, '
                        f'not {list(config.data.classes)}')
@@ -234,9 +214,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())
       else:
         decoded_by_size[size] = loading.load_folders(folder, sized, folder_names)  # 'A,B': one source each.
-    total_NC = total_NC + predict_with_views(steps.jit_eval_step(model, mesh), state, decoded_by_size[size].decoded,
-                                             run_config, keys, config.eval.batch_size, mesh)
-    steps_used.append({'workdir': member, 'step': step, 'model': run_config.model.name})
+    total_NC = total_NC + predict_with_views(steps.jit_eval_step(model.module, mesh), model.state,
+                                             decoded_by_size[size].decoded, run_config, keys, config.eval.batch_size,
+                                             mesh)
+    steps_used.append({'workdir': member, 'step': model.checkpoint_step, 'model': run_config.model.name})
   loaded = next(iter(decoded_by_size.values()))
   # 'folder-<name>': never training's own eval/val and eval/test, whatever the evaluated folder is called.
   name = 'validation' if folder == VALIDATION else 'folder-' + '+'.join(

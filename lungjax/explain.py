@@ -1,27 +1,21 @@
-"""Grad-CAM for any registered model, overlays and a gallery of a folder's explanations (--mode=explain)."""
+"""--mode=explain: Grad-CAM overlays (lungjax.gradcam) of a folder's images and a gallery of them."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import flax
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
 from absl import logging
 from PIL import Image
 
-from lungjax import checkpoints, mesh as mesh_lib, progress, steps, workdir as workdir_lib
+from lungjax import checkpoints, inference, workdir as workdir_lib
 from lungjax.data import folders, images, loading
-from lungjax.models import create_model
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -30,134 +24,6 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 _PNG_METADATA = {'Software': None}
 OVERLAY_ALPHA = 0.6  # Opacity of the colour map where the heatmap is 1; where it is 0 the image shows as is.
 GALLERY_MAX_IMAGES = 60  # gallery.png shows the first of these; every image still gets its own overlay.
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedModel:
-  """A restored checkpoint: the module, its variables ({'params': ..., **model_state}) and the step."""
-
-  model: nn.Module
-  variables: dict[str, Any]
-  step: int
-
-
-def restore_model(config: ml_collections.ConfigDict, workdir: str) -> TrainedModel:
-  """Restores workdir's best (or config.eval.step) checkpoint for inference, its model built from `config`.
-
-  Pass checkpoints.run_config_for_inference(workdir, ...): a checkpoint whose fingerprint records other classes,
-  another model or image size than `config` is refused (fingerprint.FingerprintMismatchError naming the field).
-  """
-  mesh = mesh_lib.make_mesh()
-  model = create_model(config.model, len(config.data.classes))
-  manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
-  try:
-    abstract = steps.abstract_train_state(model, steps.create_optimizer(config.train), config.data.image_size, mesh)
-    restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=config.eval.step,
-                                          fallback=config.checkpoint.get('fallback_to_good_step', False),
-                                          config=config)
-  finally:
-    manager.close()
-  state = restored.state
-  return TrainedModel(model, {'params': state.params, **state.model_state}, restored.step)
-
-
-def module_outputs(model: nn.Module, variables: dict[str, Any], images_BHWC: jax.Array) -> dict[str, tuple[Any, ...]]:
-  """Returns {'a/b': (output shape per call, ...)} for every submodule's __call__ (traced for shapes only)."""
-  _, state = jax.eval_shape(
-      lambda v, x: model.apply(v, x, train=False, capture_intermediates=True, mutable=['intermediates']),
-      variables, images_BHWC)
-  flat = flax.traverse_util.flatten_dict(state['intermediates'])
-  return {'/'.join(key[:-1]): value for key, value in flat.items() if key[-1] == '__call__' and len(key) > 1}
-
-
-def _find_layer(model: nn.Module, variables: dict[str, Any], images_BHWC: jax.Array,
-                layer: str) -> tuple[tuple[str, ...], jax.ShapeDtypeStruct]:
-  """Resolves `layer` (a module path 'a/b', or a name unique among them) to its path and output shape."""
-  outputs = module_outputs(model, variables, images_BHWC)
-  matches = [path for path in outputs if path == layer] or [p for p in outputs if p.split('/')[-1] == layer]
-  model_name = type(model).__name__
-  if len(matches) != 1:
-    problem = 'is not a module of' if not matches else f'is ambiguous ({matches}) in'
-    raise ValueError(f'config.explain.layer={layer!r} {problem} model {model_name}; available modules: '
-                     f'{sorted(outputs)}')
-  path = matches[0]
-  calls = outputs[path]
-  if len(calls) != 1 or not hasattr(calls[0], 'shape') or len(calls[0].shape) != 4:
-    shapes = [getattr(c, 'shape', type(c).__name__) for c in calls]
-    raise ValueError(f'config.explain.layer={layer!r}: Grad-CAM needs a module called once that returns a '
-                     f'B x h x w x K feature map; {path!r} of model {model_name} returned {shapes}')
-  return tuple(path.split('/')), calls[0]
-
-
-def _gradcam_and_logits(model: nn.Module, variables: dict[str, Any], images_BHWC: jax.Array, layer: str,
-                        class_indices_B: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Returns (heatmaps_BHW, logits_BC); see gradcam."""
-  path, feature_shape = _find_layer(model, variables, images_BHWC, layer)
-
-  def is_layer(module: nn.Module, method_name: str) -> bool:
-    return method_name == '__call__' and tuple(module.path) == path
-
-  def chosen_logits(perturbation_BhwK: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    def add_perturbation(next_fun, args, kwargs, context):
-      outputs = next_fun(*args, **kwargs)
-      return outputs + perturbation_BhwK if is_layer(context.module, context.method_name) else outputs
-
-    with nn.intercept_methods(add_perturbation):
-      logits_BC, state = model.apply(variables, images_BHWC, train=False, capture_intermediates=is_layer,
-                                     mutable=['intermediates'])
-    activations_BhwK = flax.traverse_util.flatten_dict(state['intermediates'])[(*path, '__call__')][0]
-    chosen_B = jnp.where(class_indices_B >= 0, class_indices_B, jnp.argmax(logits_BC, axis=-1))
-    # Images are independent, so d(sum of each image's chosen logit)/dA is each image's own gradient.
-    total = jnp.take_along_axis(logits_BC, chosen_B[:, None], axis=1).sum()
-    return total, (logits_BC, activations_BhwK)
-
-  zeros_BhwK = jnp.zeros(feature_shape.shape, feature_shape.dtype)
-  grads_BhwK, (logits_BC, activations_BhwK) = jax.grad(chosen_logits, has_aux=True)(zeros_BhwK)
-  weights_BK = grads_BhwK.astype(jnp.float32).mean(axis=(1, 2))
-  cam_Bhw = nn.relu(jnp.einsum('bhwk,bk->bhw', activations_BhwK.astype(jnp.float32), weights_BK))
-  height, width = images_BHWC.shape[1:3]
-  cam_BHW = jax.image.resize(cam_Bhw, (cam_Bhw.shape[0], height, width), 'linear')
-  peak_B11 = cam_BHW.max(axis=(1, 2), keepdims=True)
-  heatmaps_BHW = jnp.clip(cam_BHW / jnp.where(peak_B11 > 0, peak_B11, 1.0), 0.0, 1.0)
-  return heatmaps_BHW, logits_BC
-
-
-def gradcam(model: nn.Module, variables: dict[str, Any], images_BHWC: jax.Array, layer: str,
-            class_indices_B: jax.Array) -> jax.Array:
-  """Grad-CAM heatmaps (float32 in [0, 1], image size) of the named submodule for each image's class.
-
-  `layer` is a module path ('Conv_2', 'block/Conv_0') or a name unique among the modules; a class index
-  below 0 picks the image's predicted class. Classic Grad-CAM: each channel weighs the spatial mean of
-  d(logit)/d(activation), the map is relu of the weighted sum, bilinearly upsampled, divided by its maximum.
-  """
-  return _gradcam_and_logits(model, variables, images_BHWC, layer, class_indices_B)[0]
-
-
-def jit_explain(model: nn.Module, layer: str) -> Callable[..., tuple[jax.Array, jax.Array]]:
-  """Returns jitted fn(variables, images_BHWC, class_indices_B) -> (probs_BC, heatmaps_BHW), model and layer bound."""
-
-  def explain_batch(variables, images_BHWC, class_indices_B):
-    heatmaps_BHW, logits_BC = _gradcam_and_logits(model, variables, images_BHWC, layer, class_indices_B)
-    return jax.nn.softmax(logits_BC.astype(jnp.float32), axis=-1), heatmaps_BHW
-
-  return jax.jit(explain_batch)
-
-
-def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray,
-                desc: str = '') -> Any:
-  """Applies fn(variables, *batch) over batches of `batch_size` rows (the last zero-padded: one compile); with
-  `desc`, a progress bar (in a terminal) so labelled."""
-  n = len(arrays_N[0])
-  if n == 0:
-    raise ValueError('map_batches needs at least one row')
-  outputs = []
-  starts = range(0, n, batch_size)
-  for start in progress.progress(starts, len(starts), desc) if desc else starts:
-    batch = [a[start:start + batch_size] for a in arrays_N]
-    rows = len(batch[0])
-    padded = [np.concatenate([b, np.zeros((batch_size - rows, *b.shape[1:]), b.dtype)]) for b in batch]
-    outputs.append(jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows], fn(variables, *padded)))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 
 def overlay(pixels_HWC: np.ndarray, heatmap_HW: np.ndarray) -> np.ndarray:
@@ -282,11 +148,9 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   names = overlay_names([os.path.relpath(path, folder) for path in decoded.paths])
   workdir_lib.claim_outputs(out_dir, [*names, 'gallery.png', 'explain.json'],
                             inputs=[*decoded.paths, *(path for path, _ in skipped)])
-  trained = restore_model(config, workdir)
-  explain_fn = jit_explain(trained.model, config.explain.layer)
-  class_indices_N = np.full(len(decoded), explained, np.int32)
-  probs_NC, heatmaps_NHW = map_batches(explain_fn, trained.variables, config.eval.batch_size,
-                                       decoded.images_NHWC, class_indices_N, desc='Grad-CAM')
+  model = inference.load(workdir, config=config)
+  probs_NC, heatmaps_NHW = model.explain_pixels(decoded.images_NHWC, np.full(len(decoded), explained, np.int32),
+                                                desc='Grad-CAM')
 
   rows, titles, colours = [], [], []
   for index, (path, overlay_name) in enumerate(zip(decoded.paths, names)):
@@ -306,14 +170,14 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   shown = min(len(rows), GALLERY_MAX_IMAGES)
   overlays_NHWC = np.stack([overlay(decoded.images_NHWC[i], heatmaps_NHW[i]) for i in range(shown)])
   gallery = os.path.join(out_dir, 'gallery.png')
-  caption = f'Grad-CAM of {config.explain.layer} on {name}, checkpoint step {trained.step}'
+  caption = f'Grad-CAM of {config.explain.layer} on {name}, checkpoint step {model.checkpoint_step}'
   if shown < len(rows):
     caption += f' (first {shown} of {len(rows)} images)'
   plot_gallery(overlays_NHWC, titles[:shown], colours[:shown], gallery, caption)
 
   summary: dict[str, Any] = {
       'folder': os.path.abspath(folder), 'out_dir': os.path.abspath(out_dir), 'gallery': os.path.abspath(gallery),
-      'checkpoint_step': trained.step, 'layer': config.explain.layer, 'class_name': class_name,
+      'checkpoint_step': model.checkpoint_step, 'layer': config.explain.layer, 'class_name': class_name,
       'n_images': len(rows), 'labelled': bool(np.all(decoded.labels_N >= 0)), 'skipped_images': skipped,
       'images': rows}
   if summary['labelled']:

@@ -21,17 +21,13 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags  # pylint: disable=g-multiple-import
 
-from lungjax import calibration, checkpoints, explain, progress, workdir as workdir_lib
+from lungjax import calibration, explain, inference, progress, workdir as workdir_lib
 from lungjax.data import folders, images
 
 
@@ -55,56 +51,28 @@ def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
   return listed
 
 
-def read_image(path: str, size: int) -> images.LoadedImage:
-  """Decodes one file to size x size x 3 uint8 (and its warnings); BadImageError names it (also when missing or a
-  folder)."""
-  if os.path.isdir(path):
-    raise images.BadImageError(path, 'a folder with no .jpg/.jpeg/.png images')
-  if not os.path.isfile(path):
-    raise images.BadImageError(path, 'no such file')
-  try:
-    return images.load_image(path, size)
-  except OSError as error:  # E.g. no permission to read it.
-    raise images.BadImageError(path, str(error)) from error
-
-
-def jit_probabilities(model: nn.Module) -> Callable[..., jax.Array]:
-  """Returns jitted fn(variables, images_BHWC) -> probs_BC (dropout off), the model bound."""
-
-  def probabilities(variables, images_BHWC):
-    logits_BC = model.apply(variables, images_BHWC, train=False)
-    return jax.nn.softmax(logits_BC.astype(jnp.float32), axis=-1)
-
-  return jax.jit(probabilities)
-
-
-def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDict,
-                  files: Sequence[tuple[str, str]], *, gradcam_dir: str = '',
-                  temperature: float = 1.0) -> Iterator[dict[str, Any]]:
+def predict_files(model: inference.Model, files: Sequence[tuple[str, str]], *,
+                  gradcam_dir: str = '') -> Iterator[dict[str, Any]]:
   """Yields, in order, one dict per file: {'file', 'class', 'probabilities', ...} or {'file', 'error'}.
 
   A classified file's 'probabilities' are softmax(log(raw) / temperature), the same as softmax(logits /
-  temperature); 'raw_probabilities' (the model's softmax) and 'temperature' come with them, and 'gradcam' too.
-  Files are decoded and classified config.eval.batch_size at a time, the last batch zero-padded (one compile).
-  With gradcam_dir, each image's Grad-CAM overlay of its predicted class is written under it, named after the
-  whole file name ('x.jpg' → 'x.jpg.gradcam.png'); ForeignFileError (before anything runs) when one would land on
-  an input or on a file there that lungjax did not write (workdir.claim_outputs).
+  temperature), with the run's served temperature (model.temperature); 'raw_probabilities' (the model's softmax)
+  and 'temperature' come with them, and 'gradcam' too. Files are decoded and classified model.batch_size at a
+  time, the last batch zero-padded (one compile). With gradcam_dir, each image's Grad-CAM overlay of its predicted
+  class is written under it, named after the whole file name ('x.jpg' → 'x.jpg.gradcam.png'); ForeignFileError
+  (before anything runs) when one would land on an input or on a file there that lungjax did not write
+  (workdir.claim_outputs).
   """
-  classes = tuple(config.data.classes)
-  batch_size = config.eval.batch_size
-  if gradcam_dir:
-    fn = explain.jit_explain(trained.model, config.explain.layer)
-  else:
-    fn = jit_probabilities(trained.model)
+  classes, batch_size, temperature = model.classes, model.batch_size, model.temperature
   names = explain.overlay_names([name for _, name in files])
   if gradcam_dir:  # Before any work: no overlay may land on an input or on a file lungjax did not write.
     workdir_lib.claim_outputs(gradcam_dir, names, inputs=[path for path, _ in files])
-  threads = config.data.decode_threads or os.cpu_count() or 1
+  threads = model.config.data.decode_threads or os.cpu_count() or 1
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     starts = range(0, len(files), batch_size)
     for start in progress.progress(starts, len(starts), 'predicting'):
       chunk = files[start:start + batch_size]
-      futures = [pool.submit(read_image, path, config.data.image_size) for path, _ in chunk]
+      futures = [pool.submit(inference.read_image, path, model.image_size) for path, _ in chunk]
       pixels, errors, warnings = {}, {}, {}
       for index, future in enumerate(futures):
         try:
@@ -114,12 +82,10 @@ def predict_files(trained: explain.TrainedModel, config: ml_collections.ConfigDi
           errors[index] = str(error)
       if pixels:
         images_BHWC = np.stack(list(pixels.values()))
-        if gradcam_dir:
-          class_indices_B = np.full(len(pixels), -1, np.int32)  # The predicted class.
-          probs_BC, heatmaps_BHW = explain.map_batches(fn, trained.variables, batch_size, images_BHWC,
-                                                       class_indices_B)
+        if gradcam_dir:  # Each map of its image's predicted class.
+          probs_BC, heatmaps_BHW = model.explain_pixels(images_BHWC, np.full(len(pixels), -1, np.int32))
         else:
-          probs_BC = explain.map_batches(fn, trained.variables, batch_size, images_BHWC)
+          probs_BC = model.probabilities(images_BHWC)
         calibrated_BC = calibration.scale_probabilities(probs_BC, temperature)
       rows = {index: row for row, index in enumerate(pixels)}
       for index, (path, _) in enumerate(chunk):
@@ -163,11 +129,9 @@ def predict_cli(workdir: str, inputs: Sequence[str], gradcam_dir: str = '') -> i
 
   Probabilities are scaled by the workdir's calibration.json temperature (1.0 where it has none).
   """
-  config = checkpoints.run_config_for_inference(workdir)  # The run's own config.json builds the model.
-  trained = explain.restore_model(config, workdir)
-  temperature = calibration.served_temperature(workdir)
+  model = inference.load(workdir)  # The run's own config.json builds the model.
   classified = 0
-  for line in predict_files(trained, config, expand_inputs(inputs), gradcam_dir=gradcam_dir, temperature=temperature):
+  for line in predict_files(model, expand_inputs(inputs), gradcam_dir=gradcam_dir):
     print(json_line(line), flush=True)
     classified += 'error' not in line
   return 0 if classified else 1

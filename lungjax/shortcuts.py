@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import checkpoints, evaluate, explain, mesh as mesh_lib, metrics as metrics_lib, steps
+from lungjax import checkpoints, evaluate, explain, inference, mesh as mesh_lib, metrics as metrics_lib
+from lungjax import steps
 from lungjax.data import folders, loading
 
 matplotlib.use('Agg')
@@ -362,20 +363,19 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   classes = tuple(config.data.classes)
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
-  _, model, state, step = evaluate.restore_run(workdir, config.eval.step, mesh, config)
-  eval_step = steps.jit_eval_step(model, mesh)
+  model = inference.load(workdir, config=config, mesh=mesh)
+  step = model.checkpoint_step
+  eval_step = steps.jit_eval_step(model.module, mesh)
 
   labels_N = decoded.labels_N
   viewed = {view: mask_images(decoded.images_NHWC, view) for view in VIEWS}
-  probabilities = {view: evaluate.predict_probabilities(eval_step, state, dataclasses.replace(decoded, images_NHWC=x),
+  probabilities = {view: evaluate.predict_probabilities(eval_step, model.state,
+                                                        dataclasses.replace(decoded, images_NHWC=x),
                                                         config.eval.batch_size, mesh)
                    for view, x in viewed.items()}
   views = {view: view_scores(labels_N, probs_NC.argmax(axis=-1), classes) for view, probs_NC in probabilities.items()}
 
-  variables = {'params': state.params, **state.model_state}
-  explain_fn = explain.jit_explain(model, config.explain.layer)
-  _, heatmaps_NHW = explain.map_batches(explain_fn, variables, config.eval.batch_size, viewed['as_is'],
-                                        np.full(len(decoded), -1, np.int32))
+  _, heatmaps_NHW = model.explain_pixels(viewed['as_is'], np.full(len(decoded), -1, np.int32))
   shares_N = heat_share_in_box(heatmaps_NHW)
   cam = cam_shares(labels_N, shares_N, classes, config.eval.n_bootstrap, config.seed)
   height, width = decoded.images_NHWC.shape[1:3]
@@ -400,8 +400,7 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
 
   chosen = example_indices(labels_N, len(classes))
   stacked_NHWC = np.concatenate([viewed[view][chosen] for view in VIEWS])
-  example_probs_NC, example_maps_NHW = explain.map_batches(explain_fn, variables, config.eval.batch_size,
-                                                           stacked_NHWC, np.full(len(stacked_NHWC), -1, np.int32))
+  example_probs_NC, example_maps_NHW = model.explain_pixels(stacked_NHWC, np.full(len(stacked_NHWC), -1, np.int32))
   present = [c for c in range(len(classes)) if np.any(labels_N == c)]
   tiles = []
   for k, index in enumerate(chosen):

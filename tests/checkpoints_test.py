@@ -39,10 +39,10 @@ def test_round_trip_restores_state_iterator_and_history(tmp_path, tiny_config):
   manager.wait_until_finished()
   fresh_iter = iter(dataset.to_iter_dataset())
   abstract = steps.abstract_train_state(model, tx, 32, mesh)
-  restored, history = checkpoints.restore_for_training(manager, 7, abstract, fresh_iter)
+  restored = checkpoints.restore_verified(manager, 7, abstract, fresh_iter)
   manager.close()
-  assert history == [{'epoch': 1, 'train_loss': 0.5}]
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved)
+  assert restored.history['epochs'] == [{'epoch': 1, 'train_loss': 0.5}]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.state), saved)
   np.testing.assert_array_equal(next(fresh_iter)['image'], expected_next['image'])
 
 

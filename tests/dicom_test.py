@@ -168,15 +168,12 @@ def test_audit_lists_identifying_tags_and_strip_removes_them(tmp_path):
 
 
 def test_a_dicom_predicts_like_the_png_of_the_same_picture(tmp_path, trained_workdir):
-  from lungjax import calibration, checkpoints, explain  # pylint: disable=g-import-not-at-top
+  from lungjax import inference  # pylint: disable=g-import-not-at-top
   grey = picture(3, 2)
   png = tmp_path / 'x.png'
   Image.fromarray(grey).save(png)
   dcm = write_dicom(tmp_path / 'x.dcm', grey.astype(np.uint16) * 16 + 3, RescaleSlope=0.5, RescaleIntercept=10)
-  config = checkpoints.run_config_for_inference(trained_workdir)
-  trained = explain.restore_model(config, trained_workdir)
-  lines = list(predict.predict_files(trained, config, predict.expand_inputs([str(png), dcm]),
-                                     temperature=calibration.served_temperature(trained_workdir)))
+  lines = list(predict.predict_files(inference.load(trained_workdir), predict.expand_inputs([str(png), dcm])))
   assert all('error' not in line for line in lines), lines
   for name in CLASSES:
     assert abs(lines[0]['probabilities'][name] - lines[1]['probabilities'][name]) <= 1e-3

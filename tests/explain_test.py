@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import explain, steps, train, workdir
+from lungjax import explain, gradcam, inference, steps, train, workdir
 from lungjax.models import MODELS, create_model
 from tests.conftest import CLASSES
 
@@ -65,7 +65,7 @@ def test_gradcam_matches_grad_cam_computed_by_hand(two_stage):
   model, variables, images_BHWC = two_stage
   assert 'batch_stats' in variables  # Collections beside params reach the model.
   class_indices_B = np.array([0, 2, -1, 1], np.int32)
-  explain_fn = explain.jit_explain(model, 'refine')
+  explain_fn = gradcam.jit_explain(model, 'refine')
   heatmaps_BHW = explain_fn(variables, images_BHWC, class_indices_B)[1]
 
   features_BhwK = model.apply(variables, images_BHWC, method='features')
@@ -93,11 +93,11 @@ def test_gradcam_matches_grad_cam_computed_by_hand(two_stage):
 def test_gradcam_accepts_a_nested_path_and_a_unique_name(two_stage):
   model, variables, images_BHWC = two_stage
   classes_B = np.zeros(4, np.int32)
-  by_path = explain.gradcam(model, variables, images_BHWC, 'refine/conv6', classes_B)
-  by_name = explain.gradcam(model, variables, images_BHWC, 'conv6', classes_B)
+  by_path = gradcam.gradcam(model, variables, images_BHWC, 'refine/conv6', classes_B)
+  by_name = gradcam.gradcam(model, variables, images_BHWC, 'conv6', classes_B)
   np.testing.assert_array_equal(by_path, by_name)
   assert by_path.shape == (4, 16, 16) and float(jnp.min(by_path)) >= 0.0 and float(jnp.max(by_path)) == 1.0
-  first_block = explain.gradcam(model, variables, images_BHWC, 'block/conv4', classes_B)
+  first_block = gradcam.gradcam(model, variables, images_BHWC, 'block/conv4', classes_B)
   assert np.abs(np.asarray(first_block) - np.asarray(by_path)).max() > 0.1
 
 
@@ -110,14 +110,14 @@ def test_a_bad_layer_names_config_explain_layer(layer, message):
   images_BHWC = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.uint8)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images_BHWC)
   with pytest.raises(ValueError, match=message):  # Raised while tracing, before anything compiles.
-    explain.jit_explain(model, layer).lower(variables, images_BHWC, jax.ShapeDtypeStruct((2,), jnp.int32))
+    gradcam.jit_explain(model, layer).lower(variables, images_BHWC, jax.ShapeDtypeStruct((2,), jnp.int32))
 
 
 def test_an_ambiguous_layer_name_lists_the_paths(two_stage):
   model, variables, images_BHWC = two_stage
   with pytest.raises(ValueError, match=r"config.explain.layer='BatchNorm_0' is ambiguous \(\['block/BatchNorm_0', "
                      r"'refine/BatchNorm_0'\]\) in model _TwoStage"):
-    explain.gradcam(model, variables, images_BHWC, 'BatchNorm_0', np.zeros(4, np.int32))
+    gradcam.gradcam(model, variables, images_BHWC, 'BatchNorm_0', np.zeros(4, np.int32))
 
 
 @pytest.mark.parametrize('name', sorted(MODELS))
@@ -125,11 +125,11 @@ def test_gradcam_traces_for_every_registered_model(name):
   model = MODELS[name](num_classes=3)
   images_BHWC = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.uint8)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images_BHWC)
-  outputs = explain.module_outputs(model, variables, images_BHWC)
+  outputs = gradcam.module_outputs(model, variables, images_BHWC)
   feature_maps = [path for path, calls in outputs.items() if '/' not in path and len(calls[0].shape) == 4]
   assert feature_maps, outputs
   for layer in feature_maps:  # Shapes only: traced through the interceptor and the gradient, never run.
-    heatmaps = jax.eval_shape(functools.partial(explain.gradcam, model, layer=layer), variables, images_BHWC,
+    heatmaps = jax.eval_shape(functools.partial(gradcam.gradcam, model, layer=layer), variables, images_BHWC,
                               class_indices_B=jnp.array([-1, 0]))
     assert (heatmaps.shape, heatmaps.dtype) == ((2, 64, 64), jnp.float32), layer
 
@@ -166,7 +166,7 @@ def test_gradcam_of_a_trained_cnn_falls_on_the_patch_that_sets_the_class():
     state, _ = train_step(state, {'image': images_NHWC[index], 'label': labels_N[index]})
 
   test_images, test_labels, masks_NHW = _corner_task(30, seed=2)
-  probs_NC, heatmaps_NHW = explain.jit_explain(model, 'Conv_2')(
+  probs_NC, heatmaps_NHW = gradcam.jit_explain(model, 'Conv_2')(
       {'params': state.params}, test_images, np.full(30, -1, np.int32))
   assert np.mean(np.argmax(probs_NC, -1) == test_labels) == 1.0
   heatmaps_NHW = np.asarray(heatmaps_NHW)
@@ -185,7 +185,7 @@ def test_map_batches_pads_every_batch_to_one_shape_and_keeps_the_order():
     return images_BHWC.sum(axis=(1, 2, 3)) + variables, indices_B * 2
 
   images_NHWC = np.arange(7 * 2 * 2 * 1).reshape(7, 2, 2, 1)
-  sums_N, doubled_N = explain.map_batches(fn, 100, 3, images_NHWC, np.arange(7))
+  sums_N, doubled_N = inference.map_batches(fn, 100, 3, images_NHWC, np.arange(7))
   assert shapes == [((3, 2, 2, 1), (3,))] * 3
   np.testing.assert_array_equal(sums_N, images_NHWC.sum(axis=(1, 2, 3)) + 100)
   np.testing.assert_array_equal(doubled_N, np.arange(7) * 2)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import checkpoints, explain, predict, train
+from lungjax import inference, predict, train
 from lungjax.data import images
 from tests.conftest import CLASSES, SHARED_TRAIN, needs_shared_data
 from tests.explain_test import _assert_png_without_metadata
@@ -64,7 +64,7 @@ def test_read_image_names_the_file_for_every_failure(tmp_path, bad_files):
   for path, reason in ((corrupt, 'truncated'), (notes, 'not a JPEG/PNG image'), (missing, 'no such file'),
                        (str(tmp_path), 'a folder with no .jpg/.jpeg/.png images')):
     with pytest.raises(images.BadImageError, match=reason) as caught:
-      predict.read_image(path, 32)
+      inference.read_image(path, 32)
     assert caught.value.path == path and repr(path) in str(caught.value)
 
 
@@ -156,32 +156,24 @@ def test_predict_exits_1_when_no_image_ran(trained_workdir, bad_files, capsys):
   assert [set(line) for line in _lines(capsys.readouterr().out)] == [{'file', 'error'}] * 3
 
 
-def test_every_batch_is_padded_to_one_shape_so_it_compiles_once(trained_workdir, synthetic_root, bad_files,
-                                                                monkeypatch):
-  real_jit_probabilities = predict.jit_probabilities
-  jitted, shapes = [], []
+def test_every_batch_is_padded_to_one_shape_so_it_compiles_once(trained_workdir, synthetic_root, bad_files):
+  model = inference.load(trained_workdir)
+  assert model.batch_size == 4
+  real_fn, shapes = model._probabilities_fn, []  # pylint: disable=protected-access
 
-  def recording_jit_probabilities(model):
-    fn = real_jit_probabilities(model)
-    jitted.append(fn)
+  def record(state, images_BHWC):
+    shapes.append(images_BHWC.shape)
+    return real_fn(state, images_BHWC)
 
-    def record(variables, images_BHWC):
-      shapes.append(images_BHWC.shape)
-      return fn(variables, images_BHWC)
-
-    return record
-
-  monkeypatch.setattr(predict, 'jit_probabilities', recording_jit_probabilities)
-  config = checkpoints.load_run_config(trained_workdir)
-  assert config.eval.batch_size == 4
+  model._probabilities_fn = record  # pylint: disable=protected-access
   test_dir = os.path.join(synthetic_root, 'test')
   files = (predict.expand_inputs([os.path.join(test_dir, 'Covid')])[:3] + [(bad_files[0], 'corrupt.png')] +
            predict.expand_inputs([os.path.join(test_dir, 'Normal')]))
-  lines = list(predict.predict_files(explain.restore_model(config, trained_workdir), config, files))
+  lines = list(predict.predict_files(model, files))
   assert [line['file'] for line in lines] == [path for path, _ in files]
   assert ['error' in line for line in lines] == [False] * 3 + [True] + [False] * 4
   assert shapes == [(4, 32, 32, 3)] * 2  # 3 images (beside the bad file) padded to 4, then 4.
-  assert jitted[0]._cache_size() == 1
+  assert real_fn._cache_size() == 1  # pylint: disable=protected-access
 
 
 @needs_shared_data

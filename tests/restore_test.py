@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from configs import cnn, tiny
-from lungjax import checkpoints, evaluate, explain, fingerprint, mesh as mesh_lib, predict, train
+from lungjax import checkpoints, evaluate, explain, fingerprint, inference, predict, train
 from tests.conftest import CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,7 +137,7 @@ def test_restoring_with_reordered_classes_is_refused(trained_workdir, tiny_confi
   config = copy.deepcopy(tiny_config)
   config.data.classes = REORDERED
   with pytest.raises(fingerprint.FingerprintMismatchError, match=r'config\.data\.classes: saved') as caught:
-    evaluate.restore_run(trained_workdir, -1, mesh_lib.make_mesh(), config)
+    inference.load(trained_workdir, -1, config=config)
   assert str(list(REORDERED)) in str(caught.value)
   config.eval.dir = os.path.join(tiny_config.data.root, 'test')
   with pytest.raises(ValueError, match=r'config\.data\.classes: the run saved'):

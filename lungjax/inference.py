@@ -1,0 +1,247 @@
+"""Restore a trained run for inference, and the Python API on it: `lungjax.load(workdir).predict(images)`.
+
+load() is the one restore behind --mode=eval, explain and shortcuts, lungjax.predict, lungjax.compare and the API:
+the run's own config.json builds the model, the best (or a chosen) checkpoint is read and every array is checked
+against the sha256 the training run saved (checkpoints.restore_chosen), and a checkpoint whose fingerprint records
+other classes, another model or image size than the config is refused.
+
+Model.predict decodes each image exactly as --mode=eval decodes a folder's files (data/images.py load_image: 8-bit
+RGB, EXIF rotation, DICOM through data/dicom.py, bilinear resize to the run's image size), runs the same jitted
+eval step config.eval.batch_size images at a time (the last batch zero-padded: one compile per batch shape), and
+scales the probabilities by the run's served temperature (calibration.json).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+from PIL import Image
+
+from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps
+from lungjax.data import images
+from lungjax.models import create_model
+
+# One image as Model.predict and Model.explain take it: a file path (JPEG, PNG or DICOM), a PIL image, or a uint8
+# array H x W (grey) or H x W x 3 (RGB), of any size.
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def read_image(path: str, size: int) -> images.LoadedImage:
+  """Decodes one file to size x size x 3 uint8 (and its warnings); BadImageError names it (also when missing or a
+  folder)."""
+  if os.path.isdir(path):
+    raise images.BadImageError(path, 'a folder with no .jpg/.jpeg/.png images')
+  if not os.path.isfile(path):
+    raise images.BadImageError(path, 'no such file')
+  try:
+    return images.load_image(path, size)
+  except OSError as error:  # E.g. no permission to read it.
+    raise images.BadImageError(path, str(error)) from error
+
+
+def to_pixels(image: ImageInput, size: int) -> np.ndarray:
+  """One image as the model reads it: size x size x 3 uint8, decoded and resized as --mode=eval does a file.
+
+  A path goes through read_image (images.load_image); a PIL image or an array through images.to_rgb_uint8 and the
+  same bilinear resize (a grey image resized as one band or as three equal ones gives the same pixels).
+  """
+  if isinstance(image, (str, os.PathLike)):
+    return read_image(os.fspath(image), size).pixels_HWC
+  if isinstance(image, np.ndarray):
+    if image.dtype != np.uint8:
+      raise TypeError(f'an image array must be uint8 (grey levels 0-255), not {image.dtype}')
+    if image.ndim == 3 and image.shape[-1] == 1:
+      image = image[..., 0]
+    if image.ndim != 2 and not (image.ndim == 3 and image.shape[-1] == 3):
+      raise ValueError(f'an image array must be H x W (grey) or H x W x 3 (RGB), not of shape {image.shape}')
+    if min(image.shape[:2]) == 0:
+      raise ValueError(f'an image array of shape {image.shape} has no pixels')
+    image = Image.fromarray(np.ascontiguousarray(image))
+  if not isinstance(image, Image.Image):
+    raise TypeError(f'an image must be a file path, a PIL image or a uint8 numpy array, not {type(image).__name__}')
+  pixels_HWC = images.to_rgb_uint8(image)
+  resized = Image.fromarray(pixels_HWC).resize((size, size), Image.Resampling.BILINEAR)
+  return np.asarray(resized, np.uint8)
+
+
+def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray,
+                desc: str = '') -> Any:
+  """Applies fn(variables, *batch) over batches of `batch_size` rows (the last zero-padded: one compile); with
+  `desc`, a progress bar (in a terminal) so labelled."""
+  n = len(arrays_N[0])
+  if n == 0:
+    raise ValueError('map_batches needs at least one row')
+  outputs = []
+  starts = range(0, n, batch_size)
+  for start in progress.progress(starts, len(starts), desc) if desc else starts:
+    batch = [a[start:start + batch_size] for a in arrays_N]
+    rows = len(batch[0])
+    padded = [np.concatenate([b, np.zeros((batch_size - rows, *b.shape[1:]), b.dtype)]) for b in batch]
+    outputs.append(jax.tree.map(lambda x, rows=rows: np.asarray(x)[:rows], fn(variables, *padded)))
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
+def _as_list(images_in: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+  """One image (a path, a PIL image, an H x W or H x W x 3 array) as a list of one; an N x H x W x 3 array or a
+  sequence as a list of its images."""
+  if isinstance(images_in, (str, os.PathLike, Image.Image)):
+    return [images_in]
+  if isinstance(images_in, np.ndarray):
+    return list(images_in) if images_in.ndim == 4 else [images_in]
+  return list(images_in)
+
+
+class Model:
+  """A trained run's checkpoint restored for inference (make one with lungjax.load).
+
+  Attributes:
+    config: the run's config (its config.json, plus any inference fields given to load), locked.
+    module: the Flax module.
+    state: the restored steps.TrainState, every array verified against the checkpoint's checksums.
+    checkpoint_step: the training step of the restored checkpoint.
+    workdir: the folder the run trained in.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, module: nn.Module, state: steps.TrainState,
+               checkpoint_step: int, workdir: str):
+    self.config = config
+    self.module = module
+    self.state = state
+    self.checkpoint_step = int(checkpoint_step)
+    self.workdir = workdir
+    # eval's own step, jitted once here: jax compiles it once per batch shape (map_batches pads to one).
+    self._probabilities_fn = jax.jit(
+        lambda state, images_BHWC: steps.eval_step(state, {'image': images_BHWC}, model=module))
+    self._explain_fns: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {}
+
+  def __repr__(self) -> str:
+    return (f'lungjax.Model({self.workdir!r}, checkpoint_step={self.checkpoint_step}, '
+            f'model={self.config.model.name!r}, classes={list(self.classes)})')
+
+  @property
+  def classes(self) -> tuple[str, ...]:
+    """The class names, in the order of the probabilities' columns."""
+    return tuple(self.config.data.classes)
+
+  @property
+  def image_size(self) -> int:
+    """The side, in pixels, that every image is resized to."""
+    return int(self.config.data.image_size)
+
+  @property
+  def batch_size(self) -> int:
+    """How many images run through the model at a time (config.eval.batch_size)."""
+    return int(self.config.eval.batch_size)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The module's variables: {'params': ..., **other collections (e.g. batch_stats)}."""
+    return {'params': self.state.params, **self.state.model_state}
+
+  @functools.cached_property
+  def temperature(self) -> float:
+    """The temperature predict scales probabilities by: the run's calibration.json, 1.0 where it has none."""
+    return calibration.served_temperature(self.workdir)
+
+  def class_index(self, class_name: str) -> int:
+    """The column of `class_name`; ValueError naming the model's classes when it is not one of them."""
+    if class_name not in self.classes:
+      raise ValueError(f'class_name={class_name!r} is not one of the model\'s classes {list(self.classes)}')
+    return self.classes.index(class_name)
+
+  def pixels(self, images_in: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+    """The images as the model reads them: N x S x S x 3 uint8 (files decoded in parallel, to_pixels)."""
+    listed = _as_list(images_in)
+    threads = min(len(listed), self.config.data.decode_threads or os.cpu_count() or 1) or 1
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      decoded = list(pool.map(lambda image: to_pixels(image, self.image_size), listed))
+    if not decoded:
+      return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+    return np.stack(decoded)
+
+  def probabilities(self, images_NHWC: np.ndarray, *, desc: str = '') -> np.ndarray:
+    """The model's softmax (uncalibrated) of N x S x S x 3 uint8 pixels: N x C float32, as --mode=eval has it."""
+    if not len(images_NHWC):
+      return np.zeros((0, len(self.classes)), np.float32)
+    return map_batches(self._probabilities_fn, self.state, self.batch_size, np.asarray(images_NHWC), desc=desc)
+
+  def predict(self, images_in: ImageInput | Sequence[ImageInput], *, calibrated: bool = True) -> np.ndarray:
+    """Class probabilities, N x C (columns in `classes` order, rows in the images' order), float64.
+
+    images_in: file paths (JPEG, PNG, DICOM), PIL images, uint8 arrays H x W or H x W x 3 of any size, or one of
+    them alone, or an N x H x W x 3 uint8 array. Scaled by the run's served temperature (`temperature`), unless
+    calibrated=False: then the model's own softmax, the numbers --mode=eval writes to predictions.csv.
+    A file that cannot be read raises images.BadImageError naming it.
+    """
+    raw_NC = self.probabilities(self.pixels(images_in))
+    if not calibrated:
+      return raw_NC.astype(np.float64)
+    return calibration.scale_probabilities(raw_NC, self.temperature)
+
+  def explain_pixels(self, images_NHWC: np.ndarray, class_indices_N: np.ndarray, *, layer: str = '',
+                     desc: str = '') -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities_NC, heatmaps_NHW): the softmax and Grad-CAM of `layer` (default config.explain.layer) of
+    N x S x S x 3 uint8 pixels, each map for its class index (below 0: the predicted class), in [0, 1]."""
+    layer = layer or self.config.explain.layer
+    if layer not in self._explain_fns:
+      self._explain_fns[layer] = gradcam.jit_explain(self.module, layer)
+    return map_batches(self._explain_fns[layer], self.variables, self.batch_size, np.asarray(images_NHWC),
+                       np.asarray(class_indices_N, np.int32), desc=desc)
+
+  def explain(self, image: ImageInput, class_name: str | None = None, *, layer: str = '') -> np.ndarray:
+    """The Grad-CAM heat map of one image, S x S float32 in [0, 1] (S = image_size, the pixels the model saw).
+
+    It shows where `class_name` (default: the predicted class) drew its logit from, through `layer` (a module path
+    or a name unique among the modules; default config.explain.layer). A class_name that is not one of `classes`
+    raises ValueError naming them.
+    """
+    target = -1 if class_name is None else self.class_index(class_name)
+    pixels_1HWC = self.pixels(image)
+    if len(pixels_1HWC) != 1:
+      raise ValueError(f'explain takes one image, not {len(pixels_1HWC)}')
+    _, heatmaps_NHW = self.explain_pixels(pixels_1HWC, np.full(1, target, np.int32), layer=layer)
+    return heatmaps_NHW[0]
+
+
+def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_collections.ConfigDict | None = None,
+         mesh: Mesh | None = None) -> Model:
+  """Restores a trained run's checkpoint for inference: lungjax's one inference restore.
+
+  Args:
+    workdir: a folder lungjax trained in (its config.json and checkpoints/).
+    step: the checkpoint step to restore; None: config.eval.step, which a run saves as -1: the best checkpoint by
+      the validation metric (config.checkpoint.best_metric), else the latest.
+    config: the config to rebuild the model with, from checkpoints.run_config_for_inference (which refuses one
+      that differs from config.json in more than checkpoints.INFERENCE_FIELDS); None: workdir's config.json.
+    mesh: where the state is placed (replicated); None: every local device (mesh.make_mesh()).
+
+  Every array is checked against the sha256 the training run saved. Raises FileNotFoundError when workdir has no
+  config.json or no checkpoint, ValueError naming the saved steps when `step` has none,
+  checkpoints.CorruptCheckpointError naming a step that does not verify (unless
+  config.checkpoint.fallback_to_good_step: then the newest good step, with a warning), and
+  fingerprint.FingerprintMismatchError naming the field when the checkpoint records other classes, another model
+  or image size than config.
+  """
+  workdir = os.fspath(workdir)
+  config = config if config is not None else checkpoints.run_config_for_inference(workdir)
+  requested = config.eval.step if step is None else int(step)
+  mesh = mesh if mesh is not None else mesh_lib.make_mesh()
+  module = create_model(config.model, len(config.data.classes))
+  abstract = steps.abstract_train_state(module, steps.create_optimizer(config.train), config.data.image_size, mesh)
+  manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
+  try:
+    restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=requested,
+                                          fallback=config.checkpoint.get('fallback_to_good_step', False),
+                                          config=config)
+  finally:
+    manager.close()
+  return Model(config, module, restored.state, restored.step, workdir)
