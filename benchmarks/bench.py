@@ -134,7 +134,8 @@ class KerasChild:
     self.info = self.request({'batch_size': batch_size, 'image_size': image_size,
                               'class_weights': [float(w) for w in class_weights_C], 'warmup_steps': warmup_steps})
     if 'error' in self.info:
-      self.process.wait(timeout=60)
+      self.process.kill()  # It has said why it cannot time this model; nothing is left for it to do.
+      self.process.wait()
       raise ValueError(self.info['error'])
 
   def request(self, message: dict[str, Any]) -> dict[str, Any]:
