@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 5
   config.train.freeze_backbone_epochs = 0  # With model.init_from: train only the head for these epochs.
   # XLA options for the jitted train / eval steps, on the CPU backend only: 'name=value;name=value'.
-  # An empty YNNPACK fusion list: its fused conv kernel gradient is several times slower here (lungjax.bench).
+  # An empty YNNPACK fusion list: its fused conv kernel gradient is several times slower here (benchmarks.bench).
   config.train.cpu_compiler_options = 'xla_cpu_experimental_ynn_fusion_type='
   # XLA:CPU: glibc keeps freed memory for reuse while the process's RSS is below this many GB, so that each step's
   # buffers are not page-faulted in afresh; above it free pages are handed back (lungjax/host_memory.py). 0: glibc's

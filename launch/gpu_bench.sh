@@ -2,7 +2,7 @@
 # Benchmarks the study's config on a GPU in one call (well under 10 minutes on an H100/H200):
 #   bash launch/gpu_bench.sh [DATA_ROOT]
 # Installs lungjax with jax[cuda12] (pyproject's `cuda` extra) unless jax already sees a GPU, then runs
-# `python -m lungjax.bench` for configs/cnn.py in float32 and in bfloat16 (config.model.dtype), writing
+# `python -m benchmarks.bench` for configs/cnn.py in float32 and in bfloat16 (config.model.dtype), writing
 # results/bench/cnn-gpu.json and results/bench/cnn-gpu-bf16.json. Without DATA_ROOT (a folder holding train/<class>/)
 # it writes a synthetic folder of 240 random 512x512 JPEGs so that the epoch, loader and eval figures exist too.
 set -euo pipefail
@@ -36,7 +36,7 @@ fi
 
 for DTYPE in float32 bfloat16; do
   NAME=cnn-gpu; [[ "${DTYPE}" == bfloat16 ]] && NAME=cnn-gpu-bf16
-  timeout 240 python -m lungjax.bench --config=configs/cnn.py --config.name="${NAME}" \
+  timeout 240 python -m benchmarks.bench --config=configs/cnn.py --config.name="${NAME}" \
     --config.model.dtype="${DTYPE}" --config.data.root="${DATA_ROOT}" --rounds=3 --steps=50 --warmup_steps=5 \
     --out_dir=results/bench
 done

@@ -264,14 +264,6 @@ def leaf_checksums(tree: Any) -> dict[str, dict[str, Any]]:
   return out
 
 
-def params_sha256(params: Any) -> str:
-  """One sha256 over every parameter leaf (path, dtype, shape and bytes): what 'the same weights' means."""
-  digest = hashlib.sha256()
-  for path, entry in sorted(leaf_checksums(params).items()):
-    digest.update(json.dumps([path, entry], sort_keys=True).encode())
-  return digest.hexdigest()
-
-
 def _json_sha256(value: Any) -> str:
   return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 

@@ -137,13 +137,6 @@ def predict_cli(workdir: str, inputs: Sequence[str], gradcam_dir: str = '') -> i
   return 0 if classified else 1
 
 
-def _define_flags() -> None:
-  """Defines the program's flags (only when run, so importing this module never clashes with lungjax.main's)."""
-  flags.DEFINE_string('workdir', None, 'A folder that lungjax.main trained in (its config.json and checkpoints).')
-  flags.DEFINE_string('gradcam_dir', '', 'If set, write a Grad-CAM overlay PNG per image here.')
-  flags.mark_flags_as_required(['workdir'])
-
-
 def main(argv: Sequence[str]) -> int:
   """Classifies the files and folders named after the flags."""
   if len(argv) < 2:
@@ -151,6 +144,8 @@ def main(argv: Sequence[str]) -> int:
   return predict_cli(flags.FLAGS.workdir, argv[1:], flags.FLAGS.gradcam_dir)
 
 
-if __name__ == '__main__':
-  _define_flags()
+if __name__ == '__main__':  # The command's flags, defined only when run: an importer keeps lungjax.main's --workdir.
+  flags.DEFINE_string('workdir', None, 'A folder that lungjax.main trained in (its config.json and checkpoints).')
+  flags.DEFINE_string('gradcam_dir', '', 'If set, write a Grad-CAM overlay PNG per image here.')
+  flags.mark_flags_as_required(['workdir'])
   app.run(main)

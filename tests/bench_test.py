@@ -7,7 +7,8 @@ import sys
 import json
 import pytest
 
-from lungjax import bench, train
+from benchmarks import bench
+from lungjax import train
 
 _TINY_KERAS = '''
 import keras
@@ -42,7 +43,7 @@ def test_keras_is_timed_alternately_and_written_beside_lungjax(tiny_config, tmp_
   keras_file = tmp_path / 'tiny_keras.py'
   keras_file.write_text(_TINY_KERAS)
   out_dir = tmp_path / 'bench'
-  command = [sys.executable, '-m', 'lungjax.bench', '--config=configs/tiny.py', '--keras',
+  command = [sys.executable, '-m', 'benchmarks.bench', '--config=configs/tiny.py', '--keras',
              f'--keras_model={keras_file}', '--rounds=2', '--steps=2', f'--out_dir={out_dir}']
   run = subprocess.run(command, capture_output=True, text=True, timeout=600,
                        cwd=os.path.dirname(os.path.dirname(bench.__file__)))

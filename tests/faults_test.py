@@ -1,6 +1,6 @@
-"""The fault matrix: every bad-image kind, mid-epoch iterator restores, the results table (a skipped trial is never
-counted as passed), the helpers of the issue-15 rows, and (slow) every row of the matrix with 2 trials each, as CI
-runs it (the full matrix is `python -m lungjax.faults`)."""
+"""The fault matrix (tests/reliability/faults.py): every bad-image kind, mid-epoch iterator restores, the results table
+(a skipped trial or row is never counted as passed), the helpers of the issue-15 rows, and (slow) every row of the
+matrix with one trial each, as CI runs it (the full matrix is `python -m tests.reliability.faults`)."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from lungjax import faults
+from tests.reliability import faults
 
 
 def _context(tmp_path):
@@ -27,29 +27,60 @@ def test_mid_epoch_iterator_restore_yields_exactly_the_rest_with_0_and_2_threads
 
 def test_results_table_and_summary(tmp_path):
   rows = [faults.Row('kill -9', 2, 2, '2/2 identical'), faults.Row('disk full', 1, 0, 'failed', ['why'])]
-  faults.write_results(rows, str(tmp_path), 'python -m lungjax.faults --kill_trials=2', 12.0)
+  faults.write_results(rows, str(tmp_path), 'python -m tests.reliability.faults --kill_trials=2', 12.0)
   summary = json.load(open(tmp_path / 'summary.json'))
   assert [(r['fault'], r['trials'], r['passed']) for r in summary['rows']] == [('kill -9', 2, 2), ('disk full', 1, 0)]
   assert [r['status'] for r in summary['rows']] == ['passed', 'failed'] and summary['n_rows_failed'] == 1
   readme = open(tmp_path / 'README.md').read()
-  assert '| kill -9 | 2 | 2 | 0 | 2/2 identical |' in readme and 'python -m lungjax.faults --kill_trials=2' in readme
+  assert '| kill -9 | 2 | 2 | 0 | 2/2 identical |' in readme
+  assert 'python -m tests.reliability.faults --kill_trials=2' in readme
 
 
 def test_a_skipped_trial_is_reported_as_skipped_never_as_passed(tmp_path):
-  """Issue 13: a row that cannot run here (disk full without root) counts as skipped, not passed."""
-  skipped, partly = faults.Row('disk full', outcome='not run (2 skipped): needs root'), faults.Row('files')
+  """Issue 13: a row that cannot run here (disk full without root) counts as skipped, not passed; so does a row in
+  which no trial ran at all."""
+  skipped, partly, empty = faults.Row('disk full', outcome='not run: needs root'), faults.Row('files'), faults.Row('x')
   skipped.skip(2)
   partly.add(True)
   partly.skip()
-  faults.write_results([skipped, partly, faults.Row('kill', 1, 1, 'ok')], str(tmp_path), 'python -m lungjax.faults',
-                       1.0)
+  faults.write_results([skipped, partly, faults.Row('kill', 1, 1, 'ok'), empty], str(tmp_path),
+                       'python -m tests.reliability.faults', 1.0)
   summary = json.load(open(tmp_path / 'summary.json'))
   assert [(r['trials'], r['passed'], r['skipped'], r['status']) for r in summary['rows']] == [
-      (0, 0, 2, 'skipped'), (1, 1, 1, 'partly skipped'), (1, 1, 0, 'passed')]
-  assert (summary['n_rows_passed'], summary['n_rows_skipped'], summary['n_rows_partly_skipped']) == (1, 1, 1)
+      (0, 0, 2, 'skipped'), (1, 1, 1, 'partly skipped'), (1, 1, 0, 'passed'), (0, 0, 0, 'skipped')]
+  assert [r['outcome'] for r in summary['rows']] == ['skipped: not run: needs root', '', 'ok', 'skipped: no trial ran']
+  assert (summary['n_rows_passed'], summary['n_rows_skipped'], summary['n_rows_partly_skipped']) == (1, 2, 1)
   readme = open(tmp_path / 'README.md').read()
-  assert '| disk full | 0 | 0 | 2 |' in readme and '1 of 3 rows passed every trial' in readme
-  assert 'counted as skipped, never as passed): disk full (2), files (1)' in readme
+  assert '| disk full | 0 | 0 | 2 | skipped: not run: needs root |' in readme
+  assert '1 of 4 rows passed every trial' in readme
+  assert 'counted as skipped, never as passed): disk full (2), files (1), x (0)' in readme
+
+
+def test_the_disk_full_row_without_mount_rights_is_skipped_not_passed(tmp_path, monkeypatch):
+  """The disk-full row where `mount -t tmpfs` is refused (not root): its trials are skipped, none passes, and the
+  summary and README say skipped."""
+  real_run = faults.subprocess.run
+
+  def fake_finish(command, log_path, prefix=(), timeout=600):  # The 1-epoch run: a workdir with a checkpoint.
+    workdir = next(a.split('=', 1)[1] for a in command if a.startswith('--workdir='))
+    os.makedirs(os.path.join(workdir, 'checkpoints', '6'))
+    return 0
+
+  def refuse_mount(args, *rest, **kwargs):
+    if args[0] == 'mount':
+      return faults.subprocess.CompletedProcess(args, 32, b'', b'mount: only root can use "--types" option')
+    return real_run(args, *rest, **kwargs)
+
+  monkeypatch.setattr(faults, 'finish', fake_finish)
+  monkeypatch.setattr(faults.subprocess, 'run', refuse_mount)
+  row = faults.row_disk_full(_context(tmp_path), 2)
+  assert (row.trials, row.passed, row.skipped, faults.row_status(row)) == (0, 0, 2, 'skipped'), row.outcome
+  assert os.listdir(tmp_path / '001-diskfull' / 'checkpoints') == ['6']  # Put back as it was.
+  faults.write_results([row], str(tmp_path / 'out'), 'python -m tests.reliability.faults --rows=disk', 1.0)
+  summary = json.load(open(tmp_path / 'out' / 'summary.json'))
+  assert (summary['n_rows_passed'], summary['n_rows_skipped']) == (0, 1)
+  assert summary['rows'][0]['outcome'].startswith('skipped') and summary['rows'][0]['passed'] == 0
+  assert '0 of 1 rows passed every trial' in open(tmp_path / 'out' / 'README.md').read()
 
 
 def test_sha256_tree_sees_every_changed_byte_and_new_file(tmp_path):
@@ -88,10 +119,13 @@ def test_unknown_row_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_row_of_the_fault_matrix_with_two_trials(tmp_path):
-  """CI's version of `python -m lungjax.faults`: every row, 2 trials each (the fixed rows run their own set)."""
-  rows = faults.run_matrix(str(tmp_path), kill_trials=2, save_kill_trials=2, chain_trials=2, sigterm_trials=2,
-                           disk_trials=2, corrupt_trials=2, determinism_runs=2, sigint_trials=2, read_trials=2)
+def test_every_row_of_the_fault_matrix_with_one_trial(tmp_path):
+  """CI's version of `python -m tests.reliability.faults`: every row with one trial (the fixed rows run their own
+  set). Two where the second trial takes another path: the corruption rows' second trial resumes in process (the
+  first runs the training command) and, in the truncation row, deletes a file where the first truncates one;
+  determinism needs a second run."""
+  rows = faults.run_matrix(str(tmp_path), kill_trials=1, save_kill_trials=1, chain_trials=1, sigterm_trials=1,
+                           disk_trials=1, corrupt_trials=2, determinism_runs=2, sigint_trials=1, read_trials=1)
   assert len(rows) == len(faults.ROWS)
   for row in rows:
     # Only what cannot run here is skipped (the disk-full row mounts a tmpfs: root only), and it is never counted.

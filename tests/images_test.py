@@ -120,7 +120,7 @@ def test_golden_arrays_of_every_mode(tmp_path):
 
 def test_decompression_bomb_header_is_refused_quickly_naming_the_file(tmp_path):
   import time
-  from lungjax import faults
+  from tests.reliability import faults
   path = tmp_path / 'huge.png'
   path.write_bytes(faults.bomb_png(20000, 20000))
   began = time.perf_counter()

@@ -6,43 +6,43 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=../shared/data/covid19-image-dataset
-python -m lungjax.bench --config=configs/cnn.py --keras --config.data.root="${DATA}" --rounds=5 --steps=5
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.data.root="${DATA}" --rounds=5 --steps=5
 # glibc's malloc defaults (config.train.keep_freed_host_memory_gb=0): every step's buffers are mmap'd afresh.
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-glibc-malloc-defaults \
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-glibc-malloc-defaults \
   --config.train.keep_freed_host_memory_gb=0 --rounds=5 --steps=5
 # glibc keeps freed memory with no effective cap (64 GB): how far the heap grows without the watcher's trims.
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-keep-freed-no-cap \
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-keep-freed-no-cap \
   --config.train.keep_freed_host_memory_gb=64 --rounds=5 --steps=5
 # glibc's defaults, but its malloc asks for transparent huge pages (a tunable read at process start).
-GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m lungjax.bench --config=configs/cnn.py --keras \
+GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python -m benchmarks.bench --config=configs/cnn.py --keras \
   --config.name=cnn-malloc-hugepages --config.train.keep_freed_host_memory_gb=0 --rounds=5 --steps=5
-# XLA's own ops instead of the C++ kernels (lungjax/kernels/cpu.cc): lax conv, reshape pool (the default until then).
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-xla --config.model.conv_impl=xla \
+# XLA's own ops instead of the C++ kernels (lungjax/cpu/kernels.cc): lax conv, reshape pool (the default until then).
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-xla --config.model.conv_impl=xla \
   --config.model.pool_impl=reshape --rounds=5 --steps=5
 # The plain flax CNN: lax conv, reduce_window pool, XLA's default CPU options (YNNPACK fusions on).
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-plain-flax --config.model.conv_impl=xla \
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-plain-flax --config.model.conv_impl=xla \
   --config.model.pool_impl=reduce_window --config.train.cpu_compiler_options= --rounds=3 --steps=5
 # The reshape pool alone, YNNPACK fusions left on.
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-ynn-on --config.train.cpu_compiler_options= \
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-ynn-on --config.train.cpu_compiler_options= \
   --config.model.conv_impl=xla --config.model.pool_impl=reshape --rounds=3 --steps=5
 # im2col convs with matmul gradients (lungjax/models/layers.py) instead of lax.conv.
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-patches --config.model.conv_impl=patches \
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-patches --config.model.conv_impl=patches \
   --config.model.pool_impl=reshape --rounds=3 --steps=5
 # Data parallel over 2 forced host CPU devices (8 images each), to occupy both cores ('auto' is XLA's ops there).
-XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
+XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.bench --config=configs/cnn.py --keras \
   --config.name=cnn-2-host-devices --rounds=3 --steps=5
 # The same with Eigen single-threaded on each device: one core per device.
-XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m lungjax.bench --config=configs/cnn.py --keras \
+XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.bench --config=configs/cnn.py --keras \
   --config.name=cnn-2-host-devices-1-thread-each \
   --config.train.cpu_compiler_options='xla_cpu_experimental_ynn_fusion_type=;xla_cpu_multi_thread_eigen=false' \
   --rounds=3 --steps=5
 # Mixed precision on this CPU (bfloat16 compute, float32 params; 'auto' is XLA's ops there).
-python -m lungjax.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
   --rounds=3 --steps=5
 # Each conv layer alone, XLA vs the kernels vs TensorFlow: conv_layers.json.
-python results/bench/conv_layers.py
+python -m benchmarks.conv_layers
 # Every lowering and the Keras model alternating in one process: lowerings.json.
-python results/bench/lowerings.py
+python -m benchmarks.lowerings
 # The table of every JSON here: results/bench/summary.md.
 python - <<'PY'
 import glob, json, os

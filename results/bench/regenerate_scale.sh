@@ -4,5 +4,5 @@
 # About 40 minutes on 2 shared CPU cores; needs about 11 GB of disk under /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-python -m lungjax.scale_check --config=configs/cnn.py \
+python -m benchmarks.scale_check --config=configs/cnn.py \
   --work=/tmp/lungjax-scale --sizes=2000,20000 --train_steps=20 --eval_batches=10 --out=results/bench/scale.json

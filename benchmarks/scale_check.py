@@ -1,7 +1,7 @@
 """Scale check of prepared data: generate N full-size JPEGs, prepare them, read an epoch, train a few steps.
 
-python -m lungjax.scale_check --config=configs/cnn.py --work=/tmp/lungjax-scale --sizes=2000,20000 \
-    --out=results/bench/scale.json
+python -m benchmarks.scale_check --config=configs/cnn.py --work=/tmp/lungjax-scale --sizes=2000,20000 \
+    --out=results/bench/scale.json  # From the repository root.
 
 For each N, every phase runs in its own process so that its peak RSS (VmHWM) is its own: `prepare` (decode N
 files once into array_record), then `read` (the index and the grouped split, a loader-only epoch over all N
@@ -31,21 +31,6 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
-  config_flags.DEFINE_config_file('config', None, 'The run config whose data, model and batch size are measured.',
-                                  lock_config=True)
-  flags.DEFINE_string('work', '/tmp/lungjax-scale', 'Where the generated images and prepared data go.')
-  flags.DEFINE_list('sizes', ['2000', '20000'], 'Numbers of images to measure; the largest is generated.')
-  flags.DEFINE_integer('train_steps', 30, 'Train steps measured after the loader epoch (0: none).')
-  flags.DEFINE_integer('eval_batches', 10, 'Validation batches measured after the train steps.')
-  flags.DEFINE_integer('generate_workers', 2, 'Processes that write the synthetic JPEGs.')
-  flags.DEFINE_string('out', None, 'The JSON file to write.')
-  flags.DEFINE_enum('phase', 'all', ['all', 'prepare', 'read', 'raw', 'baseline'], 'Internal: one measured phase.')
-  flags.DEFINE_string('root', '', 'Internal: the data root of a phase.')
-  flags.DEFINE_string('prepared_dir', '', 'Internal: the prepared data of a phase.')
 
 
 CLASSES_OF_SCALE = ('Covid', 'Normal', 'Viral Pneumonia')
@@ -233,7 +218,7 @@ def run_baseline() -> dict[str, Any]:
 
 def _phase(phase: str, root: str, prepared_dir: str, extra: list[str]) -> tuple[dict[str, Any], str]:
   """Runs one phase in a fresh process and returns its JSON result and its command."""
-  command = [sys.executable, '-m', 'lungjax.scale_check', f'--phase={phase}', f'--config={_config_path()}',
+  command = [sys.executable, '-m', 'benchmarks.scale_check', f'--phase={phase}', f'--config={_config_path()}',
              f'--root={root}', f'--prepared_dir={prepared_dir}', *extra, *_config_overrides()]
   done = subprocess.run(command, check=False, capture_output=True, text=True)
   if done.returncode:
@@ -315,6 +300,16 @@ def main(argv):
   print(json.dumps(result))
 
 
-if __name__ == '__main__':
-  _define_flags()
+if __name__ == '__main__':  # The command's flags, defined only when run: an importer keeps lungjax.main's --config.
+  config_flags.DEFINE_config_file('config', None, 'The run config whose data, model and batch size are measured.',
+                                  lock_config=True)
+  flags.DEFINE_string('work', '/tmp/lungjax-scale', 'Where the generated images and prepared data go.')
+  flags.DEFINE_list('sizes', ['2000', '20000'], 'Numbers of images to measure; the largest is generated.')
+  flags.DEFINE_integer('train_steps', 30, 'Train steps measured after the loader epoch (0: none).')
+  flags.DEFINE_integer('eval_batches', 10, 'Validation batches measured after the train steps.')
+  flags.DEFINE_integer('generate_workers', 2, 'Processes that write the synthetic JPEGs.')
+  flags.DEFINE_string('out', None, 'The JSON file to write.')
+  flags.DEFINE_enum('phase', 'all', ['all', 'prepare', 'read', 'raw', 'baseline'], 'Internal: one measured phase.')
+  flags.DEFINE_string('root', '', 'Internal: the data root of a phase.')
+  flags.DEFINE_string('prepared_dir', '', 'Internal: the prepared data of a phase.')
   app.run(main)

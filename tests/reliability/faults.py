@@ -1,8 +1,12 @@
-"""python -m lungjax.faults: the fault matrix (kill -9, SIGTERM, Ctrl-C, full disk, corrupt checkpoints, other runs'
-checkpoints, NaN, bad images, determinism, busy or foreign workdirs, outputs beside inputs, restores with other
-classes, reading while training, a huge PNG, dangling links and unreadable files), each trial in a subprocess or
-tmp folder of the tiny config on synthetic images. Writes results/reliability/summary.json and README.md; a trial
-that cannot run here (e.g. it needs root) is counted as skipped, never as passed.
+"""The fault matrix: kill -9, SIGTERM, Ctrl-C, full disk, corrupt checkpoints, other runs' checkpoints, NaN, bad
+images, determinism, busy or foreign workdirs, outputs beside inputs, restores with other classes, reading while
+training, a huge PNG, dangling links and unreadable files, each trial in a subprocess or tmp folder of the tiny
+config on synthetic images. Run from the repository root:
+
+  python -m tests.reliability.faults [--rows=kill,disk] [--kill_trials=N ...]
+
+Writes results/reliability/summary.json and README.md; a trial that cannot run here (e.g. it needs root) is counted
+as skipped, never as passed.
 """
 
 from __future__ import annotations
@@ -25,27 +29,10 @@ from typing import Any
 
 from absl import app, flags, logging
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # The checkout under test.
 TMP_MARK = '.orbax-checkpoint-tmp'
 
 FLAGS = flags.FLAGS
-
-
-def _define_flags() -> None:
-  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
-  flags.DEFINE_integer('kill_trials', 20, 'kill -9 at a random moment of a run, then rerun to the end.')
-  flags.DEFINE_integer('save_kill_trials', 10, 'kill -9 while a checkpoint tmp folder exists (inside a save).')
-  flags.DEFINE_integer('chain_trials', 3, 'runs killed three times before finishing.')
-  flags.DEFINE_integer('sigterm_trials', 3, 'SIGTERM mid-training: must save, exit 0 and resume.')
-  flags.DEFINE_integer('disk_trials', 2, 'checkpoint folder on a full tmpfs: the run must fail clearly.')
-  flags.DEFINE_integer('corrupt_trials', 10, 'byte flips, and as many truncations / deletions, in a saved step.')
-  flags.DEFINE_integer('determinism_runs', 10, 'fresh runs that must end with identical parameters.')
-  flags.DEFINE_integer('sigint_trials', 3, 'SIGINT (Ctrl-C) mid-training: must save, exit 130 and resume.')
-  flags.DEFINE_integer('read_trials', 10, 'predicts on a workdir whose training run saves and deletes steps.')
-  flags.DEFINE_list('rows', [], 'Only these rows (names: see ROWS); default all.')
-  flags.DEFINE_integer('seed', 0, 'Seeds the trial timings and corruptions.')
-  flags.DEFINE_string('out', os.path.join(REPO, 'results', 'reliability'), 'Where summary.json and README.md go.')
-  flags.DEFINE_string('work', '', 'Scratch folder (default: a new tmp folder, removed at the end).')
 
 
 # The runs of the matrix: the tiny config on 36 synthetic images, 3 epochs of 6 steps, every step kept.
@@ -152,6 +139,16 @@ def tmp_folders(workdir: str) -> list[str]:
   return [n for n in os.listdir(folder) if TMP_MARK in n] if os.path.isdir(folder) else []
 
 
+def params_sha256(params: Any) -> str:
+  """One sha256 over every parameter leaf (path, dtype, shape and bytes): what 'the same weights' means."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from lungjax import checkpoints  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  for path, entry in sorted(checkpoints.leaf_checksums(params).items()):
+    digest.update(json.dumps([path, entry], sort_keys=True).encode())
+  return digest.hexdigest()
+
+
 class Checker:
   """Restores workdirs' checkpoints in this process (verified) to compare parameter hashes."""
 
@@ -179,7 +176,7 @@ class Checker:
       step = manager.latest_step() if step is None else step
       if step is None:
         return None
-      return checkpoints.params_sha256(checkpoints.restore_verified(manager, step, self.abstract).state.params)
+      return params_sha256(checkpoints.restore_verified(manager, step, self.abstract).state.params)
     finally:
       manager.close()
 
@@ -343,7 +340,7 @@ def row_disk_full(ctx: Context, trials: int) -> Row:
     os.makedirs(folder)
     if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', folder], capture_output=True).returncode:
       row.skip(trials - row.trials)
-      row.outcome = f'not run ({row.skipped} skipped): `mount -t tmpfs` is not permitted here (needs root)'
+      row.outcome = f'skipped ({row.skipped} trials): `mount -t tmpfs` is not permitted here (needs root)'
       shutil.rmtree(folder)
       shutil.move(saved, folder)
       return row
@@ -412,7 +409,7 @@ def row_corruption(ctx: Context, trials: int, kind: str) -> Row:
       manager = None
       manager = ctx.checker.manager(workdir)
       restored = checkpoints.restore_chosen(manager, ctx.checker.abstract, workdir, requested=last)
-      eval_ok = checkpoints.params_sha256(restored.state.params) == ctx.step_digests[last]
+      eval_ok = params_sha256(restored.state.params) == ctx.step_digests[last]
       harmless += eval_ok
     except checkpoints.CorruptCheckpointError as error:
       eval_ok = f'step {last}' in str(error)
@@ -428,7 +425,7 @@ def row_corruption(ctx: Context, trials: int, kind: str) -> Row:
       manager = ctx.checker.manager(workdir, read_only=False)
       try:
         good = checkpoints.restore_latest_good(manager, ctx.checker.abstract, None)
-        ok = good is not None and checkpoints.params_sha256(good.state.params) == ctx.step_digests[good.step]
+        ok = good is not None and params_sha256(good.state.params) == ctx.step_digests[good.step]
         why = '' if ok else f'{workdir}: resume picked a bad step'
       finally:
         manager.close()
@@ -1063,28 +1060,37 @@ def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_tria
 
 
 def row_status(row: Row) -> str:
-  """'failed' (a trial that ran did not pass), 'skipped' (no trial could run here), 'partly skipped' (some trials
-  could not run here; every one that ran passed) or 'passed'. A skipped trial never counts as passed."""
+  """'failed' (a trial that ran did not pass), 'skipped' (no trial ran here), 'partly skipped' (some trials could
+  not run here; every one that ran passed) or 'passed'. A skipped trial never counts as passed, and a row where no
+  trial ran is never a pass."""
   if row.passed < row.trials:
     return 'failed'
-  if row.skipped and not row.trials:
+  if not row.trials:
     return 'skipped'
   return 'partly skipped' if row.skipped else 'passed'
+
+
+def row_outcome(row: Row, status: str) -> str:
+  """The row's outcome as reported: a skipped row's says so first."""
+  if status == 'skipped' and not row.outcome.startswith('skipped'):
+    return f'skipped: {row.outcome or "no trial ran"}'
+  return row.outcome
 
 
 def write_results(rows: Sequence[Row], out: str, command: str, seconds: float) -> None:
   """summary.json and README.md (the table and the command)."""
   os.makedirs(out, exist_ok=True)
   statuses = [row_status(r) for r in rows]
+  outcomes = [row_outcome(r, status) for r, status in zip(rows, statuses)]
   summary = {'command': command, 'seconds': round(seconds, 1), 'cpu_count': len(os.sched_getaffinity(0)),
              'n_rows': len(rows), **{f'n_rows_{s.replace(" ", "_")}': statuses.count(s)
                                       for s in ('passed', 'failed', 'skipped', 'partly skipped')},
              'rows': [{'fault': r.fault, 'trials': r.trials, 'passed': r.passed, 'skipped': r.skipped,
-                       'status': status, 'outcome': r.outcome, 'failures': r.failures}
-                      for r, status in zip(rows, statuses)]}
+                       'status': status, 'outcome': outcome, 'failures': r.failures}
+                      for r, status, outcome in zip(rows, statuses, outcomes)]}
   with open(os.path.join(out, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
-  not_run = [f'{r.fault} ({r.skipped})' for r in rows if r.skipped]
+  not_run = [f'{r.fault} ({r.skipped})' for r, status in zip(rows, statuses) if r.skipped or status == 'skipped']
   lines = ['# Reliability: the fault matrix', '',
            'Every row is a fault injected into real runs of `configs/tiny.py` (3 epochs of 6 steps) on 36 synthetic '
            'images, each in a subprocess and a tmp folder; "identical" means the sha256 of the final parameters '
@@ -1094,7 +1100,7 @@ def write_results(rows: Sequence[Row], out: str, command: str, seconds: float) -
            + (f'trials that could not run here (counted as skipped, never as passed): {", ".join(not_run)}.'
               if not_run else 'no trial was skipped.'), '',
            '| fault | trials | passed | skipped | outcome |', '|---|---|---|---|---|']
-  lines += [f'| {r.fault} | {r.trials} | {r.passed} | {r.skipped} | {r.outcome} |' for r in rows]
+  lines += [f'| {r.fault} | {r.trials} | {r.passed} | {r.skipped} | {outcome} |' for r, outcome in zip(rows, outcomes)]
   with open(os.path.join(out, 'README.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
@@ -1116,7 +1122,7 @@ def main(argv: Sequence[str]) -> None:
       shutil.rmtree(work, ignore_errors=True)
   flag_names = ('kill_trials', 'save_kill_trials', 'chain_trials', 'sigterm_trials', 'sigint_trials', 'disk_trials',
                 'corrupt_trials', 'determinism_runs', 'read_trials', 'seed')
-  command = 'python -m lungjax.faults ' + ' '.join(f'--{n}={FLAGS[n].value}' for n in flag_names)
+  command = 'python -m tests.reliability.faults ' + ' '.join(f'--{n}={FLAGS[n].value}' for n in flag_names)
   if FLAGS.rows:
     command += f' --rows={",".join(FLAGS.rows)}'
   write_results(rows, FLAGS.out, command, time.perf_counter() - began)
@@ -1128,6 +1134,18 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1)
 
 
-if __name__ == '__main__':
-  _define_flags()
+if __name__ == '__main__':  # The command's flags, defined only when run: importing this module defines none.
+  flags.DEFINE_integer('kill_trials', 20, 'kill -9 at a random moment of a run, then rerun to the end.')
+  flags.DEFINE_integer('save_kill_trials', 10, 'kill -9 while a checkpoint tmp folder exists (inside a save).')
+  flags.DEFINE_integer('chain_trials', 3, 'runs killed three times before finishing.')
+  flags.DEFINE_integer('sigterm_trials', 3, 'SIGTERM mid-training: must save, exit 0 and resume.')
+  flags.DEFINE_integer('disk_trials', 2, 'checkpoint folder on a full tmpfs: the run must fail clearly.')
+  flags.DEFINE_integer('corrupt_trials', 10, 'byte flips, and as many truncations / deletions, in a saved step.')
+  flags.DEFINE_integer('determinism_runs', 10, 'fresh runs that must end with identical parameters.')
+  flags.DEFINE_integer('sigint_trials', 3, 'SIGINT (Ctrl-C) mid-training: must save, exit 130 and resume.')
+  flags.DEFINE_integer('read_trials', 10, 'predicts on a workdir whose training run saves and deletes steps.')
+  flags.DEFINE_list('rows', [], 'Only these rows (names: see ROWS); default all.')
+  flags.DEFINE_integer('seed', 0, 'Seeds the trial timings and corruptions.')
+  flags.DEFINE_string('out', os.path.join(REPO, 'results', 'reliability'), 'Where summary.json and README.md go.')
+  flags.DEFINE_string('work', '', 'Scratch folder (default: a new tmp folder, removed at the end).')
   app.run(main)

@@ -1,22 +1,19 @@
 """The study config's train step under each conv / pool lowering and the Keras model, alternating in one process.
 
 Run from the repository root (about 5 minutes on 2 cores):
-  python results/bench/lowerings.py
+  python -m benchmarks.lowerings
 Writes results/bench/lowerings.json: per lowering the median train images/s over the rounds, each round's figure,
 and the ratio to the kernels' step measured in the same round (and to Keras, in its child process).
 """
 
 import json
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.getcwd())
-from configs import cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lungjax import bench  # pylint: disable=wrong-import-position
-from lungjax.cpu import host_memory  # pylint: disable=wrong-import-position
+from benchmarks import bench
+from configs import cnn
+from lungjax.cpu import host_memory
 
 LOWERINGS = (('blas', 'cpu_kernel'), ('blas', 'reshape'), ('xla', 'cpu_kernel'), ('xla', 'reshape'))
 ROUNDS, STEPS, WARMUP = 5, 4, 2
@@ -45,7 +42,7 @@ def main() -> None:
     per_round['keras'].append(STEPS * base.train.batch_size / keras.time_steps(STEPS))
   keras.close()
   reference = per_round['blas+cpu_kernel']
-  result = {'command': 'python results/bench/lowerings.py', 'date': time.strftime('%Y-%m-%d %H:%M'),
+  result = {'command': 'python -m benchmarks.lowerings', 'date': time.strftime('%Y-%m-%d %H:%M'),
             'machine': bench.machine_info(), 'rounds': ROUNDS, 'steps_per_round': STEPS,
             'batch_size': base.train.batch_size, 'lowerings': {}}
   for name, values in per_round.items():

@@ -1,4 +1,5 @@
-"""Speed benchmark: python -m lungjax.bench --config=configs/cnn.py [--keras] [--config.data.root=DATA].
+"""Speed benchmark, run from the repository root:
+python -m benchmarks.bench --config=configs/cnn.py [--keras] [--config.data.root=DATA].
 
 Measures compile time, train-step images/s after warm-up on a synthetic batch, an epoch end to end on a real folder
 (the grain loader included), eval images/s, the loader alone and peak RSS; with --keras it times the study's Keras
@@ -31,20 +32,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 # The study's Keras model, beside a developer's checkout (../shared/bench).
 SEED_KERAS_MODEL = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench', 'seed_keras.py')
-
-
-def _define_flags() -> None:
-  """Defines the command's flags, only when run as a command (every module shares absl's flag registry)."""
-  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; override fields as --config.a.b=value.',
-                                  lock_config=True)
-  flags.DEFINE_bool('keras', False, "Also time the study's Keras model, alternating with lungjax round by round.")
-  flags.DEFINE_string('keras_model', SEED_KERAS_MODEL, 'The file whose model() is the Keras model.')
-  flags.DEFINE_integer('rounds', 3, 'Alternating timing rounds (lungjax, then Keras).')
-  flags.DEFINE_integer('steps', 5, 'Timed train steps per round, after warm-up.')
-  flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps before the first round.')
-  flags.DEFINE_integer('epochs', 2, 'Epochs on the real folder (the loader figures quote the last).')
-  flags.DEFINE_string('out_dir', 'results/bench', 'Where <config.name>.json goes.')
-  flags.DEFINE_bool('keras_worker', False, 'Internal: serve Keras timing requests on stdin (the --keras child).')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # Where `python -m benchmarks.bench` runs.
 
 
 # The compilations jax reports, by function name, while counting (see count_compilations).
@@ -140,12 +128,14 @@ class KerasChild:
                warmup_steps: int):
     if not os.path.isfile(model_file):
       raise FileNotFoundError(f'--keras_model={model_file!r} does not exist (the study\'s seed_keras.py)')
-    command = [sys.executable, '-m', 'lungjax.bench', '--keras_worker', f'--keras_model={model_file}']
-    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, '-m', 'benchmarks.bench', '--keras_worker',
+               f'--keras_model={os.path.abspath(model_file)}']
+    self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     self.info = self.request({'batch_size': batch_size, 'image_size': image_size,
                               'class_weights': [float(w) for w in class_weights_C], 'warmup_steps': warmup_steps})
     if 'error' in self.info:
-      self.process.wait(timeout=60)
+      self.process.kill()  # It has said why it cannot time this model; nothing is left for it to do.
+      self.process.wait()
       raise ValueError(self.info['error'])
 
   def request(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -292,7 +282,7 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
   trims = host_memory_trims if host_memory_trims is not None else []
   batch_size = config.train.batch_size
   class_weights_C = np.full(len(config.data.classes), 1.0, np.float32)  # Their values do not change the cost.
-  result: dict[str, Any] = {'config': config.name, 'command': ' '.join(['python -m lungjax.bench'] + sys.argv[1:]),
+  result: dict[str, Any] = {'config': config.name, 'command': ' '.join(['python -m benchmarks.bench'] + sys.argv[1:]),
                             'batch_size': batch_size, 'image_size': config.data.image_size,
                             'model': config.model.to_dict(), 'machine_start': machine_info()}
   with count_compilations() as compiles:
@@ -357,6 +347,15 @@ def main(argv):
   print(f'wrote {path}')
 
 
-if __name__ == '__main__':
-  _define_flags()
+if __name__ == '__main__':  # The command's flags, defined only when run: an importer keeps lungjax.main's --config.
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file; override fields as --config.a.b=value.',
+                                  lock_config=True)
+  flags.DEFINE_bool('keras', False, "Also time the study's Keras model, alternating with lungjax round by round.")
+  flags.DEFINE_string('keras_model', SEED_KERAS_MODEL, 'The file whose model() is the Keras model.')
+  flags.DEFINE_integer('rounds', 3, 'Alternating timing rounds (lungjax, then Keras).')
+  flags.DEFINE_integer('steps', 5, 'Timed train steps per round, after warm-up.')
+  flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps before the first round.')
+  flags.DEFINE_integer('epochs', 2, 'Epochs on the real folder (the loader figures quote the last).')
+  flags.DEFINE_string('out_dir', 'results/bench', 'Where <config.name>.json goes.')
+  flags.DEFINE_bool('keras_worker', False, 'Internal: serve Keras timing requests on stdin (the --keras child).')
   app.run(main)

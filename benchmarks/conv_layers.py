@@ -1,7 +1,7 @@
 """Each conv layer of the study's CNN alone (batch 16): XLA's ops, lungjax's C++ kernels, TensorFlow's oneDNN kernels.
 
 Run from the repository root (about 2 minutes on 2 cores):
-  python results/bench/conv_layers.py
+  python -m benchmarks.conv_layers
 Writes results/bench/conv_layers.json: per layer the median ms of the conv forward, input gradient and kernel
 gradient, and of the gradient of relu + 2x2 max-pool (+ bias for XLA, whose bias gradient is a separate reduce;
 the kernels sum it inside the kernel gradient). TensorFlow runs in a child process (its own thread pool); the JAX
@@ -55,7 +55,6 @@ def jax_layers(use_kernels: bool) -> list[dict[str, float]]:
   """The same three ops per layer through lax (YNNPACK fusions off, as the study config) or the C++ kernels."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.getcwd())
   from lungjax.cpu import kernels as cpu  # pylint: disable=g-import-not-at-top
   from lungjax.models import layers  # pylint: disable=g-import-not-at-top
   options = {'xla_cpu_experimental_ynn_fusion_type': ''}
@@ -94,13 +93,12 @@ def main() -> None:
   if sys.argv[1:] == ['--tensorflow']:
     print(json.dumps(tensorflow_layers()))
     return
-  sys.path.insert(0, os.getcwd())
   from configs import cnn  # pylint: disable=g-import-not-at-top
   from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
   host_memory.apply(cnn.get_config().train)  # the study config's host memory policy, as lungjax.main applies it
-  child = subprocess.run([sys.executable, __file__, '--tensorflow'], capture_output=True, text=True, check=True,
-                         timeout=600)
-  result = {'command': 'python results/bench/conv_layers.py', 'date': time.strftime('%Y-%m-%d %H:%M'),
+  child = subprocess.run([sys.executable, '-m', 'benchmarks.conv_layers', '--tensorflow'], capture_output=True,
+                         text=True, check=True, timeout=600)
+  result = {'command': 'python -m benchmarks.conv_layers', 'date': time.strftime('%Y-%m-%d %H:%M'),
             'layers': [{'input': list(x_shape), 'features': features} for x_shape, features in LAYERS],
             'load_average_start': list(os.getloadavg()),
             'xla': jax_layers(use_kernels=False), 'kernels': jax_layers(use_kernels=True),

@@ -1,0 +1,1 @@
+"""Speed and scale benchmarks of lungjax: python -m benchmarks.<module> from the repository root (see each one)."""

@@ -1,0 +1,1 @@
+"""The fault matrix: python -m tests.reliability.faults (from the repository root)."""
