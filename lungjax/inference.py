@@ -54,8 +54,14 @@ def to_pixels(image: ImageInput, size: int) -> np.ndarray:
   A path goes through read_image (images.load_image); a PIL image or an array through images.to_rgb_uint8 and the
   same bilinear resize (a grey image resized as one band or as three equal ones gives the same pixels).
   """
+  return pixels_and_size(image, size)[0]
+
+
+def pixels_and_size(image: ImageInput, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+  """(to_pixels of the image, its own (height, width))."""
   if isinstance(image, (str, os.PathLike)):
-    return read_image(os.fspath(image), size).pixels_HWC
+    loaded = read_image(os.fspath(image), size)
+    return loaded.pixels_HWC, loaded.size_HW
   if isinstance(image, np.ndarray):
     if image.dtype != np.uint8:
       raise TypeError(f'an image array must be uint8 (grey levels 0-255), not {image.dtype}')
@@ -70,7 +76,7 @@ def to_pixels(image: ImageInput, size: int) -> np.ndarray:
     raise TypeError(f'an image must be a file path, a PIL image or a uint8 numpy array, not {type(image).__name__}')
   pixels_HWC = images.to_rgb_uint8(image)
   resized = Image.fromarray(pixels_HWC).resize((size, size), Image.Resampling.BILINEAR)
-  return np.asarray(resized, np.uint8)
+  return np.asarray(resized, np.uint8), pixels_HWC.shape[:2]
 
 
 def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray,
@@ -198,18 +204,23 @@ class Model:
                        np.asarray(class_indices_N, np.int32), desc=desc)
 
   def explain(self, image: ImageInput, class_name: str | None = None, *, layer: str = '') -> np.ndarray:
-    """The Grad-CAM heat map of one image, S x S float32 in [0, 1] (S = image_size, the pixels the model saw).
+    """The Grad-CAM heat map of one image, H x W float32 in [0, 1] at the image's own height and width (the map
+    the model drew on its S x S input, resized bilinearly: lay it over the image as it is).
 
     It shows where `class_name` (default: the predicted class) drew its logit from, through `layer` (a module path
     or a name unique among the modules; default config.explain.layer). A class_name that is not one of `classes`
     raises ValueError naming them.
     """
     target = -1 if class_name is None else self.class_index(class_name)
-    pixels_1HWC = self.pixels(image)
-    if len(pixels_1HWC) != 1:
-      raise ValueError(f'explain takes one image, not {len(pixels_1HWC)}')
-    _, heatmaps_NHW = self.explain_pixels(pixels_1HWC, np.full(1, target, np.int32), layer=layer)
-    return heatmaps_NHW[0]
+    if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
+      raise ValueError(f'explain takes one image, not {len(image)}')
+    pixels_HWC, (height, width) = pixels_and_size(image, self.image_size)
+    _, heatmaps_NHW = self.explain_pixels(pixels_HWC[None], np.full(1, target, np.int32), layer=layer)
+    heatmap_SS = np.asarray(heatmaps_NHW[0], np.float32)
+    if (height, width) == heatmap_SS.shape:
+      return heatmap_SS
+    resized = Image.fromarray(heatmap_SS, mode='F').resize((width, height), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
 
 
 def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_collections.ConfigDict | None = None,

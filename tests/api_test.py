@@ -112,16 +112,24 @@ def test_inputs_it_cannot_read_are_refused_naming_what_is_wrong(model, tmp_path)
 def test_explain_maps_the_predicted_class_or_the_named_one(model, synthetic_root):
   path = _test_files(synthetic_root)[0]
   heatmap_HW = model.explain(path)
-  assert heatmap_HW.shape == (32, 32) and heatmap_HW.dtype == np.float32
+  with Image.open(path) as image:
+    own_HW = (image.height, image.width)
+  assert own_HW != (32, 32)  # The model's input size: the map comes back at the image's own size.
+  assert heatmap_HW.shape == own_HW and heatmap_HW.dtype == np.float32
   assert heatmap_HW.min() >= 0.0 and heatmap_HW.max() <= 1.0 and heatmap_HW.max() > 0.0
   predicted = CLASSES[int(model.predict(path)[0].argmax())]
   np.testing.assert_array_equal(model.explain(path, class_name=predicted), heatmap_HW)
   other = next(c for c in CLASSES if c != predicted)
   other_HW = model.explain(path, class_name=other)
-  assert other_HW.shape == (32, 32) and 0.0 <= other_HW.min() and other_HW.max() <= 1.0
+  assert other_HW.shape == own_HW and 0.0 <= other_HW.min() and other_HW.max() <= 1.0
   assert not np.array_equal(other_HW, heatmap_HW)
   with Image.open(path) as image:
     np.testing.assert_array_equal(model.explain(image), heatmap_HW)
+  grey_HW = np.asarray(Image.open(path).convert('L').resize((70, 50)))
+  wide_HW = model.explain(grey_HW)
+  assert wide_HW.shape == (50, 70) and 0.0 <= wide_HW.min() and wide_HW.max() <= 1.0
+  with pytest.raises(ValueError, match='explain takes one image'):
+    model.explain([path, path])
   with pytest.raises(ValueError, match=r"class_name='Flu' is not one of .*\['Covid', 'Normal', 'Viral Pneumonia'\]"):
     model.explain(path, class_name='Flu')
   with pytest.raises(ValueError, match='not a module of'):
@@ -154,4 +162,4 @@ def test_a_dicom_predicts_like_the_png_of_the_same_picture(model, tmp_path):
                                RescaleIntercept=10)
   by_png, by_dcm = model.predict([png, dcm])
   np.testing.assert_allclose(by_dcm, by_png, rtol=0, atol=1e-3)
-  assert model.explain(dcm).shape == (32, 32)
+  assert model.explain(dcm).shape == grey.shape

@@ -269,6 +269,7 @@ class LoadedImage:
   thumbnail: np.ndarray  # THUMBNAIL_SIZE^2 float32 grey values in [0, 255].
   # Why the image may carry little information (blank, low contrast, tiny); logged once per file. Empty if none.
   warnings: tuple[str, ...] = ()
+  size_HW: tuple[int, int] = (0, 0)  # The decoded file's own height and width (after its EXIF rotation).
 
 
 _logged_warnings: set[tuple[str, str]] = set()
@@ -394,7 +395,7 @@ def load_image(path: str, size: int) -> LoadedImage:
   for warning in warnings:
     _log_once(path, warning)
   return LoadedImage(np.asarray(resized.convert('RGB'), np.uint8), eight_bit.pixel_hash,
-                     np.asarray(thumbnail, np.float32).reshape(-1), warnings)
+                     np.asarray(thumbnail, np.float32).reshape(-1), warnings, (height, width))
 
 
 @dataclasses.dataclass(frozen=True)
