@@ -12,12 +12,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from lungjax import augment, checkpoints, evaluate, mesh as mesh_lib, report, steps, warm_start
 from lungjax import calibration as calibration_lib, distributed, host_memory
 from lungjax import fingerprint as fingerprint_lib, model_card, preemption, progress
-from lungjax import workdir as workdir_lib
+from lungjax import event_writer, workdir as workdir_lib
 from lungjax.data import loading, pipeline, sources as sources_lib, splits
 from lungjax.models import create_model
 
@@ -146,7 +145,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
     # What eval looks for copies of training images in (not decoding them again).
     loading.save_training_thumbnails(loading.TrainingThumbnails.of(data.train_folder),
                                      loading.training_thumbnails_path(workdir))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  # clu's writers; TensorBoard event files without TensorFlow where it is not installed (lungjax/event_writer.py).
+  writer = event_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_flatten(config.to_dict()))
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   logging.info('model %s: %d parameters; %d steps (%d epochs x %d)', config.model.name, n_params, num_steps,
@@ -158,7 +158,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, data: l
                                     frozen_mask=frozen_mask, freeze_steps=freeze_steps, compiler_options=options)
   eval_step = steps.jit_eval_step(model, mesh, compiler_options=options)
   batch_sharding = mesh_lib.batch_sharded(mesh)
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+  report_progress = event_writer.periodic_actions().ReportProgress(num_train_steps=num_steps, writer=writer)
   first_step = int(state.step)
   epoch_window: list[tuple[int, steps.TrainMetrics]] = []
   log_window: list[tuple[int, steps.TrainMetrics]] = []
