@@ -4,6 +4,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -91,9 +92,11 @@ def test_a_regular_install_works_from_another_folder(synthetic_root, tmp_path):
   is imported, the configs ship in it, and `lungjax` trains with --config=tiny and predicts. The venv sees this
   environment's packages (--system-site-packages) so that nothing is downloaded; lungjax itself comes from the
   wheel (--no-deps)."""
-  wheels = tmp_path / 'wheels'
+  source, wheels = tmp_path / 'source', tmp_path / 'wheels'  # A copy: building in place leaves build/ behind.
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns('.git', 'build', '*.egg-info', '__pycache__', 'workdirs',
+                                                               'results', '.pytest_cache'))
   _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--quiet', '-w', str(wheels),
-        REPO], cwd=tmp_path)
+        str(source)], cwd=tmp_path)
   (wheel,) = glob.glob(str(wheels / 'lungjax-*.whl'))
   names = zipfile.ZipFile(wheel).namelist()
   for name in ('cnn', 'tiny', 'resnet', 'vgg', 'autoencoder', 'cnn_augment', 'multisource'):
