@@ -121,10 +121,10 @@ def test_unknown_command_bad_config_and_mode_fail_before_any_import():
 
 def test_subcommand_help_shows_that_modules_flags():
   train = _cli('train', '--help')
-  assert train.returncode == 0, train.stderr[-2000:]
+  assert train.returncode in (0, 1), train.stderr[-2000:]  # absl's --help exits 1, as python -m lungjax.main does.
   assert '--workdir' in train.stdout and '--mode' in train.stdout and '--config' in train.stdout
   predict = _cli('predict', '--help')
-  assert predict.returncode == 0, predict.stderr[-2000:]
+  assert predict.returncode in (0, 1), predict.stderr[-2000:]
   assert '--gradcam_dir' in predict.stdout and '--mode' not in predict.stdout
 
 
