@@ -1,21 +1,9 @@
-"""A tiny configuration for tests and CI: 32x32 images, a narrow CNN, 2 epochs."""
+"""A tiny configuration for tests and CI: 32x32 images, a narrow CNN, 2 epochs.
 
-import ml_collections
+  python -m lungjax.main --config=configs/tiny.py --config.data.root=DATA
 
-from configs import cnn
+The config lives in the package (lungjax/configs/tiny.py, `lungjax train --config=tiny` once installed);
+this file re-exports it so that a checkout's paths and `from configs import ...` keep working.
+"""
 
-
-def get_config() -> ml_collections.ConfigDict:
-  """Returns the study's configuration shrunk to run in seconds on a CPU."""
-  config = cnn.get_config()
-  config.name = 'tiny'
-  config.data.image_size = 32
-  config.data.val_fraction = 0.25
-  config.model.conv_features = (4, 8, 8)
-  config.model.dense_features = (16, 16)
-  config.train.num_epochs = 2
-  config.train.batch_size = 4
-  config.train.log_every_steps = 2
-  config.eval.batch_size = 4
-  config.eval.n_bootstrap = 200
-  return config
+from lungjax.configs.tiny import get_config  # noqa: F401  # pylint: disable=unused-import

@@ -158,4 +158,10 @@ def main_or_preempted(argv):
 
 
 if __name__ == '__main__':
+  import sys  # pylint: disable=g-import-not-at-top
+  from lungjax import configs as packaged_configs  # pylint: disable=g-import-not-at-top
+  try:
+    sys.argv = packaged_configs.resolve_argv(sys.argv)  # --config=cnn: the packaged lungjax/configs/cnn.py.
+  except ValueError as error:
+    sys.exit(str(error))
   app.run(main_or_preempted)

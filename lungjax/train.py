@@ -12,13 +12,12 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 from jax.sharding import Mesh
 
 from lungjax import augment, autoencoder, checkpoints, evaluate, final_evaluation, mesh as mesh_lib, steps
 from lungjax import distributed, fingerprint as fingerprint_lib, preemption, progress, warm_start
+from lungjax import event_writer, workdir as workdir_lib
 from lungjax.cpu import host_memory
-from lungjax import workdir as workdir_lib
 from lungjax.data import loading, pipeline, sources as sources_lib, splits
 from lungjax.models import create_model
 
@@ -145,7 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         encoder = autoencoder.pretrain(config, workdir, data)
       state = warm_start.warm_start(config, workdir, state, tx, encoder)
     _write_run_files(config, workdir, data)  # Only now that every check of a resume has passed.
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    # clu's writers; TensorBoard event files without TensorFlow where it is not installed (lungjax/event_writer.py).
+    writer = event_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(_flatten(config.to_dict()))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logging.info('model %s: %d parameters; %d steps (%d epochs x %d)', config.model.name, n_params, num_steps,
@@ -158,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       frozen_mask=frozen_mask, freeze_steps=freeze_steps, compiler_options=options)
     eval_step = steps.jit_eval_step(model, mesh, compiler_options=options)
     batch_sharding = mesh_lib.batch_sharded(mesh)
-    report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+    report_progress = event_writer.periodic_actions().ReportProgress(num_train_steps=num_steps, writer=writer)
     first_step = int(state.step)
     epoch_window: list[tuple[int, steps.TrainMetrics]] = []
     log_window: list[tuple[int, steps.TrainMetrics]] = []

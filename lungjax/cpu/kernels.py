@@ -47,7 +47,7 @@ def _openblas() -> Any:
     import scipy_openblas32  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise KernelBuildError("config.model.conv_impl='blas' / pool_impl='cpu_kernel' need the scipy-openblas32 "
-                           "package (pip install scipy-openblas32), or use conv_impl='xla', pool_impl='reshape'") from e
+                           "package (pip install 'lungjax[cpu]'), or use conv_impl='xla', pool_impl='reshape'") from e
   return scipy_openblas32
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
+import importlib.util
 import os
 import socket
 import urllib.parse
 
 _PROBE_TIMEOUT_S = 5.0
+KAGGLEHUB_MISSING = "downloading needs kagglehub, which is not installed: pip install 'lungjax[kaggle]'"
 
 
 def _find_split_root(folder: str) -> str | None:
@@ -72,6 +74,8 @@ def resolve_data_root(root: str, kaggle_dataset: str, *, kaggle_url: str | None 
   cached = kagglehub_cached_copy(kaggle_dataset)
   if cached:
     return cached
+  if importlib.util.find_spec('kagglehub') is None:
+    raise RuntimeError(missing_data_message(kaggle_dataset, KAGGLEHUB_MISSING))
   kaggle_url = kaggle_url or os.environ.get('KAGGLE_API_ENDPOINT', 'https://www.kaggle.com')
   if not can_reach(kaggle_url):
     raise RuntimeError(missing_data_message(kaggle_dataset, f'{kaggle_url} is not reachable (offline?)'))

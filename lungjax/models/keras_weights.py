@@ -8,14 +8,16 @@ batch_stats mean/var. Top-level modules named head* are lungjax's new classifier
 
 import dataclasses
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
+
+if TYPE_CHECKING:
+  import h5py  # The [keras] extra; imported when a weights file is read.
 
 PREPROCESSING_MODES = ('rescale', 'caffe')
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)  # Keras' ImageNet channel means, BGR order.
@@ -73,7 +75,7 @@ def _text(value: Any) -> str:
   return value.decode('utf8') if isinstance(value, bytes) else str(value)
 
 
-def _legacy_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
+def _legacy_layers(group: 'h5py.Group') -> dict[str, list[np.ndarray]]:
   """Layers of a Keras 2 / legacy .h5 weights group (layer_names and weight_names attributes), in order."""
   layers = {}
   for layer in map(_text, group.attrs['layer_names']):
@@ -83,7 +85,7 @@ def _legacy_layers(group: h5py.Group) -> dict[str, list[np.ndarray]]:
   return layers
 
 
-def _keras3_layers(group: h5py.Group, path: str) -> dict[str, list[np.ndarray]]:
+def _keras3_layers(group: 'h5py.Group', path: str) -> dict[str, list[np.ndarray]]:
   """Layers of a Keras 3 .weights.h5 group (layers/<auto name>/vars/<i>, named by the vars' 'name' attribute)."""
   layers = {}
   for key, child in group['layers'].items():
@@ -106,6 +108,11 @@ def read_keras_layers(path: str) -> dict[str, list[np.ndarray]]:
   """Keras layer name → its tensors in Keras' order, from a .h5 (legacy) or .weights.h5 (Keras 3) file."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f'Keras weights file {path!r} (config.model.init_from) does not exist')
+  try:
+    import h5py  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  except ImportError as e:
+    raise ImportError(f"reading the Keras weights file {path!r} (config.model.init_from) needs h5py: "
+                      "pip install 'lungjax[keras]'") from e
   try:
     handle = h5py.File(path, 'r')
   except OSError as e:

@@ -1,0 +1,131 @@
+"""Packaging: the core install needs no TensorFlow or Keras, extras fail clearly when missing, and a regular
+(non-editable) install works from any folder: `lungjax --help`, train with a packaged config, predict."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEAVY = ('tensorflow', 'tensorflow-cpu', 'keras', 'tensorboard', 'h5py', 'kagglehub', 'pydicom', 'scipy-openblas32')
+EXTRAS = ('tensorboard', 'keras', 'kaggle', 'dicom', 'cpu', 'cuda', 'tpu', 'test')
+
+
+def _name(requirement: str) -> str:
+  """The distribution name of a requirement string ('jax[tpu]>=0.10; ...' → 'jax')."""
+  for stop in '[<>=!~; ':
+    requirement = requirement.split(stop)[0]
+  return requirement.strip().lower().replace('_', '-')
+
+
+def _project() -> dict:
+  with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
+    return tomllib.load(f)['project']
+
+
+def test_core_requirements_hold_no_tensorflow_keras_or_extras():
+  project = _project()
+  core = {_name(r) for r in project['dependencies']}
+  assert not core & set(HEAVY), core & set(HEAVY)
+  assert {'jax', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'clu', 'ml-collections', 'absl-py', 'numpy', 'pillow',
+          'matplotlib', 'tqdm', 'tensorflow-datasets'} <= core
+  assert all('>=' in r for r in project['dependencies'])  # Every requirement states the oldest tested version.
+  assert set(EXTRAS) <= set(project['optional-dependencies'])
+  assert {_name(r) for r in project['optional-dependencies']['keras']} == {'h5py', 'keras', 'tensorflow-cpu'}
+  assert project['scripts'] == {'lungjax': 'lungjax.cli:main'}
+
+
+def test_tensorflow_datasets_needs_no_tensorflow():
+  """The prepared-data path's TFDS is core only because its own requirements name no TensorFlow."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  try:
+    requires = importlib.metadata.requires('tensorflow-datasets') or []
+  except importlib.metadata.PackageNotFoundError:
+    pytest.skip('tensorflow-datasets is not installed')
+  unconditional = {_name(r) for r in requires if 'extra ==' not in r}
+  assert not unconditional & {'tensorflow', 'tensorflow-cpu', 'keras'}, unconditional
+
+
+def test_importing_train_does_not_import_tensorflow():
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO}
+  code = ("import sys, lungjax.train, lungjax.main, lungjax.predict, lungjax.cli; "
+          "heavy = sorted(m for m in ('tensorflow', 'keras', 'tensorboard', 'h5py') if m in sys.modules); "
+          "assert not heavy, heavy")
+  run = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_kaggle_download_without_kagglehub_names_the_extra(tmp_path, monkeypatch):
+  from lungjax.data import download  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, 'kagglehub', None)  # As if the [kaggle] extra were not installed.
+  monkeypatch.setenv('KAGGLEHUB_CACHE', str(tmp_path))
+  with pytest.raises(RuntimeError, match=r"pip install 'lungjax\[kaggle\]'") as error:
+    download.resolve_data_root('', 'owner/name', kaggle_url='https://kaggle.invalid')
+  assert '--config.data.root=' in str(error.value)
+
+
+def test_keras_weights_without_h5py_names_the_extra(tmp_path, monkeypatch):
+  from lungjax.models import keras_weights  # pylint: disable=g-import-not-at-top
+  weights = tmp_path / 'w.h5'
+  weights.write_bytes(b'not read')
+  monkeypatch.setitem(sys.modules, 'h5py', None)
+  with pytest.raises(ImportError, match=r"w.h5.*config.model.init_from.*pip install 'lungjax\[keras\]'"):
+    keras_weights.read_keras_layers(str(weights))
+
+
+def _run(command, **kwargs):
+  run = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, **kwargs)
+  assert run.returncode == 0, f'{command}:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}'
+  return run
+
+
+@pytest.mark.slow
+def test_a_regular_install_works_from_another_folder(synthetic_root, tmp_path):
+  """A wheel installed (not editable) into a new venv: run from a folder without the checkout, the installed copy
+  is imported, the configs ship in it, and `lungjax` trains with --config=tiny and predicts. The venv sees this
+  environment's packages (--system-site-packages) so that nothing is downloaded; lungjax itself comes from the
+  wheel (--no-deps)."""
+  source, wheels = tmp_path / 'source', tmp_path / 'wheels'  # A copy: building in place leaves build/ behind.
+  shutil.copytree(REPO, source, ignore=shutil.ignore_patterns('.git', 'build', '*.egg-info', '__pycache__', 'workdirs',
+                                                               'results', '.pytest_cache'))
+  _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '--quiet', '-w', str(wheels),
+        str(source)], cwd=tmp_path)
+  (wheel,) = glob.glob(str(wheels / 'lungjax-*.whl'))
+  names = zipfile.ZipFile(wheel).namelist()
+  for name in ('cnn', 'tiny', 'resnet', 'vgg', 'autoencoder', 'cnn_augment', 'multisource'):
+    assert f'lungjax/configs/{name}.py' in names
+  assert 'lungjax/cli.py' in names and any(n.endswith('.cc') for n in names)
+  assert not any(n.startswith(('configs/', 'tests/')) for n in names)
+  metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('.dist-info/METADATA'))).decode()
+  core = [line.split(':', 1)[1] for line in metadata.splitlines()
+          if line.startswith('Requires-Dist:') and 'extra ==' not in line]
+  assert core and not {_name(r) for r in core} & set(HEAVY)
+
+  venv = tmp_path / 'venv'
+  _run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)])
+  python, lungjax = str(venv / 'bin' / 'python'), str(venv / 'bin' / 'lungjax')
+  _run([python, '-m', 'pip', 'install', '--no-deps', '--quiet', wheel])
+  away = tmp_path / 'elsewhere'
+  away.mkdir()
+  env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
+  env.update(JAX_PLATFORMS='cpu', PATH=f'{venv / "bin"}:{env.get("PATH", "")}')
+  where = _run([python, '-c', 'import lungjax, lungjax.configs as c; print(lungjax.__file__); print(c.CONFIG_DIR)'],
+               cwd=away, env=env).stdout.split()
+  assert all(path.startswith(str(venv)) for path in where), where
+  assert 'train' in _run([lungjax, '--help'], cwd=away, env=env).stdout
+
+  workdir = away / 'w'
+  _run([lungjax, 'train', '--config=tiny', f'--config.data.root={synthetic_root}', f'--workdir={workdir}',
+        '--config.train.num_epochs=1', '--config.eval.n_bootstrap=20'], cwd=away, env=env)
+  assert glob.glob(str(workdir / 'events.out.tfevents.*')) and os.path.isfile(workdir / 'summary.json')
+  image = sorted(glob.glob(os.path.join(synthetic_root, 'test', '*', '*')))[0]
+  predicted = _run([lungjax, 'predict', f'--workdir={workdir}', image], cwd=away, env=env)
+  line = json.loads(predicted.stdout.strip().splitlines()[-1])
+  assert line['file'] == image and 'error' not in line
