@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How configs/multisource.py's source weighting was chosen (validation only, seed 0): the mixed run with
-# --config.train.source_weighting=balanced and =none; the rule, fixed before the runs: the higher of the two
+# --config.train.source_weighting=balanced and =none; the rule, fixed after the balanced run's figures and before the none run's were read: the higher of the two
 # sources' lower validation macro recall wins. Writes results/multisource/selection/. About 22 min on 2 quiet cores.
 # Usage (from the repository root): bash results/multisource/select.sh [KAGGLE_DIR] [SAMPLE_DIR]
 set -euo pipefail

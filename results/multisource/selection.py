@@ -7,7 +7,8 @@ import sys
 
 def main(folder: str) -> None:
   lines = ['# Source weighting, chosen on validation (seed 0)', '',
-           'Command: `bash results/multisource/select.sh`. Rule (fixed before the runs): the weighting whose worse '
+           'Command: `bash results/multisource/select.sh`. Rule (fixed after the balanced run\'s figures, before the '
+           'none run\'s were read): the weighting whose worse '
            'source has the higher validation macro recall wins.', '',
            '| source_weighting | source | images | accuracy | macro recall | recall per class |', '|---|---|---|---|---|---|']
   lower = {}
