@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import download, duplicates, folders, images, prepared, sources as sources_lib, splits
+from lungjax.data import download, duplicates, folders, images, sources as sources_lib, splits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_c
 
 def load_prepared_folder(config: ml_collections.ConfigDict, split: str) -> FolderImages | None:
   """Reads a split of config.data.prepared_dir (pixels stay on disk); None if that split was not prepared."""
+  from lungjax.data import prepared  # pylint: disable=g-import-not-at-top  # TFDS only where a prepared dir is read.
   found = prepared.read_split(config, split)
   return None if found is None else _logged(FolderImages(*found), config)
 
