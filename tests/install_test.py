@@ -129,3 +129,11 @@ def test_a_regular_install_works_from_another_folder(synthetic_root, tmp_path):
   predicted = _run([lungjax, 'predict', f'--workdir={workdir}', image], cwd=away, env=env)
   line = json.loads(predicted.stdout.strip().splitlines()[-1])
   assert line['file'] == image and 'error' not in line
+  example = ('import lungjax\n'
+             f'model = lungjax.load({str(workdir)!r})\n'
+             'print(model.classes, model.checkpoint_step)\n'
+             f'probabilities = model.predict([{image!r}])\n'
+             f'heatmap = model.explain({image!r}, class_name=model.classes[0])\n'
+             'print(probabilities.shape, round(float(probabilities.sum()), 4), heatmap.shape)\n')
+  printed = _run([python, '-c', example], cwd=away, env=env).stdout.strip().splitlines()[-1]
+  assert printed.startswith('(1, 3) 1.0 ('), printed  # The README's five lines, from the installed package.
