@@ -2,7 +2,8 @@
 
 import pytest
 
-from lungjax import fingerprint
+from configs import tiny
+from lungjax import config_check, fingerprint
 
 
 def _fp(**run):
@@ -27,8 +28,10 @@ def test_fresh_start_on_request_and_missing_fingerprint(capsys):
   assert not fingerprint.check_resume(_fp(), _fp(batch_size=8), 'fresh', 'step 6')
   with pytest.raises(fingerprint.FingerprintMismatchError, match='has none'):
     fingerprint.check_resume(None, _fp(), 'error', 'step 6')
-  with pytest.raises(ValueError, match='on_mismatch'):
-    fingerprint.check_resume(_fp(), _fp(), 'ignore', 'step 6')
+  config = tiny.get_config()
+  config.checkpoint.on_mismatch = 'ignore'  # Checked once, with every field, before a run starts.
+  with pytest.raises(ValueError, match=r"config.checkpoint.on_mismatch='ignore' is not one of"):
+    config_check.validate(config)
 
 
 def test_changed_cpu_count_warns_that_bits_will_differ(capsys):
