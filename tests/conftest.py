@@ -1,6 +1,18 @@
 """Shared fixtures: synthetic image folders and the tiny config."""
 
+import atexit
 import os
+import shutil
+import tempfile
+
+# One XLA compilation cache for the test session and the subprocesses its tests start (set before JAX is imported):
+# dozens of tests compile the same tiny model's steps. It starts empty, so every run still compiles each program
+# once; it only saves the repeats (about a fifth of the suite's time on 2 cores).
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='lungjax-tests-xla-cache-')
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 import ml_collections
 import numpy as np

@@ -173,7 +173,6 @@ _WITHOUT_TENSORFLOW = textwrap.dedent('''
     from absl import logging
     logging.set_verbosity(logging.INFO)
     from lungjax import event_writer
-    assert not event_writer.tensorflow_installed()
     writer = event_writer.create_default_writer(sys.argv[1], asynchronous=True)
     from clu import metric_writers, periodic_actions  # Importable now: EventFileWriter stands in for TF's writer.
     assert isinstance(writer, metric_writers.MetricWriter)
@@ -200,6 +199,30 @@ def test_clu_writers_work_without_tensorflow(tmp_path):
   (path,) = glob.glob(str(tmp_path / 'events.out.tfevents.*'))
   scalars = [(e['step'], tag, _scalar(t)) for e in _events(path) for tag, p, t, _ in e['values'] if p == 'scalars']
   assert scalars == [(4, 'train_loss', 1.5)]
+
+
+_WITH_TENSORFLOW_INSTALLED = textwrap.dedent('''
+    import sys
+    from lungjax import event_writer
+    writer = event_writer.create_default_writer(sys.argv[1])
+    event_writer.periodic_actions().ReportProgress(num_train_steps=10, writer=writer)
+    writer.write_scalars(1, {'train_loss': 0.5})
+    writer.close()
+    print('tensorflow' in sys.modules)
+''')
+
+
+def test_the_writer_never_imports_tensorflow_even_where_it_is_installed(tmp_path):
+  """One path: EventFileWriter writes the event files whether or not TensorFlow is installed, so no training run
+  pays TensorFlow's import (8 s a run here)."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO}
+  run = subprocess.run([sys.executable, '-c', _WITH_TENSORFLOW_INSTALLED, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600, check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.strip() == 'False', run.stdout
+  (path,) = glob.glob(str(tmp_path / 'events.out.tfevents.*'))
+  assert [(e['step'], tag) for e in _events(path) for tag, p, _, _ in e['values'] if p == 'scalars'] == [
+      (1, 'train_loss')]
 
 
 _TRAIN_WITHOUT_TENSORFLOW = textwrap.dedent('''
