@@ -15,7 +15,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax.data import prepared  # pylint: disable=g-import-not-at-top
+from lungjax.data import prepared, sources  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 
@@ -31,6 +31,10 @@ def main(argv):
   del argv
   summary = prepared.prepare(FLAGS.config)
   print(json.dumps(summary, indent=2))
+  extras = sources.extra_sources(FLAGS.config)
+  if extras:
+    print(f'\nprepared the main source only: the extra sources {[s.name for s in extras]} are decoded from their '
+          'folders each run, and joined with it (data/sources.JoinedImages)')
   print(f'\ntrain from it: python -m lungjax.main --config=... --config.data.prepared_dir='
         f'{FLAGS.config.data.prepared_dir} (with the same data fields)')
 

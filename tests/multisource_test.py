@@ -1,6 +1,7 @@
 """Several labelled training sources (lungjax/data/sources.py) and every metric per source (issue 16, parts 1-2)."""
 
 import collections
+import copy
 import json
 import os
 import shutil
@@ -59,7 +60,6 @@ def test_extra_sources_read_the_fields(two_sources, tmp_path):
     ('extra_source_name', 'kids', 'already used'),
     ('extra_root', '/no/such/folder', 'config.data.extra_root'),
     ('extra_sources', ('nameless',), r'config.data.extra_sources\[0\]'),
-    ('prepared_dir', '/somewhere', 'config.data.prepared_dir'),
 ])
 def test_bad_source_fields_are_refused_naming_the_field(two_sources, field, value, message):
   setattr(two_sources.data, field, value)
@@ -125,6 +125,33 @@ def test_an_extra_source_leaves_the_main_sources_validation_images_in_place(two_
   alone = loading.load_training_data(two_sources)
   main_val = [p for p in with_extra.val.paths if p.startswith(two_sources.data.root + os.sep)]
   assert sorted(main_val) == sorted(alone.val.paths)
+
+
+def test_a_prepared_main_source_with_a_decoded_extra_gives_the_same_split_and_batches(two_sources, tmp_path):
+  """The TFDS prepared path with several sources: the main source's pixels stay in its array_record files, the
+  extra source is decoded from its folder; the split, sources, weights and batches equal decoding both."""
+  from lungjax.data import pipeline, prepared  # pylint: disable=g-import-not-at-top  # TFDS only here.
+  raw = loading.load_training_data(two_sources)
+  config = copy.deepcopy(two_sources)
+  config.data.prepared_dir = str(tmp_path / 'prepared')
+  assert prepared.prepare(config)['splits']['train']['n_images'] == 36
+  data = loading.load_training_data(config)
+  assert isinstance(data.train.images_NHWC, sources.JoinedImages)
+  assert any(isinstance(part, prepared.PreparedImages) for part in data.train.images_NHWC.parts)
+  for raw_part, part in ((raw.train, data.train), (raw.val, data.val)):
+    assert part.paths == raw_part.paths and part.source_names == raw_part.source_names == ('kids', 'adult')
+    np.testing.assert_array_equal(part.labels_N, raw_part.labels_N)
+    np.testing.assert_array_equal(part.sources_N, raw_part.sources_N)
+    np.testing.assert_array_equal(np.asarray(part.images_NHWC), raw_part.images_NHWC)
+  assert set(data.val.sources_N.tolist()) == {0, 1}
+  weights_N = splits.example_weights(raw.train.labels_N, raw.train.sources_N, np.ones(3, np.float32), 'balanced')
+  kwargs = dict(global_batch_size=4, num_epochs=2, seed=3, weights_N=weights_N)
+  raw_batches = list(pipeline.train_dataset(raw.train.images_NHWC, raw.train.labels_N, **kwargs))
+  batches = list(pipeline.train_dataset(data.train.images_NHWC, data.train.labels_N, **kwargs))
+  assert len(batches) == len(raw_batches) == 2 * (len(raw.train) // 4)
+  for a, b in zip(raw_batches, batches):
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  assert data.train.images_NHWC[3].shape == (32, 32, 3)
 
 
 def test_strata_put_the_source_before_the_class():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -93,19 +94,71 @@ def extra_sources(config: ml_collections.ConfigDict) -> list[Source]:
     names.append(source.name)
     if not os.path.isdir(source.folder):
       raise FileNotFoundError(f'{source.field}: folder {source.folder!r} does not exist')
-  if found and config.data.prepared_dir:
-    raise ValueError(f'config.data.prepared_dir={config.data.prepared_dir!r} holds one data root only: it cannot '
-                     f'serve the extra training sources {[s.name for s in found]} (config.data.extra_root / '
-                     'extra_sources); set config.data.prepared_dir=\'\' to decode every source')
   return found
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class JoinedImages:
+  """Several sources' images as one array-like, each part left where it is: a prepared split's pixels on disk
+  (prepared.PreparedImages, read per batch), a decoded folder's in memory. `images[indices_B]` is a B x S x S x 3
+  uint8 array; like PreparedImages it has len, shape, dtype, integer / array indexing and subset."""
+
+  parts: tuple[Any, ...]  # Array-likes of N_p x S x S x 3 uint8 images, in source order.
+  rows_N: np.ndarray  # int64: the rows of the parts laid end to end that this view serves, in order.
+
+  @classmethod
+  def of(cls, parts: Sequence[Any]) -> JoinedImages:
+    if len({tuple(p.shape[1:]) for p in parts}) > 1:
+      raise ValueError(f'sources decoded to different image shapes: {[tuple(p.shape[1:]) for p in parts]}')
+    return cls(tuple(parts), np.arange(sum(len(p) for p in parts), dtype=np.int64))
+
+  @property
+  def _starts(self) -> np.ndarray:
+    return np.cumsum([0] + [len(p) for p in self.parts[:-1]])
+
+  def __len__(self) -> int:
+    return len(self.rows_N)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return (len(self.rows_N), *self.parts[0].shape[1:])
+
+  dtype = np.dtype(np.uint8)
+  ndim = 4
+
+  def __getitem__(self, key: Any) -> np.ndarray:
+    starts = self._starts
+    if isinstance(key, (int, np.integer)):
+      row = int(self.rows_N[key])
+      part = int(np.searchsorted(starts, row, side='right')) - 1
+      return np.asarray(self.parts[part][row - int(starts[part])])
+    rows_B = np.atleast_1d(self.rows_N[key])
+    part_B = np.searchsorted(starts, rows_B, side='right') - 1
+    out_BHWC = np.empty((len(rows_B), *self.shape[1:]), np.uint8)
+    for part in np.unique(part_B):
+      where_B = part_B == part
+      out_BHWC[where_B] = self.parts[part][rows_B[where_B] - starts[part]]
+    return out_BHWC
+
+  def subset(self, indices: Sequence[int]) -> JoinedImages:
+    """The images at `indices`, each still where its part keeps it."""
+    return JoinedImages(self.parts, self.rows_N[np.asarray(indices, np.int64)])
+
+  def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    del copy
+    everything = self[np.arange(len(self))]
+    return everything if dtype is None else everything.astype(dtype)
+
+
 def concatenate(parts: Sequence[images.DecodedImages], names: Sequence[str]) -> images.DecodedImages:
-  """Joins each source's decoded images in order; every image carries its source's index into `names`."""
+  """Joins each source's decoded images in order; every image carries its source's index into `names`. Decoded
+  pixels are joined into one array; where a part's stay on disk (a prepared main source) they stay there."""
   if len(parts) == 1:
     return dataclasses.replace(parts[0], sources_N=np.zeros(len(parts[0]), np.int32), source_names=tuple(names))
+  in_memory = all(isinstance(p.images_NHWC, np.ndarray) for p in parts)
   return images.DecodedImages(
-      images_NHWC=np.concatenate([np.asarray(p.images_NHWC) for p in parts]),
+      images_NHWC=(np.concatenate([p.images_NHWC for p in parts]) if in_memory
+                   else JoinedImages.of([p.images_NHWC for p in parts])),
       labels_N=np.concatenate([p.labels_N for p in parts]).astype(np.int32),
       paths=sum((p.paths for p in parts), ()),
       pixel_hashes=sum((p.pixel_hashes for p in parts), ()),
