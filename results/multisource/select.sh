@@ -16,4 +16,4 @@ for weighting in balanced none; do
   mkdir -p results/multisource/selection
   cp "$root/$weighting/eval/val/metrics.json" "results/multisource/selection/${weighting}_validation_metrics.json"
 done
-python results/multisource/selection.py results/multisource/selection
+python results/multisource/selection.py weighting results/multisource/selection

@@ -1,30 +1,53 @@
-"""Writes selection.md from the two selection runs' validation metrics (see select.sh): never typed by hand."""
+"""Writes the selection tables of configs/multisource.py from the selection runs' validation metrics: never typed by hand.
+
+  python results/multisource/selection.py weighting results/multisource/selection   (select.sh: selection.md)
+  python results/multisource/selection.py recipe results/multisource/selection      (select_recipe.sh: recipe.md)
+
+Both rules: the variant whose worse source has the higher validation macro recall wins; a tie goes to the variant
+listed first (the simpler, cheaper one).
+"""
 
 import json
 import os
 import sys
 
+# (variant, its validation metrics file in the folder, what it is).
+WEIGHTING = (('balanced', 'balanced_validation_metrics.json', 'source_weighting=balanced'),
+             ('none', 'none_validation_metrics.json', 'source_weighting=none'))
+RECIPE = (('10 epochs', 'balanced_validation_metrics.json', 'configs/multisource.py: 10 epochs, no augmentation'),
+          ('20 epochs', 'recipe/20_epochs_validation_metrics.json', '--config.train.num_epochs=20'),
+          ('20 epochs + augmentation', 'recipe/augment_20_epochs_validation_metrics.json',
+           '--config.train.num_epochs=20 --config.augment.enabled=True (configs/cnn.py\'s augment ranges)'))
+HEADERS = {
+    'weighting': ('# Source weighting, chosen on validation (seed 0)', 'bash results/multisource/select.sh',
+                  'selection.md', 'Rule (fixed after the balanced run\'s figures, before the none run\'s were read)'),
+    'recipe': ('# Training length and augmentation, chosen on validation (seed 0)',
+               'bash results/multisource/select_recipe.sh', 'recipe.md',
+               'Rule (fixed after the 20-epoch run\'s figures, before the augmented run\'s were read)'),
+}
 
-def main(folder: str) -> None:
-  lines = ['# Source weighting, chosen on validation (seed 0)', '',
-           'Command: `bash results/multisource/select.sh`. Rule (fixed after the balanced run\'s figures, before the '
-           'none run\'s were read): the weighting whose worse '
-           'source has the higher validation macro recall wins.', '',
-           '| source_weighting | source | images | accuracy | macro recall | recall per class |', '|---|---|---|---|---|---|']
+
+def main(kind: str, folder: str) -> None:
+  title, command, out_name, rule = HEADERS[kind]
+  variants = {'weighting': WEIGHTING, 'recipe': RECIPE}[kind]
+  lines = [title, '', f'Command: `{command}`. {rule}: the variant whose worse source has the higher validation macro '
+           'recall wins; a tie goes to the one listed first.', '',
+           '| variant | setting | best step | source | images | accuracy | macro recall | recall per class |',
+           '|---|---|---|---|---|---|---|---|']
   lower = {}
-  for weighting in ('balanced', 'none'):
-    with open(os.path.join(folder, f'{weighting}_validation_metrics.json')) as f:
+  for name, file_name, setting in variants:
+    with open(os.path.join(folder, file_name)) as f:
       metrics = json.load(f)
     for source, row in metrics['per_source'].items():
       recalls = ', '.join(f'{c} {v["recall"]:.3f} (n {v["support"]})' for c, v in row['per_class'].items()
                           if v['support'])
-      lines.append(f'| {weighting} | {source} | {row["n_images"]} | {row["accuracy"]:.3f} | '
-                   f'{row["macro_avg"]["recall"]:.3f} | {recalls} |')
-    lower[weighting] = min(row['macro_avg']['recall'] for row in metrics['per_source'].values())
-  chosen = max(lower, key=lower.get)
-  lines += ['', f'Worse source\'s macro recall: ' + ', '.join(f'{w} {v:.3f}' for w, v in lower.items()) +
+      lines.append(f'| {name} | {setting} | {metrics.get("checkpoint_step", "")} | {source} | {row["n_images"]} | '
+                   f'{row["accuracy"]:.3f} | {row["macro_avg"]["recall"]:.3f} | {recalls} |')
+    lower[name] = min(row['macro_avg']['recall'] for row in metrics['per_source'].values())
+  chosen = max(lower, key=lambda name: (round(lower[name], 6), -list(lower).index(name)))
+  lines += ['', 'Worse source\'s macro recall: ' + ', '.join(f'{w} {v:.3f}' for w, v in lower.items()) +
             f'. Chosen: **{chosen}** (configs/multisource.py).']
-  with open(os.path.join(folder, 'selection.md'), 'w') as f:
+  with open(os.path.join(folder, out_name), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))
 
