@@ -105,16 +105,14 @@ class JoinedImages:
 
   parts: tuple[Any, ...]  # Array-likes of N_p x S x S x 3 uint8 images, in source order.
   rows_N: np.ndarray  # int64: the rows of the parts laid end to end that this view serves, in order.
+  _starts: np.ndarray  # int64: each part's first row, computed once in `of`.
 
   @classmethod
   def of(cls, parts: Sequence[Any]) -> JoinedImages:
     if len({tuple(p.shape[1:]) for p in parts}) > 1:
       raise ValueError(f'sources decoded to different image shapes: {[tuple(p.shape[1:]) for p in parts]}')
-    return cls(tuple(parts), np.arange(sum(len(p) for p in parts), dtype=np.int64))
-
-  @property
-  def _starts(self) -> np.ndarray:
-    return np.cumsum([0] + [len(p) for p in self.parts[:-1]])
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]]).astype(np.int64)
+    return cls(tuple(parts), np.arange(sum(len(p) for p in parts), dtype=np.int64), starts)
 
   def __len__(self) -> int:
     return len(self.rows_N)
@@ -142,7 +140,7 @@ class JoinedImages:
 
   def subset(self, indices: Sequence[int]) -> JoinedImages:
     """The images at `indices`, each still where its part keeps it."""
-    return JoinedImages(self.parts, self.rows_N[np.asarray(indices, np.int64)])
+    return JoinedImages(self.parts, self.rows_N[np.asarray(indices, np.int64)], self._starts)
 
   def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
     del copy
