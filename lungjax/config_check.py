@@ -16,7 +16,7 @@ import ml_collections
 
 from lungjax import augment, checkpoints, distributed
 from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import sources as sources_lib
+from lungjax.data import sources as sources_lib, splits
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
@@ -67,11 +67,13 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.data.image_size', config.data.image_size, config.data.image_size >= 8),
       ('config.train.num_epochs', config.train.num_epochs, config.train.num_epochs >= 1),
       ('config.train.learning_rate', config.train.learning_rate, config.train.learning_rate > 0),
+      ('config.train.lr_schedule', config.train.get('lr_schedule', 'constant'),
+       config.train.get('lr_schedule', 'constant') in ('constant', 'cosine')),
       ('config.train.log_every_steps', config.train.log_every_steps, config.train.log_every_steps >= 1),
       ('config.train.class_weighting', config.train.class_weighting,
        config.train.class_weighting in ('balanced', 'none')),
       ('config.train.source_weighting', config.train.get('source_weighting', 'none'),
-       config.train.get('source_weighting', 'none') in ('balanced', 'none')),
+       config.train.get('source_weighting', 'none') in splits.SOURCE_WEIGHTINGS),
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])

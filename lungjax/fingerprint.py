@@ -57,6 +57,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state
   extra = _sources(config, data) if sources_lib.extra_sources(config) else {}
   if config.train.get('source_weighting', 'none') != 'none':
     extra['source_weighting'] = config.train.source_weighting
+  if config.train.get('lr_schedule', 'constant') != 'constant':
+    extra['lr_schedule'] = config.train.lr_schedule
   dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(abstract_state.params)})
   return {
       'run': {
@@ -74,7 +76,7 @@ def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state
           'val_files': _files_digest(data.val, folder),
           'process_count': jax.process_count(),
           'loader_threads': loader_threads,
-          **extra,  # Only with several sources or source weighting: single-source fingerprints are unchanged.
+          **extra,  # Only with several sources, source weighting or a schedule: the study's fingerprints are unchanged.
       },
       'host': {'cpu_count': cpu_count(), 'device_count': jax.device_count(),
                'platform': jax.devices()[0].platform},

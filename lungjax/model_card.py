@@ -120,9 +120,11 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           'rescale': _RESCALE.get(config.model.get('preprocessing', 'rescale'),
                                   config.model.get('preprocessing', 'rescale'))},
       'recipe': {'optimizer': 'adam', 'learning_rate': config.train.learning_rate,
+                 'lr_schedule': config.train.get('lr_schedule', 'constant'),
                  'adam': [config.train.adam_b1, config.train.adam_b2, config.train.adam_eps],
                  'epochs': config.train.num_epochs, 'batch_size': config.train.batch_size,
                  'steps': summary.get('num_steps'), 'class_weighting': config.train.class_weighting,
+                 'source_weighting': config.train.get('source_weighting', 'none'),
                  'augmentation': bool(config.augment.enabled), 'seed': config.seed,
                  'val_fraction': config.data.val_fraction},
       'validation': headline(validation) if validation else None,
@@ -177,8 +179,10 @@ def card_markdown(card: dict[str, Any]) -> str:
   prep = card['preprocessing']
   lines += ['', '## Preprocessing', '', f'- {prep["decoding"]}; image size {prep["image_size"]}',
             f'- rescale: {prep["rescale"]}', '', '## Recipe', '',
-            f'- {recipe["optimizer"]}, learning rate {recipe["learning_rate"]}, {recipe["epochs"]} epochs of batch '
-            f'{recipe["batch_size"]} ({recipe["steps"]} steps), class weighting {recipe["class_weighting"]}, '
+            f'- {recipe["optimizer"]}, learning rate {recipe["learning_rate"]} '
+            f'({recipe.get("lr_schedule", "constant")}), {recipe["epochs"]} epochs of batch '
+            f'{recipe["batch_size"]} ({recipe["steps"]} steps), class weighting {recipe["class_weighting"]}, source weighting '
+            f'{recipe.get("source_weighting", "none")}, '
             f'augmentation {"on" if recipe["augmentation"] else "off"}, seed {recipe["seed"]}']
   validation = card['validation']
   lines += ['', '## Validation', '']

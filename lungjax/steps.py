@@ -39,9 +39,19 @@ class TrainMetrics(metrics.Collection):
   accuracy: metrics.Accuracy
 
 
-def create_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with the config's learning rate, betas and epsilon (Keras' defaults in the study's config)."""
-  return optax.adam(train_config.learning_rate, b1=train_config.adam_b1, b2=train_config.adam_b2,
+def learning_rate_schedule(train_config: ml_collections.ConfigDict, num_steps: int) -> optax.ScalarOrSchedule:
+  """config.train.learning_rate held ('constant', the study's) or decayed to 0 over num_steps ('cosine')."""
+  if train_config.get('lr_schedule', 'constant') == 'cosine':
+    return optax.cosine_decay_schedule(train_config.learning_rate, decay_steps=max(num_steps, 1))
+  return train_config.learning_rate
+
+
+def create_optimizer(train_config: ml_collections.ConfigDict, num_steps: int = 1) -> optax.GradientTransformation:
+  """Adam with the config's learning rate schedule over num_steps, betas and epsilon (Keras' defaults in the study).
+
+  The optimizer state's structure does not depend on num_steps: restoring for inference may leave it at 1.
+  """
+  return optax.adam(learning_rate_schedule(train_config, num_steps), b1=train_config.adam_b1, b2=train_config.adam_b2,
                     eps=train_config.adam_eps)
 
 

@@ -90,6 +90,22 @@ def _validation_row(eval_step: Callable[..., jax.Array], state: steps.TrainState
   val = evaluate.evaluation_metrics(data.val.labels_N, probabilities_NC, tuple(config.data.classes))
   row = {f'val_{k}': v for k, v in (('loss', val['loss']), ('accuracy', val['accuracy']))}
   row.update({f'val_macro_{k}': v for k, v in val['macro_avg'].items()})
+  row.update(_per_source_recall(data.val, probabilities_NC, tuple(config.data.classes)))
+  return row
+
+
+def _per_source_recall(val: Any, probabilities_NC: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
+  """Each source's macro recall (over the classes it has) as val_macro_recall/<source>, and the lowest of them as
+  val_worst_source_macro_recall (checkpoint.best_metric may rank by it); with one source the latter is the whole's."""
+  sources_N, names = sources_lib.source_indices(val)
+  labels_N, row = np.asarray(val.labels_N), {}
+  for s, name in enumerate(names):
+    rows = sources_N == s
+    if rows.any():
+      recall = evaluate.evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes)['macro_avg']['recall']
+      row[f'val_macro_recall/{name}' if len(names) > 1 else 'val_worst_source_macro_recall'] = recall
+  if len(names) > 1:
+    row['val_worst_source_macro_recall'] = min(row.values())
   return row
 
 
@@ -116,7 +132,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     data = data or loading.load_training_data(config)
     host_memory.release_free_memory()  # The decoders' full-size scratch goes back to the system before training.
     weights_C = class_weights(data.train.labels_N, config)
-    logging.info('class weights: %s', dict(zip(classes, np.round(weights_C, 4).tolist())))
+    logging.info('class weights: %s%s', dict(zip(classes, np.round(weights_C, 4).tolist())),
+                 ' (not used: source_weighting within_source weighs each image, below)'
+                 if config.train.get('source_weighting', 'none') == 'within_source' else '')
     weights_N = _example_weights(config, data.train, weights_C)
     steps_per_epoch = len(data.train) // config.train.batch_size
     num_steps = steps_per_epoch * config.train.num_epochs
@@ -128,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # State: resumed from the newest good checkpoint of this same run, else fresh (and maybe warm-started).
     model = create_model(config.model, len(classes))
-    tx = steps.create_optimizer(config.train)
+    tx = steps.create_optimizer(config.train, num_steps)
     manager = checkpoints.create_manager(workdir, config.checkpoint)
     history: list[dict[str, float]] = []
     abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
@@ -207,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         'config': config.name, 'model': config.model.name, 'n_params': n_params, 'best_step': best_step,
         'best_metric': config.checkpoint.best_metric, 'num_steps': num_steps, 'steps_per_epoch': steps_per_epoch,
         'n_train': len(data.train), 'n_val': len(data.val), 'class_weights': dict(zip(classes, weights_C.tolist())),
+        'source_weighting': config.train.get('source_weighting', 'none'),
         'train_seconds_this_run': round(train_seconds, 2), 'first_step_this_run': first_step,
         'skipped_images': [list(item) for item in data.train_folder.skipped_report()],
         'devices': [str(d) for d in jax.devices()], 'history': history}

@@ -22,6 +22,7 @@ def test_the_shipped_configs_pass_every_mode(module):
     ('train.log_every_steps', 0, 'config.train.log_every_steps=0'),
     ('train.class_weighting', 'inverse', 'config.train.class_weighting'),
     ('train.source_weighting', 'by_size', 'config.train.source_weighting'),
+    ('train.lr_schedule', 'step', 'config.train.lr_schedule'),
     ('checkpoint.keep_latest', 0, 'config.checkpoint.keep_latest=0'),
     ('checkpoint.keep_best', -1, 'config.checkpoint.keep_best=-1'),
     ('cv.folds', 1, 'config.cv.folds=1'),

@@ -34,7 +34,7 @@ def test_training_writes_the_card_with_the_runs_figures(trained_workdir):
   assert list(counts['train']) == list(CLASSES)
   assert card['training_data']['fingerprint']['train_files']['n'] == summary['n_train']
   assert len(card['training_data']['fingerprint']['train_files']['sha256']) == 64
-  assert card['recipe']['learning_rate'] == config.train.learning_rate
+  assert card['recipe']['learning_rate'] == config.train.learning_rate and card['recipe']['lr_schedule'] == 'constant'
   assert card['recipe']['epochs'] == config.train.num_epochs and card['recipe']['batch_size'] == config.train.batch_size
   assert card['recipe']['augmentation'] == config.augment.enabled
   assert card['preprocessing']['image_size'] == config.data.image_size

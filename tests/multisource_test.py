@@ -184,6 +184,20 @@ def test_source_balanced_weights():
     splits.example_weights(labels_N, sources_N, class_weights_C, 'by_size')
 
 
+def test_within_source_weights_balance_each_sources_classes_and_weigh_sources_by_size():
+  # Source 0: classes 0 and 1, 6 + 2 images; source 1: classes 0 and 2, 1 + 3 images.
+  labels_N = np.asarray([0, 0, 0, 0, 0, 0, 1, 1, 0, 2, 2, 2])
+  sources_N = np.asarray([0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+  weights_N = splits.example_weights(labels_N, sources_N, np.asarray([9.0, 9.0, 9.0]), 'within_source')
+  totals = {(s, c): weights_N[(sources_N == s) & (labels_N == c)].sum() for s, c in ((0, 0), (0, 1), (1, 0), (1, 2))}
+  np.testing.assert_allclose([totals[0, 0], totals[0, 1]], [4.0, 4.0])  # Source 0: 8 images, its 2 classes halves.
+  np.testing.assert_allclose([totals[1, 0], totals[1, 2]], [2.0, 2.0])  # Source 1: 4 images.
+  np.testing.assert_allclose(weights_N.mean(), 1.0, rtol=1e-6)  # The class weights (9) are not used.
+  # With one source it is the balanced class weighting.
+  one_N = splits.example_weights(labels_N, np.zeros_like(labels_N), np.ones(3), 'within_source')
+  np.testing.assert_allclose(one_N, splits.balanced_class_weights(labels_N, 3)[labels_N], rtol=1e-6)
+
+
 def test_the_fingerprint_names_every_source(two_sources):
   data = loading.load_training_data(two_sources)
   abstract = types.SimpleNamespace(params={'w': np.zeros(1, np.float32)})
@@ -247,8 +261,16 @@ def test_two_source_training_and_eval_of_two_folders(two_sources, tmp_path):
   workdir = str(tmp_path / 'work')
   with two_sources.unlocked():
     two_sources.train.source_weighting = 'balanced'
+    two_sources.checkpoint.best_metric = 'worst_source_macro_recall'
+    two_sources.checkpoint.keep_latest = 10
   summary = train.train_and_evaluate(two_sources, workdir)
   assert summary['n_train'] + summary['n_val'] == 77
+  # Every epoch's validation row has each source's macro recall; the best checkpoint is ranked by the lower one.
+  history = summary['history']
+  for row in history:
+    assert row['val_worst_source_macro_recall'] == min(row['val_macro_recall/kids'], row['val_macro_recall/adult'])
+  top = max(row['val_worst_source_macro_recall'] for row in history)
+  assert summary['best_step'] in [row['step'] for row in history if row['val_worst_source_macro_recall'] == top]
   val = json.loads(open(os.path.join(workdir, 'eval', 'val', 'metrics.json')).read())
   assert set(val['per_source']) == {'kids', 'adult'}
   assert summary['evaluations']['val']['per_source']['adult']['n_images'] == 10

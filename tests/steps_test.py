@@ -52,6 +52,28 @@ def test_loss_falls_on_a_fixed_batch():
   assert losses[-1] < 0.5 * losses[0]
 
 
+def test_the_cosine_schedule_decays_the_learning_rate_to_zero_over_the_run():
+  config = tiny.get_config()
+  assert steps.learning_rate_schedule(config.train, 100) == config.train.learning_rate  # The study's: constant.
+  config.train.lr_schedule = 'cosine'
+  schedule = steps.learning_rate_schedule(config.train, 100)
+  np.testing.assert_allclose([schedule(0), schedule(50), schedule(100), schedule(150)],
+                             [config.train.learning_rate, config.train.learning_rate / 2, 0.0, 0.0], atol=1e-9)
+  # The step's updates follow it: at the last step the parameters no longer move.
+  config, model, tx, mesh, state = _setup(config)
+  tx = steps.create_optimizer(config.train, num_steps=2)
+  state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(0))
+  train_step = steps.jit_train_step(model, tx, np.ones(3, np.float32), mesh)
+  batch = mesh_lib.to_global_batch(_batch(12), mesh_lib.batch_sharded(mesh))
+  moved = []
+  for _ in range(3):
+    before = jax.tree.map(np.asarray, state.params)
+    state, _ = train_step(state, batch)
+    moved.append(max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(before),
+                                                                  jax.tree.leaves(state.params))))
+  assert moved[0] > 1e-4 and moved[1] > 1e-4 and moved[2] == 0.0  # Learning rates 1, 0.5 and 0 x learning_rate.
+
+
 def test_eval_counts_every_image_exactly_once():
   config, model, tx, mesh, state = _setup()
   batch = _batch(10)

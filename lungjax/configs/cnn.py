@@ -64,12 +64,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_epochs = 10
   config.train.batch_size = 16
   config.train.learning_rate = 1e-3
+  # 'constant' (the study's) or 'cosine': decayed from learning_rate to 0 over the run's steps (optax).
+  config.train.lr_schedule = 'constant'
   config.train.adam_b1 = 0.9  # Keras' Adam defaults.
   config.train.adam_b2 = 0.999
   config.train.adam_eps = 1e-7
   config.train.class_weighting = 'balanced'  # 'balanced' (n / (k * count_c)) or 'none'.
-  # With several sources: 'balanced' also gives every source of a class the same share of that class's weight
-  # (splits.example_weights); 'none' weighs images by their class only.
+  # With several sources: 'balanced' also gives every source of a class the same share of that class's weight;
+  # 'within_source' balances the classes inside each source and weighs sources by size, in place of the class
+  # weights; 'none' weighs images by their class only (splits.example_weights).
   config.train.source_weighting = 'none'
   config.train.log_every_steps = 5
   config.train.freeze_backbone_epochs = 0  # With model.init_from: train only the head for these epochs.
@@ -112,6 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.checkpoint = ml_collections.ConfigDict()
   # Validation metric that picks the best checkpoint: the study ranks recall > F1 > precision > accuracy.
+  # With several sources, 'worst_source_macro_recall' ranks by the lowest of the sources' macro recalls.
   config.checkpoint.best_metric = 'macro_recall'
   config.checkpoint.keep_latest = 1
   config.checkpoint.keep_best = 1

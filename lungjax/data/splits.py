@@ -56,6 +56,10 @@ def balanced_class_weights(labels_N: Sequence[int], num_classes: int) -> np.ndar
   return weights.astype(np.float32)
 
 
+# config.train.source_weighting's choices (example_weights).
+SOURCE_WEIGHTINGS = ('none', 'balanced', 'within_source')
+
+
 def example_weights(labels_N: Sequence[int], sources_N: Sequence[int], class_weights_C: np.ndarray,
                     source_weighting: str) -> np.ndarray:
   """The loss weight of each training image: its class's weight, times (source_weighting 'balanced') a factor that
@@ -64,14 +68,27 @@ def example_weights(labels_N: Sequence[int], sources_N: Sequence[int], class_wei
   Within class c, an image of source s gets n_c / (S_c * n_cs), where n_c counts the class's images, n_cs those of
   source s and S_c the sources that hold the class: each class keeps its total weight (n_c * w_c) and each of its
   sources gets 1/S_c of it. 'none': the class weight alone.
+
+  'within_source' balances the classes inside each source instead, and weighs each source by its size: an image of
+  source s and class c gets n_s / (K_s * n_sc), where n_s counts the source's images and K_s its classes (the class
+  weights are not used; the mean weight is 1; with one source it is class_weighting='balanced'). Where a class is in
+  one source only (the Kaggle set's Viral Pneumonia) and another class in two (Covid), 'balanced' tilts the classes
+  the sources share (adult Covid 2 : adult Normal 1 in configs/multisource.py); 'within_source' does not.
   """
   labels_N = np.asarray(labels_N, np.int64)
   weights_N = np.asarray(class_weights_C, np.float64)[labels_N]
   if source_weighting == 'none':
     return weights_N.astype(np.float32)
-  if source_weighting != 'balanced':
-    raise ValueError(f'config.train.source_weighting={source_weighting!r} is not one of [\'none\', \'balanced\']')
+  if source_weighting not in SOURCE_WEIGHTINGS:
+    raise ValueError(f'config.train.source_weighting={source_weighting!r} is not one of {list(SOURCE_WEIGHTINGS)}')
   sources_N = np.asarray(sources_N, np.int64)
+  if source_weighting == 'within_source':
+    for source in np.unique(sources_N):
+      in_source = sources_N == source
+      present, counts = np.unique(labels_N[in_source], return_counts=True)
+      for label, count in zip(present, counts):
+        weights_N[in_source & (labels_N == label)] = in_source.sum() / (len(present) * count)
+    return weights_N.astype(np.float32)
   for label in np.unique(labels_N):
     in_class = labels_N == label
     present, counts = np.unique(sources_N[in_class], return_counts=True)
