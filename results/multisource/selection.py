@@ -13,17 +13,20 @@ import sys
 
 # (variant, its validation metrics file in the folder, what it is).
 WEIGHTING = (('balanced', 'balanced_validation_metrics.json', 'source_weighting=balanced'),
-             ('none', 'none_validation_metrics.json', 'source_weighting=none'))
-RECIPE = (('10 epochs', 'balanced_validation_metrics.json', 'configs/multisource.py: 10 epochs, no augmentation'),
+             ('none', 'none_validation_metrics.json', 'source_weighting=none'),
+             ('within_source', 'within_source_validation_metrics.json', 'source_weighting=within_source'))
+RECIPE = (('10 epochs', 'balanced_validation_metrics.json', '10 epochs, constant learning rate, no augmentation'),
           ('20 epochs', 'recipe/20_epochs_validation_metrics.json', '--config.train.num_epochs=20'),
           ('20 epochs + augmentation', 'recipe/augment_20_epochs_validation_metrics.json',
-           '--config.train.num_epochs=20 --config.augment.enabled=True (configs/cnn.py\'s augment ranges)'))
+           '--config.train.num_epochs=20 --config.augment.enabled=True (configs/cnn.py\'s augment ranges)'),
+          ('10 epochs, cosine', 'recipe/cosine_validation_metrics.json',
+           '--config.train.lr_schedule=cosine (Adam 1e-3 decayed to 0 over the run)'))
 HEADERS = {
     'weighting': ('# Source weighting, chosen on validation (seed 0)', 'bash results/multisource/select.sh',
-                  'selection.md', 'Rule (fixed after the balanced run\'s figures, before the none run\'s were read)'),
-    'recipe': ('# Training length and augmentation, chosen on validation (seed 0)',
+                  'selection.md', 'Rule (fixed after the balanced run\'s figures, before the others\' were read)'),
+    'recipe': ('# Training length, augmentation and learning-rate schedule, chosen on validation (seed 0)',
                'bash results/multisource/select_recipe.sh', 'recipe.md',
-               'Rule (fixed after the 20-epoch run\'s figures, before the augmented run\'s were read)'),
+               'Rule (fixed after the 20-epoch run\'s figures, before the augmented and cosine runs\' were read)'),
 }
 
 
