@@ -90,22 +90,23 @@ def _validation_row(eval_step: Callable[..., jax.Array], state: steps.TrainState
   val = evaluate.evaluation_metrics(data.val.labels_N, probabilities_NC, tuple(config.data.classes))
   row = {f'val_{k}': v for k, v in (('loss', val['loss']), ('accuracy', val['accuracy']))}
   row.update({f'val_macro_{k}': v for k, v in val['macro_avg'].items()})
-  row.update(_per_source_recall(data.val, probabilities_NC, tuple(config.data.classes)))
+  row.update(_per_source_recall(data.val, probabilities_NC, tuple(config.data.classes), val['macro_avg']['recall']))
   return row
 
 
-def _per_source_recall(val: Any, probabilities_NC: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
+def _per_source_recall(val: Any, probabilities_NC: np.ndarray, classes: tuple[str, ...],
+                       pooled_recall: float) -> dict[str, float]:
   """Each source's macro recall (over the classes it has) as val_macro_recall/<source>, and the lowest of them as
   val_worst_source_macro_recall (checkpoint.best_metric may rank by it); with one source the latter is the whole's."""
   sources_N, names = sources_lib.source_indices(val)
+  if len(names) < 2:
+    return {'val_worst_source_macro_recall': pooled_recall}
   labels_N, row = np.asarray(val.labels_N), {}
   for s, name in enumerate(names):
-    rows = sources_N == s
-    if rows.any():
-      recall = evaluate.evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes)['macro_avg']['recall']
-      row[f'val_macro_recall/{name}' if len(names) > 1 else 'val_worst_source_macro_recall'] = recall
-  if len(names) > 1:
-    row['val_worst_source_macro_recall'] = min(row.values())
+    if np.any(rows := sources_N == s):
+      metrics = evaluate.evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes)
+      row[f'val_macro_recall/{name}'] = metrics['macro_avg']['recall']
+  row['val_worst_source_macro_recall'] = min(row.values())
   return row
 
 
