@@ -129,13 +129,6 @@ def mean_cross_entropy(labels_N: np.ndarray, probabilities_NC: np.ndarray) -> fl
   return float(-np.log(np.clip(true_probabilities, 1e-12, 1.0)).mean())
 
 
-def scalar_summary(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-  """Flattens the headline numbers (accuracy, macro P/R/F1) into {prefix_name: value} for logging."""
-  summary = {f'{prefix}accuracy': metrics['accuracy']}
-  summary.update({f'{prefix}macro_{k}': v for k, v in metrics['macro_avg'].items()})
-  return summary
-
-
 # --- Uncertainty: Wilson and stratified-bootstrap intervals, ROC AUC, calibration, temperature scaling. ---
 
 ECE_BINS = 15
