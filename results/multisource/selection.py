@@ -2,8 +2,9 @@
 
   python results/multisource/selection.py weighting results/multisource/selection   (select.sh: selection.md)
   python results/multisource/selection.py recipe results/multisource/selection      (select_recipe.sh: recipe.md)
+  python results/multisource/selection.py augment results/multisource/selection     (select_augment.sh: augment.md)
 
-Both rules: the variant whose worse source has the higher validation macro recall wins; a tie goes to the variant
+Every rule: the variant whose worse source has the higher validation macro recall wins; a tie goes to the variant
 listed first (the simpler, cheaper one).
 """
 
@@ -21,18 +22,27 @@ RECIPE = (('10 epochs', 'balanced_validation_metrics.json', '10 epochs, constant
            '--config.train.num_epochs=20 --config.augment.enabled=True (configs/cnn.py\'s augment ranges)'),
           ('10 epochs, cosine', 'recipe/cosine_validation_metrics.json',
            '--config.train.lr_schedule=cosine (Adam 1e-3 decayed to 0 over the run)'))
+AUGMENT = (('as it stands', '../mixed/seed_0/own_validation_metrics.json',
+             'configs/multisource.py: within_source weighting, no augmentation (regenerate.sh\'s mixed seed 0)'),
+           ('exposure', 'augment/exposure_validation_metrics.json',
+            'brightness and contrast only (configs/cnn.py\'s ranges)'),
+           ('exposure + shift', 'augment/exposure_shift_validation_metrics.json',
+            'brightness, contrast and shift (configs/cnn.py\'s ranges)'))
 HEADERS = {
     'weighting': ('# Source weighting, chosen on validation (seed 0)', 'bash results/multisource/select.sh',
                   'selection.md', 'Rule (fixed after the balanced run\'s figures, before the others\' were read)'),
     'recipe': ('# Training length, augmentation and learning-rate schedule, chosen on validation (seed 0)',
                'bash results/multisource/select_recipe.sh', 'recipe.md',
                'Rule (fixed after the 20-epoch run\'s figures, before the augmented and cosine runs\' were read)'),
+    'augment': ('# Exposure and shift augmentation on the within_source config, chosen on validation (seed 0)',
+                'bash results/multisource/select_augment.sh', 'augment.md',
+                'Rule (fixed before either augmented run\'s figures were read)'),
 }
 
 
 def main(kind: str, folder: str) -> None:
   title, command, out_name, rule = HEADERS[kind]
-  variants = {'weighting': WEIGHTING, 'recipe': RECIPE}[kind]
+  variants = {'weighting': WEIGHTING, 'recipe': RECIPE, 'augment': AUGMENT}[kind]
   lines = [title, '', f'Command: `{command}`. {rule}: the variant whose worse source has the higher validation macro '
            'recall wins; a tie goes to the one listed first.', '',
            '| variant | setting | best step | source | images | accuracy | macro recall | recall per class |',
