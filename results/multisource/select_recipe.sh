@@ -13,9 +13,10 @@ root=workdirs/results-multisource/selection
 mkdir -p results/multisource/selection/recipe
 for variant in 20_epochs augment_20_epochs cosine; do
   case $variant in
-    20_epochs) flags="--config.train.num_epochs=20 --config.train.lr_schedule=constant" ;;
-    augment_20_epochs) flags="--config.train.num_epochs=20 --config.augment.enabled=True --config.train.lr_schedule=constant" ;;
-    cosine) flags="--config.train.lr_schedule=cosine" ;;
+    20_epochs) flags="--config.train.num_epochs=20 --config.train.lr_schedule=constant --config.augment.enabled=False" ;;
+    augment_20_epochs) flags="--config.train.num_epochs=20 --config.augment.enabled=True --config.augment.rotation_prob=0.5
+      --config.augment.zoom_prob=0.5 --config.augment.shift_prob=0.5 --config.train.lr_schedule=constant" ;;
+    cosine) flags="--config.train.lr_schedule=cosine --config.augment.enabled=False" ;;
   esac
   # Pinned to what these runs used (configs/multisource.py has since moved on: selection.md).
   flags="$flags --config.train.source_weighting=balanced --config.checkpoint.best_metric=macro_recall"

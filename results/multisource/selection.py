@@ -22,8 +22,8 @@ RECIPE = (('10 epochs', 'balanced_validation_metrics.json', '10 epochs, constant
            '--config.train.num_epochs=20 --config.augment.enabled=True (configs/cnn.py\'s augment ranges)'),
           ('10 epochs, cosine', 'recipe/cosine_validation_metrics.json',
            '--config.train.lr_schedule=cosine (Adam 1e-3 decayed to 0 over the run)'))
-AUGMENT = (('as it stands', '../mixed/seed_0/own_validation_metrics.json',
-             'configs/multisource.py: within_source weighting, no augmentation (regenerate.sh\'s mixed seed 0)'),
+AUGMENT = (('as it stands', 'augment/as_it_stands_validation_metrics.json',
+             'configs/multisource.py before this step: within_source weighting, no augmentation'),
            ('exposure', 'augment/exposure_validation_metrics.json',
             'brightness and contrast only (configs/cnn.py\'s ranges)'),
            ('exposure + shift', 'augment/exposure_shift_validation_metrics.json',
