@@ -3,9 +3,10 @@
   python results/multisource/selection.py weighting results/multisource/selection   (select.sh: selection.md)
   python results/multisource/selection.py recipe results/multisource/selection      (select_recipe.sh: recipe.md)
   python results/multisource/selection.py augment results/multisource/selection     (select_augment.sh: augment.md)
+  python results/multisource/selection.py lr results/multisource/selection          (select_lr.sh: lr.md)
 
 Every rule: the variant whose worse source has the higher validation macro recall wins (seed 0; augment's second
-stage, the mean over seeds 0-2); a tie goes to the variant listed first (the simpler, cheaper one).
+stage and lr, the mean over seeds 0-2); a tie goes to the variant listed first (the simpler, cheaper one).
 """
 
 import json
@@ -32,6 +33,8 @@ AUGMENT = (('as it stands', 'augment/as_it_stands_seed_0_validation_metrics.json
 AUGMENT_SEEDS = (('as it stands', 'augment/as_it_stands_seed_{seed}_validation_metrics.json', 'no augmentation'),
                  ('exposure + shift', 'augment/exposure_shift_seed_{seed}_validation_metrics.json',
                   'brightness, contrast and shift'))
+LR_SEEDS = (('as it stands', 'augment/as_it_stands_seed_{seed}_validation_metrics.json', 'Adam 1e-3'),
+            ('lr 5e-4', 'lr/lr_5e-4_seed_{seed}_validation_metrics.json', '--config.train.learning_rate=5e-4'))
 SEEDS = (0, 1, 2)
 HEADERS = {
     'weighting': ('# Source weighting, chosen on validation (seed 0)', 'bash results/multisource/select.sh',
@@ -42,6 +45,8 @@ HEADERS = {
     'augment': ('# Exposure and shift augmentation on the within_source config, on validation',
                 'bash results/multisource/select_augment.sh', 'augment.md',
                 'Stage 1, seed 0. Rule (fixed before either augmented run\'s figures were read)'),
+    'lr': ('# Learning rate on the within_source config, on validation over 3 seeds',
+           'bash results/multisource/select_lr.sh', 'lr.md', 'Rule (fixed before the lr 5e-4 runs\' figures were read)'),
 }
 
 
@@ -92,24 +97,39 @@ def main(kind: str, folder: str) -> None:
     lines += ['', '## Stage 2: seed 0\'s winner against the config as it stands, seeds 0, 1 and 2', '',
               'Added after stage 1: configs/multisource.py took exposure + shift and regenerate.sh\'s 3 seeds fell '
               'behind. Rule: the higher mean over the seeds of the worse source\'s macro recall wins; a tie goes to '
-              'the config as it stands.', ''] + TABLE_HEAD
-    means = {}
-    for name, pattern, setting in AUGMENT_SEEDS:
-      scores = []
-      for seed in SEEDS:
-        metrics = _load(folder, pattern.format(seed=seed))
-        lines += _rows(f'{name}, seed {seed}', setting, metrics)
-        scores.append(_worse_source(metrics))
-      means[name] = sum(scores) / len(scores)
-      lines.append(f'| {name} | worse source per seed: ' + ', '.join(f'{v:.3f}' for v in scores) +
-                   f'; mean **{means[name]:.3f}** | | | | | | |')
-    lines += ['', 'Mean over seeds of the worse source\'s macro recall: ' +
-              ', '.join(f'{w} {v:.3f}' for w, v in means.items()) +
-              f'. Chosen: **{_chosen(means)}** (configs/multisource.py).']
+              'the config as it stands.', ''] + _seed_table(folder, AUGMENT_SEEDS)
+  with open(os.path.join(folder, out_name), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+
+
+def _seed_table(folder: str, variants: tuple[tuple[str, str, str], ...]) -> list[str]:
+  """Every seed's rows of each variant, the worse source per seed, and the variant with the higher mean."""
+  lines = list(TABLE_HEAD)
+  means = {}
+  for name, pattern, setting in variants:
+    scores = []
+    for seed in SEEDS:
+      metrics = _load(folder, pattern.format(seed=seed))
+      lines += _rows(f'{name}, seed {seed}', setting, metrics)
+      scores.append(_worse_source(metrics))
+    means[name] = sum(scores) / len(scores)
+    lines.append(f'| {name} | worse source per seed: ' + ', '.join(f'{v:.3f}' for v in scores) +
+                 f'; mean **{means[name]:.3f}** | | | | | | |')
+  return lines + ['', 'Mean over seeds of the worse source\'s macro recall: ' +
+                  ', '.join(f'{w} {v:.3f}' for w, v in means.items()) +
+                  f'. Chosen: **{_chosen(means)}** (configs/multisource.py).']
+
+
+def main_seeds(kind: str, folder: str) -> None:
+  """A choice made on the mean over seeds 0-2 alone (select_lr.sh: lr.md)."""
+  title, command, out_name, rule = HEADERS[kind]
+  lines = [title, '', f'Command: `{command}`. {rule}: the higher mean over seeds 0, 1 and 2 of the worse source\'s '
+           'validation macro recall wins; a tie goes to the one listed first.', ''] + _seed_table(folder, LR_SEEDS)
   with open(os.path.join(folder, out_name), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))
 
 
 if __name__ == '__main__':
-  main(*sys.argv[1:])
+  (main_seeds if sys.argv[1] == 'lr' else main)(*sys.argv[1:])
