@@ -20,13 +20,14 @@ root=workdirs/results-multisource/selection
 mkdir -p results/multisource/selection/augment
 for run in as_it_stands:0 exposure:0 exposure_shift:0 as_it_stands:1 exposure_shift:1 as_it_stands:2 exposure_shift:2; do
   variant=${run%:*} seed=${run#*:}
-  # Every augmentation setting pinned: configs/multisource.py may move on (augment.md).
+  # Every augmentation setting and the learning rate pinned: configs/multisource.py has moved on (augment.md, lr.md).
   flags="--config.augment.enabled=True --config.augment.rotation_prob=0 --config.augment.zoom_prob=0"
   case $variant in
     as_it_stands) flags="--config.augment.enabled=False" ;;
     exposure) flags="$flags --config.augment.shift_prob=0" ;;
     exposure_shift) flags="$flags --config.augment.shift_prob=0.5" ;;
   esac
+  flags="$flags --config.train.learning_rate=1e-3"
   workdir="$root/$variant"
   [ "$seed" = 0 ] || workdir="$root/${variant}_seed_$seed"
   # shellcheck disable=SC2086

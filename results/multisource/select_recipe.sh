@@ -19,7 +19,8 @@ for variant in 20_epochs augment_20_epochs cosine; do
     cosine) flags="--config.train.lr_schedule=cosine --config.augment.enabled=False" ;;
   esac
   # Pinned to what these runs used (configs/multisource.py has since moved on: selection.md).
-  flags="$flags --config.train.source_weighting=balanced --config.checkpoint.best_metric=macro_recall"
+  flags="$flags --config.train.learning_rate=1e-3 --config.train.source_weighting=balanced"
+  flags="$flags --config.checkpoint.best_metric=macro_recall"
   # shellcheck disable=SC2086
   [ -f "$root/$variant/summary.json" ] || python -m lungjax.main --config=configs/multisource.py \
     --config.data.root="$kaggle" --config.data.extra_root="$sample" \
