@@ -119,6 +119,18 @@ def _absent_class_markdown(metrics: dict[str, Any]) -> list[str]:
   return ['', '## Predictions of absent classes', ''] + lines if lines else []
 
 
+# Scores that need images of the class: without any they are undefined, shown as n/a rather than 0 (metrics.json keeps
+# its number beside support 0).
+_NEED_SUPPORT = frozenset({'recall', 'f1', 'sensitivity'})
+
+
+def _class_cell(metrics: dict[str, Any], name: str, key: str) -> str:
+  """One class's `value [lo, hi]`, or n/a for a score that needs images of a class the folder does not hold."""
+  if key in _NEED_SUPPORT and metrics['per_class'][name]['support'] == 0:
+    return 'n/a (no images)'
+  return _with_interval(metrics['per_class'][name][key], _interval_at(metrics, ('per_class', name, key)))
+
+
 # The clinical table's columns: (heading, per_class key).
 _CLINICAL = (('sensitivity', 'sensitivity'), ('specificity', 'specificity'), ('PPV', 'ppv'), ('NPV', 'npv'),
              ('PR AUC', 'pr_auc'))
@@ -131,8 +143,8 @@ def _clinical_markdown(metrics: dict[str, Any]) -> list[str]:
     return []
   lines = ['', '## Clinical metrics (each class vs the rest)', '',
            '| class | ' + ' | '.join(heading for heading, _ in _CLINICAL) + ' |', '|---' * (len(_CLINICAL) + 1) + '|']
-  for name, row in metrics['per_class'].items():
-    cells = [_with_interval(row[k], _interval_at(metrics, ('per_class', name, k))) for _, k in _CLINICAL]
+  for name in metrics['per_class']:
+    cells = [_class_cell(metrics, name, k) for _, k in _CLINICAL]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   lines += ['', 'Sensitivity is recall and PPV precision, from the predicted (highest-probability) class; PR AUC is '
             'the average precision of the class\'s probability (n/a without images of the class, or of the others).']
@@ -189,7 +201,7 @@ def report_markdown(metrics: dict[str, Any], title: str, plots: Sequence[str] = 
   lines += [', '.join(details) + '.', '', '| | precision | recall | f1-score | support |', '|---|---|---|---|---|']
   scores = ('precision', 'recall', 'f1')
   for name, row in metrics['per_class'].items():
-    cells = [_with_interval(row[k], _interval_at(metrics, ('per_class', name, k))) for k in scores]
+    cells = [_class_cell(metrics, name, k) for k in scores]
     lines.append(f'| {name} | ' + ' | '.join(cells) + f' | {row["support"]} |')
   n = metrics['n_images']
   lines.append(f'| accuracy | | | {_with_interval(metrics["accuracy"], _interval_at(metrics, ("accuracy",)))} | {n} |')

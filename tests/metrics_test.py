@@ -101,6 +101,20 @@ def test_absent_class_has_support_zero_and_is_left_out_of_macro():
   np.testing.assert_allclose(result['macro_avg']['recall'], (0.5 + 1.0) / 2)
 
 
+def test_the_report_shows_no_recall_for_a_class_the_folder_lacks():
+  labels = np.array([0, 0, 1, 1])
+  probabilities = _one_hot(np.array([0, 2, 1, 1]))
+  result = metrics.with_uncertainty(metrics.classification_metrics(labels, probabilities, CLASSES), labels,
+                                    probabilities, n_bootstrap=20, seed=0)
+  text = report.report_markdown(result, 'two classes')
+  # Precision is defined (one image was called Viral Pneumonia, wrongly); recall, F1 and sensitivity are not.
+  row = next(line for line in text.splitlines() if line.startswith('| Viral Pneumonia | 0.000'))
+  assert row.count('n/a (no images)') == 2 and row.endswith('| 0 |')
+  clinical = [line for line in text.splitlines() if line.startswith('| Viral Pneumonia |')][1]
+  assert clinical.startswith('| Viral Pneumonia | n/a (no images) | ')
+  assert '| Covid | 1.000 [' in text  # Classes with images keep their figures.
+
+
 def test_mean_cross_entropy():
   probabilities = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])
   np.testing.assert_allclose(metrics.mean_cross_entropy(np.array([0, 1]), probabilities),
