@@ -75,6 +75,12 @@ def _load(folder: str, file_name: str) -> dict:
     return json.load(f)
 
 
+def _write(path: str, lines: list[str]) -> None:
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  print('\n'.join(lines))
+
+
 TABLE_HEAD = ['| variant | setting | best step | source | images | accuracy | macro recall | recall per class |',
               '|---|---|---|---|---|---|---|---|']
 
@@ -98,9 +104,7 @@ def main(kind: str, folder: str) -> None:
               'Added after stage 1: configs/multisource.py took exposure + shift and regenerate.sh\'s 3 seeds fell '
               'behind. Rule: the higher mean over the seeds of the worse source\'s macro recall wins; a tie goes to '
               'the config as it stands.', ''] + _seed_table(folder, AUGMENT_SEEDS)
-  with open(os.path.join(folder, out_name), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  _write(os.path.join(folder, out_name), lines)
 
 
 def _seed_table(folder: str, variants: tuple[tuple[str, str, str], ...]) -> list[str]:
@@ -126,9 +130,7 @@ def main_seeds(kind: str, folder: str) -> None:
   title, command, out_name, rule = HEADERS[kind]
   lines = [title, '', f'Command: `{command}`. {rule}: the higher mean over seeds 0, 1 and 2 of the worse source\'s '
            'validation macro recall wins; a tie goes to the one listed first.', ''] + _seed_table(folder, LR_SEEDS)
-  with open(os.path.join(folder, out_name), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+  _write(os.path.join(folder, out_name), lines)
 
 
 if __name__ == '__main__':
