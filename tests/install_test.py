@@ -5,8 +5,10 @@ import glob
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 
@@ -86,12 +88,54 @@ def _run(command, **kwargs):
   return run
 
 
+def _site_dirs() -> list[str]:
+  """The folders this interpreter imports installed packages from: its site-packages (a venv's own, and the base
+  interpreter's where the venv was made with --system-site-packages; a conda environment's), and the user site."""
+  dirs = list(site.getsitepackages())
+  if site.ENABLE_USER_SITE:
+    dirs.append(site.getusersitepackages())
+  dirs += [sysconfig.get_path('purelib'), sysconfig.get_path('platlib')]
+  return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
+
+
+def _venv_seeing_this_environment(venv) -> str:
+  """Makes a venv that imports this environment's packages without installing any, and returns its python.
+
+  `venv --system-site-packages` would show the new venv the *base* interpreter's site-packages: inside a venv or a
+  conda environment that is not where lungjax's dependencies are (the test then fails with ModuleNotFoundError).
+  Instead the new venv gets a `.pth` file naming the folders the running interpreter imports from. A `.pth` line
+  that is a path puts that folder on sys.path after the venv's own site-packages, so the wheel installed into the
+  venv wins over an editable lungjax here, and the `.pth` files of those folders (the editable install's finder
+  among them) are not run."""
+  _run([sys.executable, '-m', 'venv', '--without-pip', str(venv)])
+  python = str(venv / 'bin' / 'python')
+  inner = _run([python, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))']).stdout.strip()
+  with open(os.path.join(inner, 'lungjax-test-outer-environment.pth'), 'w', encoding='utf-8') as f:
+    f.write(''.join(f'{d}\n' for d in _site_dirs()))
+  return python
+
+
+def test_a_new_venv_sees_this_environment_packages_but_not_its_editable_lungjax(tmp_path):
+  """The set-up the install test relies on: inside any environment (venv, conda, base), the new venv imports the
+  dependencies from where this interpreter has them, and `import lungjax` there fails until a wheel is installed
+  (the editable install of the checkout is not visible, so the test cannot pass on the checkout's copy)."""
+  python = _venv_seeing_this_environment(tmp_path / 'venv')
+  env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
+  code = ('import importlib.util, sys, ml_collections, jax, flax, optax, orbax.checkpoint, grain; '
+          'print(sys.prefix); print(ml_collections.__file__); print(importlib.util.find_spec("lungjax"))')
+  prefix, ml_collections_file, lungjax_spec = _run([python, '-c', code], cwd=tmp_path, env=env).stdout.split('\n')[:3]
+  assert prefix == str(tmp_path / 'venv')
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  assert ml_collections_file == ml_collections.__file__  # The same copy this environment imports.
+  assert lungjax_spec == 'None', lungjax_spec
+
+
 @pytest.mark.slow
 def test_a_regular_install_works_from_another_folder(synthetic_root, tmp_path):
   """A wheel installed (not editable) into a new venv: run from a folder without the checkout, the installed copy
   is imported, the configs ship in it, and `lungjax` trains with --config=tiny and predicts. The venv sees this
-  environment's packages (--system-site-packages) so that nothing is downloaded; lungjax itself comes from the
-  wheel (--no-deps)."""
+  environment's packages (`_venv_seeing_this_environment`) so that nothing is downloaded; lungjax itself comes from
+  the wheel (--no-deps)."""
   source, wheels = tmp_path / 'source', tmp_path / 'wheels'  # A copy: building in place leaves build/ behind.
   shutil.copytree(REPO, source, ignore=shutil.ignore_patterns('.git', 'build', '*.egg-info', '__pycache__', 'workdirs',
                                                                'results', '.pytest_cache'))
@@ -109,8 +153,8 @@ def test_a_regular_install_works_from_another_folder(synthetic_root, tmp_path):
   assert core and not {_name(r) for r in core} & set(HEAVY)
 
   venv = tmp_path / 'venv'
-  _run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)])
-  python, lungjax = str(venv / 'bin' / 'python'), str(venv / 'bin' / 'lungjax')
+  python = _venv_seeing_this_environment(venv)
+  lungjax = str(venv / 'bin' / 'lungjax')
   _run([python, '-m', 'pip', 'install', '--no-deps', '--quiet', wheel])
   away = tmp_path / 'elsewhere'
   away.mkdir()
