@@ -16,7 +16,7 @@ import ml_collections
 
 from lungjax import augment, checkpoints, distributed
 from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import sources as sources_lib, splits
+from lungjax.data import metadata as metadata_lib, sources as sources_lib, splits
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
@@ -49,10 +49,30 @@ def check_runtime(config: ml_collections.ConfigDict) -> None:
   tta_views = config.eval.get('tta_views', 0)
   if tta_views < 0:
     raise ValueError(f'config.eval.tta_views={tta_views} must be >= 0')
+  check_subgroups(config)
   _refuse_failed([
       ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
       ('config.eval.batch_size', config.eval.batch_size, config.eval.batch_size >= 1),
   ])
+
+
+def check_subgroups(config: ml_collections.ConfigDict) -> None:
+  """config.eval.metadata, metadata_file_column, subgroups and subgroup_min_images (data/metadata.py)."""
+  table, column = config.eval.get('metadata', ''), config.eval.get('metadata_file_column', 'file')
+  text, minimum = config.eval.get('subgroups', ''), config.eval.get('subgroup_min_images', 10)
+  if not _is_int(minimum) or minimum < 1:
+    raise ValueError(f'config.eval.subgroup_min_images={minimum!r} must be an integer >= 1')
+  if not isinstance(column, str) or not column:
+    raise ValueError(f'config.eval.metadata_file_column={column!r} must name a column')
+  if text and not table:
+    raise ValueError(f'config.eval.subgroups={text!r} needs config.eval.metadata=CSV, the table they are read from')
+  if not table:
+    return
+  found = metadata_lib.read_table(table, column, 'config.eval.metadata')
+  for subgroup in metadata_lib.parse_subgroups(text) if text else ():
+    if subgroup.column not in found.columns:
+      raise ValueError(f'config.eval.subgroups={text!r}: {subgroup.column!r} is not a column of '
+                       f'config.eval.metadata={table!r} (columns: {list(found.columns)})')
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:
@@ -85,6 +105,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: folds must be 0 or >= 2, seeds >= 1')
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
+  sources_lib.check_tables(config)  # config.data.metadata*, group_by: tables readable, their columns there.
   if 'autoencoder' in config and config.autoencoder.enabled:
     check_autoencoder(config)
 

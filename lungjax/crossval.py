@@ -46,13 +46,14 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   """Trains one model per grouped, stratified fold of train; pools the out-of-fold predictions."""
   root, loaded = loading.load_training_folder(config)
   decoded = loaded.decoded
-  folds = splits.grouped_stratified_folds(loading.split_strata(decoded), loading.split_groups(decoded, config),
-                                          config.cv.folds, config.data.split_seed)
+  grouped = loading.grouping(decoded, config, loaded.folder)
+  folds = splits.grouped_stratified_folds(loading.split_strata(decoded), grouped.groups_N, config.cv.folds,
+                                          config.data.split_seed)
   runs = {}
   for k, (train_indices, val_indices) in enumerate(folds):
     logging.info('fold %d of %d: %d train, %d validation', k + 1, len(folds), len(train_indices), len(val_indices))
     run_dir = os.path.join(workdir, f'fold_{k}')
-    data = loading.TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))
+    data = loading.TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices), grouped)
     runs[run_dir] = _validation(train.train_and_evaluate(config, run_dir, data), run_dir)
   return summarise_runs(config, runs, os.path.join(workdir, 'cv'), f'{config.name}: {len(folds)}-fold CV', pool=True)
 

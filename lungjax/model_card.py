@@ -104,6 +104,8 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
       'fingerprint': {'train_files': run.get('train_files'), 'val_files': run.get('val_files'),
                       'what': 'sha256 over (relative path, label, decoded-pixel sha256) of each image, in order'},
       'skipped_images': len(summary.get('skipped_images', [])),
+      'grouping': ('grouped by ' + data.grouping.description if getattr(data, 'grouping', None) is not None
+                   else 'grouped by copies'),
   }
   if config.data.get('sources'):
     training_data['sources'] = config.data.sources if isinstance(config.data.sources, str) else list(
@@ -172,6 +174,8 @@ def card_markdown(card: dict[str, Any]) -> str:
   lines += ['', '| split | ' + ' | '.join(model['classes']) + ' |', '|---' * (len(model['classes']) + 1) + '|']
   for split, counts in data['counts'].items():
     lines.append(f'| {split} | ' + ' | '.join(str(counts[c]) for c in model['classes']) + ' |')
+  if data.get('grouping'):
+    lines.append(f'\n- split {data["grouping"]}: a group is never on both sides of the split or a fold')
   for split in ('train_files', 'val_files'):
     print_ = data['fingerprint'].get(split)
     if print_:

@@ -230,5 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         'train_seconds_this_run': round(train_seconds, 2), 'first_step_this_run': first_step,
         'skipped_images': [list(item) for item in data.train_folder.skipped_report()],
         'devices': [str(d) for d in jax.devices()], 'history': history}
+    if data.grouping is not None:  # What the split kept on one side (copies, and config.data.group_by's groups).
+      summary['grouping'] = data.grouping.record()
     return final_evaluation.report_best_checkpoint(config, workdir, summary, eval_step, best_state, best_step, mesh,
                                                    data, run_fingerprint)

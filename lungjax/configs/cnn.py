@@ -42,6 +42,15 @@ def get_config() -> ml_collections.ConfigDict:
   # --config.data.extra_sources="('adult=/data/adult;COVID=Covid,NORMAL=Normal',)". Source names must differ.
   # Validation split and folds are stratified by class and source; copies across sources stay on one side.
   config.data.extra_sources = ()
+  # Metadata tables (CSV, lungjax/data/metadata.py): the main source's (metadata) and extra_root's (extra_metadata);
+  # an extra_sources entry names its own with ';metadata=CSV' (and ';group_by=', ';file_column='). Rows are joined to
+  # images by metadata_file_column: a path relative to the table's folder or the image folder, or a base name.
+  config.data.metadata = ''
+  config.data.extra_metadata = ''
+  config.data.metadata_file_column = 'file'
+  # A table column whose films stay on one side of the split and of every fold (e.g. 'patientid'), merged with the
+  # copy groups; for every source with a table unless it names its own. '': copies only.
+  config.data.group_by = ''
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cnn'
@@ -144,6 +153,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.tta_views = 0  # Test-time augmented views (config.augment's ranges) averaged with the plain image.
   # Folders named otherwise than the classes, e.g. 'COVID=Covid,NORMAL=Normal,PNEUMONIA=Viral Pneumonia'.
   config.eval.class_names = ''
+  # Subgroups (lungjax/data/metadata.py): a metadata CSV joined to the evaluated images by metadata_file_column, and
+  # the columns to cut every metric by: 'sex,view,age:0-18,18-40,40-65,65-' (a bin LOW-HIGH holds LOW <= x < HIGH,
+  # 'LOW-' everything from LOW; the items after COLUMN:BIN that read as bins are that column's). Empty values are
+  # the group 'unknown'. A subgroup under subgroup_min_images images (or of a class, for its recall gap) is listed as
+  # too small, without numbers.
+  config.eval.metadata = ''
+  config.eval.metadata_file_column = 'file'
+  config.eval.subgroups = ''
+  config.eval.subgroup_min_images = 10
   # Printed in every report: what a score on this dataset can and cannot mean.
   config.eval.caveat = (
       'The Covid images of this dataset are adult radiographs (Cohen et al., Figure1) while the Normal and Viral '
