@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
 from lungjax import calibration as calibration_lib, distributed, inference, model_card, progress
-from lungjax.data import folders, images, loading, pipeline, sources as sources_lib
+from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, sources as sources_lib
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
@@ -64,6 +64,56 @@ def per_source_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarr
       found[name] = metrics_lib.with_uncertainty(metrics, labels_N[rows], probabilities_NC[rows],
                                                  n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
   return found
+
+
+def eval_join(decoded: images.DecodedImages, folder: str, config: ml_collections.ConfigDict) -> metadata_lib.Join:
+  """config.eval.metadata joined to the evaluated images (rows by config.eval.metadata_file_column; paths relative
+  to the table's folder or to any evaluated folder, 'A,B'), its unmatched rows and images logged."""
+  table = metadata_lib.read_table(config.eval.metadata, config.eval.get('metadata_file_column', 'file'),
+                                  'config.eval.metadata')
+  folders_ = tuple(f.strip() for f in folder.split(',') if f.strip())
+  joined = metadata_lib.join(table, decoded.paths, folders_, 'config.eval.metadata')
+  summary = joined.summary()
+  logging.info('%s joined to %d of %d images; %d rows name no image here, %d images have no row (metrics.json: '
+               'subgroups.metadata)', table.path, summary['n_matched'], summary['n_images'],
+               summary['n_unmatched_rows'], summary['n_unmatched_images'])
+  for path in joined.unmatched_images:
+    logging.warning('no row of %s names %s: its subgroup is %r', table.path, path, metadata_lib.NO_ROW)
+  return joined
+
+
+def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray, config: ml_collections.ConfigDict,
+                     folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(per_subgroup, subgroups) for config.eval.subgroups: {column: {value: the whole's metrics (with_uncertainty's
+  intervals) on that subgroup alone}}, the same structure as per_source; and for each column its class counts per
+  subgroup, the subgroups under config.eval.subgroup_min_images (no metrics: too small to say anything) and each
+  class's largest recall gap between subgroups with its bootstrap interval (metrics.recall_gap)."""
+  joined = eval_join(decoded, folder, config)
+  classes, minimum = tuple(config.data.classes), config.eval.get('subgroup_min_images', 10)
+  labels_N = np.asarray(decoded.labels_N)
+  predicted_N = np.asarray(probabilities_NC).argmax(axis=1)
+  per_subgroup: dict[str, Any] = {}
+  columns: dict[str, Any] = {}
+  for subgroup in metadata_lib.parse_subgroups(config.eval.subgroups):
+    values = metadata_lib.subgroup_labels(joined, subgroup)
+    values_N = np.asarray(values, dtype=object)
+    counts = metadata_lib.class_counts(labels_N, values, subgroup, classes)
+    found, too_small = {}, []
+    for value, row in counts.items():
+      if row['n_images'] < minimum:
+        too_small.append({'value': value, 'n_images': row['n_images']})
+        continue
+      rows = values_N == value
+      found[value] = metrics_lib.with_uncertainty(
+          evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes), labels_N[rows], probabilities_NC[rows],
+          n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+    per_subgroup[subgroup.column] = found
+    columns[subgroup.column] = {
+        'bins': subgroup.labels, 'counts': counts, 'too_small': too_small,
+        'recall_gaps': {c: metrics_lib.recall_gap(labels_N, predicted_N, values, k, minimum,
+                                                  config.eval.n_bootstrap, config.seed)
+                        for k, c in enumerate(classes) if np.any(labels_N == k)}}
+  return per_subgroup, {'metadata': joined.summary(), 'min_images': minimum, 'columns': columns}
 
 
 def write_predictions(decoded: images.DecodedImages, probabilities_NC: np.ndarray, classes: tuple[str, ...],
@@ -142,6 +192,11 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
   if per_source := per_source_metrics(loaded.decoded, probabilities_NC, config):
     metrics['per_source'] = per_source
     metrics['source_missing_classes'] = sources_lib.missing_classes(loaded.decoded, config.data.classes)
+  if config.eval.get('metadata') and config.eval.get('subgroups'):
+    metrics['per_subgroup'], metrics['subgroups'] = subgroup_metrics(loaded.decoded, probabilities_NC, config,
+                                                                     loaded.folder)
+  elif config.eval.get('metadata'):  # A table without subgroups: the join is still reported.
+    metrics['subgroups'] = {'metadata': eval_join(loaded.decoded, loaded.folder, config).summary(), 'columns': {}}
   if distributed.is_main_process():  # Multi-host: every process has the metrics; process 0 writes them.
     report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
     write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),

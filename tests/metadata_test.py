@@ -216,3 +216,83 @@ def test_class_counts_per_subgroup_and_their_sentence():
                     'PA': {'n_images': 2, 'per_class': {'Covid': 0, 'Normal': 2}},
                     'unknown': {'n_images': 1, 'per_class': {'Covid': 1, 'Normal': 0}}}
   assert metadata.counts_sentence('AP Supine', counts['AP Supine']) == 'AP Supine: 3 of 3 are Covid'
+
+
+# Metrics per subgroup (evaluate.report_predictions with config.eval.metadata and config.eval.subgroups).
+
+
+@pytest.fixture
+def evaluated(tmp_path):
+  """A folder of 20 images per class; a table with sex (F for even indices, M for odd, 2 Covid films empty), an age
+  (one per film) and no row for one Normal film; and probabilities that get exactly the films listed in
+  `wrong` wrong."""
+  folder = write_image_folder(str(tmp_path / 'eval'), 20, seed=4)
+  config = tiny.get_config()
+  config.eval.n_bootstrap = 200
+  rows, ages = [], [5, 30, 50, 70]
+  for name in CLASSES:
+    for i in range(20):
+      if name == 'Normal' and i == 19:
+        continue
+      sex = '' if name == 'Covid' and i in (0, 2) else 'FM'[i % 2]
+      rows.append({'file': f'{name}/{i:03d}.png', 'sex': sex, 'age': str(ages[i % 4]), 'view': 'PA'})
+  config.eval.metadata = write_table(tmp_path / 'meta.csv', rows + [{'file': 'Covid/999.png', 'sex': 'F'}])
+  config.eval.subgroups = 'sex,age:0-18,18-65,65-'
+  config.eval.subgroup_min_images = 5
+  loaded = loading.load_folder(folder, config, require_all_classes=False)
+  labels_N = loaded.decoded.labels_N
+  # Covid recall: F 10 of 10 right except 4 wrong (i = 4, 6, 8, 10); M all right. Normal: every film right.
+  wrong = {os.path.join(folder, 'Covid', f'{i:03d}.png') for i in (4, 6, 8, 10)}
+  probabilities_NC = np.full((len(labels_N), 3), 0.1)
+  for n, (path, label) in enumerate(zip(loaded.decoded.paths, labels_N)):
+    probabilities_NC[n, (label + 1) % 3 if path in wrong else label] = 0.8
+  return config, loaded, probabilities_NC
+
+
+def test_every_metric_per_subgroup_as_per_source_with_gaps_and_small_groups(evaluated, tmp_path):
+  import json
+  from lungjax import evaluate, metrics as metrics_lib
+  config, loaded, probabilities_NC = evaluated
+  metrics = evaluate.report_predictions(probabilities_NC, loaded, config, str(tmp_path / 'out'), 'eval', 1)
+  written = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  labels_N = loaded.decoded.labels_N
+  sex = {os.path.relpath(p, loaded.folder): None for p in loaded.decoded.paths}
+  for row in metadata.read_table(config.eval.metadata).rows:
+    sex[row['file']] = row['sex']
+  sex_N = np.asarray([sex[os.path.relpath(p, loaded.folder)] for p in loaded.decoded.paths], dtype=object)
+  assert set(written['per_subgroup']['sex']) == {'F', 'M'}  # 'unknown' (2) and 'no metadata row' (1) too small.
+  for value in ('F', 'M'):
+    rows = sex_N == value
+    alone = metrics_lib.with_uncertainty(
+        evaluate.evaluation_metrics(labels_N[rows], probabilities_NC[rows], CLASSES), labels_N[rows],
+        probabilities_NC[rows], n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+    assert json.loads(json.dumps(alone)) == written['per_subgroup']['sex'][value]  # per_source's structure.
+  # By hand: F holds Covid films 4, 6, ..., 18 (8 films; 0 and 2 are unknown), 4 of them wrong.
+  assert written['per_subgroup']['sex']['F']['per_class']['Covid']['recall'] == pytest.approx(4 / 8)
+  assert written['per_subgroup']['sex']['M']['per_class']['Covid']['recall'] == 1.0
+  described = written['subgroups']['columns']['sex']
+  assert described['too_small'] == [{'value': 'unknown', 'n_images': 2}, {'value': 'no metadata row', 'n_images': 1}]
+  assert described['counts']['F'] == {'n_images': 8 + 10 + 10, 'per_class': {'Covid': 8, 'Normal': 10,
+                                                                             'Viral Pneumonia': 10}}
+  gap = described['recall_gaps']['Covid']
+  assert (gap['high'], gap['low'], gap['gap']) == ('M', 'F', pytest.approx(0.5))
+  assert gap['interval'][0] > 0 and gap['interval'][1] <= 1.0
+  assert described['recall_gaps']['Normal']['gap'] == 0.0
+  age = written['subgroups']['columns']['age']
+  assert age['bins'] == ['0-18', '18-65', '65-']
+  assert {k: v['n_images'] for k, v in age['counts'].items()} == {'0-18': 15, '18-65': 30, '65-': 14,
+                                                                   'no metadata row': 1}
+  assert written['subgroups']['metadata']['unmatched_rows'] == ['Covid/999.png']
+  assert written['subgroups']['metadata']['unmatched_images'] == [os.path.join(loaded.folder, 'Normal', '019.png')]
+  markdown = (tmp_path / 'out' / 'report.md').read_text()
+  assert '## Per subgroup' in markdown and '| F | 28 |' in markdown
+  assert 'Too small to say anything (under 5 images, no numbers): unknown (2), no metadata row (1).' in markdown
+  assert '- Covid recall: largest gap 0.500' in markdown
+  assert metrics['per_subgroup'].keys() == {'sex', 'age'}
+
+
+def test_recall_gap_with_too_few_images_reports_no_number():
+  from lungjax import metrics as metrics_lib
+  gap = metrics_lib.recall_gap(np.zeros(7, int), np.zeros(7, int), ['a'] * 5 + ['b'] * 2, 0, 5)
+  assert gap['gap'] is None and gap['too_few'] == [{'group': 'b', 'n_class_images': 2}]
+  assert 'fewer than two subgroups' in gap['reason']

@@ -90,8 +90,9 @@ def _normal(path: str) -> str:
   return os.path.normpath(path).replace(os.sep, '/')
 
 
-def join(table: Table, paths: Sequence[str], folder: str, field: str = 'config.eval.metadata') -> Join:
-  """Joins `table` to the images at `paths` (under `folder`, the image folder the table describes).
+def join(table: Table, paths: Sequence[str], folder: str | Sequence[str],
+         field: str = 'config.eval.metadata') -> Join:
+  """Joins `table` to the images at `paths` (under `folder`, the image folder the table describes, or several).
 
   A row's file value with a '/' is a path relative to the table's folder or to `folder`; one without is a base
   name. ValueError (naming `field`) where a base name names two images, or two rows name one image.
@@ -111,7 +112,7 @@ def join(table: Table, paths: Sequence[str], folder: str, field: str = 'config.e
     if '/' in key.replace('\\', '/'):
       key = key.replace('\\', '/')
       found = None
-      for base in (table_dir, folder):
+      for base in (table_dir, *([folder] if isinstance(folder, str) else folder)):
         candidate = _normal(os.path.abspath(os.path.join(base, key)))
         if candidate in by_path:
           found = by_path[candidate]
