@@ -17,9 +17,10 @@ import ml_collections
 from lungjax.models import layers
 from lungjax.models.cnn import CNN
 from lungjax.models.resnet import ResNet
+from lungjax.models.unet import UNet
 from lungjax.models.vgg import VGG
 
-MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG}
+MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG, 'unet': UNet}
 # config.model fields that configure training around the module, not the module itself.
 NON_MODULE_FIELDS = ('name', 'init_from')
 # Module fields that create_model fills in itself (the CNN's kernels follow from its lowering).
