@@ -83,6 +83,14 @@ def check_training(config: ml_collections.ConfigDict) -> None:
                      '1, not both')
   if folds == 1 or seeds < 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: folds must be 0 or >= 2, seeds >= 1')
+  by_source = config.cv.get('by_source', False)
+  if not isinstance(by_source, bool):
+    raise ValueError(f'config.cv.by_source={by_source!r} must be True or False')
+  if by_source and folds > 1:
+    raise ValueError(f'config.cv.by_source=True and config.cv.folds={folds}: leave one source out or folds, not both')
+  if by_source and not sources_lib.extra_sources(config):
+    raise ValueError('config.cv.by_source=True needs at least two training sources: set config.data.extra_root or '
+                     'config.data.extra_sources')
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
   if 'autoencoder' in config and config.autoencoder.enabled:

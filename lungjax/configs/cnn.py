@@ -130,6 +130,9 @@ def get_config() -> ml_collections.ConfigDict:
   # seeds > 1 repeats the run over seeds seed, seed+1, ... on the same split. Both report mean ± std.
   config.cv = ml_collections.ConfigDict()
   config.cv.folds = 0
+  # True: leave one source out (lungjax/loso.py): each training source held out in turn, trained on the others,
+  # scored on it (WORKDIR/loso/); with config.seeds seeds each. Needs extra sources; not with folds.
+  config.cv.by_source = False
   config.seeds = 1
 
   config.eval = ml_collections.ConfigDict()
