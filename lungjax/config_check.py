@@ -16,7 +16,7 @@ import ml_collections
 
 from lungjax import augment, checkpoints, distributed
 from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import sources as sources_lib, splits
+from lungjax.data import preprocess, sources as sources_lib, splits
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
@@ -93,6 +93,9 @@ def check_training(config: ml_collections.ConfigDict) -> None:
                      'config.data.extra_sources')
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
+  if preprocess.settings_of(config).active and config.data.prepared_dir:  # settings_of names a bad field.
+    raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
+                     'prepared data holds pixels decoded without it; decode config.data.root instead')
   if 'autoencoder' in config and config.autoencoder.enabled:
     check_autoencoder(config)
 

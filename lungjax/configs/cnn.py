@@ -42,6 +42,20 @@ def get_config() -> ml_collections.ConfigDict:
   # --config.data.extra_sources="('adult=/data/adult;COVID=Covid,NORMAL=Normal',)". Source names must differ.
   # Validation split and folds are stratified by class and source; copies across sources stay on one side.
   config.data.extra_sources = ()
+  # Preprocessing that removes what tells sources apart (lungjax/data/preprocess.py), run alike at train, eval,
+  # explain, predict and in the Python API; every step off by default.
+  config.data.preprocess = ml_collections.ConfigDict()
+  config.data.preprocess.working_size = 0  # >0: area-average every image to this side first (0: off).
+  config.data.preprocess.acquisition_size = 0  # >0 (below working_size): through this lower resolution first.
+  config.data.preprocess.crop_borders = False  # Crop near-constant edge rows / columns (frames, letterboxing).
+  config.data.preprocess.border_tolerance = 6.0  # A border row's grey-level standard deviation at most this.
+  config.data.preprocess.border_max_fraction = 0.2  # The most cropped from each edge, as a fraction of the side.
+  config.data.preprocess.window_percentiles = (0.0, 100.0)  # E.g. (1, 99): stretch to 0-255 and clip. (0, 100): off.
+  config.data.preprocess.intensity = 'none'  # 'none', 'equalize' (histogram) or 'clahe' (equalize_adapthist).
+  config.data.preprocess.clahe_clip_limit = 0.01
+  # 'crop' / 'fill' with lung masks (lung-segmentation helper, branch `lungs`): refused until it lands.
+  config.data.preprocess.lungs = 'none'
+  config.data.preprocess.lung_margin = 0.05  # 'crop': the lungs' box grown by this fraction on each side.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cnn'
