@@ -17,6 +17,7 @@ import ml_collections
 from lungjax import augment, checkpoints, distributed
 from lungjax import fingerprint as fingerprint_lib
 from lungjax.data import preprocess, sources as sources_lib, splits
+from lungjax.models import cnn as cnn_lib
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
@@ -77,6 +78,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
+  if config.model.name == 'cnn' and config.model.get('head', 'flatten') not in cnn_lib.HEADS:
+    raise ValueError(f'config.model.head={config.model.head!r} is not one of {cnn_lib.HEADS}')
   folds, seeds = config.cv.folds, config.seeds
   if folds > 1 and seeds > 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: set config.cv.folds or config.seeds above '

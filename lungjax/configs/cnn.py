@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_features = (32, 64, 128)
   config.model.dense_features = (128, 128)
   config.model.dropout_rate = 0.3
+  # 'flatten' (the study's: the last map flattened into dense_features) or 'gap' (global average pooling, then one
+  # dense layer of dense_features[-1]: position-invariant, ~0.1% of the weights; lungjax/models/cnn.py).
+  config.model.head = 'flatten'
   # How conv and max-pool are lowered (same values and gradients within 1e-4; tests/layers_test.py and
   # tests/kernels_test.py check): conv 'xla' (lax.conv), 'patches' (im2col matmuls) or 'blas' (C++ custom calls:
   # im2col blocks + OpenBLAS, CPU float32); pool 'reduce_window', 'reshape' or 'cpu_kernel' (relu + reshape pool,
