@@ -117,6 +117,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.brightness_delta = (-0.1, 0.1)  # Fractions of 255 added: exposure differences.
   config.augment.contrast_prob = 0.5
   config.augment.contrast_range = (0.85, 1.15)  # Factors about each image's mean.
+  # Aimed at what differs between sources (issue 23; lungjax/augment.py), all off (probability 0) by default.
+  config.augment.crop_prob = 0.0  # Random resized crop: area fraction crop_scale, width/height ratio crop_ratio.
+  config.augment.crop_scale = (0.6, 1.0)
+  config.augment.crop_ratio = (0.8, 1.25)
+  config.augment.gamma_prob = 0.0  # Film response: 255 * (x / 255) ** gamma.
+  config.augment.gamma_range = (0.7, 1.5)
+  config.augment.resolution_prob = 0.0  # Down to one of these fractions of the side (antialiased), back up.
+  config.augment.resolution_factors = (0.25, 0.5, 0.75)
+  config.augment.blur_prob = 0.0  # Gaussian blur, sigma in pixels (at most augment.MAX_BLUR_SIGMA).
+  config.augment.blur_sigma = (0.3, 1.5)
+  config.augment.noise_prob = 0.0  # Gaussian noise, standard deviation as a fraction of 255.
+  config.augment.noise_std = (0.0, 0.04)
+  config.augment.pad_prob = 0.0  # Border padding: each edge padded by this fraction of the side, a random grey.
+  config.augment.pad_fraction = (0.0, 0.12)
+  config.augment.jpeg_prob = 0.0  # JPEG re-encoding at a random quality: on the host, in the input pipeline.
+  config.augment.jpeg_quality = (20.0, 95.0)
 
   # The study's autoencoder variant (the autoencoder config): pretrain the CNN's conv stack as an encoder.
   config.autoencoder = ml_collections.ConfigDict()
