@@ -16,7 +16,8 @@ import ml_collections
 
 from lungjax import augment, checkpoints, distributed
 from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import metadata as metadata_lib, sources as sources_lib, splits
+from lungjax.data import metadata as metadata_lib, preprocess, sources as sources_lib, splits
+from lungjax.models import cnn as cnn_lib
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
@@ -97,15 +98,28 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
+  if config.model.name == 'cnn' and config.model.get('head', 'flatten') not in cnn_lib.HEADS:
+    raise ValueError(f'config.model.head={config.model.head!r} is not one of {cnn_lib.HEADS}')
   folds, seeds = config.cv.folds, config.seeds
   if folds > 1 and seeds > 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: set config.cv.folds or config.seeds above '
                      '1, not both')
   if folds == 1 or seeds < 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: folds must be 0 or >= 2, seeds >= 1')
+  by_source = config.cv.get('by_source', False)
+  if not isinstance(by_source, bool):
+    raise ValueError(f'config.cv.by_source={by_source!r} must be True or False')
+  if by_source and folds > 1:
+    raise ValueError(f'config.cv.by_source=True and config.cv.folds={folds}: leave one source out or folds, not both')
+  if by_source and not sources_lib.extra_sources(config):
+    raise ValueError('config.cv.by_source=True needs at least two training sources: set config.data.extra_root or '
+                     'config.data.extra_sources')
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
   sources_lib.check_tables(config)  # config.data.metadata*, group_by: tables readable, their columns there.
+  if preprocess.settings_of(config).active and config.data.prepared_dir:  # settings_of names a bad field.
+    raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
+                     'prepared data holds pixels decoded without it; decode config.data.root instead')
   if 'autoencoder' in config and config.autoencoder.enabled:
     check_autoencoder(config)
 

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
 from lungjax import calibration as calibration_lib, distributed, inference, model_card, progress
-from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, sources as sources_lib
+from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, preprocess, sources as sources_lib
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
@@ -249,7 +249,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   members = [workdir] + [w.strip() for w in config.eval.ensemble.split(',') if w.strip()]
   folder_names = folders.parse_folder_names(config.eval.class_names, config.data.classes)
   keys = view_keys(config.seed, config.eval.tta_views)
-  decoded_by_size: dict[int, loading.FolderImages] = {}
+  # Decoded once per (image size, preprocessing) among the members: each member sees its own run's images.
+  decoded_by_size: dict[tuple[int, preprocess.PreprocessSettings], loading.FolderImages] = {}
   total_NC, steps_used = 0.0, []
   for member in members:
     model = inference.load(member, config.eval.step if member == workdir else -1,
@@ -258,12 +259,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     if tuple(run_config.data.classes) != tuple(config.data.classes):
       raise ValueError(f'config.eval.ensemble: {member!r} was trained on classes {list(run_config.data.classes)}, '
                        f'not {list(config.data.classes)}')
-    size = run_config.data.image_size
+    size = (run_config.data.image_size, preprocess.settings_of(run_config))
     if size not in decoded_by_size:
       with config.unlocked():
         sized = config.copy_and_resolve_references()
       with sized.unlocked():
-        sized.data.image_size = size
+        sized.data.image_size = size[0]
+        if 'preprocess' in run_config.data:
+          sized.data.preprocess = ml_collections.ConfigDict(run_config.data.preprocess.to_dict())
       if folder == VALIDATION:
         data = loading.load_training_data(sized)
         decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import images, sources as sources_lib
+from lungjax.data import images, preprocess, sources as sources_lib
 
 MISMATCH_CHOICES = ('error', 'fresh')
 
@@ -70,6 +70,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state
   extra = _sources(config, data) if sources_lib.extra_sources(config) else {}
   if config.train.get('source_weighting', 'none') != 'none':
     extra['source_weighting'] = config.train.source_weighting
+  if (prep := preprocess.settings_of(config)).active:  # What the model sees: off leaves old fingerprints as they were.
+    extra['preprocess'] = preprocess.record(prep)
   if config.train.get('lr_schedule', 'constant') != 'constant':
     extra['lr_schedule'] = config.train.lr_schedule
   dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(abstract_state.params)})

@@ -17,6 +17,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from lungjax.data import preprocess
+
 JSON_NAME = 'model_card.json'
 MARKDOWN_NAME = 'MODEL_CARD.md'
 INTENDED_USE = ('Research only: a classifier of chest radiographs (Covid / Normal / Viral Pneumonia) trained and '
@@ -120,7 +122,9 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           'decoding': 'any JPEG/PNG/DICOM to 8-bit RGB (grey repeated), resized bilinearly to image_size x '
                       'image_size',
           'rescale': _RESCALE.get(config.model.get('preprocessing', 'rescale'),
-                                  config.model.get('preprocessing', 'rescale'))},
+                                  config.model.get('preprocessing', 'rescale')),
+          # config.data.preprocess (data/preprocess.py): the steps between decoding and the model.
+          'steps': preprocess.record(preprocess.settings_of(config))},
       'recipe': {'optimizer': 'adam', 'learning_rate': config.train.learning_rate,
                  'lr_schedule': config.train.get('lr_schedule', 'constant'),
                  'adam': [config.train.adam_b1, config.train.adam_b2, config.train.adam_eps],
@@ -182,7 +186,9 @@ def card_markdown(card: dict[str, Any]) -> str:
       lines.append(f'\n- {split} fingerprint: {print_["n"]} images, sha256 `{print_["sha256"]}`')
   prep = card['preprocessing']
   lines += ['', '## Preprocessing', '', f'- {prep["decoding"]}; image size {prep["image_size"]}',
-            f'- rescale: {prep["rescale"]}', '', '## Recipe', '',
+            f'- rescale: {prep["rescale"]}',
+            f'- steps (config.data.preprocess, at training and in use alike): {prep.get("steps", {}).get("steps", "none")}',
+            '', '## Recipe', '',
             f'- {recipe["optimizer"]}, learning rate {recipe["learning_rate"]} '
             f'({recipe.get("lr_schedule", "constant")}), {recipe["epochs"]} epochs of batch '
             f'{recipe["batch_size"]} ({recipe["steps"]} steps), class weighting {recipe["class_weighting"]}, source weighting '

@@ -141,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     num_steps = steps_per_epoch * config.train.num_epochs
     dataset = pipeline.train_dataset(data.train.images_NHWC, data.train.labels_N,
                                      global_batch_size=config.train.batch_size,
-                                     num_epochs=config.train.num_epochs, seed=config.seed, weights_N=weights_N)
+                                     num_epochs=config.train.num_epochs, seed=config.seed, weights_N=weights_N,
+                                     host_augment=augment.host_augment_fn(config.augment))
     read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
     data_iter = iter(dataset.to_iter_dataset(read_options))
 

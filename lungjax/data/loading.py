@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import download, duplicates, folders, images, metadata as metadata_lib, sources as sources_lib, splits
+from lungjax.data import (download, duplicates, folders, images, metadata as metadata_lib, preprocess,
+                          sources as sources_lib, splits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,8 @@ def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_c
   scan = folders.scan_split(folder, config.data.classes, require_all_classes=require_all_classes,
                             folder_names=folder_names, skip_unreadable=config.data.skip_bad_images)
   decoded = images.decode_records(scan.records, config.data.image_size,
-                                  skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads)
+                                  skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads,
+                                  preprocess=preprocess.settings_of(config))
   if scan.unreadable:  # Dangling links, link loops, unreadable files and folders: skipped and counted like bad images.
     decoded = dataclasses.replace(decoded, skipped=scan.unreadable + decoded.skipped)
   return _logged(FolderImages(folder, decoded, scan.ignored_files), config)
