@@ -47,7 +47,7 @@ class CNN(nn.Module):
     dtype = jnp.dtype(self.dtype)
     relu_pool = {'reduce_window': lambda x: nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2)),
                  'reshape': lambda x: layers.reshape_max_pool(nn.relu(x)),
-                 'cpu_kernel': lambda x: self.kernels.relu_max_pool(x)}[self.pool_impl]
+                 'cpu_kernel': lambda x: self.kernels.relu_max_pool(x.astype(jnp.float32))}[self.pool_impl]
     x = (images_BHWC.astype(jnp.float32) / 255.0).astype(dtype)
     for index, features in enumerate(self.conv_features):
       name = f'Conv_{index}'  # nn.Conv's own names, whichever lowering: checkpoints and Grad-CAM layers match.
