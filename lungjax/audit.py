@@ -1,6 +1,11 @@
 """Dataset audit: copies within and across folders, per-class stats, bad files and patient metadata.
 
 python -m lungjax.audit FOLDER [FOLDER...] --out=DIR [--strip=OUT_DIR] [--near_threshold=0.96] [--drop_from=FOLDER]
+  [--metadata=CSV [--metadata_file_column=file] [--subgroups=view,sex,age:0-18,18-40,40-65,65-] [--group_by=patientid]]
+
+With a metadata table (data/metadata.py joins it to every folder's images): class counts per subgroup ('AP Supine:
+74 of 75 are COVID-19', a confound seen before a model learns it) and, with --group_by, the groups (a patient's
+films, merged with the copy groups) that straddle two folders.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-im
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
 from lungjax import progress  # pylint: disable=g-import-not-at-top
-from lungjax.data import dicom, duplicates, folders, images  # pylint: disable=g-import-not-at-top
+from lungjax.data import dicom, duplicates, folders, images, metadata as metadata_lib  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 NEAR_THRESHOLD = 0.96  # Pearson r of grey thumbnails that makes two images near copies.
@@ -37,6 +42,13 @@ def _define_flags() -> None:
                       'refuses, naming the file, if a copy path exists.')
   flags.DEFINE_float('near_threshold', NEAR_THRESHOLD, 'Pearson r of the 32x32 grey thumbnails at or above which two images '
                      'are near copies.')
+  flags.DEFINE_string('metadata', '', 'A metadata CSV joined to the images by --metadata_file_column (a path '
+                      'relative to the table\'s folder or a FOLDER, or a base name).')
+  flags.DEFINE_string('metadata_file_column', metadata_lib.DEFAULT_FILE_COLUMN, 'The column naming each row\'s image.')
+  flags.DEFINE_string('subgroups', '', 'Columns of --metadata to count classes by, e.g. view,sex,age:0-18,18-40,65- '
+                      '(the syntax of config.eval.subgroups).')
+  flags.DEFINE_string('group_by', '', 'A column of --metadata (e.g. patientid): list its groups, merged with the '
+                      'copy groups, that have images in two FOLDERs.')
   flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
                       'image in another FOLDER.')
 
@@ -516,10 +528,47 @@ def write_clean_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str],
           'changed': [row for row in written if row['method'] != 'copied']}
 
 
+def metadata_report(table_path: str, file_column: str, subgroups: str, group_by: str, paths: Sequence[str],
+                    folder_paths: Sequence[str], folder_N: np.ndarray, groups_N: np.ndarray) -> dict[str, Any]:
+  """The audit's metadata part: the join (unmatched rows and images), class counts (an image's sub-folder) per
+  subgroup of each --subgroups column, and with group_by the merged groups with images in more than one folder."""
+  table = metadata_lib.read_table(table_path, file_column, '--metadata')
+  joined = metadata_lib.join(table, paths, tuple(folder_paths), '--metadata')
+  class_of = [os.path.relpath(os.path.dirname(p), folder_paths[f]) for p, f in zip(paths, folder_N.tolist())]
+  classes = sorted(set(class_of))
+  labels_N = np.asarray([classes.index(c) for c in class_of], np.int64)
+  found: dict[str, Any] = {'table': joined.summary(), 'subgroups': {}}
+  for subgroup in metadata_lib.parse_subgroups(subgroups, '--subgroups') if subgroups else ():
+    if subgroup.column not in table.columns:
+      raise ValueError(f'--subgroups={subgroups!r}: {subgroup.column!r} is not a column of --metadata={table_path!r}')
+    counts = metadata_lib.class_counts(labels_N, metadata_lib.subgroup_labels(joined, subgroup), subgroup, classes)
+    found['subgroups'][subgroup.column] = {
+        'counts': counts, 'largest_class': [metadata_lib.counts_sentence(v, row) for v, row in counts.items()]}
+  if group_by:
+    if group_by not in table.columns:
+      raise ValueError(f'--group_by={group_by!r} is not a column of --metadata={table_path!r}')
+    keys, without = metadata_lib.group_keys(joined, group_by, '')
+    merged_N = metadata_lib.merge_groups(groups_N, keys)
+    names = [display_path(f) for f in folder_paths]
+    straddling = metadata_lib.groups_on_both_sides(merged_N.tolist(), [names[f] for f in folder_N.tolist()])
+    found['group_by'] = {
+        'column': group_by, 'n_without_value': without, 'n_groups': int(len(np.unique(merged_N))),
+        'groups_across_folders': [
+            {'values': sorted({k[1] for k, g in zip(keys, merged_N.tolist()) if g == group and k is not None}),
+             'folders': folders_, 'files': [display_path(paths[i]) for i in np.flatnonzero(merged_N == group)]}
+            for group, folders_ in straddling.items()]}
+  return found
+
+
 def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: float = NEAR_THRESHOLD,
-              strip_dir: str | None = None, drop_from: str | None = None, threads: int = 0) -> dict[str, Any]:
-  """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report."""
+              strip_dir: str | None = None, drop_from: str | None = None, threads: int = 0, metadata: str = '',
+              metadata_file_column: str = metadata_lib.DEFAULT_FILE_COLUMN, subgroups: str = '',
+              group_by: str = '') -> dict[str, Any]:
+  """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report.
+  With `metadata` (a CSV), the report's 'metadata_table' (metadata_report)."""
   drop_index = _check_arguments(folder_paths, out_dir, near_threshold, strip_dir, drop_from)
+  if (subgroups or group_by) and not metadata:
+    raise ValueError('--subgroups and --group_by read --metadata=CSV: name the table')
   listed = [list_folder(folder) for folder in folder_paths]
   paths = [path for found, _, _ in listed for path in found]
   folder_N = np.asarray([i for i, (found, _, _) in enumerate(listed) for _ in found], np.int64)
@@ -547,6 +596,9 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
       'copy_groups': [group for group in members.values() if len(group) > 1],
       'metadata': [{'path': display_path(a.path), 'found': list(a.metadata)} for a in audits if a.metadata],
   }
+  if metadata:
+    report['metadata_table'] = metadata_report(metadata, metadata_file_column, subgroups, group_by, paths,
+                                               folder_paths, folder_N, groups_N)
   os.makedirs(out_dir, exist_ok=True)
   if drop_index is not None:
     dropped = [display_path(paths[i]) for i in copies_of_other_folders(pairs, folder_N, drop_index)]
@@ -577,7 +629,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) < 2:
     raise app.UsageError('name at least one FOLDER: python -m lungjax.audit FOLDER [FOLDER...] --out=DIR')
   report = run_audit(argv[1:], FLAGS.out, near_threshold=FLAGS.near_threshold, strip_dir=FLAGS.strip,
-                     drop_from=FLAGS.drop_from)
+                     drop_from=FLAGS.drop_from, metadata=FLAGS.metadata,
+                     metadata_file_column=FLAGS.metadata_file_column, subgroups=FLAGS.subgroups, group_by=FLAGS.group_by)
   summary = report['summary']
   print(f'{summary["n_images"]} images ({summary["n_undecodable"]} undecodable, {summary["n_unreadable"]} '
         f'unreadable): {summary["n_exact_pairs"]} exact and {summary["n_near_pairs"]} near copy pairs, '
@@ -585,6 +638,15 @@ def main(argv: Sequence[str]) -> None:
   for row in (row for stats in report['folders'] for row in stats['unreadable']):
     print(f'  unreadable  {row["path"]}: {row["reason"]}')
   print(f'  report      {os.path.join(FLAGS.out, "audit.json")}, {os.path.join(FLAGS.out, "pairs.png")}')
+  table = report.get('metadata_table')
+  if table:
+    print(f'  metadata    {table["table"]["n_matched"]} of {table["table"]["n_images"]} images have a row; '
+          f'{table["table"]["n_unmatched_rows"]} rows name no image')
+    for column, row in table['subgroups'].items():
+      print(f'  {column:<11} ' + '; '.join(row['largest_class']))
+    if 'group_by' in table:
+      across = table['group_by']['groups_across_folders']
+      print(f'  group_by    {table["group_by"]["column"]}: {len(across)} groups have images in two folders')
   if 'drop_list' in report:
     print(f'  drop list   {os.path.join(FLAGS.out, "drop_list.txt")} ({len(report["drop_list"])} images)')
   if 'strip' in report:

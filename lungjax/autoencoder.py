@@ -31,7 +31,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from lungjax import checkpoints, mesh as mesh_lib
-from lungjax.data import folders, images, loading, pipeline
+from lungjax.data import folders, images, loading, pipeline, preprocess
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
 
 GRID_IMAGES = 8  # Inputs above, their reconstructions below.
@@ -288,7 +288,7 @@ def load_extra_images(config: ml_collections.ConfigDict,
       raise ValueError(f'config.autoencoder.extra_dirs folder {folder!r} holds no .jpg/.jpeg/.png images')
     records += [folders.Record(path, 0) for path in paths]
   decoded = images.decode_records(records, config.data.image_size, skip_bad_images=config.data.skip_bad_images,
-                                  threads=config.data.decode_threads)
+                                  threads=config.data.decode_threads, preprocess=preprocess.settings_of(config))
   for path, reason in decoded.skipped:
     logging.warning('stage 1: skipped %s: %s', path, reason)
   excluded = set(exclude_hashes)

@@ -21,7 +21,7 @@ from absl import app, flags  # pylint: disable=g-multiple-import
 
 from lungjax import checkpoints, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib
 from lungjax import steps
-from lungjax.data import folders, loading
+from lungjax.data import folders, loading, preprocess
 
 CONFIDENCE = 0.95
 TOOL = 'lungjax.compare'  # compare.json says it wrote the file; what it finds without this it does not overwrite.
@@ -211,13 +211,14 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
     run_config, step = model.config, model.checkpoint_step
     mesh_lib.check_batch_size(run_config.eval.batch_size, mesh, f'{workdir}/config.json: config.eval.batch_size')
     size = run_config.data.image_size
-    if size not in loaded_by_size and folder == evaluate.VALIDATION:  # Run A's validation split (B's must match).
+    prepared = (size, preprocess.settings_of(run_config))  # Each run's images as it trained on them.
+    if prepared not in loaded_by_size and folder == evaluate.VALIDATION:  # Run A's validation split (B's must match).
       data = loading.load_training_data(run_config)
-      loaded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())
-    elif size not in loaded_by_size:
-      loaded_by_size[size] = loading.load_folder(folder, run_config, require_all_classes=False,
-                                                 folder_names=folder_names)
-    loaded = loaded_by_size[size]
+      loaded_by_size[prepared] = loading.FolderImages(data.train_folder.folder, data.val, ())
+    elif prepared not in loaded_by_size:
+      loaded_by_size[prepared] = loading.load_folder(folder, run_config, require_all_classes=False,
+                                                     folder_names=folder_names)
+    loaded = loaded_by_size[prepared]
     predictions[key] = (loaded, evaluate.predict_probabilities(steps.jit_eval_step(model.module, mesh), model.state,
                                                                loaded.decoded, run_config.eval.batch_size, mesh))
     runs[key] = {'workdir': workdir, 'checkpoint_step': int(step), 'model': run_config.model.name,

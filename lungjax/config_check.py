@@ -16,7 +16,8 @@ import ml_collections
 
 from lungjax import augment, checkpoints, distributed
 from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import sources as sources_lib, splits
+from lungjax.data import metadata as metadata_lib, preprocess, sources as sources_lib, splits
+from lungjax.models import cnn as cnn_lib
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
@@ -49,10 +50,30 @@ def check_runtime(config: ml_collections.ConfigDict) -> None:
   tta_views = config.eval.get('tta_views', 0)
   if tta_views < 0:
     raise ValueError(f'config.eval.tta_views={tta_views} must be >= 0')
+  check_subgroups(config)
   _refuse_failed([
       ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
       ('config.eval.batch_size', config.eval.batch_size, config.eval.batch_size >= 1),
   ])
+
+
+def check_subgroups(config: ml_collections.ConfigDict) -> None:
+  """config.eval.metadata, metadata_file_column, subgroups and subgroup_min_images (data/metadata.py)."""
+  table, column = config.eval.get('metadata', ''), config.eval.get('metadata_file_column', 'file')
+  text, minimum = config.eval.get('subgroups', ''), config.eval.get('subgroup_min_images', 10)
+  if not _is_int(minimum) or minimum < 1:
+    raise ValueError(f'config.eval.subgroup_min_images={minimum!r} must be an integer >= 1')
+  if not isinstance(column, str) or not column:
+    raise ValueError(f'config.eval.metadata_file_column={column!r} must name a column')
+  if text and not table:
+    raise ValueError(f'config.eval.subgroups={text!r} needs config.eval.metadata=CSV, the table they are read from')
+  if not table:
+    return
+  found = metadata_lib.read_table(table, column, 'config.eval.metadata')
+  for subgroup in metadata_lib.parse_subgroups(text) if text else ():
+    if subgroup.column not in found.columns:
+      raise ValueError(f'config.eval.subgroups={text!r}: {subgroup.column!r} is not a column of '
+                       f'config.eval.metadata={table!r} (columns: {list(found.columns)})')
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:
@@ -77,14 +98,28 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
+  if config.model.name == 'cnn' and config.model.get('head', 'flatten') not in cnn_lib.HEADS:
+    raise ValueError(f'config.model.head={config.model.head!r} is not one of {cnn_lib.HEADS}')
   folds, seeds = config.cv.folds, config.seeds
   if folds > 1 and seeds > 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: set config.cv.folds or config.seeds above '
                      '1, not both')
   if folds == 1 or seeds < 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: folds must be 0 or >= 2, seeds >= 1')
+  by_source = config.cv.get('by_source', False)
+  if not isinstance(by_source, bool):
+    raise ValueError(f'config.cv.by_source={by_source!r} must be True or False')
+  if by_source and folds > 1:
+    raise ValueError(f'config.cv.by_source=True and config.cv.folds={folds}: leave one source out or folds, not both')
+  if by_source and not sources_lib.extra_sources(config):
+    raise ValueError('config.cv.by_source=True needs at least two training sources: set config.data.extra_root or '
+                     'config.data.extra_sources')
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
+  sources_lib.check_tables(config)  # config.data.metadata*, group_by: tables readable, their columns there.
+  if preprocess.settings_of(config).active and config.data.prepared_dir:  # settings_of names a bad field.
+    raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
+                     'prepared data holds pixels decoded without it; decode config.data.root instead')
   if 'autoencoder' in config and config.autoencoder.enabled:
     check_autoencoder(config)
 

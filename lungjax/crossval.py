@@ -28,8 +28,9 @@ _PER_CLASS = ('precision', 'recall', 'f1', 'specificity', 'npv')
 
 
 def is_repeated(config: ml_collections.ConfigDict) -> bool:
-  """True when the config asks for several runs: folds (config.cv.folds > 1) or seeds (config.seeds > 1)."""
-  return config.cv.folds > 1 or config.seeds > 1
+  """True when the config asks for several runs: folds (config.cv.folds > 1), seeds (config.seeds > 1) or leave one
+  source out (config.cv.by_source, lungjax/loso.py)."""
+  return config.cv.folds > 1 or config.seeds > 1 or bool(config.cv.get('by_source', False))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -37,8 +38,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   The config is assumed valid (config_check.validate); one run (neither above 1) is train.train_and_evaluate's.
   """
-  assert is_repeated(config), 'crossval.run needs config.cv.folds > 1 or config.seeds > 1'
+  assert is_repeated(config), 'crossval.run needs config.cv.folds > 1, config.seeds > 1 or config.cv.by_source'
   with workdir_lib.owned(workdir):  # Each run's folder under it is claimed and locked too.
+    if config.cv.get('by_source', False):  # Leave one source out (over config.seeds seeds).
+      from lungjax import loso  # pylint: disable=g-import-not-at-top  (loso uses this module's summaries)
+      return loso.leave_one_source_out(config, workdir)
     return cross_validate(config, workdir) if config.cv.folds > 1 else repeat_over_seeds(config, workdir)
 
 
@@ -46,13 +50,14 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   """Trains one model per grouped, stratified fold of train; pools the out-of-fold predictions."""
   root, loaded = loading.load_training_folder(config)
   decoded = loaded.decoded
-  folds = splits.grouped_stratified_folds(loading.split_strata(decoded), loading.split_groups(decoded, config),
-                                          config.cv.folds, config.data.split_seed)
+  grouped = loading.grouping(decoded, config, loaded.folder)
+  folds = splits.grouped_stratified_folds(loading.split_strata(decoded), grouped.groups_N, config.cv.folds,
+                                          config.data.split_seed)
   runs = {}
   for k, (train_indices, val_indices) in enumerate(folds):
     logging.info('fold %d of %d: %d train, %d validation', k + 1, len(folds), len(train_indices), len(val_indices))
     run_dir = os.path.join(workdir, f'fold_{k}')
-    data = loading.TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))
+    data = loading.TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices), grouped)
     runs[run_dir] = _validation(train.train_and_evaluate(config, run_dir, data), run_dir)
   return summarise_runs(config, runs, os.path.join(workdir, 'cv'), f'{config.name}: {len(folds)}-fold CV', pool=True)
 

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, report_html, steps
 from lungjax import calibration as calibration_lib, distributed, inference, model_card, progress
-from lungjax.data import folders, images, loading, pipeline, sources as sources_lib
+from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, preprocess, sources as sources_lib
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
@@ -64,6 +64,56 @@ def per_source_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarr
       found[name] = metrics_lib.with_uncertainty(metrics, labels_N[rows], probabilities_NC[rows],
                                                  n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
   return found
+
+
+def eval_join(decoded: images.DecodedImages, folder: str, config: ml_collections.ConfigDict) -> metadata_lib.Join:
+  """config.eval.metadata joined to the evaluated images (rows by config.eval.metadata_file_column; paths relative
+  to the table's folder or to any evaluated folder, 'A,B'), its unmatched rows and images logged."""
+  table = metadata_lib.read_table(config.eval.metadata, config.eval.get('metadata_file_column', 'file'),
+                                  'config.eval.metadata')
+  folders_ = tuple(f.strip() for f in folder.split(',') if f.strip())
+  joined = metadata_lib.join(table, decoded.paths, folders_, 'config.eval.metadata')
+  summary = joined.summary()
+  logging.info('%s joined to %d of %d images; %d rows name no image here, %d images have no row (metrics.json: '
+               'subgroups.metadata)', table.path, summary['n_matched'], summary['n_images'],
+               summary['n_unmatched_rows'], summary['n_unmatched_images'])
+  for path in joined.unmatched_images:
+    logging.warning('no row of %s names %s: its subgroup is %r', table.path, path, metadata_lib.NO_ROW)
+  return joined
+
+
+def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray, config: ml_collections.ConfigDict,
+                     folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(per_subgroup, subgroups) for config.eval.subgroups: {column: {value: the whole's metrics (with_uncertainty's
+  intervals) on that subgroup alone}}, the same structure as per_source; and for each column its class counts per
+  subgroup, the subgroups under config.eval.subgroup_min_images (no metrics: too small to say anything) and each
+  class's largest recall gap between subgroups with its bootstrap interval (metrics.recall_gap)."""
+  joined = eval_join(decoded, folder, config)
+  classes, minimum = tuple(config.data.classes), config.eval.get('subgroup_min_images', 10)
+  labels_N = np.asarray(decoded.labels_N)
+  predicted_N = np.asarray(probabilities_NC).argmax(axis=1)
+  per_subgroup: dict[str, Any] = {}
+  columns: dict[str, Any] = {}
+  for subgroup in metadata_lib.parse_subgroups(config.eval.subgroups):
+    values = metadata_lib.subgroup_labels(joined, subgroup)
+    values_N = np.asarray(values, dtype=object)
+    counts = metadata_lib.class_counts(labels_N, values, subgroup, classes)
+    found, too_small = {}, []
+    for value, row in counts.items():
+      if row['n_images'] < minimum:
+        too_small.append({'value': value, 'n_images': row['n_images']})
+        continue
+      rows = values_N == value
+      found[value] = metrics_lib.with_uncertainty(
+          evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes), labels_N[rows], probabilities_NC[rows],
+          n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+    per_subgroup[subgroup.column] = found
+    columns[subgroup.column] = {
+        'bins': subgroup.labels, 'counts': counts, 'too_small': too_small,
+        'recall_gaps': {c: metrics_lib.recall_gap(labels_N, predicted_N, values, k, minimum,
+                                                  config.eval.n_bootstrap, config.seed)
+                        for k, c in enumerate(classes) if np.any(labels_N == k)}}
+  return per_subgroup, {'metadata': joined.summary(), 'min_images': minimum, 'columns': columns}
 
 
 def write_predictions(decoded: images.DecodedImages, probabilities_NC: np.ndarray, classes: tuple[str, ...],
@@ -150,6 +200,11 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
   if per_source := per_source_metrics(loaded.decoded, probabilities_NC, config):
     metrics['per_source'] = per_source
     metrics['source_missing_classes'] = sources_lib.missing_classes(loaded.decoded, config.data.classes)
+  if config.eval.get('metadata') and config.eval.get('subgroups'):
+    metrics['per_subgroup'], metrics['subgroups'] = subgroup_metrics(loaded.decoded, probabilities_NC, config,
+                                                                     loaded.folder)
+  elif config.eval.get('metadata'):  # A table without subgroups: the join is still reported.
+    metrics['subgroups'] = {'metadata': eval_join(loaded.decoded, loaded.folder, config).summary(), 'columns': {}}
   page = page or report_html.PageInputs()
   sources_N, source_names = sources_lib.source_indices(loaded.decoded)
   # Every process draws the gallery's Grad-CAM (a jitted computation over the mesh); process 0 writes the page.
@@ -210,7 +265,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   members = [workdir] + [w.strip() for w in config.eval.ensemble.split(',') if w.strip()]
   folder_names = folders.parse_folder_names(config.eval.class_names, config.data.classes)
   keys = view_keys(config.seed, config.eval.tta_views)
-  decoded_by_size: dict[int, loading.FolderImages] = {}
+  # Decoded once per (image size, preprocessing) among the members: each member sees its own run's images.
+  decoded_by_size: dict[tuple[int, preprocess.PreprocessSettings], loading.FolderImages] = {}
   total_NC, steps_used, own_model = 0.0, [], None
   for member in members:
     model = inference.load(member, config.eval.step if member == workdir else -1,
@@ -220,12 +276,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     if tuple(run_config.data.classes) != tuple(config.data.classes):
       raise ValueError(f'config.eval.ensemble: {member!r} was trained on classes {list(run_config.data.classes)}, '
                        f'not {list(config.data.classes)}')
-    size = run_config.data.image_size
+    size = (run_config.data.image_size, preprocess.settings_of(run_config))
     if size not in decoded_by_size:
       with config.unlocked():
         sized = config.copy_and_resolve_references()
       with sized.unlocked():
-        sized.data.image_size = size
+        sized.data.image_size = size[0]
+        if 'preprocess' in run_config.data:
+          sized.data.preprocess = ml_collections.ConfigDict(run_config.data.preprocess.to_dict())
       if folder == VALIDATION:
         data = loading.load_training_data(sized)
         decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())

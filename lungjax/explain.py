@@ -15,7 +15,7 @@ from absl import logging
 from PIL import Image
 
 from lungjax import checkpoints, inference, workdir as workdir_lib
-from lungjax.data import folders, images, loading
+from lungjax.data import folders, images, loading, preprocess
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -113,7 +113,7 @@ def _read_folder(folder: str, config: ml_collections.ConfigDict) -> tuple[images
     raise ValueError(f'config.explain.dir={folder!r} has no .jpg/.jpeg/.png images and no class sub-folders')
   records = [folders.Record(path, -1) for path in loose]
   decoded = images.decode_records(records, config.data.image_size, skip_bad_images=config.data.skip_bad_images,
-                                  threads=config.data.decode_threads)
+                                  threads=config.data.decode_threads, preprocess=preprocess.settings_of(config))
   ignored = [[e.path, 'not a .jpg/.jpeg/.png file'] for e in entries if e.is_file() and e.path not in loose]
   return decoded, ignored + [list(item) for item in decoded.skipped]
 

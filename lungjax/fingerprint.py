@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import images, sources as sources_lib
+from lungjax.data import images, preprocess, sources as sources_lib
 
 MISMATCH_CHOICES = ('error', 'fresh')
 
@@ -50,6 +50,19 @@ def _sources(config: ml_collections.ConfigDict, data: Any) -> dict[str, Any]:
   return {'sources': described, 'source_weighting': config.train.get('source_weighting', 'none')}
 
 
+def _grouping(data: Any) -> dict[str, Any]:
+  """{'grouped_by': 'copies and patientid', 'groups_sha256'} where a metadata column grouped the split; {} for copies
+  alone (the study's fingerprints stay as they were)."""
+  grouping = getattr(data, 'grouping', None)
+  if grouping is None or grouping.description == 'copies':
+    return {}
+  folder = data.train_folder.folder
+  digest = hashlib.sha256()
+  for path, group in zip(grouping.paths, grouping.groups_N.tolist()):
+    digest.update(json.dumps([os.path.relpath(path, folder), int(group)]).encode())
+  return {'grouped_by': grouping.description, 'groups_sha256': digest.hexdigest()}
+
+
 def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state: Any,
                     loader_threads: int) -> dict[str, Any]:
   """The fields a resumed run must share with its checkpoint ('run') and those that only change bits ('host')."""
@@ -57,6 +70,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state
   extra = _sources(config, data) if sources_lib.extra_sources(config) else {}
   if config.train.get('source_weighting', 'none') != 'none':
     extra['source_weighting'] = config.train.source_weighting
+  if (prep := preprocess.settings_of(config)).active:  # What the model sees: off leaves old fingerprints as they were.
+    extra['preprocess'] = preprocess.record(prep)
   if config.train.get('lr_schedule', 'constant') != 'constant':
     extra['lr_schedule'] = config.train.lr_schedule
   dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(abstract_state.params)})
@@ -71,7 +86,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state
           'augment': config.augment.to_dict(),
           'image_size': config.data.image_size,
           'classes': list(config.data.classes),
-          'split': {k: config.data[k] for k in ('val_fraction', 'split_seed', 'near_copy_threshold')},
+          'split': {**{k: config.data[k] for k in ('val_fraction', 'split_seed', 'near_copy_threshold')},
+                    **_grouping(data)},
           'train_files': _files_digest(data.train, folder),
           'val_files': _files_digest(data.val, folder),
           'process_count': jax.process_count(),

@@ -6,8 +6,9 @@ against the sha256 the training run saved (checkpoints.restore_chosen), and a ch
 other classes, another model or image size than the config is refused.
 
 Model.predict decodes each image exactly as --mode=eval decodes a folder's files (data/images.py load_image: 8-bit
-RGB, EXIF rotation, DICOM through data/dicom.py, bilinear resize to the run's image size), runs the same jitted
-eval step config.eval.batch_size images at a time (the last batch zero-padded: one compile per batch shape), and
+RGB, EXIF rotation, DICOM through data/dicom.py, the run's config.data.preprocess through data/preprocess.py, as
+training's images went, and a resize to the run's image size), runs the same jitted eval step config.eval.batch_size
+images at a time (the last batch zero-padded: one compile per batch shape), and
 scales the probabilities by the run's served temperature (calibration.json).
 """
 
@@ -27,7 +28,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps
-from lungjax.data import images
+from lungjax.data import images, preprocess as preprocess_lib
 from lungjax.models import create_model
 
 # One image as Model.predict and Model.explain take it: a file path (JPEG, PNG or DICOM), a PIL image, or a uint8
@@ -35,32 +36,36 @@ from lungjax.models import create_model
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
-def read_image(path: str, size: int) -> images.LoadedImage:
-  """Decodes one file to size x size x 3 uint8 (and its warnings); BadImageError names it (also when missing or a
-  folder)."""
+def read_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettings | None = None
+               ) -> images.LoadedImage:
+  """Decodes one file to size x size x 3 uint8 (and its warnings), through the run's preprocessing (None: none);
+  BadImageError names it (also when missing or a folder)."""
   if os.path.isdir(path):
     raise images.BadImageError(path, 'a folder with no .jpg/.jpeg/.png images')
   if not os.path.isfile(path):
     raise images.BadImageError(path, 'no such file')
   try:
-    return images.load_image(path, size)
+    return images.load_image(path, size, preprocess)
   except OSError as error:  # E.g. no permission to read it.
     raise images.BadImageError(path, str(error)) from error
 
 
-def to_pixels(image: ImageInput, size: int) -> np.ndarray:
+def to_pixels(image: ImageInput, size: int, preprocess: preprocess_lib.PreprocessSettings | None = None
+              ) -> np.ndarray:
   """One image as the model reads it: size x size x 3 uint8, decoded and resized as --mode=eval does a file.
 
   A path goes through read_image (images.load_image); a PIL image or an array through images.to_rgb_uint8 and the
-  same bilinear resize (a grey image resized as one band or as three equal ones gives the same pixels).
+  same bilinear resize (a grey image resized as one band or as three equal ones gives the same pixels). Both go
+  through data/preprocess.py's preprocess_image with `preprocess` (the run's config.data.preprocess; None: off).
   """
-  return pixels_and_size(image, size)[0]
+  return pixels_and_size(image, size, preprocess)[0]
 
 
-def pixels_and_size(image: ImageInput, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+def pixels_and_size(image: ImageInput, size: int, preprocess: preprocess_lib.PreprocessSettings | None = None
+                    ) -> tuple[np.ndarray, tuple[int, int]]:
   """(to_pixels of the image, its own (height, width))."""
   if isinstance(image, (str, os.PathLike)):
-    loaded = read_image(os.fspath(image), size)
+    loaded = read_image(os.fspath(image), size, preprocess)
     return loaded.pixels_HWC, loaded.size_HW
   if isinstance(image, np.ndarray):
     if image.dtype != np.uint8:
@@ -75,8 +80,9 @@ def pixels_and_size(image: ImageInput, size: int) -> tuple[np.ndarray, tuple[int
   if not isinstance(image, Image.Image):
     raise TypeError(f'an image must be a file path, a PIL image or a uint8 numpy array, not {type(image).__name__}')
   pixels_HWC = images.to_rgb_uint8(image)
-  resized = Image.fromarray(pixels_HWC).resize((size, size), Image.Resampling.BILINEAR)
-  return np.asarray(resized, np.uint8), pixels_HWC.shape[:2]
+  resized_SSC = preprocess_lib.preprocess_image(Image.fromarray(pixels_HWC), preprocess or
+                                                preprocess_lib.PreprocessSettings(), size)
+  return resized_SSC, pixels_HWC.shape[:2]
 
 
 def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray,
@@ -143,6 +149,11 @@ class Model:
     """The side, in pixels, that every image is resized to."""
     return int(self.config.data.image_size)
 
+  @functools.cached_property
+  def preprocess(self) -> preprocess_lib.PreprocessSettings:
+    """The run's preprocessing (config.data.preprocess), applied to every image as training applied it."""
+    return preprocess_lib.settings_of(self.config)
+
   @property
   def batch_size(self) -> int:
     """How many images run through the model at a time (config.eval.batch_size)."""
@@ -169,7 +180,7 @@ class Model:
     listed = _as_list(images_in)
     threads = min(len(listed), self.config.data.decode_threads or os.cpu_count() or 1) or 1
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-      decoded = list(pool.map(lambda image: to_pixels(image, self.image_size), listed))
+      decoded = list(pool.map(lambda image: to_pixels(image, self.image_size, self.preprocess), listed))
     if not decoded:
       return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
     return np.stack(decoded)
@@ -214,7 +225,7 @@ class Model:
     target = -1 if class_name is None else self.class_index(class_name)
     if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
       raise ValueError(f'explain takes one image, not {len(image)}')
-    pixels_HWC, (height, width) = pixels_and_size(image, self.image_size)
+    pixels_HWC, (height, width) = pixels_and_size(image, self.image_size, self.preprocess)
     _, heatmaps_NHW = self.explain_pixels(pixels_HWC[None], np.full(1, target, np.int32), layer=layer)
     heatmap_SS = np.asarray(heatmaps_NHW[0], np.float32)
     if (height, width) == heatmap_SS.shape:

@@ -71,6 +71,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """--mode=train: one run (train.train_and_evaluate), or folds / seeds (crossval.run); prints where results went."""
   if crossval.is_repeated(config):
     result = crossval.run(config, workdir)
+    if 'selection' in result:  # Leave one source out (lungjax/loso.py).
+      print(f'\nleave one source out under {os.path.abspath(workdir)}: {result["selection"]["measure"]} '
+            f'{result["selection"]["value"]:.4f} (held-out {result["selection"]["source"]}); table: '
+            f'{os.path.abspath(os.path.join(workdir, "loso", "report.md"))}')
+      return result
     print(f'\n{result["n_runs"]} runs under {os.path.abspath(workdir)}; summary: '
           f'{os.path.abspath(os.path.join(workdir, "cv" if config.cv.folds > 1 else "seeds", "report.md"))}')
     return result

@@ -17,6 +17,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from lungjax.data import preprocess
+
 JSON_NAME = 'model_card.json'
 MARKDOWN_NAME = 'MODEL_CARD.md'
 INTENDED_USE = ('Research only: a classifier of chest radiographs (Covid / Normal / Viral Pneumonia) trained and '
@@ -104,6 +106,8 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
       'fingerprint': {'train_files': run.get('train_files'), 'val_files': run.get('val_files'),
                       'what': 'sha256 over (relative path, label, decoded-pixel sha256) of each image, in order'},
       'skipped_images': len(summary.get('skipped_images', [])),
+      'grouping': ('grouped by ' + data.grouping.description if getattr(data, 'grouping', None) is not None
+                   else 'grouped by copies'),
   }
   if config.data.get('sources'):
     training_data['sources'] = config.data.sources if isinstance(config.data.sources, str) else list(
@@ -118,7 +122,9 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           'decoding': 'any JPEG/PNG/DICOM to 8-bit RGB (grey repeated), resized bilinearly to image_size x '
                       'image_size',
           'rescale': _RESCALE.get(config.model.get('preprocessing', 'rescale'),
-                                  config.model.get('preprocessing', 'rescale'))},
+                                  config.model.get('preprocessing', 'rescale')),
+          # config.data.preprocess (data/preprocess.py): the steps between decoding and the model.
+          'steps': preprocess.record(preprocess.settings_of(config))},
       'recipe': {'optimizer': 'adam', 'learning_rate': config.train.learning_rate,
                  'lr_schedule': config.train.get('lr_schedule', 'constant'),
                  'adam': [config.train.adam_b1, config.train.adam_b2, config.train.adam_eps],
@@ -172,13 +178,17 @@ def card_markdown(card: dict[str, Any]) -> str:
   lines += ['', '| split | ' + ' | '.join(model['classes']) + ' |', '|---' * (len(model['classes']) + 1) + '|']
   for split, counts in data['counts'].items():
     lines.append(f'| {split} | ' + ' | '.join(str(counts[c]) for c in model['classes']) + ' |')
+  if data.get('grouping'):
+    lines.append(f'\n- split {data["grouping"]}: a group is never on both sides of the split or a fold')
   for split in ('train_files', 'val_files'):
     print_ = data['fingerprint'].get(split)
     if print_:
       lines.append(f'\n- {split} fingerprint: {print_["n"]} images, sha256 `{print_["sha256"]}`')
   prep = card['preprocessing']
   lines += ['', '## Preprocessing', '', f'- {prep["decoding"]}; image size {prep["image_size"]}',
-            f'- rescale: {prep["rescale"]}', '', '## Recipe', '',
+            f'- rescale: {prep["rescale"]}',
+            f'- steps (config.data.preprocess, at training and in use alike): {prep.get("steps", {}).get("steps", "none")}',
+            '', '## Recipe', '',
             f'- {recipe["optimizer"]}, learning rate {recipe["learning_rate"]} '
             f'({recipe.get("lr_schedule", "constant")}), {recipe["epochs"]} epochs of batch '
             f'{recipe["batch_size"]} ({recipe["steps"]} steps), class weighting {recipe["class_weighting"]}, source weighting '

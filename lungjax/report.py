@@ -181,6 +181,55 @@ def _per_source_markdown(metrics: dict[str, Any]) -> list[str]:
   return lines
 
 
+def _per_subgroup_markdown(metrics: dict[str, Any]) -> list[str]:
+  """Per column of config.eval.subgroups: the table of _per_source_markdown by subgroup, its class counts, the
+  subgroups too small for numbers, and each class's largest recall gap with its interval; nothing without them."""
+  subgroups = metrics.get('subgroups')
+  if not subgroups:
+    return []
+  joined = subgroups['metadata']
+  lines = ['', '## Per subgroup', '',
+           f'Metadata `{joined["table"]}`: {joined["n_matched"]} of {joined["n_images"]} images have a row; '
+           f'{joined["n_unmatched_images"]} have none (subgroup "no metadata row"), {joined["n_unmatched_rows"]} '
+           'rows name no image here (metrics.json: subgroups.metadata lists them).']
+  classes = metrics['classes']
+  for column, described in subgroups['columns'].items():
+    rows = metrics.get('per_subgroup', {}).get(column, {})
+    lines += ['', f'### {column}', '',
+              f'| {column} | images | accuracy | macro recall | ' + ' | '.join(f'{c} recall' for c in classes) + ' |',
+              '|---' * (len(classes) + 4) + '|']
+    for name, row in rows.items():
+      recalls = [_with_interval(row['per_class'][c]['recall'], _interval_at(row, ('per_class', c, 'recall')))
+                 if row['per_class'][c]['support'] else 'n/a (none)' for c in classes]
+      lines.append(f'| {name} | {row["n_images"]} | '
+                   f'{_with_interval(row["accuracy"], _interval_at(row, ("accuracy",)))} | '
+                   f'{_with_interval(row["macro_avg"]["recall"], _interval_at(row, ("macro_avg", "recall")))} | '
+                   + ' | '.join(recalls) + ' |')
+    minimum = subgroups['min_images']
+    if described['too_small']:
+      lines += ['', f'Too small to say anything (under {minimum} images, no numbers): ' + ', '.join(
+          f'{t["value"]} ({t["n_images"]})' for t in described['too_small']) + '.']
+    lines += ['', 'Class counts: ' + '; '.join(
+        f'{value} ' + ', '.join(f'{c} {n}' for c, n in row['per_class'].items()) for value, row in
+        described['counts'].items()) + '.', '']
+    for name, gap in described['recall_gaps'].items():
+      if gap['gap'] is None:
+        lines.append(f'- {name} recall: no gap measured ({gap["reason"]}).')
+      else:
+        lo, hi = gap['interval']
+        verdict = ('the interval excludes 0' if lo > 0 or hi < 0 else
+                   'the interval includes 0: these images do not tell the groups apart')
+        lines.append(f'- {name} recall: largest gap {gap["gap"]:.3f} [{lo:.3f}, {hi:.3f}] between {gap["high"]} '
+                     f'({gap["recalls"][gap["high"]]:.3f}, {gap["n_class_images"][gap["high"]]} images) and '
+                     f'{gap["low"]} ({gap["recalls"][gap["low"]]:.3f}, {gap["n_class_images"][gap["low"]]}); '
+                     f'{verdict}.')
+  lines += ['', 'Each subgroup\'s metrics are computed on its images alone (metrics.json: per_subgroup.<column>.'
+            '<value>, the keys of per_source). A gap is the highest minus the lowest subgroup\'s recall among those '
+            f'with {subgroups["min_images"]} or more images of the class; picking the extremes biases it upwards, '
+            'so read its interval.']
+  return lines
+
+
 # The plots write_evaluation draws, in the order report.md shows them: (file name, alt text).
 PLOTS = (('confusion_matrix.png', 'confusion matrix'), ('roc.png', 'ROC curves'), ('pr.png', 'precision-recall curves'),
          ('reliability.png', 'reliability diagram'))
@@ -211,6 +260,7 @@ def report_markdown(metrics: dict[str, Any], title: str, plots: Sequence[str] = 
   if metrics['macro_avg_classes'] != metrics['classes']:
     lines += ['', f'Macro averages run over the classes present: {", ".join(metrics["macro_avg_classes"])}.']
   lines += _per_source_markdown(metrics)
+  lines += _per_subgroup_markdown(metrics)
   lines += _clinical_markdown(metrics)
   lines += ['', '## Confusion matrix (rows: true, columns: predicted)', '',
             '| true \\ predicted | ' + ' | '.join(metrics['classes']) + ' |',

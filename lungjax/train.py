@@ -141,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     num_steps = steps_per_epoch * config.train.num_epochs
     dataset = pipeline.train_dataset(data.train.images_NHWC, data.train.labels_N,
                                      global_batch_size=config.train.batch_size,
-                                     num_epochs=config.train.num_epochs, seed=config.seed, weights_N=weights_N)
+                                     num_epochs=config.train.num_epochs, seed=config.seed, weights_N=weights_N,
+                                     host_augment=augment.host_augment_fn(config.augment))
     read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
     data_iter = iter(dataset.to_iter_dataset(read_options))
 
@@ -230,5 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         'train_seconds_this_run': round(train_seconds, 2), 'first_step_this_run': first_step,
         'skipped_images': [list(item) for item in data.train_folder.skipped_report()],
         'devices': [str(d) for d in jax.devices()], 'history': history}
+    if data.grouping is not None:  # What the split kept on one side (copies, and config.data.group_by's groups).
+      summary['grouping'] = data.grouping.record()
     return final_evaluation.report_best_checkpoint(config, workdir, summary, eval_step, best_state, best_step, mesh,
                                                    data, run_fingerprint)

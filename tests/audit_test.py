@@ -380,3 +380,30 @@ def test_the_shared_train_copies_are_found_and_nothing_else():
               ('Covid/057.jpeg', 'Covid/078.jpeg', 'near', 0.992)]
   assert pairs(audit.NEAR_THRESHOLD) == expected
   assert pairs(0.95)[5:] == [('Viral Pneumonia/062.jpeg', 'Viral Pneumonia/065.jpeg', 'near', 0.955)]
+
+
+def test_audit_counts_classes_per_subgroup_and_finds_a_patient_in_two_folders(tmp_path):
+  from tests.conftest import write_image_folder
+  train = write_image_folder(str(tmp_path / 'train'), 4, seed=0, classes=('Covid', 'Normal'))
+  test = write_image_folder(str(tmp_path / 'test'), 2, seed=1, classes=('Covid', 'Normal'))
+  rows = ['file,patientid,view']
+  rows += [f'train/Covid/{i:03d}.png,p{i},{"AP Supine" if i < 3 else "PA"}' for i in range(4)]
+  rows += [f'train/Normal/{i:03d}.png,n{i},PA' for i in range(4)]
+  rows += ['test/Covid/000.png,p2,AP Supine', 'test/Covid/001.png,,PA', 'test/Normal/000.png,n9,',
+           'gone/x.png,q,PA']
+  table = tmp_path / 'meta.csv'
+  table.write_text('\n'.join(rows) + '\n')
+  report = audit.run_audit([train, test], str(tmp_path / 'out'), metadata=str(table), subgroups='view',
+                           group_by='patientid')
+  found = report['metadata_table']
+  assert found['table']['n_unmatched_rows'] == 1 and found['table']['unmatched_images'] == [
+      os.path.join(test, 'Normal', '001.png')]
+  counts = found['subgroups']['view']['counts']
+  assert counts['AP Supine'] == {'n_images': 4, 'per_class': {'Covid': 4, 'Normal': 0}}
+  assert 'AP Supine: 4 of 4 are Covid' in found['subgroups']['view']['largest_class']
+  assert counts['unknown']['n_images'] == 1 and counts['no metadata row']['n_images'] == 1
+  (across,) = found['group_by']['groups_across_folders']  # Patient p2: a film in train and one in test.
+  assert across['values'] == ['p2'] and len(across['folders']) == 2
+  assert found['group_by']['n_without_value'] == 2
+  with pytest.raises(ValueError, match='--group_by'):
+    audit.run_audit([train], str(tmp_path / 'out2'), metadata=str(table), group_by='patient')

@@ -107,19 +107,142 @@ def test_the_cpu_kernels_keep_nn_conv_parameters():
   jax.tree.map(np.testing.assert_array_equal, trees[0], trees[1])  # same names, shapes and initial values
 
 
+@pytest.fixture
+def bf16_env(monkeypatch):
+  """Sets $LUNGJAX_CPU_BF16 for one test; choose_lowering's cache is emptied before and after."""
+  def set_env(value):
+    monkeypatch.setenv(cpu.BF16_ENV, value)
+    choose_lowering.cache_clear()
+  yield set_env
+  choose_lowering.cache_clear()
+
+
 @needs_kernels
-def test_auto_picks_the_kernels_on_one_cpu_device_and_xla_for_bfloat16():
+def test_auto_picks_the_kernels_on_one_cpu_device(bf16_env):
+  bf16_env('0')  # as on a CPU without bfloat16 dot products
   assert jax.device_count() == 1
-  resolved = lambda *impls: (lambda l: (l.conv_impl, l.pool_impl, l.kernels is not None))(choose_lowering(*impls))
-  assert resolved('auto', 'auto', 'float32') == ('blas', 'cpu_kernel', True)
-  assert resolved('auto', 'auto', 'bfloat16') == ('xla', 'reshape', False)
-  assert resolved('patches', 'auto', 'float32') == ('patches', 'cpu_kernel', True)
-  assert resolved('xla', 'reshape', 'float32') == ('xla', 'reshape', False)
+  resolved = lambda *impls: (lambda l: (l.conv_impl, l.pool_impl, l.conv_compute))(choose_lowering(*impls))
+  assert resolved('auto', 'auto', 'float32') == ('blas', 'cpu_kernel', 'float32')
+  assert resolved('auto', 'auto', 'bfloat16') == ('blas', 'cpu_kernel', 'float32')
+  assert resolved('patches', 'auto', 'float32') == ('patches', 'cpu_kernel', '')
+  assert resolved('xla', 'reshape', 'float32') == ('xla', 'reshape', '')
+  assert choose_lowering('xla', 'reshape', 'float32').kernels is None
   model = create_model(cnn.get_config().model, 3)  # 'auto' is resolved when the model is built
-  assert (model.conv_impl, model.pool_impl, model.kernels.conv_bias) == ('blas', 'cpu_kernel', cpu.conv_bias)
+  assert (model.conv_impl, model.pool_impl, model.kernels.conv_bias.func) == ('blas', 'cpu_kernel', cpu.conv_bias)
 
 
-def test_what_the_kernels_do_not_cover_is_refused_by_name():
+@needs_kernels
+def test_auto_in_bfloat16_says_in_one_line_how_the_convs_compute(bf16_env, caplog):
+  bf16_env('0')
+  with caplog.at_level('INFO'):
+    lowering = choose_lowering('auto', 'auto', 'bfloat16')
+  lines = [r.getMessage() for r in caplog.records if 'CNN lowering' in r.getMessage()]
+  assert len(lines) == 1 and 'turned off by $LUNGJAX_CPU_BF16=0: the convs compute in float32' in lines[0], lines
+  assert lowering.kernels.conv_bias.keywords == {'compute': 'float32'}
+  bf16_env('emulate')
+  assert choose_lowering('auto', 'auto', 'bfloat16').conv_compute == 'bfloat16_emulated'
+  bf16_env('')
+  native = choose_lowering('auto', 'auto', 'bfloat16')
+  assert native.conv_compute == ('bfloat16' if cpu.bf16_dot_unavailable_reason() is None else 'float32')
+  assert choose_lowering('auto', 'auto', 'float32').conv_compute == 'float32'
+
+
+def _round_bf16(a):
+  """a rounded to bfloat16 (nearest even) and back, with the identity's gradient (no rounding of the cotangent)."""
+  return a + jax.lax.stop_gradient(a.astype(jnp.bfloat16).astype(jnp.float32) - a)
+
+
+def _bf16_computes():
+  """'bfloat16_emulated' everywhere; 'bfloat16' (vdpbf16ps) where this CPU has it, else a skip saying why."""
+  reason = cpu.bf16_dot_unavailable_reason() if cpu.unavailable_reason() is None else 'the kernels do not build'
+  return ['bfloat16_emulated', pytest.param('bfloat16', marks=pytest.mark.skipif(
+      reason is not None, reason=f'native bfloat16: {reason}'))]
+
+
+@needs_kernels
+@pytest.mark.parametrize('compute', _bf16_computes())
+@pytest.mark.parametrize('shape,kernel,padding', [
+    ((2, 9, 10, 3), (3, 3, 3, 32), ((1, 1), (1, 1))),  # odd input channels (padded to a pair), 32 features
+    ((2, 8, 30, 32), (3, 3, 32, 64), ((1, 1), (1, 1))),  # blocks of 6 positions, edges, odd kernel-grad slices
+    ((1, 7, 9, 64), (3, 3, 64, 128), ((0, 2), (2, 0))),  # asymmetric pads, odd output width (a zero dY pair)
+    ((2, 5, 6, 5), (3, 5, 5, 16), ((1, 1), (2, 2))),  # 16 features: blocks of 24 positions never fill
+    ((2, 6, 5, 4), (3, 3, 4, 8), ((1, 1), (1, 1))),  # 8 features: rounded inputs on the float32 path
+])
+def test_bfloat16_conv_is_lax_on_bfloat16_rounded_inputs(compute, shape, kernel, padding):
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  b = jnp.asarray(rng.normal(size=kernel[-1:]), jnp.float32)
+  ours = lambda x, w, b: cpu.conv_bias(x, w, b, padding, compute)
+  theirs = lambda x, w, b: jax.lax.conv_general_dilated(
+      _round_bf16(x), _round_bf16(w), (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision='highest') + b
+  y = jax.jit(ours)(x, w, b)
+  np.testing.assert_allclose(y, jax.jit(theirs)(x, w, b), atol=1e-4 * float(np.abs(y).max()), rtol=1e-5)
+  dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+  ours_grads = jax.jit(lambda *a: jax.vjp(ours, *a)[1](dy))(x, w, b)
+  # dY is rounded too in the input and kernel gradients; the bias gradient sums dY as it is, in float32.
+  rounded = jax.jit(lambda *a: jax.vjp(theirs, *a)[1](_round_bf16(dy)))(x, w, b)
+  exact = jax.jit(lambda *a: jax.vjp(theirs, *a)[1](dy))(x, w, b)
+  for a, e in zip(ours_grads, (rounded[0], rounded[1], exact[2])):
+    np.testing.assert_allclose(a, e, atol=1e-4 * float(np.abs(e).max()), rtol=1e-5)
+
+
+@needs_kernels
+def test_bfloat16_conv_rounds_what_float32_keeps():
+  x = jnp.full((1, 4, 4, 2), 1.0 + 2.0 ** -10, jnp.float32)  # not a bfloat16: rounds to 1.0
+  w, b = jnp.ones((1, 1, 2, 16), jnp.float32), jnp.zeros(16, jnp.float32)
+  np.testing.assert_array_equal(cpu.conv_bias(x, w, b, ((0, 0), (0, 0)), 'bfloat16_emulated'), 2.0)
+  np.testing.assert_array_equal(cpu.conv_bias(x, w, b, ((0, 0), (0, 0))), 2.0 + 2.0 ** -9)
+
+
+@needs_kernels
+def test_bfloat16_kernel_gradient_is_bitwise_deterministic():
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(3, 24, 20, 8)), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(3, 24, 20, 16)), jnp.float32)
+  w, b = jnp.zeros((3, 3, 8, 16)), jnp.zeros(16)
+  grads = jax.jit(lambda x, dy: jax.vjp(lambda w, b: cpu.conv_bias(x, w, b, ((1, 1), (1, 1)), 'bfloat16_emulated'),
+                                        w, b)[1](dy))
+  first = [np.asarray(g) for g in grads(x, dy)]
+  for _ in range(3):
+    for a, e in zip(grads(x, dy), first):
+      np.testing.assert_array_equal(np.asarray(a), e)
+
+
+@needs_kernels
+def test_native_bfloat16_is_refused_on_a_cpu_without_it():
+  if cpu.bf16_dot_unavailable_reason() is None:
+    pytest.skip('this CPU has avx512_bf16: the native bfloat16 convs run here (tests above)')
+  x, w, b = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 16)), jnp.zeros(16)
+  with pytest.raises(Exception, match='avx512_bf16'):
+    jax.block_until_ready(cpu.conv_bias(x, w, b, ((1, 1), (1, 1)), 'bfloat16'))
+  with pytest.raises(ValueError, match='compute='):
+    cpu.conv_bias(x, w, b, ((1, 1), (1, 1)), 'float16')
+
+
+@needs_kernels
+def test_a_bfloat16_cnn_on_the_kernels_follows_xla_bfloat16(bf16_env):
+  bf16_env('emulate')
+  images = np.random.default_rng(6).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  outputs = {}
+  for conv_impl, pool_impl, dtype in (('xla', 'reshape', 'float32'), ('blas', 'cpu_kernel', 'bfloat16'),
+                                      ('blas', 'cpu_kernel', 'float32')):
+    config = cnn.get_config().model
+    config.conv_features, config.dense_features = (16, 16, 32), (16, 16)
+    config.conv_impl, config.pool_impl, config.dtype = conv_impl, pool_impl, dtype
+    model = create_model(config, 3)
+    params = model.init(jax.random.PRNGKey(0), images, train=False)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    outputs[conv_impl, dtype] = np.asarray(jax.jit(lambda p, m=model: m.apply(p, images, train=False))(params))
+  scale = float(np.abs(outputs['xla', 'float32']).max())
+  np.testing.assert_allclose(outputs['blas', 'float32'], outputs['xla', 'float32'], atol=1e-4 * scale)
+  np.testing.assert_allclose(outputs['blas', 'bfloat16'], outputs['xla', 'float32'], atol=0.05 * scale)
+  assert np.abs(outputs['blas', 'bfloat16'] - outputs['xla', 'float32']).max() > 1e-4 * scale  # it did round
+
+
+def test_what_the_kernels_do_not_cover_is_refused_by_name(bf16_env):
+  bf16_env('0')
   config = cnn.get_config().model
   config.conv_impl, config.pool_impl, config.dtype = 'blas', 'reshape', 'bfloat16'
   with pytest.raises(ValueError, match='config.model.conv_impl'):

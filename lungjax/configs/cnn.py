@@ -42,12 +42,38 @@ def get_config() -> ml_collections.ConfigDict:
   # --config.data.extra_sources="('adult=/data/adult;COVID=Covid,NORMAL=Normal',)". Source names must differ.
   # Validation split and folds are stratified by class and source; copies across sources stay on one side.
   config.data.extra_sources = ()
+  # Metadata tables (CSV, lungjax/data/metadata.py): the main source's (metadata) and extra_root's (extra_metadata);
+  # an extra_sources entry names its own with ';metadata=CSV' (and ';group_by=', ';file_column='). Rows are joined to
+  # images by metadata_file_column: a path relative to the table's folder or the image folder, or a base name.
+  config.data.metadata = ''
+  config.data.extra_metadata = ''
+  config.data.metadata_file_column = 'file'
+  # A table column whose films stay on one side of the split and of every fold (e.g. 'patientid'), merged with the
+  # copy groups; for every source with a table unless it names its own. '': copies only.
+  config.data.group_by = ''
+  # Preprocessing that removes what tells sources apart (lungjax/data/preprocess.py), run alike at train, eval,
+  # explain, predict and in the Python API; every step off by default.
+  config.data.preprocess = ml_collections.ConfigDict()
+  config.data.preprocess.working_size = 0  # >0: area-average every image to this side first (0: off).
+  config.data.preprocess.acquisition_size = 0  # >0 (below working_size): through this lower resolution first.
+  config.data.preprocess.crop_borders = False  # Crop near-constant edge rows / columns (frames, letterboxing).
+  config.data.preprocess.border_tolerance = 6.0  # A border row's grey-level standard deviation at most this.
+  config.data.preprocess.border_max_fraction = 0.2  # The most cropped from each edge, as a fraction of the side.
+  config.data.preprocess.window_percentiles = (0.0, 100.0)  # E.g. (1, 99): stretch to 0-255 and clip. (0, 100): off.
+  config.data.preprocess.intensity = 'none'  # 'none', 'equalize' (histogram) or 'clahe' (equalize_adapthist).
+  config.data.preprocess.clahe_clip_limit = 0.01
+  # 'crop' / 'fill' with lung masks (lung-segmentation helper, branch `lungs`): refused until it lands.
+  config.data.preprocess.lungs = 'none'
+  config.data.preprocess.lung_margin = 0.05  # 'crop': the lungs' box grown by this fraction on each side.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cnn'
   config.model.conv_features = (32, 64, 128)
   config.model.dense_features = (128, 128)
   config.model.dropout_rate = 0.3
+  # 'flatten' (the study's: the last map flattened into dense_features) or 'gap' (global average pooling, then one
+  # dense layer of dense_features[-1]: position-invariant, ~0.1% of the weights; lungjax/models/cnn.py).
+  config.model.head = 'flatten'
   # How conv and max-pool are lowered (same values and gradients within 1e-4; tests/layers_test.py and
   # tests/kernels_test.py check): conv 'xla' (lax.conv), 'patches' (im2col matmuls) or 'blas' (C++ custom calls:
   # im2col blocks + OpenBLAS, CPU float32); pool 'reduce_window', 'reshape' or 'cpu_kernel' (relu + reshape pool,
@@ -100,6 +126,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.brightness_delta = (-0.1, 0.1)  # Fractions of 255 added: exposure differences.
   config.augment.contrast_prob = 0.5
   config.augment.contrast_range = (0.85, 1.15)  # Factors about each image's mean.
+  # Aimed at what differs between sources (issue 23; lungjax/augment.py), all off (probability 0) by default.
+  config.augment.crop_prob = 0.0  # Random resized crop: area fraction crop_scale, width/height ratio crop_ratio.
+  config.augment.crop_scale = (0.6, 1.0)
+  config.augment.crop_ratio = (0.8, 1.25)
+  config.augment.gamma_prob = 0.0  # Film response: 255 * (x / 255) ** gamma.
+  config.augment.gamma_range = (0.7, 1.5)
+  config.augment.resolution_prob = 0.0  # Down to one of these fractions of the side (antialiased), back up.
+  config.augment.resolution_factors = (0.25, 0.5, 0.75)
+  config.augment.blur_prob = 0.0  # Gaussian blur, sigma in pixels (at most augment.MAX_BLUR_SIGMA).
+  config.augment.blur_sigma = (0.3, 1.5)
+  config.augment.noise_prob = 0.0  # Gaussian noise, standard deviation as a fraction of 255.
+  config.augment.noise_std = (0.0, 0.04)
+  config.augment.pad_prob = 0.0  # Border padding: each edge padded by this fraction of the side, a random grey.
+  config.augment.pad_fraction = (0.0, 0.12)
+  config.augment.jpeg_prob = 0.0  # JPEG re-encoding at a random quality: on the host, in the input pipeline.
+  config.augment.jpeg_quality = (20.0, 95.0)
 
   # The study's autoencoder variant (the autoencoder config): pretrain the CNN's conv stack as an encoder.
   config.autoencoder = ml_collections.ConfigDict()
@@ -130,6 +172,9 @@ def get_config() -> ml_collections.ConfigDict:
   # seeds > 1 repeats the run over seeds seed, seed+1, ... on the same split. Both report mean ± std.
   config.cv = ml_collections.ConfigDict()
   config.cv.folds = 0
+  # True: leave one source out (lungjax/loso.py): each training source held out in turn, trained on the others,
+  # scored on it (WORKDIR/loso/); with config.seeds seeds each. Needs extra sources; not with folds.
+  config.cv.by_source = False
   config.seeds = 1
 
   config.eval = ml_collections.ConfigDict()
@@ -144,6 +189,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.tta_views = 0  # Test-time augmented views (config.augment's ranges) averaged with the plain image.
   # Folders named otherwise than the classes, e.g. 'COVID=Covid,NORMAL=Normal,PNEUMONIA=Viral Pneumonia'.
   config.eval.class_names = ''
+  # Subgroups (lungjax/data/metadata.py): a metadata CSV joined to the evaluated images by metadata_file_column, and
+  # the columns to cut every metric by: 'sex,view,age:0-18,18-40,40-65,65-' (a bin LOW-HIGH holds LOW <= x < HIGH,
+  # 'LOW-' everything from LOW; the items after COLUMN:BIN that read as bins are that column's). Empty values are
+  # the group 'unknown'. A subgroup under subgroup_min_images images (or of a class, for its recall gap) is listed as
+  # too small, without numbers.
+  config.eval.metadata = ''
+  config.eval.metadata_file_column = 'file'
+  config.eval.subgroups = ''
+  config.eval.subgroup_min_images = 10
   # Printed in every report: what a score on this dataset can and cannot mean.
   config.eval.caveat = (
       'The Covid images of this dataset are adult radiographs (Cohen et al., Figure1) while the Normal and Viral '

@@ -4,6 +4,8 @@
 //   times dY, and the row sums of dY, in the same pass;
 // - the gradient of relu then 2x2 / stride-2 max-pool in one pass (ties share the gradient, as jnp.max's does).
 // Blocks run on XLA's intra-op thread pool with single-threaded sgemm.
+// With the handlers' bf16 attribute the convs round x, kernel and dY to bfloat16 and sum in float32
+// (kernels_bf16.inc: vdpbf16ps where the CPU has avx512_bf16, or the same loops emulated in scalar code for tests).
 // Portable C++17: the AVX-512 direct conv below is compiled only for x86-64 (and not with -DLUNGJAX_PORTABLE); other
 // CPUs take the im2col + sgemm path for every conv.
 #include <algorithm>
@@ -196,6 +198,106 @@ bool UseDirect(const Geometry& g) {
 }
 #endif  // LUNGJAX_AVX512_DIRECT
 
+// ---- Bfloat16 compute (inputs rounded to bfloat16, float32 sums): kernels_bf16.inc, packing here. ----
+// The mode each conv handler gets in its `bf16` attribute.
+constexpr int64_t kFloat32 = 0, kBf16Native = 1, kBf16Emulated = 2;
+
+bool CpuHasBf16Dot() {
+#if defined(__x86_64__) && !defined(LUNGJAX_PORTABLE)
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// Round to nearest even, as vcvtneps2bf16 does; NaN stays a (quiet) NaN.
+inline uint16_t FloatToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+inline float Bf16ToFloat(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// x [n, h, w, c] float32 → [n, h, w, cp] bfloat16 (cp = c rounded up to even, the extra channel 0).
+std::vector<uint16_t> PackInput(ffi::ThreadPool& pool, const Geometry& g, int64_t cp, const float* x) {
+  std::vector<uint16_t> xb(g.n * g.h * g.w * cp, 0);
+  const int64_t rows = g.n * g.h;
+  ParallelFor(pool, rows, Workers(pool, rows), [&](int64_t, int64_t row) {
+    const float* src = x + row * g.w * g.c;
+    uint16_t* dst = xb.data() + row * g.w * cp;
+    for (int64_t iw = 0; iw < g.w; ++iw)
+      for (int64_t ic = 0; ic < g.c; ++ic) dst[iw * cp + ic] = FloatToBf16(src[iw * g.c + ic]);
+  });
+  return xb;
+}
+
+// kernel [kh, kw, c, o] float32 → [kh, kw, cp / 2, o, 2] bfloat16.
+std::vector<uint16_t> PackKernel(const Geometry& g, int64_t cp, const float* kernel) {
+  std::vector<uint16_t> wp(g.kh * g.kw * cp * g.o, 0);
+  for (int64_t t = 0; t < g.kh * g.kw; ++t)
+    for (int64_t ic = 0; ic < g.c; ++ic)
+      for (int64_t oc = 0; oc < g.o; ++oc)
+        wp[((t * (cp / 2) + ic / 2) * g.o + oc) * 2 + ic % 2] = FloatToBf16(kernel[(t * g.c + ic) * g.o + oc]);
+  return wp;
+}
+
+// Values rounded to bfloat16 and back: the float32 path then computes what bfloat16 inputs give (every product
+// of two bfloat16 is exact in float32), for shapes the bfloat16 loops do not cover (o not a multiple of 16).
+std::vector<float> RoundedToBf16(const float* x, int64_t size) {
+  std::vector<float> r(size);
+  for (int64_t k = 0; k < size; ++k) r[k] = Bf16ToFloat(FloatToBf16(x[k]));
+  return r;
+}
+
+void ConvForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* kernel, const float* bias,
+                 float* y);
+
+namespace bf16_emulated {
+#define LUNGJAX_BF16_NATIVE 0
+#include "kernels_bf16.inc"
+#undef LUNGJAX_BF16_NATIVE
+}  // namespace bf16_emulated
+
+#if defined(__x86_64__) && !defined(LUNGJAX_PORTABLE)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bf16")
+namespace bf16_native {
+#define LUNGJAX_BF16_NATIVE 1
+#include "kernels_bf16.inc"
+#undef LUNGJAX_BF16_NATIVE
+}  // namespace bf16_native
+#pragma GCC pop_options
+#endif
+
+// conv + bias with bfloat16 inputs (mode kBf16Native or kBf16Emulated).
+void ConvForwardBf16(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* kernel,
+                     const float* bias, float* y, int64_t mode) {
+  if (g.o % 16 != 0) {
+    const std::vector<float> xr = RoundedToBf16(x, g.n * g.h * g.w * g.c);
+    const std::vector<float> kr = RoundedToBf16(kernel, g.kh * g.kw * g.c * g.o);
+    ConvForward(pool, g, xr.data(), kr.data(), bias, y);
+    return;
+  }
+  const int64_t cp = g.c + g.c % 2;
+  const std::vector<uint16_t> xb = PackInput(pool, g, cp, x), wp = PackKernel(g, cp, kernel);
+#if defined(__x86_64__) && !defined(LUNGJAX_PORTABLE)
+  if (mode == kBf16Native) {
+    bf16_native::ConvRows(pool, g, cp, xb.data(), wp.data(), bias, y);
+    return;
+  }
+#endif
+  bf16_emulated::ConvRows(pool, g, cp, xb.data(), wp.data(), bias, y);
+}
+
 // y = conv(x, kernel) + bias: direct (AVX-512) by output rows, else per block, patches [m, kh*kw*c] @ kernel
 // [kh*kw*c, o] added to rows of bias.
 void ConvForward(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* kernel, const float* bias,
@@ -262,6 +364,55 @@ void ConvKernelGrad(ffi::ThreadPool& pool, const Geometry& g, const float* x, co
     for (int64_t k = 0; k < size; ++k) dkernel[k] += p[k];
     for (int64_t k = 0; k < g.o; ++k) dbias[k] += p[size + k];
   }
+}
+
+// The kernel and bias gradients with bfloat16 x and dY (float32 sums; dbias sums dY as given, in float32).
+void ConvKernelGradBf16(ffi::ThreadPool& pool, const Geometry& g, const float* x, const float* dy, float* dkernel,
+                        float* dbias, int64_t mode) {
+  const int64_t size = g.PatchSize() * g.o, rows = g.n * g.oh;
+  const int64_t slices = std::min(kKernelGradSlices, rows);
+  std::vector<std::vector<float>> bias_partials(slices, std::vector<float>(g.o, 0.0f));
+  ParallelFor(pool, slices, Workers(pool, slices), [&](int64_t, int64_t slice) {
+    float* sums = bias_partials[slice].data();
+    for (int64_t r = slice * rows / slices * g.ow; r < (slice + 1) * rows / slices * g.ow; ++r)
+      for (int64_t k = 0; k < g.o; ++k) sums[k] += dy[r * g.o + k];
+  });
+  if (g.o % 16 != 0) {
+    const std::vector<float> xr = RoundedToBf16(x, g.n * g.h * g.w * g.c), dyr = RoundedToBf16(dy, rows * g.ow * g.o);
+    ConvKernelGrad(pool, g, xr.data(), dyr.data(), dkernel, dbias);
+  } else {
+    const int64_t ow2 = (g.ow + 1) / 2, wpad = 2 * ow2 + g.kw - 1;
+    std::vector<uint16_t> xt(g.n * g.h * g.c * wpad, 0), dyp(rows * ow2 * g.o * 2, 0);
+    const int64_t in_rows = g.n * g.h;
+    ParallelFor(pool, in_rows, Workers(pool, in_rows), [&](int64_t, int64_t row) {
+      const float* src = x + row * g.w * g.c;
+      uint16_t* dst = xt.data() + row * g.c * wpad + g.pad_left;
+      for (int64_t iw = 0; iw < g.w; ++iw)
+        for (int64_t ic = 0; ic < g.c; ++ic) dst[ic * wpad + iw] = FloatToBf16(src[iw * g.c + ic]);
+    });
+    ParallelFor(pool, rows, Workers(pool, rows), [&](int64_t, int64_t row) {
+      const float* src = dy + row * g.ow * g.o;
+      uint16_t* dst = dyp.data() + row * ow2 * g.o * 2;
+      for (int64_t ow = 0; ow < g.ow; ++ow)
+        for (int64_t oc = 0; oc < g.o; ++oc) dst[((ow / 2) * g.o + oc) * 2 + ow % 2] = FloatToBf16(src[ow * g.o + oc]);
+    });
+    std::vector<std::vector<float>> partials(slices, std::vector<float>(size, 0.0f));
+#if defined(__x86_64__) && !defined(LUNGJAX_PORTABLE)
+    if (mode == kBf16Native) {
+      bf16_native::GradRows(pool, g, wpad, ow2, xt.data(), dyp.data(), partials);
+    } else {
+      bf16_emulated::GradRows(pool, g, wpad, ow2, xt.data(), dyp.data(), partials);
+    }
+#else
+    bf16_emulated::GradRows(pool, g, wpad, ow2, xt.data(), dyp.data(), partials);
+#endif
+    std::fill(dkernel, dkernel + size, 0.0f);
+    for (const auto& p : partials)
+      for (int64_t k = 0; k < size; ++k) dkernel[k] += p[k];
+  }
+  std::fill(dbias, dbias + g.o, 0.0f);
+  for (const auto& p : bias_partials)
+    for (int64_t k = 0; k < g.o; ++k) dbias[k] += p[k];
 }
 
 // dz of y = max_pool_2x2(relu(z)) for dY: within each window the positions equal to the max share dY equally
@@ -333,6 +484,16 @@ ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, f
   return ffi::Error::Success();
 }
 
+ffi::Error CheckMode(int64_t mode) {
+  if (mode != kFloat32 && mode != kBf16Native && mode != kBf16Emulated) {
+    return ffi::Error::InvalidArgument("blas conv: bf16 must be 0 (float32), 1 (bfloat16) or 2 (emulated bfloat16)");
+  }
+  if (mode == kBf16Native && !CpuHasBf16Dot()) {
+    return ffi::Error::InvalidArgument("blas conv: bfloat16 needs a CPU with avx512_bf16 dot products");
+  }
+  return ffi::Error::Success();
+}
+
 Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, ffi::Span<const int64_t> y,
                       int64_t pad_top, int64_t pad_left) {
   return Geometry{x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], pad_top, pad_left};
@@ -340,7 +501,8 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, ff
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t pad_top, int64_t pad_bottom,
-                   int64_t pad_left, int64_t pad_right) {
+                   int64_t pad_left, int64_t pad_right, int64_t bf16) {
+  if (auto e = CheckMode(bf16); e.failure()) return e;
   if (auto e = CheckShapes(x.dimensions(), kernel.dimensions(), y->dimensions(), pad_top, pad_bottom, pad_left,
                            pad_right);
       e.failure()) {
@@ -350,15 +512,20 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
     return ffi::Error::InvalidArgument("blas conv: bias must be a vector of the kernel's output features");
   }
   return Guarded("conv forward", [&] {
-    ConvForward(pool, MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), pad_top, pad_left),
-                x.typed_data(), kernel.typed_data(), bias.typed_data(), y->typed_data());
+    const Geometry g = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), pad_top, pad_left);
+    if (bf16 != kFloat32) {
+      ConvForwardBf16(pool, g, x.typed_data(), kernel.typed_data(), bias.typed_data(), y->typed_data(), bf16);
+    } else {
+      ConvForward(pool, g, x.typed_data(), kernel.typed_data(), bias.typed_data(), y->typed_data());
+    }
   });
 }
 
 // dx = conv(dY, kernel rotated 180 degrees with in/out swapped), padded by kernel size - 1 - pad on each side.
 ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
                      ffi::ResultBuffer<ffi::F32> dx, int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
-                     int64_t pad_right) {
+                     int64_t pad_right, int64_t bf16) {
+  if (auto e = CheckMode(bf16); e.failure()) return e;
   auto k = kernel.dimensions();
   if (auto e = CheckShapes(dx->dimensions(), k, dy.dimensions(), pad_top, pad_bottom, pad_left, pad_right);
       e.failure()) {
@@ -378,13 +545,18 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
             flipped[(((kh - 1 - i) * kw + (kw - 1 - j)) * o + co) * c + ci] = src[((i * kw + j) * c + ci) * o + co];
     auto d = dy.dimensions(), out = dx->dimensions();
     Geometry g{d[0], d[1], d[2], d[3], kh, kw, c, out[1], out[2], kh - 1 - pad_top, kw - 1 - pad_left};
-    ConvForward(pool, g, dy.typed_data(), flipped.data(), nullptr, dx->typed_data());
+    if (bf16 != kFloat32) {
+      ConvForwardBf16(pool, g, dy.typed_data(), flipped.data(), nullptr, dx->typed_data(), bf16);
+    } else {
+      ConvForward(pool, g, dy.typed_data(), flipped.data(), nullptr, dx->typed_data());
+    }
   });
 }
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dkernel, ffi::ResultBuffer<ffi::F32> dbias, int64_t pad_top,
-                      int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+                      int64_t pad_bottom, int64_t pad_left, int64_t pad_right, int64_t bf16) {
+  if (auto e = CheckMode(bf16); e.failure()) return e;
   if (auto e = CheckShapes(x.dimensions(), dkernel->dimensions(), dy.dimensions(), pad_top, pad_bottom, pad_left,
                            pad_right);
       e.failure()) {
@@ -394,8 +566,12 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     return ffi::Error::InvalidArgument("blas conv: bias gradient must be a vector of the output features");
   }
   return Guarded("conv kernel gradient", [&] {
-    ConvKernelGrad(pool, MakeGeometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), pad_top, pad_left),
-                   x.typed_data(), dy.typed_data(), dkernel->typed_data(), dbias->typed_data());
+    const Geometry g = MakeGeometry(x.dimensions(), dkernel->dimensions(), dy.dimensions(), pad_top, pad_left);
+    if (bf16 != kFloat32) {
+      ConvKernelGradBf16(pool, g, x.typed_data(), dy.typed_data(), dkernel->typed_data(), dbias->typed_data(), bf16);
+    } else {
+      ConvKernelGrad(pool, g, x.typed_data(), dy.typed_data(), dkernel->typed_data(), dbias->typed_data());
+    }
   });
 }
 
@@ -420,7 +596,10 @@ const bool kSingleThreadedBlas = [] {
 }  // namespace
 
 #define LUNGJAX_F32 ffi::Buffer<ffi::F32>
-#define LUNGJAX_PADS Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+#define LUNGJAX_PADS Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right").Attr<int64_t>("bf16")
+
+// 1 where the CPU computes bfloat16 dot products natively (avx512f + avx512bf16), else 0; lungjax.cpu.kernels asks.
+extern "C" int LungjaxCpuHasBf16Dot() { return CpuHasBf16Dot() ? 1 : 0; }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LungjaxBlasConvForward, Forward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<LUNGJAX_F32>().Arg<LUNGJAX_F32>()

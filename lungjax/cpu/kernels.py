@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 SOURCE = pathlib.Path(__file__).with_name('kernels.cc')
+# kernels.cc includes it (twice: native and emulated bfloat16 loops); both are hashed into the cache key.
+SOURCE_BF16 = pathlib.Path(__file__).with_name('kernels_bf16.inc')
 _SYMBOLS = {'conv_forward': 'LungjaxBlasConvForward', 'conv_input_grad': 'LungjaxBlasConvInputGrad',
             'conv_kernel_grad': 'LungjaxBlasConvKernelGrad', 'relu_max_pool_grad': 'LungjaxReluMaxPoolGrad'}
 # -fno-trapping-math lets GCC vectorize the branch-free selects of the pool gradient (no FP traps are used).
@@ -60,7 +62,7 @@ def build(directory: pathlib.Path | None = None, extra_flags: Sequence[str] = ()
   compiler = os.environ.get('CXX', 'g++')
   lib_dir = openblas.get_lib_dir()
   flags = (*_COMPILE_FLAGS, *extra_flags)
-  key = hashlib.sha256(b'\0'.join([SOURCE.read_bytes(), jax.__version__.encode(), lib_dir.encode(),
+  key = hashlib.sha256(b'\0'.join([SOURCE.read_bytes(), SOURCE_BF16.read_bytes(), jax.__version__.encode(), lib_dir.encode(),
                                    openblas.get_library().encode(), compiler.encode(),
                                    ' '.join(flags).encode()])).hexdigest()[:16]
   directory = pathlib.Path(directory or cache_dir())
@@ -85,12 +87,40 @@ def build(directory: pathlib.Path | None = None, extra_flags: Sequence[str] = ()
 
 
 @functools.cache
+def _library() -> ctypes.CDLL:
+  """The built (or cached) library, loaded once per process."""
+  return ctypes.cdll.LoadLibrary(str(build()))
+
+
+@functools.cache
 def _register() -> None:
-  """Builds (or finds) the library and registers its three handlers with XLA:CPU, once per process."""
-  library = ctypes.cdll.LoadLibrary(str(build()))
+  """Builds (or finds) the library and registers its handlers with XLA:CPU, once per process."""
+  library = _library()
   for name, symbol in _SYMBOLS.items():
     jax.ffi.register_ffi_target(f'lungjax_{name}', jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform='cpu')
+
+
+# How the convs compute: 'float32', 'bfloat16' (x, kernel and dY rounded to bfloat16, float32 sums, with the CPU's
+# vdpbf16ps: needs avx512_bf16) or 'bfloat16_emulated' (the same loops and packing, each dot product in scalar
+# code: for tests on any CPU, slow). The handlers' `bf16` attribute.
+COMPUTES = {'float32': 0, 'bfloat16': 1, 'bfloat16_emulated': 2}
+# Set to 0 (or 'off'), the kernels act as on a CPU without bfloat16 dot products (tests; a user's way out).
+BF16_ENV = 'LUNGJAX_CPU_BF16'
+
+
+def bf16_dot_unavailable_reason() -> str | None:
+  """None when this CPU computes bfloat16 dot products natively (avx512_bf16) and the kernels load, else why not.
+
+  $LUNGJAX_CPU_BF16=0 (or 'off') forces the answer 'no', as on a CPU without them.
+  """
+  if os.environ.get(BF16_ENV, '').strip().lower() in ('0', 'off', 'false', 'no'):
+    return f'bfloat16 dot products turned off by ${BF16_ENV}={os.environ[BF16_ENV]}'
+  if (reason := unavailable_reason()) is not None:
+    return reason.splitlines()[0]
+  if not _library().LungjaxCpuHasBf16Dot():
+    return 'this CPU has no avx512_bf16 dot products'
+  return None
 
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -134,32 +164,39 @@ def _output_shape(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: 
           x_shape[2] + left + right - kernel_shape[1] + 1, kernel_shape[3])
 
 
-def conv_bias(x_BHWC: jax.Array, kernel_HWIO: jax.Array, bias_F: jax.Array, padding: Padding) -> jax.Array:
-  """Stride-1 float32 conv of x (NHWC) with an HWIO kernel and ((top, bottom), (left, right)) pads, plus bias.
+def conv_bias(x_BHWC: jax.Array, kernel_HWIO: jax.Array, bias_F: jax.Array, padding: Padding,
+              compute: str = 'float32') -> jax.Array:
+  """Stride-1 conv of float32 x (NHWC) with an HWIO kernel and ((top, bottom), (left, right)) pads, plus bias.
 
-  Raises NotImplementedError for a pad outside [0, kernel size) (the kernels' im2col covers those only).
+  compute: one of COMPUTES; in 'bfloat16' x, the kernel and (in the gradients) dY are rounded to bfloat16 and the
+  products summed in float32 (results and the bias in float32). Raises NotImplementedError for a pad outside
+  [0, kernel size) (the kernels' im2col covers those only), ValueError for an unknown compute.
   """
+  if compute not in COMPUTES:
+    raise ValueError(f'compute={compute!r} is not one of {sorted(COMPUTES)}')
   check_padding(padding, kernel_HWIO.shape[:2])
-  return _conv_bias(x_BHWC, kernel_HWIO, bias_F, tuple((int(a), int(b)) for a, b in padding))
+  return _conv_bias(x_BHWC, kernel_HWIO, bias_F, tuple((int(a), int(b)) for a, b in padding), COMPUTES[compute])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _conv_bias(x_BHWC: jax.Array, kernel_HWIO: jax.Array, bias_F: jax.Array, padding: Padding) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv_bias(x_BHWC: jax.Array, kernel_HWIO: jax.Array, bias_F: jax.Array, padding: Padding,
+               bf16: int) -> jax.Array:
   """conv_bias's custom call, its padding checked."""
   return _call('conv_forward', [_output_shape(x_BHWC.shape, kernel_HWIO.shape, padding)], x_BHWC, kernel_HWIO,
-               bias_F, **_pads(padding))
+               bias_F, **_pads(padding), bf16=bf16)
 
 
-def _conv_bias_fwd(x_BHWC, kernel_HWIO, bias_F, padding):
-  return _conv_bias(x_BHWC, kernel_HWIO, bias_F, padding), (x_BHWC, kernel_HWIO)
+def _conv_bias_fwd(x_BHWC, kernel_HWIO, bias_F, padding, bf16):
+  return _conv_bias(x_BHWC, kernel_HWIO, bias_F, padding, bf16), (x_BHWC, kernel_HWIO)
 
 
-def _conv_bias_bwd(padding, residuals, dy_BHWF):
+def _conv_bias_bwd(padding, bf16, residuals, dy_BHWF):
   """Input gradient, then kernel and bias gradients: one custom call each (XLA drops the first when x is data)."""
   x_BHWC, kernel_HWIO = residuals
-  dx_BHWC = _call('conv_input_grad', [x_BHWC.shape], dy_BHWF, kernel_HWIO, **_pads(padding))
+  dy_BHWF = dy_BHWF.astype(jnp.float32)
+  dx_BHWC = _call('conv_input_grad', [x_BHWC.shape], dy_BHWF, kernel_HWIO, **_pads(padding), bf16=bf16)
   dkernel_HWIO, dbias_F = _call('conv_kernel_grad', [kernel_HWIO.shape, kernel_HWIO.shape[-1:]], x_BHWC, dy_BHWF,
-                                **_pads(padding))
+                                **_pads(padding), bf16=bf16)
   return dx_BHWC, dkernel_HWIO, dbias_F
 
 

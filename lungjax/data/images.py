@@ -24,6 +24,7 @@ from absl import logging
 from PIL import ExifTags, Image, ImageOps
 
 from lungjax import progress
+from lungjax.data import preprocess as preprocess_lib
 from lungjax.data.folders import Record
 
 # Only the decoders lungjax needs are ever opened: this limits exposure to Pillow's other decoders.
@@ -354,14 +355,15 @@ def open_image(path: str) -> Image.Image:
   return Image.open(path, formats=PIL_FORMATS)
 
 
-def load_image(path: str, size: int) -> LoadedImage:
+def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettings | None = None) -> LoadedImage:
   """Decodes one file once into its resized pixels, full-size pixel hash, grey thumbnail and warnings.
 
   The decode first reserves decode_bytes_estimate of its header from `decode_budget` (so concurrent decodes stay
   within DECODE_MEMORY_BUDGET). The pixels, hash and thumbnail are exactly those of to_rgb_uint8's full-size array
   resized (and grey_thumbnail), computed without that array: L and RGB images are read in place, other modes are
   converted strip by strip and the decoded image is freed before resizing. Warnings (blank, low contrast, tiny)
-  are logged once per file and returned.
+  are logged once per file and returned. `preprocess` (config.data.preprocess, data/preprocess.py; None: every step
+  off) makes the resized pixels; the hash and thumbnail stay those of the file's own pixels (copies are found alike).
   """
   try:
     if os.path.getsize(path) == 0:  # Inside the try: a dangling link or a file gone since the scan is named too.
@@ -379,7 +381,7 @@ def load_image(path: str, size: int) -> LoadedImage:
         if eight_bit.image is not image:
           image.close()  # Frees the decoded pixels: only the converted copy is resized.
         source = eight_bit.image
-        resized = source.resize((size, size), Image.Resampling.BILINEAR)
+        pixels_SSC = preprocess_lib.preprocess_image(source, preprocess or preprocess_lib.PreprocessSettings(), size)
         grey = source if source.mode == 'L' else source.convert('L')
         thumbnail = grey.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
         del grey, source
@@ -394,7 +396,7 @@ def load_image(path: str, size: int) -> LoadedImage:
     raise BadImageError(path, str(error) or type(error).__name__) from error
   for warning in warnings:
     _log_once(path, warning)
-  return LoadedImage(np.asarray(resized.convert('RGB'), np.uint8), eight_bit.pixel_hash,
+  return LoadedImage(pixels_SSC, eight_bit.pixel_hash,
                      np.asarray(thumbnail, np.float32).reshape(-1), warnings, (height, width))
 
 
@@ -426,10 +428,12 @@ class DecodedImages:
 
 
 def decode_records(
-    records: Sequence[Record], size: int, *, skip_bad_images: bool = False, threads: int = 0
+    records: Sequence[Record], size: int, *, skip_bad_images: bool = False, threads: int = 0,
+    preprocess: preprocess_lib.PreprocessSettings | None = None
 ) -> DecodedImages:
   """Decodes every record once (threads run PIL's decoders in parallel); bad files raise or are skipped.
 
+  preprocess: config.data.preprocess's steps (preprocess.settings_of), None for none.
   threads=0 means one per CPU core; however many, the decodes in flight share `decode_budget`'s memory.
   """
   threads = threads or os.cpu_count() or 1
@@ -437,7 +441,7 @@ def decode_records(
   thumbnails = np.zeros((len(records), THUMBNAIL_SIZE**2), np.float32)
   kept, hashes, skipped, warnings = [], [], [], []
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    futures = [pool.submit(load_image, record.path, size) for record in records]
+    futures = [pool.submit(load_image, record.path, size, preprocess) for record in records]
     for index, future in enumerate(progress.progress(futures, len(futures), 'decoding')):
       try:
         loaded = future.result()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import download, duplicates, folders, images, sources as sources_lib, splits
+from lungjax.data import (download, duplicates, folders, images, metadata as metadata_lib, preprocess,
+                          sources as sources_lib, splits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +33,8 @@ def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_c
   scan = folders.scan_split(folder, config.data.classes, require_all_classes=require_all_classes,
                             folder_names=folder_names, skip_unreadable=config.data.skip_bad_images)
   decoded = images.decode_records(scan.records, config.data.image_size,
-                                  skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads)
+                                  skip_bad_images=config.data.skip_bad_images, threads=config.data.decode_threads,
+                                  preprocess=preprocess.settings_of(config))
   if scan.unreadable:  # Dangling links, link loops, unreadable files and folders: skipped and counted like bad images.
     decoded = dataclasses.replace(decoded, skipped=scan.unreadable + decoded.skipped)
   return _logged(FolderImages(folder, decoded, scan.ignored_files), config)
@@ -65,6 +68,7 @@ class TrainingData:
   train_folder: FolderImages
   train: images.DecodedImages
   val: images.DecodedImages
+  grouping: Grouping | None = None  # What the split kept together (copies, and a metadata column's groups).
 
   @property
   def test_dir(self) -> str | None:
@@ -193,15 +197,84 @@ def copies_of_training_images(evaluated: images.DecodedImages, training: images.
            'score': round(p.score, 4)} for p in pairs if p.a < n <= p.b]
 
 
-def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> np.ndarray:
-  """The group of each image that splits keep on one side: exact copies and near copies (thumbnail r at or above
-  config.data.near_copy_threshold, as `python -m lungjax.audit` finds them) share a group. Every source is compared
-  with every other, so a copy found in two sources lands on one side too."""
+def split_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict, main_folder: str = '') -> np.ndarray:
+  """The group of each image that splits keep on one side (grouping(...).groups_N)."""
+  return grouping(decoded, config, main_folder).groups_N
+
+
+@dataclasses.dataclass(frozen=True)
+class Grouping:
+  """What splits keep on one side: copy groups merged with a metadata column's groups (config.data.group_by)."""
+
+  groups_N: np.ndarray  # int64 group id per image (the smallest index of its group).
+  keys_N: tuple[Any, ...]  # (source, value) of the grouping column per image; None without a value or table.
+  paths: tuple[str, ...]
+  description: str  # 'copies' or 'copies and patientid' (the column names, in source order).
+  sources: dict[str, dict[str, Any]]  # {source: its table, column, films with and without a value, join summary}.
+
+  def record(self) -> dict[str, Any]:
+    """The grouping as the run records it (model card, summary): no per-image lists beyond unmatched files."""
+    return {'grouped_by': self.description, 'n_groups': int(len(np.unique(self.groups_N))),
+            'n_images': len(self.groups_N), 'sources': self.sources}
+
+
+def _copy_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> np.ndarray:
+  """Exact copies and near copies (thumbnail r at or above config.data.near_copy_threshold, as
+  `python -m lungjax.audit` finds them) share a group. Every source is compared with every other, so a copy found
+  in two sources lands on one side too."""
   pairs = duplicates.find_copy_pairs(decoded.pixel_hashes, decoded.thumbnails_ND, config.data.near_copy_threshold)
   for pair in pairs:
     logging.info('%s copy (r %.3f) kept on one side of every split: %s ~ %s', pair.kind, pair.score,
                  decoded.paths[pair.a], decoded.paths[pair.b])
   return duplicates.copy_groups(len(decoded), pairs)
+
+
+def training_sources(config: ml_collections.ConfigDict, main_folder: str) -> list[sources_lib.Source]:
+  """The main source (its folder `main_folder`) and every extra source, in the order decoded images hold them."""
+  return [sources_lib.main_source(config, main_folder)] + sources_lib.extra_sources(config)
+
+
+def grouping(decoded: images.DecodedImages, config: ml_collections.ConfigDict, main_folder: str = '') -> Grouping:
+  """The copy groups, merged (union-find) with the groups of each source's grouping column where its metadata
+  table names one (config.data.group_by, or the source's own): films of one patient land on one side of every split
+  and fold, and a copy of patient A's film joins A's group. Films without a value stay their own group (logged)."""
+  groups_N = _copy_groups(decoded, config)
+  sources_N, names = sources_lib.source_indices(decoded)
+  keys_N: list[Any] = [None] * len(decoded)
+  described, columns = {}, []
+  for s, source in enumerate(training_sources(config, main_folder)[:len(names)]):
+    column = sources_lib.grouping_column(source, config)
+    if not column:
+      continue
+    rows = np.flatnonzero(sources_N == s)
+    table = metadata_lib.read_table(source.metadata, sources_lib.file_column(source, config),
+                                    f'{source.field} (source {source.name!r}) metadata')
+    if column not in table.columns:
+      raise ValueError(f'{source.field} (source {source.name!r}): group_by={column!r} is not a column of '
+                       f'{source.metadata!r} (columns: {list(table.columns)})')
+    joined = metadata_lib.join(table, [decoded.paths[i] for i in rows], source.folder or main_folder,
+                               f'{source.field} metadata')
+    keys, without = metadata_lib.group_keys(joined, column, source.name)
+    for i, key in zip(rows.tolist(), keys):
+      keys_N[i] = key
+    summary = joined.summary()
+    logging.info('source %s: grouped by %s from %s: %d of %d films have a value (%d groups); %d without a value '
+                 'stay their own group; %d table rows name no image here', source.name, column, source.metadata,
+                 len(rows) - without, len(rows), len({k for k in keys if k is not None}), without,
+                 summary['n_unmatched_rows'])
+    for path in summary['unmatched_images']:
+      logging.warning('source %s: no row of %s names %s: its own group', source.name, source.metadata, path)
+    described[source.name] = {'column': column, 'n_images': len(rows), 'n_with_value': len(rows) - without,
+                              'n_without_value': without, 'n_values': len({k for k in keys if k is not None}),
+                              'join': summary}
+    if column not in columns:
+      columns.append(column)
+  if columns:
+    merged_N = metadata_lib.merge_groups(groups_N, keys_N)
+    logging.info('%d copy groups and the %s groups merged into %d groups of %d images', len(np.unique(groups_N)),
+                 ', '.join(columns), len(np.unique(merged_N)), len(decoded))
+    groups_N = merged_N
+  return Grouping(groups_N, tuple(keys_N), tuple(decoded.paths), ' and '.join(['copies', *columns]), described)
 
 
 def split_strata(decoded: images.DecodedImages) -> np.ndarray:
@@ -215,12 +288,13 @@ def load_training_data(config: ml_collections.ConfigDict) -> TrainingData:
   and source."""
   root, loaded = load_training_folder(config)
   decoded = loaded.decoded
+  grouped = grouping(decoded, config, loaded.folder)
   train_indices, val_indices = splits.grouped_stratified_split(
-      split_strata(decoded), split_groups(decoded, config), config.data.val_fraction, config.data.split_seed)
-  logging.info('split %d images: %d train, %d validation (split seed %d, copies kept on one side)',
-               len(decoded), len(train_indices), len(val_indices), config.data.split_seed)
+      split_strata(decoded), grouped.groups_N, config.data.val_fraction, config.data.split_seed)
+  logging.info('split %d images: %d train, %d validation (split seed %d, grouped by %s: kept on one side)',
+               len(decoded), len(train_indices), len(val_indices), config.data.split_seed, grouped.description)
   if config.data.val_fraction > 0 and not len(val_indices):
     raise ValueError(f'config.data.val_fraction={config.data.val_fraction} left no validation image: the copy groups '
                      f'(config.data.near_copy_threshold={config.data.near_copy_threshold}) are too large to split; '
                      'raise the threshold or the fraction, or set the fraction to 0')
-  return TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices))
+  return TrainingData(root, loaded, decoded.subset(train_indices), decoded.subset(val_indices), grouped)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 import grain
@@ -67,11 +68,14 @@ def process_rows(global_batch_size: int, shard_options: grain.sharding.ShardOpti
 
 def train_dataset(
     images_NHWC: ImageSource, labels_N: np.ndarray, *, global_batch_size: int, num_epochs: int, seed: int,
-    shard_options: grain.sharding.ShardOptions | None = None, weights_N: np.ndarray | None = None
+    shard_options: grain.sharding.ShardOptions | None = None, weights_N: np.ndarray | None = None,
+    host_augment: Callable[[dict[str, np.ndarray], np.random.Generator], dict[str, np.ndarray]] | None = None
 ) -> grain.MapDataset:
   """Returns num_epochs x (n // batch) batches, reshuffled each epoch, the remainder dropped.
 
   With weights_N (each image's loss weight, e.g. splits.example_weights) every batch carries 'weight'.
+  host_augment (e.g. augment.JpegReencode) runs on each batch on the host with a generator seeded by `seed` and
+  the batch's index: the same draws after a resume.
   Every process shuffles the same way and keeps its own slice of each global batch (shard_options: by JAX
   process unless given).
   """
@@ -83,7 +87,8 @@ def train_dataset(
   dataset = dataset.batch(global_batch_size, drop_remainder=True)
   gather = GatherBatch(images_NHWC, labels_N, start, per_process,
                        None if weights_N is None else np.asarray(weights_N, np.float32))
-  return dataset.map(gather).repeat(num_epochs)
+  dataset = dataset.map(gather).repeat(num_epochs)
+  return dataset if host_augment is None else dataset.random_map(host_augment, seed=seed)
 
 
 def eval_dataset(images_NHWC: ImageSource, labels_N: np.ndarray, *, global_batch_size: int,

@@ -7,6 +7,13 @@ A config names its sources with these config.data fields (configs/cnn.py documen
   (default: the folder's basename) add one extra source: a folder of class sub-folders, without a train/ level.
 - `extra_sources`, a tuple of 'NAME=DIR' or 'NAME=DIR;FOLDER=Class,FOLDER=Class' strings, adds any number more.
 An extra source may hold only some of the classes. Source names must differ (they key per-source metrics).
+
+Metadata tables (data/metadata.py): `metadata` names the main source's CSV, `extra_metadata` extra_root's; an
+`extra_sources` entry takes ';metadata=CSV', ';group_by=COLUMN' and ';file_column=COLUMN' parts after its mapping
+('cohen=DIR;COVID-19=Covid;metadata=DIR/../metadata.csv;group_by=patientid'). `group_by` (a column, e.g.
+'patientid') keeps the films of one value on one side of every split; it applies to every source with a table
+unless the source names its own (';group_by=' with no column turns it off for that source). `metadata_file_column`
+(default 'file') is the column naming each row's image, unless a source names its own.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lungjax.data import folders, images
+from lungjax.data import folders, images, metadata as metadata_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +37,9 @@ class Source:
   folder: str  # Its folder of class sub-folders (the main root's train/).
   folder_names: tuple[tuple[str, str], ...] = ()  # (folder name, class) pairs; other folders must be named as classes.
   field: str = 'config.data.root'  # The config field it comes from: errors name it.
+  metadata: str = ''  # Its metadata CSV ('' none).
+  group_by: str | None = None  # Its grouping column; None: config.data.group_by.
+  file_column: str = ''  # The table's column naming each image; '': config.data.metadata_file_column.
 
   @property
   def mapping(self) -> dict[str, str]:
@@ -57,6 +67,50 @@ def _parse_mapping(text: str, classes: Sequence[str], field: str) -> tuple[tuple
   return tuple(folders.parse_folder_names(text, classes, field).items())
 
 
+_SOURCE_OPTIONS = ('metadata', 'group_by', 'file_column')
+
+
+def _source_options(parts: Sequence[str], entry: str, field: str) -> tuple[dict[str, Any], str]:
+  """An extra_sources entry's parts after NAME=DIR: ({option: value} of its metadata / group_by / file_column
+  parts, its 'FOLDER=Class,...' mapping ('' none))."""
+  options: dict[str, Any] = {}
+  mappings = []
+  for part in parts:
+    key, sep, value = (x.strip() for x in part.partition('='))
+    if sep and key in _SOURCE_OPTIONS and ',' not in value:
+      if key in options:
+        raise ValueError(f'{field}={entry!r}: {key}= is given twice')
+      options[key] = value
+    elif part.strip():
+      mappings.append(part)
+  if len(mappings) > 1:
+    raise ValueError(f'{field}={entry!r}: more than one FOLDER=Class mapping; the parts after NAME=DIR are one '
+                     f'mapping and {", ".join(o + "=" for o in _SOURCE_OPTIONS)} options, separated by ;')
+  if options.get('file_column') == '':
+    raise ValueError(f'{field}={entry!r}: file_column= names no column')
+  if ('group_by' in options or 'file_column' in options) and not options.get('metadata'):
+    raise ValueError(f'{field}={entry!r}: group_by= / file_column= need a metadata=CSV table for the source')
+  return options, mappings[0] if mappings else ''
+
+
+def main_source(config: ml_collections.ConfigDict, folder: str) -> Source:
+  """The main source (its train/ folder `folder`) with its metadata table (config.data.metadata)."""
+  return Source(main_source_name(config), folder, (), 'config.data.root', _data(config, 'metadata', ''))
+
+
+def grouping_column(source: Source, config: ml_collections.ConfigDict) -> str:
+  """The column a source's films are grouped by ('' none): its own group_by, else config.data.group_by where it
+  has a table."""
+  if not source.metadata:
+    return ''
+  return _data(config, 'group_by', '') if source.group_by is None else source.group_by
+
+
+def file_column(source: Source, config: ml_collections.ConfigDict) -> str:
+  """The column of a source's table that names its images."""
+  return source.file_column or _data(config, 'metadata_file_column', '') or 'file'
+
+
 def extra_sources(config: ml_collections.ConfigDict) -> list[Source]:
   """The extra sources a config lists (config.data.extra_root and config.data.extra_sources), validated.
 
@@ -70,21 +124,23 @@ def extra_sources(config: ml_collections.ConfigDict) -> list[Source]:
   if extra_root:
     name = extra_name or os.path.basename(os.path.normpath(extra_root))
     found.append(Source(name, extra_root, _parse_mapping(extra_names, classes, 'config.data.extra_class_names'),
-                        'config.data.extra_root'))
-  elif extra_names or extra_name:
+                        'config.data.extra_root', _data(config, 'extra_metadata', '')))
+  elif extra_names or extra_name or _data(config, 'extra_metadata', ''):
     raise ValueError(f'config.data.extra_class_names={extra_names!r} / config.data.extra_source_name={extra_name!r} '
-                     'given without config.data.extra_root: set the extra folder too')
+                     f'/ config.data.extra_metadata={_data(config, "extra_metadata", "")!r} given without '
+                     'config.data.extra_root: set the extra folder too')
   listed = _data(config, 'extra_sources', ())
   if isinstance(listed, str):
     raise ValueError(f'config.data.extra_sources={listed!r} must be a tuple of \'NAME=DIR[;FOLDER=Class,...]\' '
                      'strings, e.g. "(\'adult=/data/adult;COVID=Covid\',)"')
   for i, entry in enumerate(listed):
     field = f'config.data.extra_sources[{i}]'
-    head, _, mapping = str(entry).partition(';')
+    head, *parts = str(entry).split(';')
     name, sep, folder = (x.strip() for x in head.partition('='))
     if not sep or not name or not folder:
       raise ValueError(f'{field}={entry!r} must read NAME=DIR or NAME=DIR;FOLDER=Class,FOLDER=Class')
-    found.append(Source(name, folder, _parse_mapping(mapping, classes, field), field))
+    options, mapping = _source_options(parts, entry, field)
+    found.append(Source(name, folder, _parse_mapping(mapping, classes, field), field, **options))
   names = [main_source_name(config)]
   for source in found:
     if not source.name or source.name in names:
@@ -95,6 +151,31 @@ def extra_sources(config: ml_collections.ConfigDict) -> list[Source]:
     if not os.path.isdir(source.folder):
       raise FileNotFoundError(f'{source.field}: folder {source.folder!r} does not exist')
   return found
+
+
+def check_tables(config: ml_collections.ConfigDict) -> None:
+  """Every training metadata table readable, with its file column and its grouping column; config.data.group_by
+  refused where no source has a table. Errors name the field and the file."""
+  group_by, column = _data(config, 'group_by', ''), _data(config, 'metadata_file_column', 'file')
+  if not isinstance(group_by, str):
+    raise ValueError(f'config.data.group_by={group_by!r} must be a column name or \'\'')
+  if not isinstance(column, str) or not column:
+    raise ValueError(f'config.data.metadata_file_column={column!r} must name a column')
+  if _data(config, 'metadata', '') and config.data.get('prepared_dir', ''):
+    raise ValueError(f'config.data.metadata={config.data.metadata!r} is joined to decoded folders; not with '
+                     f'config.data.prepared_dir={config.data.prepared_dir!r}')
+  with_tables = [s for s in [main_source(config, '')] + extra_sources(config) if s.metadata]
+  if group_by and not with_tables:
+    raise ValueError(f'config.data.group_by={group_by!r} needs a metadata table: config.data.metadata, '
+                     'config.data.extra_metadata or ;metadata=CSV in config.data.extra_sources')
+  for source in with_tables:
+    field = 'config.data.metadata' if source.field == 'config.data.root' else (
+        'config.data.extra_metadata' if source.field == 'config.data.extra_root' else source.field)
+    table = metadata_lib.read_table(source.metadata, file_column(source, config), field)
+    grouping = grouping_column(source, config)
+    if grouping and grouping not in table.columns:
+      raise ValueError(f'{field} (source {source.name!r}): group_by={grouping!r} is not a column of '
+                       f'{source.metadata!r} (columns: {list(table.columns)})')
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

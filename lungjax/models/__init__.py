@@ -2,12 +2,14 @@
 
 The CNN's conv / pool lowering is chosen here, when the model is built (choose_lowering, once per process and
 setting, logged in one line): 'auto' becomes the C++ kernels of lungjax.cpu.kernels ('blas', 'cpu_kernel') on one
-CPU device in float32 when they build, else XLA's ops ('xla', 'reshape'). This is the one place in lungjax that
+CPU device when they build, else XLA's ops ('xla', 'reshape'). In dtype bfloat16 the kernels' convs compute with
+bfloat16 inputs and float32 sums where the CPU has avx512_bf16 dot products, else in float32 (the log line says so). This is the one place in lungjax that
 imports the kernels; the model receives their functions as a layers.KernelOps.
 """
 
 import dataclasses
 import functools
+import os
 
 from absl import logging
 import flax.linen as nn
@@ -17,9 +19,10 @@ import ml_collections
 from lungjax.models import layers
 from lungjax.models.cnn import CNN
 from lungjax.models.resnet import ResNet
+from lungjax.models.unet import UNet
 from lungjax.models.vgg import VGG
 
-MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG}
+MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG, 'unet': UNet}
 # config.model fields that configure training around the module, not the module itself.
 NON_MODULE_FIELDS = ('name', 'init_from')
 # Module fields that create_model fills in itself (the CNN's kernels follow from its lowering).
@@ -34,12 +37,14 @@ class Lowering:
   pool_impl: str
   kernels: layers.KernelOps | None
   reason: str  # Why: 'as configured', or what 'auto' found.
+  # How the C++ convs compute (lungjax.cpu.kernels.COMPUTES): 'float32', or in dtype bfloat16 'bfloat16' where the
+  # CPU has avx512_bf16; '' where conv_impl is not 'blas'.
+  conv_compute: str = ''
 
 
 def _kernels_blocker(dtype: str) -> str | None:
   """Why 'auto' cannot use the C++ kernels in this process (None: it can); compiles them on first use."""
-  if dtype != 'float32':
-    return f'dtype {dtype} (the kernels compute in float32)'
+  del dtype  # float32 or bfloat16 (kernel_compute says how a bfloat16 model's convs compute)
   if jax.default_backend() != 'cpu':
     return f'the {jax.default_backend()} backend (the kernels are XLA:CPU custom calls)'
   if jax.device_count() > 1 or jax.process_count() > 1:
@@ -54,11 +59,31 @@ def _kernels_blocker(dtype: str) -> str | None:
   return f'the C++ kernels are not available here: {first}' + (' (compiler output: --v=1)' if details else '')
 
 
+def _kernel_compute(dtype: str, explicit: bool) -> tuple[str, str]:
+  """How the C++ convs compute for this dtype here, and why: bfloat16 needs the CPU's bfloat16 dot products.
+
+  dtype bfloat16 where the CPU lacks them: float32 under 'auto' (said in the log line), an error naming
+  config.model.conv_impl when 'blas' was asked for by name. $LUNGJAX_CPU_BF16=emulate computes the bfloat16 loops
+  in scalar code (tests; slow).
+  """
+  if dtype == 'float32':
+    return 'float32', ''
+  from lungjax.cpu import kernels  # pylint: disable=g-import-not-at-top
+  if os.environ.get(kernels.BF16_ENV, '').strip().lower() == 'emulate':
+    return 'bfloat16_emulated', f'bfloat16 convs emulated in scalar code (${kernels.BF16_ENV}=emulate)'
+  if (reason := kernels.bf16_dot_unavailable_reason()) is None:
+    return 'bfloat16', 'bfloat16 convs on the CPU\'s avx512_bf16 dot products, float32 sums'
+  if explicit:
+    raise ValueError(f"config.model.conv_impl='blas' with config.model.dtype={dtype!r} needs bfloat16 dot products "
+                     f"({reason}): use conv_impl='auto' (float32 convs) or 'xla'")
+  return 'float32', f'dtype {dtype}, but {reason}: the convs compute in float32'
+
+
 @functools.cache
 def choose_lowering(conv_impl: str, pool_impl: str, dtype: str) -> Lowering:
   """Resolves config.model.conv_impl / pool_impl for this process and logs the choice and why in one line.
 
-  'auto' takes the C++ kernels where they apply (float32, one CPU device) and build, else 'xla' / 'reshape'.
+  'auto' takes the C++ kernels where they apply (one CPU device) and build, else 'xla' / 'reshape'.
   'blas' or 'cpu_kernel' named explicitly raise where the kernels cannot run (another backend, no compiler).
   """
   layers.check_impls(conv_impl, pool_impl, dtype)
@@ -72,14 +97,22 @@ def choose_lowering(conv_impl: str, pool_impl: str, dtype: str) -> Lowering:
     kernels.check_cpu('conv_impl' if resolved[0] == 'blas' else 'pool_impl')
     if (reason := kernels.unavailable_reason()) is not None:
       raise kernels.KernelBuildError(reason)
-    kernel_ops = layers.KernelOps(conv_bias=kernels.conv_bias, relu_max_pool=kernels.relu_max_pool)
+    compute, compute_why = ('', '')
+    if resolved[0] == 'blas':
+      compute, compute_why = _kernel_compute(dtype, explicit=conv_impl == 'blas')
+    kernel_ops = layers.KernelOps(conv_bias=functools.partial(kernels.conv_bias, compute=compute or 'float32'),
+                                  relu_max_pool=kernels.relu_max_pool)
+  else:
+    compute, compute_why = '', ''
   if not auto:
     why = 'as configured'
   elif blocker is None:
-    why = 'auto: float32 on one CPU device, the C++ kernels built'
+    why = f'auto: {dtype} on one CPU device, the C++ kernels built'
   else:
     why = f'auto: {blocker}'
-  lowering = Lowering(*resolved, kernels=kernel_ops, reason=why)
+  if compute_why:
+    why += f'; {compute_why}'
+  lowering = Lowering(*resolved, kernels=kernel_ops, reason=why, conv_compute=compute)
   log = logging.warning if blocker and 'kernels are not available' in blocker else logging.info
   log('CNN lowering: conv_impl=%s, pool_impl=%s (%s)', lowering.conv_impl, lowering.pool_impl, why)
   return lowering

@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# 'blas': KernelConv with the C++ conv + bias of lungjax.cpu.kernels (CPU, float32); 'cpu_kernel': relu + reshape
-# pool whose gradient is one C++ pass; 'auto': lungjax.models.create_model picks those two on one CPU device in
-# float32 when the kernels build, else xla / reshape.
+# 'blas': KernelConv with the C++ conv + bias of lungjax.cpu.kernels (CPU; float32, or in dtype bfloat16 bfloat16
+# inputs with float32 sums where the CPU has avx512_bf16); 'cpu_kernel': relu + reshape pool whose gradient is one
+# C++ pass; 'auto': lungjax.models.create_model picks those two on one CPU device when the kernels build, else
+# xla / reshape.
 CONV_IMPLS = ('auto', 'xla', 'patches', 'blas')
 POOL_IMPLS = ('auto', 'reduce_window', 'reshape', 'cpu_kernel')
 DTYPES = ('float32', 'bfloat16')
@@ -32,10 +33,6 @@ def check_impls(conv_impl: str, pool_impl: str, dtype: str) -> None:
                                 ('dtype', dtype, DTYPES)):
     if value not in allowed:
       raise ValueError(f'config.model.{field}={value!r} is not one of {allowed}')
-  for field, value, kernel in (('conv_impl', conv_impl, 'blas'), ('pool_impl', pool_impl, 'cpu_kernel')):
-    if value == kernel and dtype != 'float32':
-      raise ValueError(f'config.model.{field}={value!r} computes in float32; config.model.dtype={dtype!r} needs '
-                       "conv_impl='xla', pool_impl='reshape'")
 
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -131,8 +128,9 @@ def reshape_max_pool(x_BHWC: jax.Array) -> jax.Array:
 
 
 class KernelConv(nn.Module):
-  """nn.Conv's parameters ('kernel' HWIO, 'bias') and output for stride-1 float32 convs, computed by `conv_bias`
-  (KernelOps.conv_bias: one custom call forward and one per gradient)."""
+  """nn.Conv's parameters ('kernel' HWIO, 'bias') and output for stride-1 convs, computed by `conv_bias`
+  (KernelOps.conv_bias: one custom call forward and one per gradient; float32 results, in bfloat16 or float32
+  arithmetic as create_model chose)."""
 
   features: int
   kernel_size: Sequence[int]
@@ -143,7 +141,7 @@ class KernelConv(nn.Module):
 
   @nn.compact
   def __call__(self, x_BHWC: jax.Array) -> jax.Array:
-    """conv(x, kernel) + bias in float32."""
+    """conv(x, kernel) + bias, a float32 result (a bfloat16 x is widened exactly)."""
     kernel_HWIO = self.param('kernel', self.kernel_init, (*self.kernel_size, x_BHWC.shape[-1], self.features))
     bias_F = self.param('bias', self.bias_init, (self.features,))
     padding = explicit_padding(self.padding, self.kernel_size, 'blas')
