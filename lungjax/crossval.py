@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import evaluate, final_evaluation, metrics as metrics_lib, report, train
+from lungjax import evaluate, final_evaluation, metrics as metrics_lib, report, report_html, train
 from lungjax import distributed, workdir as workdir_lib
 from lungjax.data import loading, splits
 
@@ -131,8 +131,9 @@ def summarise_runs(config: ml_collections.ConfigDict, runs: dict[str, final_eval
     result['pooled' if repeats > 1 else 'pooled_out_of_fold'] = pooled
     if distributed.is_main_process():  # Multi-host: process 0 writes the reports.
       what = f'{repeats} runs\' predictions of each image pooled' if repeats > 1 else 'pooled out-of-fold'
-      report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, {what}',
-                              pooled_labels, pooled_probabilities)
+      plots = report.write_evaluation(pooled, os.path.join(out_dir, 'pooled'), f'{title}, {what}',
+                                      pooled_labels, pooled_probabilities)
+      report_html.write_report_html(os.path.join(out_dir, 'pooled'), pooled, f'{title}, {what}', plots)
   if distributed.is_main_process():
     report.write_metrics_json(result, os.path.join(out_dir, 'metrics.json'))
     with open(os.path.join(out_dir, 'report.md'), 'w') as f:

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, steps
+from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, report_html, steps
 from lungjax import calibration as calibration_lib, distributed, inference, model_card, progress
 from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, preprocess, sources as sources_lib
 
@@ -157,24 +157,32 @@ def add_calibration(metrics: dict[str, Any], labels_N: np.ndarray, probabilities
 def evaluate_and_report(eval_step: Callable[..., jax.Array], state: steps.TrainState, loaded: loading.FolderImages,
                         config: ml_collections.ConfigDict, mesh: Mesh, out_dir: str, title: str,
                         checkpoint_step: int, calibration: dict[str, Any] | None = None,
-                        training: images.DecodedImages | None = None) -> dict[str, Any]:
-  """Predicts a loaded folder; writes metrics.json (with 95% intervals), report.md, predictions.csv and plots.
+                        training: images.DecodedImages | None = None,
+                        page: report_html.PageInputs | None = None) -> dict[str, Any]:
+  """Predicts a loaded folder; writes metrics.json (with 95% intervals), report.md, report.html, predictions.csv
+  and plots.
 
   With `training` (the decoded training images), the report lists this folder's copies of training images; with
-  `calibration` (the run's calibration.json record), the ECE after its served temperature.
+  `calibration` (the run's calibration.json record), the ECE after its served temperature; `page` as in
+  report_predictions.
   """
   probabilities_NC = predict_probabilities(eval_step, state, loaded.decoded, config.eval.batch_size, mesh)
-  return report_predictions(probabilities_NC, loaded, config, out_dir, title, checkpoint_step, calibration, training)
+  return report_predictions(probabilities_NC, loaded, config, out_dir, title, checkpoint_step, calibration, training,
+                            page=page)
 
 
 def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImages, config: ml_collections.ConfigDict,
                        out_dir: str, title: str, checkpoint_step: int, calibration: dict[str, Any] | None = None,
                        training: images.DecodedImages | loading.TrainingThumbnails | None = None,
-                       averaged: dict[str, Any] | None = None, calibration_fitted_here: bool = False) -> dict[str, Any]:
-  """Turns a folder's predicted probabilities into metrics.json (with 95% intervals), report.md, CSV and plots.
+                       averaged: dict[str, Any] | None = None, calibration_fitted_here: bool = False,
+                       page: report_html.PageInputs | None = None) -> dict[str, Any]:
+  """Turns a folder's predicted probabilities into metrics.json (with 95% intervals), report.md, report.html, CSV
+  and plots.
 
   With `calibration` (a calibration.json record) metrics['calibration'] adds the ECE after temperature scaling:
   out of fold when calibration_fitted_here (these are the images it was fitted on), else the served temperature's.
+  `page` (report_html.PageInputs): the model that draws the gallery's Grad-CAM, the model card and shortcut check
+  report.html shows; None: a page without overlays or card.
   """
   labels_N = loaded.decoded.labels_N
   metrics = evaluation_metrics(labels_N, probabilities_NC, tuple(config.data.classes))
@@ -197,8 +205,16 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
                                                                      loaded.folder)
   elif config.eval.get('metadata'):  # A table without subgroups: the join is still reported.
     metrics['subgroups'] = {'metadata': eval_join(loaded.decoded, loaded.folder, config).summary(), 'columns': {}}
+  page = page or report_html.PageInputs()
+  sources_N, source_names = sources_lib.source_indices(loaded.decoded)
+  # Every process draws the gallery's Grad-CAM (a jitted computation over the mesh); process 0 writes the page.
+  gallery = report_html.build_gallery(
+      loaded.decoded.images_NHWC, labels_N, probabilities_NC, loaded.decoded.paths, tuple(config.data.classes),
+      loaded.folder, page.explain_fn, page.explain_what,
+      [source_names[s] for s in sources_N] if len(source_names) > 1 else None)
   if distributed.is_main_process():  # Multi-host: every process has the metrics; process 0 writes them.
-    report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
+    plots = report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
+    report_html.write_report_html(out_dir, metrics, title, plots, gallery, page.card, page.card_note, page.shortcuts)
     write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
                       os.path.join(out_dir, 'predictions.csv'))
   logging.info('%s: accuracy %.4f, macro recall %.4f, macro F1 %.4f → %s', title, metrics['accuracy'],
@@ -251,10 +267,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   keys = view_keys(config.seed, config.eval.tta_views)
   # Decoded once per (image size, preprocessing) among the members: each member sees its own run's images.
   decoded_by_size: dict[tuple[int, preprocess.PreprocessSettings], loading.FolderImages] = {}
-  total_NC, steps_used = 0.0, []
+  total_NC, steps_used, own_model = 0.0, [], None
   for member in members:
     model = inference.load(member, config.eval.step if member == workdir else -1,
                            config=config if member == workdir else None, mesh=mesh)
+    own_model = own_model or model  # The workdir's own: report.html's Grad-CAM.
     run_config = model.config
     if tuple(run_config.data.classes) != tuple(config.data.classes):
       raise ValueError(f'config.eval.ensemble: {member!r} was trained on classes {list(run_config.data.classes)}, '
@@ -290,9 +307,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   training = None if folder == VALIDATION else training_images(config, workdir)
   out_dir = os.path.join(workdir, 'eval', name)
   title = f'{config.name} on {name.removeprefix("folder-")}'  # The folder's own name; 'folder-' only keeps it apart.
+  card, card_note = report_html.run_card(workdir, steps_used[0]['step'])
+  what = f'Grad-CAM of {own_model.config.explain.layer}'
+  if averaged:
+    what += f' ({workdir}\'s model, plain image; the class is the averaged prediction\'s)'
+  page = report_html.PageInputs(
+      own_model.explain_pixels, what, card, card_note,
+      None if folder == VALIDATION else report_html.matching_shortcuts(workdir, folder, steps_used[0]['step']))
   metrics = report_predictions(total_NC / len(members), loaded, config, out_dir, title,
                                steps_used[0]['step'], calibration, training, averaged,
-                               calibration_fitted_here=folder == VALIDATION)
+                               calibration_fitted_here=folder == VALIDATION, page=page)
   if distributed.is_main_process():
     model_card.append_evaluation(workdir, metrics, name)
   return {**metrics, 'out_dir': out_dir}

@@ -15,8 +15,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from lungjax import calibration as calibration_lib, distributed, evaluate, model_card, report, steps
+from lungjax import calibration as calibration_lib, distributed, evaluate, inference, model_card, report, report_html
+from lungjax import steps
 from lungjax.data import loading
+from lungjax.models import create_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,20 @@ def _evaluation_entry(metrics: dict[str, Any], out_dir: str) -> dict[str, Any]:
                  'recall': {c: v['recall'] for c, v in row['per_class'].items() if v['support']}}
         for source, row in metrics['per_source'].items()}
   return entry
+
+
+def _page_inputs(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any],
+                 best_state: steps.TrainState, best_step: int, run_fingerprint: dict[str, Any],
+                 data: loading.TrainingData) -> report_html.PageInputs:
+  """report.html's inputs after training: the best checkpoint's Grad-CAM, and the model card as it is about to be
+  written (its validation headline left out: the page shows the validation metrics themselves, and before the
+  evaluations eval/val/metrics.json may still be an earlier run's)."""
+  card = model_card.model_card(workdir, config, summary, run_fingerprint, data)
+  card.pop('validation', None)
+  model = inference.Model(config, create_model(config.model, len(config.data.classes)), best_state, best_step,
+                          workdir)
+  return report_html.PageInputs(model.explain_pixels, f'Grad-CAM of {config.explain.layer}', card,
+                                'The model card of this run (the workdir\'s MODEL_CARD.md).')
 
 
 def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any],
@@ -83,16 +99,17 @@ def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summ
     logging.warning('%d validation images: no temperature fitted (cross-fitting needs 2)', len(data.val))
   if (test := data.load_test(config)) is not None:
     split_folders['test'] = test
+  page = _page_inputs(config, workdir, summary, best_state, best_step, run_fingerprint, data)
   for name, loaded in split_folders.items():
     out_dir = os.path.join(workdir, 'eval', name)
     title = f'{config.name} on {name}'
     if name == 'val':  # Already predicted to fit the temperature: its calibrated ECE is out of fold.
       metrics = evaluate.report_predictions(val_probabilities_NC, loaded, config, out_dir, title, best_step,
-                                            calibration, calibration_fitted_here=True)
+                                            calibration, calibration_fitted_here=True, page=page)
       validation = Validation(np.asarray(data.val.labels_N), np.asarray(val_probabilities_NC), metrics)
     else:
       metrics = evaluate.evaluate_and_report(eval_step, best_state, loaded, config, mesh, out_dir, title, best_step,
-                                             calibration, training=data.train_folder.decoded)
+                                             calibration, training=data.train_folder.decoded, page=page)
     summary['evaluations'][name] = _evaluation_entry(metrics, out_dir)
   if distributed.is_main_process():
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:

@@ -263,6 +263,21 @@ def roc_curve(labels_binary_N: np.ndarray, scores_N: np.ndarray) -> tuple[np.nda
   return fpr, tpr
 
 
+def pr_curve(labels_binary_N: np.ndarray, scores_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (recall, precision), one point per distinct score threshold, highest first, after a first point at
+  recall 0 with the precision of the highest threshold (sklearn's precision_recall_curve, reversed, puts 1 there).
+
+  Drawn as a step (recall gained at each point times its precision), its area is the average precision that
+  classification_metrics reports as pr_auc. Needs positives and negatives, as roc_curve does.
+  """
+  fpr, tpr = roc_curve(labels_binary_N, scores_N)  # Validates; cumulative rates at each distinct threshold.
+  positive_N = np.asarray(labels_binary_N).astype(bool)
+  true_positives = tpr[1:] * positive_N.sum()
+  called = true_positives + fpr[1:] * (~positive_N).sum()
+  precision = true_positives / called
+  return np.r_[0.0, tpr[1:]], np.r_[precision[0], precision]
+
+
 def stratified_bootstrap_indices(labels_N: np.ndarray, n_bootstrap: int, seed: int, repeats: int = 1) -> np.ndarray:
   """Returns n_bootstrap x N image indices; each row redraws every class's images, with replacement, in place.
 

@@ -231,7 +231,7 @@ def _per_subgroup_markdown(metrics: dict[str, Any]) -> list[str]:
 
 
 # The plots write_evaluation draws, in the order report.md shows them: (file name, alt text).
-PLOTS = (('confusion_matrix.png', 'confusion matrix'), ('roc.png', 'ROC curves'),
+PLOTS = (('confusion_matrix.png', 'confusion matrix'), ('roc.png', 'ROC curves'), ('pr.png', 'precision-recall curves'),
          ('reliability.png', 'reliability diagram'))
 
 
@@ -358,6 +358,27 @@ def plot_roc(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequen
   plt.close(fig)
 
 
+def plot_pr(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequence[str], path: str) -> None:
+  """Draws one one-vs-rest precision-recall curve per class (steps; average precision in the legend) and each
+  class's prevalence, the precision of a model that ranks at random."""
+  labels_N, probabilities_NC = np.asarray(labels_N), np.asarray(probabilities_NC)
+  fig, ax = plt.subplots(figsize=(4.8, 4.4))
+  for c, name in enumerate(classes):
+    positive_N = labels_N == c
+    if positive_N.any() and not positive_N.all():
+      recall, precision = metrics_lib.pr_curve(positive_N, probabilities_NC[:, c])
+      ap = float(np.sum(np.diff(recall) * precision[1:]))
+      line, = ax.step(recall, precision, where='post', lw=1.8, label=f'{name} (AP {ap:.3f})')
+      ax.axhline(positive_N.mean(), color=line.get_color(), ls=':', lw=1)
+  ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel='recall (sensitivity)', ylabel='precision (PPV)',
+         title='Precision-recall, one class vs the rest\n(dotted: prevalence)')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower left', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  plt.close(fig)
+
+
 def plot_reliability(labels_N: np.ndarray, probabilities_NC: np.ndarray, path: str,
                      n_bins: int = metrics_lib.ECE_BINS) -> None:
   """Draws accuracy per top-label confidence bin as bars against the diagonal, ECE in the title."""
@@ -382,8 +403,9 @@ def plot_reliability(labels_N: np.ndarray, probabilities_NC: np.ndarray, path: s
 
 
 def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str, labels_N: np.ndarray | None = None,
-                     probabilities_NC: np.ndarray | None = None) -> None:
-  """Writes metrics.json, report.md and confusion_matrix.png; also roc.png and reliability.png given predictions."""
+                     probabilities_NC: np.ndarray | None = None) -> list[str]:
+  """Writes metrics.json, report.md and confusion_matrix.png; also roc.png, pr.png and reliability.png given
+  predictions. Returns the plots' file names (what report_html.write_report_html embeds)."""
   if (labels_N is None) != (probabilities_NC is None):
     raise ValueError('write_evaluation needs both labels_N and probabilities_NC (for roc.png, reliability.png) '
                      'or neither')
@@ -393,7 +415,9 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str, labels_N
   plots = ['confusion_matrix.png']
   if labels_N is not None:
     plot_roc(labels_N, probabilities_NC, metrics['classes'], os.path.join(out_dir, 'roc.png'))
+    plot_pr(labels_N, probabilities_NC, metrics['classes'], os.path.join(out_dir, 'pr.png'))
     plot_reliability(labels_N, probabilities_NC, os.path.join(out_dir, 'reliability.png'))
-    plots += ['roc.png', 'reliability.png']
+    plots += ['roc.png', 'pr.png', 'reliability.png']
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:  # After the plots it links to.
     f.write(report_markdown(metrics, title, plots))
+  return plots
