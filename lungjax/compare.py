@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.stats
 from absl import app, flags  # pylint: disable=g-multiple-import
 
 from lungjax import checkpoints, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib
@@ -32,15 +33,14 @@ OUTPUT_FILES = ('compare.json', 'compare.md')
 def mcnemar_exact_p(b: int, c: int) -> float:
   """McNemar's exact two-sided p-value of discordant counts b, c: min(1, 2 P(X <= min(b, c))), X ~ Bin(b + c, 1/2).
 
-  1.0 when there is no discordant pair. Exact in integers, then rounded once to a float.
+  1.0 when there is no discordant pair. scipy.stats.binomtest(min(b, c), b + c, 0.5): at p = 1/2 its two-sided
+  p-value is exactly this doubled tail.
   """
   if b < 0 or c < 0:
     raise ValueError(f'discordant counts must be >= 0, got b={b}, c={c}')
-  n = b + c
-  if n == 0:
+  if b + c == 0:
     return 1.0
-  tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
-  return min(1.0, 2 * tail / 2**n)
+  return min(1.0, float(scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue))
 
 
 def resampled_scores(correct_N: np.ndarray, labels_N: np.ndarray, indices_BN: np.ndarray) -> dict[str, np.ndarray]:

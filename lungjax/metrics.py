@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.optimize
+import scipy.stats
 
 
 def confusion_matrix(labels_N: np.ndarray, predictions_N: np.ndarray, num_classes: int) -> np.ndarray:
@@ -133,7 +135,6 @@ def mean_cross_entropy(labels_N: np.ndarray, probabilities_NC: np.ndarray) -> fl
 
 ECE_BINS = 15
 _LOG_TEMPERATURE_RANGE = (float(np.log(1e-2)), float(np.log(1e2)))
-_GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 
 
 def _checked(labels_N: np.ndarray, probabilities_NC: np.ndarray, name: str = 'probabilities_NC'
@@ -160,10 +161,23 @@ def _check_confidence(confidence: float) -> float:
   return statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def _wilson(rate: float, n: float, z: float) -> tuple[float, float]:
-  """Returns the Wilson score interval of a proportion `rate` observed in n trials; (0, 1) when n is 0."""
+def _wilson(rate: float, n: float, confidence: float) -> tuple[float, float]:
+  """Returns the Wilson score interval of a proportion `rate` observed in n trials; (0, 1) when n is 0.
+
+  Whole counts (n and rate * n whole numbers) go through scipy.stats.binomtest; the formula
+  here is for counts that are not (predictions of repeated images divided by the repeats, a bootstrap
+  fallback's rate on an effective count), which binomtest cannot take.
+  """
   if n == 0:
     return 0.0, 1.0
+  successes = rate * n
+  if n == round(n) and abs(successes - round(successes)) < 1e-9:
+    successes, n = int(round(successes)), int(round(n))
+    interval = scipy.stats.binomtest(successes, n).proportion_ci(confidence_level=confidence, method='wilson')
+    # At 0 (or n) successes the bound is exactly 0 (or 1), the point value; clip rounding outside [0, 1].
+    return (0.0 if successes == 0 else max(0.0, float(interval.low)),
+            1.0 if successes == n else min(1.0, float(interval.high)))
+  z = _check_confidence(confidence)
   scale = 1.0 + z * z / n
   centre = (rate + z * z / (2 * n)) / scale
   half = z / scale * np.sqrt(max(rate * (1.0 - rate), 0.0) / n + z * z / (4 * n * n))
@@ -172,12 +186,16 @@ def _wilson(rate: float, n: float, z: float) -> tuple[float, float]:
           1.0 if rate >= 1.0 else float(min(1.0, centre + half)))
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-  """Returns the Wilson score interval of a binomial proportion successes / n; (0, 1) when n is 0."""
+def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+  """Returns the Wilson score interval of a binomial proportion successes / n; (0, 1) when n is 0.
+
+  Whole counts: scipy.stats.binomtest(successes, n).proportion_ci(method='wilson'); others (counts of pooled
+  predictions divided by the repeats) the same formula by hand.
+  """
   if n < 0 or not 0 <= successes <= n:
     raise ValueError(f'wilson_interval needs 0 <= successes <= n, got successes={successes}, n={n}')
-  z = _check_confidence(confidence)
-  return _wilson(successes / n if n else 0.0, n, z)
+  _check_confidence(confidence)
+  return _wilson(successes / n if n else 0.0, n, confidence)
 
 
 def _counts_per_value(scores_N: np.ndarray, positive_N: np.ndarray, weights_BN: np.ndarray
@@ -407,7 +425,7 @@ def bootstrap_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, clas
       return [lo, hi]
     degenerate.append(list(keys))
     low, high = _RANGES.get(keys[0], (0.0, 1.0))
-    lo, hi = _wilson(min(max((value - low) / (high - low), 0.0), 1.0), n_eff, z)
+    lo, hi = _wilson(min(max((value - low) / (high - low), 0.0), 1.0), n_eff, confidence)
     return [low + lo * (high - low), low + hi * (high - low)]
 
   def averaged(prefix: str, average: str, n_eff: int) -> dict[str, list[float] | None]:
@@ -472,7 +490,7 @@ def metric_intervals(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes
   true_positives, false_positives, false_negatives, true_negatives = _one_vs_rest_counts(counts)
 
   def wilson(successes: float, n: float) -> list[float]:
-    return list(_wilson(successes / n if n else 0.0, float(n) / repeats, z))
+    return list(_wilson(successes / n if n else 0.0, float(n) / repeats, confidence))
 
   for c, name in enumerate(classes):
     tp, fp, fn, tn = true_positives[c], false_positives[c], false_negatives[c], true_negatives[c]
@@ -538,26 +556,18 @@ def _temperature_nll(labels_N: np.ndarray, logits_NC: np.ndarray, log_temperatur
 def fit_temperature(labels_N: np.ndarray, logits_NC: np.ndarray) -> float:
   """Returns the T in [0.01, 100] that minimises the NLL of softmax(logits_NC / T) (log-probabilities work too).
 
-  The NLL is convex in 1/T, so it has one minimum in log T: a coarse grid brackets it, golden section
-  refines it to about 1e-6 relative.
+  The NLL is convex in 1/T, so it has one minimum in log T: a coarse grid brackets it, scipy's bounded Brent
+  search (scipy.optimize.minimize_scalar) refines it to about 1e-8 in log T.
   """
   labels_N, logits_NC = _checked(labels_N, logits_NC, name='logits_NC')
   nll = functools.partial(_temperature_nll, labels_N, logits_NC)
   grid = np.linspace(*_LOG_TEMPERATURE_RANGE, 81)
   best = int(np.argmin([nll(t) for t in grid]))
   lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-  left, right = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-  nll_left, nll_right = nll(left), nll(right)
-  while hi - lo > 1e-6:
-    if nll_left <= nll_right:
-      hi, right, nll_right = right, left, nll_left
-      left = hi - _GOLDEN * (hi - lo)
-      nll_left = nll(left)
-    else:
-      lo, left, nll_left = left, right, nll_right
-      right = lo + _GOLDEN * (hi - lo)
-      nll_right = nll(right)
-  return float(np.exp((lo + hi) / 2.0))
+  result = scipy.optimize.minimize_scalar(nll, bounds=(lo, hi), method='bounded', options={'xatol': 1e-8})
+  if not result.success:
+    raise RuntimeError(f'fit_temperature: the search in log T in [{lo:.4g}, {hi:.4g}] failed: {result.message}')
+  return float(np.exp(result.x))
 
 
 def with_uncertainty(metrics: dict[str, Any], labels_N: np.ndarray, probabilities_NC: np.ndarray,

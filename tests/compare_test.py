@@ -220,3 +220,12 @@ def test_two_runs_from_the_command_line(two_runs, synthetic_root, tmp_path):
                              f'--out={tmp_path / "unmapped"}'], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
   assert unmapped.returncode != 0 and 'class_names' in unmapped.stderr
+
+
+# McNemar p-values of the old integer tail sum (main at ef26524), which scipy.stats.binomtest replaced.
+_OLD_MCNEMAR = {(0,0): 1.0, (1,2): 1.0, (5,15): 0.04138946533203125, (3,3): 1.0, (0,9): 0.00390625, (20,40): 0.01348929373119186, (7,1): 0.0703125}
+
+
+@pytest.mark.parametrize('b, c', sorted(_OLD_MCNEMAR))
+def test_mcnemar_exact_p_equals_the_old_tail_sum(b, c):
+  assert compare.mcnemar_exact_p(b, c) == pytest.approx(_OLD_MCNEMAR[b, c], rel=1e-12, abs=0)

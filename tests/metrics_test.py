@@ -551,3 +551,55 @@ def test_pooled_repeats_resample_images_with_all_their_predictions_and_count_ima
     metrics.stratified_bootstrap_indices(labels_N, 5, seed=0, repeats=4)
   with pytest.raises(ValueError, match='same images'):
     metrics.stratified_bootstrap_indices(np.concatenate([labels_G, labels_G[::-1]]), 5, seed=0, repeats=2)
+
+
+# Numbers of the hand-written Wilson formula and golden-section temperature search that scipy replaced (main at
+# ef26524): scipy.stats.binomtest's Wilson interval must agree to 1e-14, minimize_scalar's T to 1e-6 (the old
+# search stopped at 1e-6 in log T).
+_OLD_WILSON = {
+    (60, 66, 0.9): (0.8337026860785988, 0.9522600948734112),
+    (60, 66, 0.95): (0.8155127011503412, 0.9576670249294886),
+    (60, 66, 0.99): (0.7771406086457902, 0.9663036932937927),
+    (0, 10, 0.9): (0.0, 0.21294197008340682),
+    (0, 10, 0.95): (0.0, 0.27753279986288915),
+    (0, 10, 0.99): (0.0, 0.39885409330490795),
+    (10, 10, 0.9): (0.7870580299165931, 1.0),
+    (10, 10, 0.95): (0.7224672001371109, 1.0),
+    (10, 10, 0.99): (0.6011459066950919, 1.0),
+    (3, 7, 0.9): (0.18644319036395612, 0.7105229089864071),
+    (3, 7, 0.95): (0.1582198552514697, 0.7495416354723428),
+    (3, 7, 0.99): (0.11637368051613817, 0.8102850959116124),
+    (1, 1, 0.9): (0.2698659487840544, 1.0),
+    (1, 1, 0.95): (0.20654931437723745, 1.0),
+    (1, 1, 0.99): (0.13097754328018585, 1.0),
+    (12, 14, 0.9): (0.6470626062241376, 0.951541086464978),
+    (12, 14, 0.95): (0.6005862050302966, 0.9599060787285352),
+    (12, 14, 0.99): (0.5130504555275497, 0.9715654935295974),
+    (250, 251, 0.9): (0.9823420529524197, 0.9991106839880844),
+    (250, 251, 0.95): (0.9777816987087616, 0.999296368385478),
+    (250, 251, 0.99): (0.9669519028107381, 0.9995320762039783),
+}
+_OLD_TEMPERATURE = {0: (3.0, 3.717849988773447), 1: (0.3, 0.5515951028812015), 2: (1.0, 1.7783593967146132)}
+
+
+@pytest.mark.parametrize('successes, n, confidence', sorted(_OLD_WILSON))
+def test_wilson_interval_equals_the_old_formula(successes, n, confidence):
+  np.testing.assert_allclose(metrics.wilson_interval(successes, n, confidence), _OLD_WILSON[successes, n, confidence],
+                             rtol=1e-14, atol=0)
+
+
+def test_wilson_interval_of_fractional_counts_is_continuous_with_whole_ones():
+  # 24.2 of 30 (pooled predictions / repeats) take the formula by hand; whole neighbours take scipy's.
+  low, high = metrics.wilson_interval(24.2, 30)
+  assert metrics.wilson_interval(24, 30)[0] < low < metrics.wilson_interval(25, 30)[0]
+  np.testing.assert_allclose(metrics.wilson_interval(24 + 1e-7, 30), metrics.wilson_interval(24, 30), atol=1e-7)
+
+
+@pytest.mark.parametrize('seed', sorted(_OLD_TEMPERATURE))
+def test_fit_temperature_equals_the_old_golden_section_search(seed):
+  scale, old = _OLD_TEMPERATURE[seed]
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(120, 3)) * scale
+  labels = rng.integers(0, 3, 120)
+  labels[:60] = logits[:60].argmax(-1)
+  np.testing.assert_allclose(metrics.fit_temperature(labels, logits), old, rtol=1e-6)
