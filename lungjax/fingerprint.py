@@ -109,11 +109,32 @@ def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
   return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
 
 
+def _default_config_flat() -> dict[str, Any]:
+  """The packaged default config (lungjax/configs/cnn.py), flattened: the value of a field an older lungjax lacked."""
+  from lungjax.configs import cnn  # pylint: disable=g-import-not-at-top  (configs import nothing of lungjax)
+  return _flat(json.loads(json.dumps(cnn.get_config().to_dict())))
+
+
 def diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-  """Lines 'field: saved X, now Y' for every field that differs (JSON round trip makes tuples lists)."""
+  """Lines 'field: saved X, now Y' for every field that differs (JSON round trip makes tuples lists).
+
+  A field the saved record lacks counts as unchanged when its current value is the packaged default: fields added
+  since (e.g. config.model.head) default to the behaviour that came before them, so an older checkpoint still
+  restores; with any other value it differs.
+  """
   saved_flat, current_flat = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(current)))
-  return [f'{field}: saved {saved_flat.get(field, "<absent>")!r}, now {current_flat.get(field, "<absent>")!r}'
-          for field in sorted(set(saved_flat) | set(current_flat)) if saved_flat.get(field) != current_flat.get(field)]
+  defaults = None
+  changed = []
+  for field in sorted(set(saved_flat) | set(current_flat)):
+    if saved_flat.get(field) == current_flat.get(field):
+      continue
+    if field not in saved_flat and field in current_flat:
+      defaults = _default_config_flat() if defaults is None else defaults
+      if any(field.endswith(key) and defaults[key] == current_flat[field] for key in defaults
+             if field == key or field.endswith('.' + key)):
+        continue
+    changed.append(f'{field}: saved {saved_flat.get(field, "<absent>")!r}, now {current_flat.get(field, "<absent>")!r}')
+  return changed
 
 
 class FingerprintMismatchError(ValueError):

@@ -57,3 +57,13 @@ def test_run_fingerprint_covers_the_issue_fields(tiny_config):
   tiny_config.seed = 5
   assert fingerprint.diff(fp['run'], fingerprint.run_fingerprint(tiny_config, data, abstract, 2)['run']) == [
       'seed: saved 0, now 5']
+
+
+def test_a_field_an_older_checkpoint_lacks_is_unchanged_only_at_its_packaged_default():
+  # config.model.head came after the first fingerprints: an older checkpoint restores with the default ('flatten'),
+  # not with another head.
+  saved = {'model': {'name': 'cnn'}, 'data': {'image_size': 256}}
+  assert fingerprint.diff(saved, {'model': {'name': 'cnn', 'head': 'flatten'}, 'data': {'image_size': 256}}) == []
+  assert fingerprint.diff(saved, {'model': {'name': 'cnn', 'head': 'gap'}, 'data': {'image_size': 256}}) == [
+      "model.head: saved '<absent>', now 'gap'"]
+  assert fingerprint.diff({'model': {'name': 'cnn', 'head': 'gap'}}, {'model': {'name': 'cnn', 'head': 'flatten'}})
