@@ -3,8 +3,13 @@ python -m benchmarks.bench --config=configs/cnn.py [--keras] [--config.data.root
 
 Measures compile time, train-step images/s after warm-up on a synthetic batch, an epoch end to end on a real folder
 (the grain loader included), eval images/s, the loader alone and peak RSS; with --keras it times the study's Keras
-model (../shared/bench/seed_keras.py's model()) in a child process, alternating with lungjax round by round, so that
-the ratio is measured side by side under the same load. Writes results/bench/<config.name>.json, one line per figure.
+model (../shared/bench/seed_keras.py's model()) in child processes, one per keras.mixed_precision policy (float32
+and mixed_bfloat16), interleaved with lungjax round by round (lungjax, Keras float32, Keras mixed_bfloat16, lungjax,
+...), so that each round's ratios are taken under the same load. Each ratio is the median of the per-round ratios,
+with its min-max and IQR; `ratio_vs_keras` is against the faster Keras policy and is written only when the per-round
+ratios span at most --max_spread (0.2), else as `ratio_vs_keras_noisy` (both policies' ratios are kept). With
+--predict_folder the same for lungjax predict (decode included) vs a Keras predict loop on the folder's files.
+The load average is recorded before and after. Writes results/bench/<config.name>.json, one line per figure.
 """
 
 import os
@@ -125,13 +130,16 @@ class KerasChild:
   """The study's Keras model in a child process (its own TensorFlow), timed on request between lungjax rounds."""
 
   def __init__(self, model_file: str, batch_size: int, image_size: int, class_weights_C: np.ndarray,
-               warmup_steps: int):
+               warmup_steps: int, policy: str = 'float32'):
+    if policy not in KERAS_POLICIES:
+      raise ValueError(f'--keras_policies: {policy!r} is not one of {KERAS_POLICIES}')
+    self.policy = policy
     if not os.path.isfile(model_file):
       raise FileNotFoundError(f'--keras_model={model_file!r} does not exist (the study\'s seed_keras.py)')
     command = [sys.executable, '-m', 'benchmarks.bench', '--keras_worker',
                f'--keras_model={os.path.abspath(model_file)}']
     self.process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    self.info = self.request({'batch_size': batch_size, 'image_size': image_size,
+    self.info = self.request({'batch_size': batch_size, 'image_size': image_size, 'policy': policy,
                               'class_weights': [float(w) for w in class_weights_C], 'warmup_steps': warmup_steps})
     if 'error' in self.info:
       self.process.kill()  # It has said why it cannot time this model; nothing is left for it to do.
@@ -150,6 +158,10 @@ class KerasChild:
   def time_steps(self, n: int) -> float:
     """Wall seconds of n Keras train steps (train_on_batch, class weights) on its synthetic batch."""
     return self.request({'steps': n})['seconds']
+
+  def time_predict(self, files: list[str], batch_size: int) -> float:
+    """Wall seconds of a Keras predict loop over files: PIL decode + resize (as seed_keras.load), predict_on_batch."""
+    return self.request({'predict_files': files, 'batch_size': batch_size})['seconds']
 
   def close(self) -> float:
     """Ends the child process and returns its peak RSS in GB."""
@@ -179,6 +191,7 @@ def keras_worker(model_file: str) -> None:
 
   setup = json.loads(sys.stdin.readline())
   keras.utils.set_random_seed(0)
+  keras.mixed_precision.set_global_policy(setup.get('policy', 'float32'))  # before the model's layers are made
   model = seed_keras.model()
   model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])
   size, batch_size = setup['image_size'], setup['batch_size']
@@ -197,35 +210,125 @@ def keras_worker(model_file: str) -> None:
     model.train_on_batch(images, labels, class_weight=class_weight)
   reply({'params': int(model.count_params()), 'first_step_s': round(first_step_s, 2), 'keras': keras.__version__,
          'tensorflow': tf.__version__, 'backend': keras.backend.backend(),
+         'policy': keras.mixed_precision.global_policy().name,
          'onednn': os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default (on)')})
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  def decode(path: str) -> np.ndarray:  # As seed_keras.load reads a file.
+    with Image.open(path) as image:
+      return np.asarray(image.convert('RGB').resize((size, size), Image.BILINEAR), np.float32) / 255.0
+
   for line in sys.stdin:
-    n = json.loads(line)['steps']
+    request = json.loads(line)
     start = time.perf_counter()
-    for _ in range(n):
-      model.train_on_batch(images, labels, class_weight=class_weight)  # Returns numpy losses: synchronous.
+    if 'predict_files' in request:
+      files, chunk = request['predict_files'], request['batch_size']
+      for first in range(0, len(files), chunk):
+        model.predict_on_batch(np.stack([decode(f) for f in files[first:first + chunk]]))  # numpy: synchronous
+    else:
+      for _ in range(request['steps']):
+        model.train_on_batch(images, labels, class_weight=class_weight)  # Returns numpy losses: synchronous.
     reply({'seconds': time.perf_counter() - start})
   reply({'peak_rss_gb': peak_rss_gb()})
 
 
-def alternating_rounds(runner: LungjaxRunner, keras: KerasChild | None, rounds: int, n_steps: int,
-                       batch_size: int) -> dict[str, Any]:
-  """Times n_steps lungjax steps, then n_steps Keras steps, `rounds` times; medians and per-round ratios."""
+KERAS_POLICIES = ('float32', 'mixed_bfloat16')  # keras.mixed_precision policies the --keras children can run
+MAX_SPREAD = 0.2  # Wider per-round ratios (max - min) than this: the headline is written marked noisy.
+
+
+def ratio_spread(ratios: list[float], max_spread: float = MAX_SPREAD) -> dict[str, Any]:
+  """The median of per-round ratios, their min-max, quartiles and IQR; noisy when max - min > max_spread."""
+  q1, median, q3 = (float(np.percentile(ratios, q)) for q in (25, 50, 75))
+  spread = float(max(ratios) - min(ratios))
+  return {'median': round(median, 3), 'min': round(min(ratios), 3), 'max': round(max(ratios), 3),
+          'q1': round(q1, 3), 'q3': round(q3, 3), 'iqr': round(q3 - q1, 3), 'spread': round(spread, 3),
+          'noisy': spread > max_spread}
+
+
+def compare(result: dict[str, Any], what: str, ours: list[float], theirs: dict[str, list[float]],
+            max_spread: float = MAX_SPREAD) -> None:
+  """Adds, per Keras policy, its median img/s and the median of per-round ratios with their spread; then the
+  headline `ratio_vs_keras` (vs the faster policy by median img/s), or `ratio_vs_keras_noisy` where its per-round
+  ratios span more than max_spread. `what` prefixes the keys ('train', 'predict')."""
+  prefix = '' if what == 'train' else f'{what}_'
+  medians = {}
+  for policy, rates in theirs.items():
+    name = policy.removeprefix('mixed_')  # float32, bfloat16
+    ratios = [a / b for a, b in zip(ours, rates)]
+    medians[policy] = float(np.median(rates))
+    result[f'keras_{name}_{what}_images_per_s'] = round(medians[policy], 2)
+    result[f'keras_{name}_{what}_images_per_s_rounds'] = rates
+    result[f'{prefix}ratio_vs_keras_{name}'] = ratio_spread(ratios, max_spread)['median']
+    result[f'{prefix}ratio_vs_keras_{name}_rounds'] = [round(r, 3) for r in ratios]
+    result[f'{prefix}ratio_vs_keras_{name}_spread'] = ratio_spread(ratios, max_spread)
+  faster = max(medians, key=medians.get)
+  stats = result[f'{prefix}ratio_vs_keras_{faster.removeprefix("mixed_")}_spread']
+  result[f'keras_{what}_images_per_s'] = round(medians[faster], 2)
+  result[f'keras_{what}_faster_policy'] = faster
+  result[f'{prefix}ratio_vs_keras_rounds'] = result[f'{prefix}ratio_vs_keras_{faster.removeprefix("mixed_")}_rounds']
+  if stats['noisy']:
+    result[f'{prefix}ratio_vs_keras_noisy'] = stats['median']
+    result[f'{prefix}headline'] = (f'noisy: per-round ratios vs Keras {faster} span {stats["min"]}-{stats["max"]} '
+                                   f'(> {max_spread}); no headline figure, rerun on a quiet machine')
+  else:
+    result[f'{prefix}ratio_vs_keras'] = stats['median']
+    result[f'{prefix}headline'] = (f'{stats["median"]}x Keras {faster} (median of {len(ours)} per-round ratios, '
+                                   f'{stats["min"]}-{stats["max"]}, IQR {stats["iqr"]})')
+
+
+def alternating_rounds(runner: LungjaxRunner, kerases: dict[str, KerasChild], rounds: int, n_steps: int,
+                       batch_size: int, max_spread: float = MAX_SPREAD) -> dict[str, Any]:
+  """Times n_steps lungjax steps, then n_steps steps of each Keras child in turn, `rounds` times: each round's
+  ratios are taken under the same load; the headline is the median of per-round ratios (see compare)."""
   batch = runner.to_device(synthetic_batch(batch_size, runner.config.data.image_size,
                                            len(runner.config.data.classes)))
-  ours, theirs = [], []
+  ours, theirs = [], {policy: [] for policy in kerases}
   for index in range(rounds):
     ours.append(images_per_s(n_steps * batch_size, runner.run_steps(lambda: batch, n_steps)))
     line = f'round {index + 1}: lungjax {ours[-1]} img/s'
-    if keras is not None:
-      theirs.append(images_per_s(n_steps * batch_size, keras.time_steps(n_steps)))
-      line += f', keras {theirs[-1]} img/s, ratio {ours[-1] / theirs[-1]:.3f}'
+    for policy, keras in kerases.items():
+      theirs[policy].append(images_per_s(n_steps * batch_size, keras.time_steps(n_steps)))
+      line += f', keras {policy} {theirs[policy][-1]} img/s (ratio {ours[-1] / theirs[policy][-1]:.3f})'
     print(line, flush=True)
   result: dict[str, Any] = {'train_images_per_s': float(np.median(ours)), 'train_images_per_s_rounds': ours}
-  if keras is not None:
-    result['keras_train_images_per_s'] = float(np.median(theirs))
-    result['keras_train_images_per_s_rounds'] = theirs
-    result['ratio_vs_keras'] = round(result['train_images_per_s'] / result['keras_train_images_per_s'], 3)
-    result['ratio_vs_keras_rounds'] = [round(a / b, 3) for a, b in zip(ours, theirs)]
+  if kerases:
+    compare(result, 'train', ours, theirs, max_spread)
+  return result
+
+
+def predict_rounds(runner: LungjaxRunner, kerases: dict[str, KerasChild], folder: str, rounds: int,
+                   max_spread: float = MAX_SPREAD) -> dict[str, Any]:
+  """lungjax predict's images/s on every image file under folder (decode included: lungjax.predict.predict_files
+  with this run's model and state), alternating with each Keras child's predict loop on the same files."""
+  from lungjax import inference, predict  # pylint: disable=g-import-not-at-top
+  model = inference.Model(runner.config, runner.model, runner.state, 0, '')
+  listed = predict.expand_inputs([folder])
+  files = [path for path, _ in listed]
+  batch_size = model.batch_size
+
+  def ours_once() -> tuple[float, int]:
+    start = time.perf_counter()
+    lines = list(predict.predict_files(model, listed))
+    return time.perf_counter() - start, sum('error' in line for line in lines)
+
+  _, errors = ours_once()  # warm-up: compiles the eval step for this batch size
+  if errors:
+    raise ValueError(f'--predict_folder={folder!r}: lungjax could not read {errors} of {len(files)} files')
+  for keras in kerases.values():
+    keras.time_predict(files[:batch_size], batch_size)  # warm-up
+  ours, theirs = [], {policy: [] for policy in kerases}
+  for index in range(rounds):
+    ours.append(images_per_s(len(files), ours_once()[0]))
+    line = f'predict round {index + 1}: lungjax {ours[-1]} img/s'
+    for policy, keras in kerases.items():
+      theirs[policy].append(images_per_s(len(files), keras.time_predict(files, batch_size)))
+      line += f', keras {policy} {theirs[policy][-1]} img/s'
+    print(line, flush=True)
+  result: dict[str, Any] = {'predict_folder': folder, 'predict_n_images': len(files),
+                            'predict_batch_size': batch_size, 'predict_images_per_s': float(np.median(ours)),
+                            'predict_images_per_s_rounds': ours}
+  if kerases:
+    compare(result, 'predict', ours, theirs, max_spread)
   return result
 
 
@@ -274,10 +377,14 @@ def real_folder_figures(runner: LungjaxRunner, config: ml_collections.ConfigDict
 
 
 def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rounds: int, n_steps: int,
-              warmup_steps: int, epochs: int, host_memory_trims: list[float] | None = None) -> dict[str, Any]:
+              warmup_steps: int, epochs: int, host_memory_trims: list[float] | None = None,
+              keras_policies: tuple[str, ...] = KERAS_POLICIES, predict_folder: str = '',
+              max_spread: float = MAX_SPREAD) -> dict[str, Any]:
   """Runs every measurement and returns the figures (see the module docstring).
 
   host_memory_trims: host_memory.apply's list of trim times, counted in the figures (None: glibc defaults).
+  keras_policies: the Keras children (one per keras.mixed_precision policy), timed in turn after lungjax each round.
+  predict_folder: a folder of images for the predict figures ('' : none).
   """
   trims = host_memory_trims if host_memory_trims is not None else []
   batch_size = config.train.batch_size
@@ -296,17 +403,25 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
     result['first_train_step_s'] = round(runner.run_steps(lambda: batch, 1), 2)  # Trace + compile + one step.
     result['compile_train_s'] = round(sum(compiles.get('train_step', [0.0])), 4)
     runner.run_steps(lambda: batch, warmup_steps)
-    keras = None
-    if keras_model:
-      keras = KerasChild(keras_model, batch_size, config.data.image_size, class_weights_C, warmup_steps)
-      result['keras'] = keras.info
+    if 'conv_impl' in config.model:
+      from lungjax.models import choose_lowering  # pylint: disable=g-import-not-at-top
+      lowering = choose_lowering(str(config.model.conv_impl), str(config.model.pool_impl), str(config.model.dtype))
+      result['lowering'].update(conv_compute=lowering.conv_compute, why=lowering.reason)
+    kerases: dict[str, KerasChild] = {}
     trims_before_rounds = len(trims)
     try:
-      result.update(alternating_rounds(runner, keras, rounds, n_steps, batch_size))
+      if keras_model:
+        for policy in keras_policies:
+          kerases[policy] = KerasChild(keras_model, batch_size, config.data.image_size, class_weights_C,
+                                       warmup_steps, policy)
+        result['keras'] = {policy: keras.info for policy, keras in kerases.items()}
+      result.update(alternating_rounds(runner, kerases, rounds, n_steps, batch_size, max_spread))
       result['host_memory_trims_in_rounds'] = len(trims) - trims_before_rounds
+      if predict_folder:
+        result.update(predict_rounds(runner, kerases, predict_folder, rounds, max_spread))
     finally:
-      if keras is not None:
-        result['keras']['peak_rss_gb'] = keras.close()
+      for policy, keras in kerases.items():
+        result['keras'][policy]['peak_rss_gb'] = keras.close()
     if config.data.root:
       result.update(real_folder_figures(runner, config, epochs))
       result['loader_vs_train_step'] = round(result['loader_images_per_s'] / result['train_images_per_s'], 2)
@@ -321,9 +436,13 @@ def benchmark(config: ml_collections.ConfigDict, *, keras_model: str | None, rou
   return result
 
 
-_FIGURES = ('n_params', 'first_train_step_s', 'compile_train_s', 'compile_eval_s', 'train_images_per_s',
-            'keras_train_images_per_s', 'ratio_vs_keras', 'epoch_images_per_s', 'eval_images_per_s',
-            'loader_images_per_s', 'loader_vs_train_step', 'compilations', 'peak_rss_gb', 'host_memory_trims')
+_FIGURES = ('n_params', 'lowering', 'first_train_step_s', 'compile_train_s', 'compile_eval_s', 'train_images_per_s',
+            'keras_float32_train_images_per_s', 'keras_bfloat16_train_images_per_s', 'ratio_vs_keras_float32',
+            'ratio_vs_keras_bfloat16', 'ratio_vs_keras', 'ratio_vs_keras_noisy', 'headline',
+            'predict_images_per_s', 'keras_float32_predict_images_per_s', 'keras_bfloat16_predict_images_per_s',
+            'predict_ratio_vs_keras', 'predict_ratio_vs_keras_noisy', 'predict_headline', 'epoch_images_per_s',
+            'eval_images_per_s', 'loader_images_per_s', 'loader_vs_train_step', 'compilations', 'peak_rss_gb',
+            'host_memory_trims', 'machine_start', 'machine_end')
 
 
 def main(argv):
@@ -335,13 +454,26 @@ def main(argv):
     raise app.UsageError('--config is required (e.g. --config=configs/cnn.py)')
   from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
   trims = host_memory.apply(FLAGS.config.train)  # As lungjax.main does, before the first large allocation.
+  policies = tuple(p.strip() for p in FLAGS.keras_policies.split(',') if p.strip())
+  for policy in policies:
+    if policy not in KERAS_POLICIES:
+      raise app.UsageError(f'--keras_policies: {policy!r} is not one of {KERAS_POLICIES}')
+  if FLAGS.keras and not policies:
+    raise app.UsageError('--keras needs at least one of --keras_policies')
+  if FLAGS.predict_folder and not os.path.isdir(FLAGS.predict_folder):
+    raise app.UsageError(f'--predict_folder={FLAGS.predict_folder!r} is not a folder')
   result = benchmark(FLAGS.config, keras_model=FLAGS.keras_model if FLAGS.keras else None, rounds=FLAGS.rounds,
                      n_steps=FLAGS.steps, warmup_steps=FLAGS.warmup_steps, epochs=FLAGS.epochs,
-                     host_memory_trims=trims)
+                     host_memory_trims=trims, keras_policies=policies, predict_folder=FLAGS.predict_folder,
+                     max_spread=FLAGS.max_spread)
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   path = os.path.join(FLAGS.out_dir, f'{FLAGS.config.name}.json')
-  with open(path, 'w') as f:
+  if os.path.islink(path):
+    raise app.UsageError(f'{path} is a symlink: the benchmark writes no file through one')
+  partial = f'{path}.tmp-{os.getpid()}'
+  with open(partial, 'w') as f:
     json.dump(result, f, indent=2)
+  os.replace(partial, path)  # atomic: a reader sees the old figures or the new ones
   for name in _FIGURES:
     if name in result:
       print(f'{name}: {result[name]}')
@@ -353,7 +485,12 @@ if __name__ == '__main__':  # The command's flags, defined only when run: an imp
                                   lock_config=True)
   flags.DEFINE_bool('keras', False, "Also time the study's Keras model, alternating with lungjax round by round.")
   flags.DEFINE_string('keras_model', SEED_KERAS_MODEL, 'The file whose model() is the Keras model.')
-  flags.DEFINE_integer('rounds', 3, 'Alternating timing rounds (lungjax, then Keras).')
+  flags.DEFINE_integer('rounds', 3, 'Alternating timing rounds (lungjax, then each Keras policy).')
+  flags.DEFINE_string('keras_policies', ','.join(KERAS_POLICIES),
+                      'Comma-separated keras.mixed_precision policies, one Keras child each (float32, mixed_bfloat16).')
+  flags.DEFINE_string('predict_folder', '', 'A folder of images: lungjax predict (decode included) vs a Keras '
+                      'predict loop on its files, alternating (e.g. ../shared/data/covid19-radiography-sample).')
+  flags.DEFINE_float('max_spread', MAX_SPREAD, 'Per-round ratios spanning more (max - min): the headline is noisy.')
   flags.DEFINE_integer('steps', 5, 'Timed train steps per round, after warm-up.')
   flags.DEFINE_integer('warmup_steps', 2, 'Untimed train steps before the first round.')
   flags.DEFINE_integer('epochs', 2, 'Epochs on the real folder (the loader figures quote the last).')

@@ -36,6 +36,12 @@ XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m benchmarks.bench --
   --config.name=cnn-2-host-devices-1-thread-each \
   --config.train.cpu_compiler_options='xla_cpu_experimental_ynn_fusion_type=;xla_cpu_multi_thread_eigen=false' \
   --rounds=3 --steps=5
+# Issue 28, on a quiet CPU with avx512_bf16 (not yet run): bfloat16 and float32 vs Keras float32 + mixed_bfloat16,
+# interleaved, median of per-round ratios; predict on 1,000 files (decode included).
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-bf16-kernels --config.model.dtype=bfloat16 \
+  --rounds=7 --steps=10 --predict_folder=../shared/data/covid19-radiography-sample
+python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-f32-vs-both --rounds=7 --steps=10 \
+  --predict_folder=../shared/data/covid19-radiography-sample
 # Mixed precision on this CPU (bfloat16 compute, float32 params; 'auto' is XLA's ops there).
 python -m benchmarks.bench --config=configs/cnn.py --keras --config.name=cnn-bfloat16 --config.model.dtype=bfloat16 \
   --rounds=3 --steps=5
