@@ -97,6 +97,7 @@ def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray
   for subgroup in metadata_lib.parse_subgroups(config.eval.subgroups):
     values = metadata_lib.subgroup_labels(joined, subgroup)
     values_N = np.asarray(values, dtype=object)
+    has_row_N = values_N != metadata_lib.NO_ROW
     counts = metadata_lib.class_counts(labels_N, values, subgroup, classes)
     found, too_small = {}, []
     for value, row in counts.items():
@@ -110,9 +111,10 @@ def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray
     per_subgroup[subgroup.column] = found
     columns[subgroup.column] = {
         'bins': subgroup.labels, 'counts': counts, 'too_small': too_small,
-        'recall_gaps': {c: metrics_lib.recall_gap(labels_N, predicted_N, values, k, minimum,
-                                                  config.eval.n_bootstrap, config.seed)
-                        for k, c in enumerate(classes) if np.any(labels_N == k)}}
+        # Films no table row names (often another source's) are not a subgroup of this column: no gap with them.
+        'recall_gaps': {c: metrics_lib.recall_gap(labels_N[has_row_N], predicted_N[has_row_N], values_N[has_row_N], k,
+                                                  minimum, config.eval.n_bootstrap, config.seed)
+                        for k, c in enumerate(classes) if np.any(labels_N[has_row_N] == k)}}
   return per_subgroup, {'metadata': joined.summary(), 'min_images': minimum, 'columns': columns}
 
 

@@ -296,3 +296,19 @@ def test_recall_gap_with_too_few_images_reports_no_number():
   gap = metrics_lib.recall_gap(np.zeros(7, int), np.zeros(7, int), ['a'] * 5 + ['b'] * 2, 0, 5)
   assert gap['gap'] is None and gap['too_few'] == [{'group': 'b', 'n_class_images': 2}]
   assert 'fewer than two subgroups' in gap['reason']
+
+
+def test_recall_gaps_leave_out_the_films_no_table_row_names(evaluated, tmp_path):
+  import json
+  from lungjax import evaluate
+  config, loaded, probabilities_NC = evaluated
+  config.eval.subgroup_min_images = 1
+  # The one film without a row (Normal/019) predicted wrong: with it as a group, Normal's gap would be 1.0 against it.
+  no_row = loaded.decoded.paths.index(os.path.join(loaded.folder, 'Normal', '019.png'))
+  probabilities_NC = probabilities_NC.copy()
+  probabilities_NC[no_row] = [0.8, 0.1, 0.1]
+  evaluate.report_predictions(probabilities_NC, loaded, config, str(tmp_path / 'out'), 'eval', 1)
+  written = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  normal = written['subgroups']['columns']['sex']['recall_gaps']['Normal']
+  assert metadata.NO_ROW not in normal['recalls'] and normal['gap'] == 0.0
+  assert metadata.NO_ROW in written['per_subgroup']['sex']  # Still reported as a group of its own.
