@@ -101,3 +101,15 @@ def test_bfloat16_train_step_follows_float32_and_keeps_float32_params():
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim)
   assert losses['bfloat16'][-1] < 0.5 * losses['bfloat16'][0], losses
   np.testing.assert_allclose(losses['bfloat16'][:5], losses['float32'][:5], atol=0.05)
+
+
+def test_the_lung_unet_is_a_segmentation_model_not_a_classifier_name():
+  import jax
+  import jax.numpy as jnp
+  from lungjax.models import MODELS, SEGMENTATION_MODELS
+  assert 'unet' not in MODELS
+  model = SEGMENTATION_MODELS['unet']()
+  images_BHWC = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.uint8)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images_BHWC)
+  logits = jax.eval_shape(lambda v, x: model.apply(v, x), variables, images_BHWC)
+  assert (logits.shape, logits.dtype) == ((2, 64, 64), jnp.float32)

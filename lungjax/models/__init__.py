@@ -22,7 +22,10 @@ from lungjax.models.resnet import ResNet
 from lungjax.models.unet import UNet
 from lungjax.models.vgg import VGG
 
-MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG, 'unet': UNet}
+MODELS: dict[str, type[nn.Module]] = {'cnn': CNN, 'resnet': ResNet, 'vgg': VGG}  # The classifiers config.model names.
+# Lung segmentation (issue 24): one mask logit per pixel, not a classifier, so not a config.model.name until the
+# trainer can train it (a U-Net named there would pass validation and fail after the data is decoded).
+SEGMENTATION_MODELS: dict[str, type[nn.Module]] = {'unet': UNet}
 # config.model fields that configure training around the module, not the module itself.
 NON_MODULE_FIELDS = ('name', 'init_from')
 # Module fields that create_model fills in itself (the CNN's kernels follow from its lowering).
