@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 
 from lungjax import crossval, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib, report
-from lungjax import steps, train
+from lungjax import steps, train, workdir as workdir_lib
 from lungjax.data import images, loading, sources as sources_lib, splits
 
 SELECTION_MEASURE = 'worst_held_out_macro_recall'
@@ -76,16 +76,6 @@ def _predict_held_out(run_dir: str, held_out: images.DecodedImages, config: ml_c
   mesh = mesh_lib.make_mesh()
   return evaluate.predict_probabilities(steps.jit_eval_step(model.module, mesh), model.state, held_out,
                                         config.eval.batch_size, mesh)
-
-
-def _atomic_text(path: str, text: str) -> None:
-  """Writes text to path through a temporary name and os.replace; refuses a link at path."""
-  if os.path.islink(path):
-    raise ValueError(f'{path} is a symbolic link: lungjax does not write through links')
-  partial = f'{path}.partial'
-  with open(partial, 'w') as f:
-    f.write(text)
-  os.replace(partial, path)
 
 
 def _recall_summary(per_seed: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -171,8 +161,9 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
   out_dir = os.path.join(workdir, OUT)
   if distributed.is_main_process():
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_text(os.path.join(out_dir, 'metrics.json'), _json(result))
-    _atomic_text(os.path.join(out_dir, 'report.md'), markdown(result, f'{config.name}: leave one source out'))
+    workdir_lib.write_atomic(os.path.join(out_dir, 'metrics.json'), _json(result))
+    workdir_lib.write_atomic(os.path.join(out_dir, 'report.md'),
+                             markdown(result, f'{config.name}: leave one source out'))
   logging.info('leave one source out: %s %.3f (%s)', SELECTION_MEASURE, result['selection']['value'],
                result['selection']['source'])
   return result

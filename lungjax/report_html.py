@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lungjax import report
+from lungjax import report, workdir as workdir_lib
 
 FILE_NAME = 'report.html'
 # The page's generator tag: report.html is only ever written over a file that carries it (one lungjax wrote).
@@ -655,16 +655,7 @@ def write_page(path: str, text: str) -> None:
     raise FileExistsError(f'{path} is a symbolic link: lungjax does not write report.html through it')
   if os.path.exists(path) and not (os.path.isfile(path) and _written_by_lungjax(path)):
     raise FileExistsError(f'{path} exists and was not written by lungjax ({GENERATOR}): not written over')
-  temporary = f'{path}.tmp-{os.getpid()}'
-  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o644)
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  workdir_lib.write_atomic(path, text)
 
 
 def write_report_html(out_dir: str, metrics: Mapping[str, Any], title: str, plots: Sequence[str] = (),

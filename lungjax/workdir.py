@@ -257,3 +257,21 @@ def claim_outputs(folder: str, relative_paths: Iterable[str], inputs: Iterable[s
       f.write('\n')
     os.replace(partial, manifest)
   return paths
+
+
+def write_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file beside it and os.replace: a reader sees the old file or the new
+  one, never half of one. Refuses a symbolic link at `path` (lungjax never writes through links); the temporary is
+  created exclusively and without following links, and removed if the write fails."""
+  if os.path.islink(path):
+    raise FileExistsError(f'{path} is a symbolic link: lungjax does not write through links')
+  temporary = f'{path}.tmp-{os.getpid()}'
+  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o644)
+  try:
+    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+      f.write(text)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise

@@ -333,3 +333,18 @@ def test_a_corrupt_step_that_stays_is_still_called_corrupt(trained, tmp_path):
   shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(copy), str(chosen), 'state'))
   with pytest.raises(checkpoints.CorruptCheckpointError, match=f'step {chosen}'):
     _restore_chosen(config, copy)
+
+
+def test_write_atomic_replaces_whole_files_and_never_writes_through_a_link(tmp_path):
+  target = tmp_path / 'report.md'
+  workdir.write_atomic(str(target), 'first')
+  workdir.write_atomic(str(target), 'second')
+  assert target.read_text() == 'second'
+  users = tmp_path / 'users_file.txt'
+  users.write_text('mine')
+  link = tmp_path / 'metrics.json'
+  link.symlink_to(users)
+  with pytest.raises(FileExistsError, match='symbolic link'):
+    workdir.write_atomic(str(link), 'overwritten?')
+  assert users.read_text() == 'mine'
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['metrics.json', 'report.md', 'users_file.txt']
