@@ -468,12 +468,11 @@ def main(argv):
                      max_spread=FLAGS.max_spread)
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   path = os.path.join(FLAGS.out_dir, f'{FLAGS.config.name}.json')
-  if os.path.islink(path):
-    raise app.UsageError(f'{path} is a symlink: the benchmark writes no file through one')
-  partial = f'{path}.tmp-{os.getpid()}'
-  with open(partial, 'w') as f:
-    json.dump(result, f, indent=2)
-  os.replace(partial, path)  # atomic: a reader sees the old figures or the new ones
+  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  try:  # Atomic: a reader sees the old figures or the new ones; never through a link.
+    workdir_lib.write_atomic(path, json.dumps(result, indent=2))
+  except FileExistsError as e:
+    raise app.UsageError(str(e)) from e
   for name in _FIGURES:
     if name in result:
       print(f'{name}: {result[name]}')
