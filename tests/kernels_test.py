@@ -67,17 +67,24 @@ def test_conv_bias_matches_lax_values_and_gradients(shape, kernel, padding):
     np.testing.assert_allclose(a, e, atol=1e-4 * max(1.0, float(np.abs(e).max())), rtol=1e-4)
 
 
-@needs_kernels
-def test_kernel_gradient_is_bitwise_deterministic():
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(4, 64, 64, 8)), jnp.float32)
-  dy = jnp.asarray(rng.normal(size=(4, 64, 64, 16)), jnp.float32)
+def _assert_gradient_is_bitwise_deterministic(compute: str, shape_BHW: tuple[int, int, int], seed: int,
+                                              repeats: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The weight and bias gradients of a 3x3 conv (8 -> 16 features) are bit-identical over `repeats` calls."""
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(*shape_BHW, 8)), jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(*shape_BHW, 16)), jnp.float32)
   w, b = jnp.zeros((3, 3, 8, 16)), jnp.zeros(16)
-  grads = jax.jit(lambda x, dy: jax.vjp(lambda w, b: cpu.conv_bias(x, w, b, ((1, 1), (1, 1))), w, b)[1](dy))
+  grads = jax.jit(lambda x, dy: jax.vjp(lambda w, b: cpu.conv_bias(x, w, b, ((1, 1), (1, 1)), compute), w, b)[1](dy))
   first = [np.asarray(g) for g in grads(x, dy)]
-  for _ in range(5):
+  for _ in range(repeats):
     for a, e in zip(grads(x, dy), first):
       np.testing.assert_array_equal(np.asarray(a), e)
+  return x, w, b
+
+
+@needs_kernels
+def test_kernel_gradient_is_bitwise_deterministic():
+  x, w, b = _assert_gradient_is_bitwise_deterministic('float32', (4, 64, 64), seed=1, repeats=5)
 
 
 @needs_kernels
@@ -198,16 +205,7 @@ def test_bfloat16_conv_rounds_what_float32_keeps():
 
 @needs_kernels
 def test_bfloat16_kernel_gradient_is_bitwise_deterministic():
-  rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.normal(size=(3, 24, 20, 8)), jnp.float32)
-  dy = jnp.asarray(rng.normal(size=(3, 24, 20, 16)), jnp.float32)
-  w, b = jnp.zeros((3, 3, 8, 16)), jnp.zeros(16)
-  grads = jax.jit(lambda x, dy: jax.vjp(lambda w, b: cpu.conv_bias(x, w, b, ((1, 1), (1, 1)), 'bfloat16_emulated'),
-                                        w, b)[1](dy))
-  first = [np.asarray(g) for g in grads(x, dy)]
-  for _ in range(3):
-    for a, e in zip(grads(x, dy), first):
-      np.testing.assert_array_equal(np.asarray(a), e)
+  _assert_gradient_is_bitwise_deterministic('bfloat16_emulated', (3, 24, 20), seed=5, repeats=3)
 
 
 @needs_kernels
