@@ -119,9 +119,9 @@ def subgroup_tables(labels_N: np.ndarray, probabilities_NC: np.ndarray,
   per_subgroup: dict[str, Any] = {}
   columns: dict[str, Any] = {}
   for subgroup, labels in values:
-    if len(labels) != n_images or n_images * repeats != len(labels_N):
-      raise ValueError(f'subgroup column {subgroup.column!r}: {len(labels)} values for {len(labels_N)} predictions '
-                       f'of {repeats} repeat(s)')
+    if len(labels) != n_images or n_images * repeats != len(labels_N) or len(probabilities_NC) != len(labels_N):
+      raise ValueError(f'subgroup column {subgroup.column!r}: {len(labels)} values for {len(labels_N)} labels and '
+                       f'{len(probabilities_NC)} predictions of {repeats} repeat(s)')
     values_N = np.tile(np.asarray(labels, dtype=object), repeats)
     has_row_N = values_N != metadata_lib.NO_ROW
     counts = metadata_lib.class_counts(labels_N[:n_images], labels, subgroup, classes)
