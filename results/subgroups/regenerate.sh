@@ -11,7 +11,7 @@ run=workdirs/results-subgroups/no_cohen/seed_0
   --config.data.root="$data/covid19-image-dataset" \
   --config.data.extra_sources="('radiography=$data/covid19-radiography-sample;COVID=Covid,Normal=Normal',)" \
   --config.seed=0 --workdir="$run"
-nice -n 10 python -m lungjax.main --mode=eval --workdir="$run" \
+nice -n 10 python -m lungjax.main --config=configs/multisource.py --mode=eval --workdir="$run" \
   --config.eval.dir="$data/cohen-covid-chestxray/images" --config.eval.class_names='COVID-19=Covid,No Finding=Normal' \
   --config.eval.metadata="$data/cohen-covid-chestxray/metadata.csv" --config.eval.subgroups='sex,view,age:0-40,40-65,65-'
 out="$run/eval/folder-images"
