@@ -1,11 +1,17 @@
 """Compare two trained runs on the same images: paired bootstrap intervals of the difference, and McNemar's test.
 
 python -m lungjax.compare WORKDIR_A WORKDIR_B --dir=FOLDER [--out=DIR] [--class_names=COVID=Covid,...]
-    [--n_bootstrap=2000] [--seed=0]
+    [--n_bootstrap=2000] [--seed=0] [--metadata=CSV --subgroups=sex,view,age:0-40,40-65,65- [--min_images=10]
+    [--metadata_file_column=file]]
 
 Each workdir's best checkpoint is restored with the run's own config.json, FOLDER (class sub-folders) is decoded at
 each run's image size, and both predict every image. Differences are B minus A: positive means B is better. Writes
 compare.json and compare.md to --out (default WORKDIR_A/compare/<B's name>-<FOLDER's name>/) and nothing else.
+
+With --metadata and --subgroups (the syntax of config.eval.subgroups) the same paired comparison is made within
+each subgroup of each column (compare.json: per_subgroup.<column>.groups.<value>): both models on the same films of
+that subgroup, B minus A with its paired interval and McNemar's exact test of the accuracy; a subgroup of fewer than
+--min_images films gets no numbers and is named in per_subgroup.<column>.too_small.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from absl import app, flags  # pylint: disable=g-multiple-import
 
 from lungjax import checkpoints, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib
 from lungjax import steps
-from lungjax.data import folders, loading, preprocess
+from lungjax.data import folders, loading, metadata as metadata_lib, preprocess
 
 CONFIDENCE = 0.95
 TOOL = 'lungjax.compare'  # compare.json says it wrote the file; what it finds without this it does not overwrite.
@@ -106,6 +112,48 @@ def paired_comparison(labels_N: np.ndarray, probabilities_a_NC: np.ndarray, prob
   }
 
 
+def paired_by_subgroup(labels_N: np.ndarray, probabilities_a_NC: np.ndarray, probabilities_b_NC: np.ndarray,
+                       values: Sequence[tuple[metadata_lib.Subgroup, Sequence[str]]], min_images: int,
+                       n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """paired_comparison within each subgroup: {column: {'groups': {value: paired_comparison on that subgroup's
+  images alone}, 'too_small': [{'value', 'n_images'}] (under min_images: no numbers), 'counts': class counts}}.
+
+  `values` holds each column (metadata.Subgroup) with every image's subgroup, in the images' order. The films no
+  table row names are a group of their own (metadata.NO_ROW), as in the evaluation's per_subgroup.
+  """
+  labels_N = np.asarray(labels_N, np.int64)
+  found: dict[str, Any] = {}
+  for subgroup, labels in values:
+    if len(labels) != len(labels_N):
+      raise ValueError(f'subgroup column {subgroup.column!r}: {len(labels)} values for {len(labels_N)} images')
+    values_N = np.asarray(labels, dtype=object)
+    groups, too_small, counts = {}, [], {}
+    for value in metadata_lib.ordered_values(labels, subgroup):
+      counts[value] = int(np.sum(values_N == value))
+      if counts[value] < min_images:
+        too_small.append({'value': value, 'n_images': counts[value]})
+        continue
+      rows = values_N == value
+      groups[value] = paired_comparison(labels_N[rows], np.asarray(probabilities_a_NC)[rows],
+                                        np.asarray(probabilities_b_NC)[rows], n_bootstrap, seed)
+    found[subgroup.column] = {'groups': groups, 'too_small': too_small, 'n_images': counts}
+  return {'min_images': int(min_images), 'columns': found}
+
+
+def read_subgroups(table_path: str, subgroups: str, file_column: str = metadata_lib.DEFAULT_FILE_COLUMN
+                   ) -> tuple[metadata_lib.Table, tuple[metadata_lib.Subgroup, ...]]:
+  """The table and its parsed --subgroups, every column checked to be in it (ValueError naming the flag)."""
+  if bool(table_path) != bool(subgroups):
+    raise ValueError(f'--metadata={table_path!r} and --subgroups={subgroups!r}: give both or neither')
+  table = metadata_lib.read_table(table_path, file_column, '--metadata')
+  parsed = metadata_lib.parse_subgroups(subgroups, '--subgroups')
+  for subgroup in parsed:
+    if subgroup.column not in table.columns:
+      raise ValueError(f'--subgroups={subgroups!r}: {subgroup.column!r} is not a column of --metadata={table_path!r} '
+                       f'(columns: {list(table.columns)})')
+  return table, parsed
+
+
 def default_out_dir(workdir_a: str, workdir_b: str, folder: str) -> str:
   """WORKDIR_A/compare/<basename of B>-<basename of FOLDER>."""
   folder_name = 'validation' if folder == evaluate.VALIDATION else os.path.basename(os.path.normpath(folder))
@@ -160,10 +208,41 @@ def markdown(result: dict[str, Any]) -> str:
             '', f'The intervals resample the images {result["n_bootstrap"]} times (seed {result["seed"]}), the same '
             'images for both models and each class\'s images within that class, so they measure the difference '
             'on images like these, not the variation between training runs.']
+  lines += _subgroup_markdown(result.get('per_subgroup'))
   if result.get('skipped_images'):
     lines += ['', '## Skipped files', '']
     lines += [f'- `{path}`: {reason}' for path, reason in result['skipped_images']]
   return '\n'.join(lines) + '\n'
+
+
+def _subgroup_markdown(per_subgroup: dict[str, Any] | None) -> list[str]:
+  """The paired table per subgroup column, and the subgroups too small for numbers; nothing without subgroups."""
+  if not per_subgroup:
+    return []
+  joined = per_subgroup['metadata']
+  lines = ['', '## Per subgroup', '',
+           f'`{joined["table"]}` names {joined["n_matched"]} of these {joined["n_images"]} images; '
+           f'{joined["n_unmatched_images"]} have no row (subgroup "{metadata_lib.NO_ROW}"), '
+           f'{joined["n_unmatched_rows"]} rows name no image here. Both models on the same films of each subgroup; '
+           'B minus A with its 95% paired bootstrap interval; McNemar\'s exact p of the accuracy.']
+  for column, described in per_subgroup['columns'].items():
+    lines += ['', f'### {column}', '',
+              '| subgroup | images | accuracy A | accuracy B | B minus A [95%] | macro recall A | macro recall B | '
+              'B minus A [95%] | only A right | only B right | McNemar p |', '|---' * 11 + '|']
+    for value, row in described['groups'].items():
+      cells = [value, str(row['n_images'])]
+      for metric in ('accuracy', 'macro_recall'):
+        diff, low, high = row['difference'][metric]
+        cells += [f'{row[f"{metric}_a"]:.3f}', f'{row[f"{metric}_b"]:.3f}', f'{diff:+.3f} [{low:+.3f}, {high:+.3f}]']
+      cells += [str(row['discordant']['a_right_b_wrong']), str(row['discordant']['a_wrong_b_right']),
+                f'{row["mcnemar_p"]:.3g}']
+      lines.append('| ' + ' | '.join(cells) + ' |')
+    if described['too_small']:
+      lines += ['', f'Too small to say anything (under {per_subgroup["min_images"]} images, no numbers): ' +
+                ', '.join(f'{t["value"]} ({t["n_images"]})' for t in described['too_small']) + '.']
+  lines += ['', 'Within a subgroup the interval resamples only its films: small subgroups give wide intervals, and '
+            'with many subgroups one interval in twenty misses by chance.']
+  return lines
 
 
 def _check_ours(path: str) -> None:
@@ -195,8 +274,16 @@ def write_outputs(result: dict[str, Any], out_dir: str) -> dict[str, str]:
 
 
 def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = '', class_names: str = '',
-                 n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
-  """Restores both runs' best checkpoints, predicts folder with each, writes and returns the paired comparison."""
+                 n_bootstrap: int = 2000, seed: int = 0, metadata: str = '', subgroups: str = '',
+                 min_images: int = 10, metadata_file_column: str = metadata_lib.DEFAULT_FILE_COLUMN
+                 ) -> dict[str, Any]:
+  """Restores both runs' best checkpoints, predicts folder with each, writes and returns the paired comparison.
+
+  With `metadata` (a CSV joined to the images as config.eval.metadata is) and `subgroups` (config.eval.subgroups'
+  syntax): also per_subgroup (paired_by_subgroup, plus the join's summary)."""
+  if min_images < 1:
+    raise ValueError(f'--min_images={min_images} must be at least 1')
+  table, parsed = read_subgroups(metadata, subgroups, metadata_file_column) if metadata or subgroups else (None, ())
   configs = {'A': checkpoints.load_run_config(workdir_a), 'B': checkpoints.load_run_config(workdir_b)}
   check_same_classes(workdir_a, configs['A'].data.classes, workdir_b, configs['B'].data.classes)
   classes = tuple(configs['A'].data.classes)
@@ -232,6 +319,12 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
             'class_counts': np.bincount(loaded_a.decoded.labels_N, minlength=len(classes)).tolist(),
             **paired_comparison(loaded_a.decoded.labels_N, probabilities_a_NC, probabilities_b_NC, n_bootstrap, seed),
             'skipped_images': [list(item) for item in loaded_a.skipped_report()]}
+  if table is not None:
+    joined = metadata_lib.join(table, loaded_a.decoded.paths,
+                               tuple(f.strip() for f in loaded_a.folder.split(',') if f.strip()), '--metadata')
+    values = [(subgroup, metadata_lib.subgroup_labels(joined, subgroup)) for subgroup in parsed]
+    result['per_subgroup'] = {'metadata': joined.summary(), **paired_by_subgroup(
+        loaded_a.decoded.labels_N, probabilities_a_NC, probabilities_b_NC, values, min_images, n_bootstrap, seed)}
   if distributed.is_main_process():
     write_outputs(result, out_dir)
   return {**result, 'out_dir': out_dir}
@@ -248,6 +341,13 @@ def _define_flags() -> None:
                       '(as config.eval.class_names).')
   flags.DEFINE_integer('n_bootstrap', 2000, 'Paired bootstrap resamples of the images.')
   flags.DEFINE_integer('seed', 0, 'Seed of the bootstrap resamples.')
+  flags.DEFINE_string('metadata', '', 'A CSV with a row per film (as config.eval.metadata): compare within each '
+                      'subgroup of --subgroups too.')
+  flags.DEFINE_string('metadata_file_column', metadata_lib.DEFAULT_FILE_COLUMN, 'The --metadata column naming each '
+                      'row\'s image.')
+  flags.DEFINE_string('subgroups', '', 'Columns of --metadata to compare within, e.g. sex,view,age:0-40,40-65,65- '
+                      '(the syntax of config.eval.subgroups).')
+  flags.DEFINE_integer('min_images', 10, 'A subgroup of fewer films gets no numbers (named as too small).')
   flags.mark_flags_as_required(['dir'])
 
 
@@ -259,7 +359,8 @@ def main(argv: Sequence[str]) -> None:
   if f.n_bootstrap < 1:
     raise app.UsageError(f'--n_bootstrap={f.n_bootstrap} must be at least 1')
   result = compare_runs(argv[1], argv[2], f.dir, out_dir=f.out, class_names=f.class_names,
-                        n_bootstrap=f.n_bootstrap, seed=f.seed)
+                        n_bootstrap=f.n_bootstrap, seed=f.seed, metadata=f.metadata, subgroups=f.subgroups,
+                        min_images=f.min_images, metadata_file_column=f.metadata_file_column)
   accuracy, recall = result['difference']['accuracy'], result['difference']['macro_recall']
   print(f'\n{result["n_images"]} images: accuracy A {result["accuracy_a"]:.4f}, B {result["accuracy_b"]:.4f}; '
         f'B minus A: accuracy {accuracy[0]:+.4f} [{accuracy[1]:+.4f}, {accuracy[2]:+.4f}], macro recall '

@@ -84,21 +84,47 @@ def eval_join(decoded: images.DecodedImages, folder: str, config: ml_collections
 
 def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray, config: ml_collections.ConfigDict,
                      folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(per_subgroup, subgroups) for config.eval.subgroups: {column: {value: the whole's metrics (with_uncertainty's
-  intervals) on that subgroup alone}}, the same structure as per_source; and for each column its class counts per
-  subgroup, the subgroups under config.eval.subgroup_min_images (no metrics: too small to say anything) and each
-  class's largest recall gap between subgroups with its bootstrap interval (metrics.recall_gap)."""
+  """(per_subgroup, subgroups) for config.eval.subgroups: config.eval.metadata joined to the images (eval_join),
+  then subgroup_tables; subgroups also holds the join's summary and config.eval.subgroup_min_images."""
   joined = eval_join(decoded, folder, config)
-  classes, minimum = tuple(config.data.classes), config.eval.get('subgroup_min_images', 10)
-  labels_N = np.asarray(decoded.labels_N)
-  predicted_N = np.asarray(probabilities_NC).argmax(axis=1)
+  minimum = config.eval.get('subgroup_min_images', 10)
+  per_subgroup, columns = subgroup_tables(decoded.labels_N, probabilities_NC, subgroup_values(joined, config),
+                                          tuple(config.data.classes), minimum, config.eval.n_bootstrap, config.seed)
+  return per_subgroup, {'metadata': joined.summary(), 'min_images': minimum, 'columns': columns}
+
+
+def subgroup_values(joined: metadata_lib.Join, config: ml_collections.ConfigDict
+                    ) -> list[tuple[metadata_lib.Subgroup, list[str]]]:
+  """Each config.eval.subgroups column with every joined image's subgroup (metadata.subgroup_labels)."""
+  return [(subgroup, metadata_lib.subgroup_labels(joined, subgroup))
+          for subgroup in metadata_lib.parse_subgroups(config.eval.subgroups)]
+
+
+def subgroup_tables(labels_N: np.ndarray, probabilities_NC: np.ndarray,
+                    values: Sequence[tuple[metadata_lib.Subgroup, Sequence[str]]], classes: tuple[str, ...],
+                    minimum: int, n_bootstrap: int, seed: int, repeats: int = 1
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(per_subgroup, columns), pure: per_subgroup is {column: {value: the whole's metrics (evaluation_metrics with
+  with_uncertainty's intervals) on that subgroup alone}}, the structure of per_source; columns is {column: its bins,
+  class counts per subgroup, the subgroups under `minimum` images (no metrics: too small to say anything) and each
+  class's largest recall gap between subgroups with its bootstrap interval (metrics.recall_gap)}.
+
+  `values` holds one subgroup per distinct image. repeats R > 1: the rows are R predictions of each image in
+  seed-major blocks (labels_N and probabilities_NC R times as long as each column's values); the intervals and the
+  counts are of distinct images.
+  """
+  labels_N, probabilities_NC = np.asarray(labels_N), np.asarray(probabilities_NC)
+  n_images = len(labels_N) // repeats
+  predicted_N = probabilities_NC.argmax(axis=1)
   per_subgroup: dict[str, Any] = {}
   columns: dict[str, Any] = {}
-  for subgroup in metadata_lib.parse_subgroups(config.eval.subgroups):
-    values = metadata_lib.subgroup_labels(joined, subgroup)
-    values_N = np.asarray(values, dtype=object)
+  for subgroup, labels in values:
+    if len(labels) != n_images or n_images * repeats != len(labels_N) or len(probabilities_NC) != len(labels_N):
+      raise ValueError(f'subgroup column {subgroup.column!r}: {len(labels)} values for {len(labels_N)} labels and '
+                       f'{len(probabilities_NC)} predictions of {repeats} repeat(s)')
+    values_N = np.tile(np.asarray(labels, dtype=object), repeats)
     has_row_N = values_N != metadata_lib.NO_ROW
-    counts = metadata_lib.class_counts(labels_N, values, subgroup, classes)
+    counts = metadata_lib.class_counts(labels_N[:n_images], labels, subgroup, classes)
     found, too_small = {}, []
     for value, row in counts.items():
       if row['n_images'] < minimum:
@@ -107,15 +133,15 @@ def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray
       rows = values_N == value
       found[value] = metrics_lib.with_uncertainty(
           evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes), labels_N[rows], probabilities_NC[rows],
-          n_bootstrap=config.eval.n_bootstrap, seed=config.seed)
+          n_bootstrap=n_bootstrap, seed=seed, repeats=repeats)
     per_subgroup[subgroup.column] = found
     columns[subgroup.column] = {
         'bins': subgroup.labels, 'counts': counts, 'too_small': too_small,
         # Films no table row names (often another source's) are not a subgroup of this column: no gap with them.
         'recall_gaps': {c: metrics_lib.recall_gap(labels_N[has_row_N], predicted_N[has_row_N], values_N[has_row_N], k,
-                                                  minimum, config.eval.n_bootstrap, config.seed)
+                                                  minimum, n_bootstrap, seed, repeats=repeats)
                         for k, c in enumerate(classes) if np.any(labels_N[has_row_N] == k)}}
-  return per_subgroup, {'metadata': joined.summary(), 'min_images': minimum, 'columns': columns}
+  return per_subgroup, columns
 
 
 def write_predictions(decoded: images.DecodedImages, probabilities_NC: np.ndarray, classes: tuple[str, ...],

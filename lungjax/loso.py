@@ -13,6 +13,10 @@ For held-out source S and seed k (config.seed, ..., config.seed + config.seeds -
   source holds (the Kaggle set's Viral Pneumonia when it is held out) cannot be recalled by any model: they are
   counted and listed (n_unseen_class_images, unseen_classes), not scored.
 
+With config.eval.metadata and config.eval.subgroups (issue 25), the table is joined to each held-out source's images
+and every score above is also given per subgroup (per_subgroup, subgroups: evaluate.subgroup_tables) per seed, with
+the seeds pooled, and over every held-out image; a source no row of the table names gets none (said so).
+
 Writes WORKDIR/held_out_<S>/seed_<k>/ (one training run each, with eval/held_out/: metrics.json, report.md,
 predictions.csv) and WORKDIR/loso/ (metrics.json, report.md). metrics.json has held_out_source.<S> (each seed's
 metrics, mean ± std, the seeds pooled with intervals, the trained sources' validation score and the gap), pooled
@@ -34,7 +38,7 @@ from absl import logging
 
 from lungjax import crossval, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib, report
 from lungjax import steps, train, workdir as workdir_lib
-from lungjax.data import images, loading, sources as sources_lib, splits
+from lungjax.data import images, loading, metadata as metadata_lib, sources as sources_lib, splits
 
 SELECTION_MEASURE = 'worst_held_out_macro_recall'
 OUT = 'loso'  # WORKDIR/loso/: the table over held-out sources.
@@ -69,6 +73,35 @@ def _scored(labels_N: np.ndarray, probabilities_NC: np.ndarray, config: ml_colle
                                       seed=config.seed, repeats=repeats)
 
 
+def _subgroup_values(table: metadata_lib.Table | None, paths: tuple[str, ...], folders: tuple[str, ...],
+                     config: ml_collections.ConfigDict) -> tuple[list[Any], dict[str, Any]] | None:
+  """(each config.eval.subgroups column with every image's subgroup, the join's summary) of the table joined to
+  the images at `paths`; None without a table."""
+  if table is None:
+    return None
+  joined = metadata_lib.join(table, paths, folders, 'config.eval.metadata')
+  return evaluate.subgroup_values(joined, config), joined.summary()
+
+
+def _add_subgroups(metrics: dict[str, Any], labels_N: np.ndarray, probabilities_NC: np.ndarray,
+                   found: tuple[list[Any], dict[str, Any]] | None, config: ml_collections.ConfigDict,
+                   repeats: int = 1) -> None:
+  """metrics['per_subgroup'] and metrics['subgroups'] as an evaluation writes them (evaluate.subgroup_tables) from
+  _subgroup_values' `found`; where no row names any of these images, only the join's summary and a note."""
+  if found is None:
+    return
+  values, summary = found
+  minimum = config.eval.get('subgroup_min_images', 10)
+  if not summary['n_matched']:
+    metrics['subgroups'] = {'metadata': summary, 'min_images': minimum, 'columns': {},
+                            'note': 'no row of config.eval.metadata names an image here: no subgroups'}
+    return
+  metrics['per_subgroup'], columns = evaluate.subgroup_tables(
+      labels_N, probabilities_NC, values, tuple(config.data.classes), minimum, config.eval.n_bootstrap, config.seed,
+      repeats=repeats)
+  metrics['subgroups'] = {'metadata': summary, 'min_images': minimum, 'columns': columns}
+
+
 def _predict_held_out(run_dir: str, held_out: images.DecodedImages, config: ml_collections.ConfigDict
                       ) -> np.ndarray:
   """The run's best checkpoint (restored and verified as --mode=eval restores it) on the held-out images."""
@@ -100,6 +133,12 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
   groups_N = np.asarray(loading.split_groups(decoded, config))
   seeds = [config.seed + offset for offset in range(config.seeds)]
   labels_N = np.asarray(decoded.labels_N)
+  table = None
+  if config.eval.get('metadata') and config.eval.get('subgroups'):
+    table = metadata_lib.read_table(config.eval.metadata, config.eval.get('metadata_file_column', 'file'),
+                                    'config.eval.metadata')
+  source_folders = (loaded.folder, *(source.folder for source in sources_lib.extra_sources(config)))
+  pooled_paths: list[str] = []  # Every held-out image, in the pooled rows' order (each seed's block).
   result: dict[str, Any] = {'mode': 'leave_one_source_out', 'sources': list(names), 'seeds': seeds,
                             'selection_measure': SELECTION_MEASURE, 'held_out_source': {}}
   pooled_by_seed: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {seed: [] for seed in seeds}
@@ -119,6 +158,8 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
                        'validation image among the other sources (it picks the best checkpoint)')
     data = loading.TrainingData(root, loaded, pool_decoded.subset(train_indices), pool_decoded.subset(val_indices))
     held_out = decoded.subset(evaluated)
+    found = _subgroup_values(table, held_out.paths, source_folders, config)
+    pooled_paths += held_out.paths
     per_seed, trained, runs = [], [], []
     for seed in seeds:
       seed_config = copy.deepcopy(config)
@@ -130,6 +171,7 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
       metrics = _scored(held_out.labels_N, probabilities_NC, seed_config)
       metrics.update(source=name, seed=seed, n_unseen_class_images=len(unseen), unseen_classes=unseen_classes,
                      n_dropped_copies=len(dropped))
+      _add_subgroups(metrics, held_out.labels_N, probabilities_NC, found, seed_config)
       if distributed.is_main_process():
         out_dir = os.path.join(run_dir, 'eval', 'held_out')
         report.write_evaluation(metrics, out_dir, f'{config.name}: held-out source {name}, seed {seed}',
@@ -139,9 +181,10 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
       trained.append(summary.validation.metrics)
       runs.append(run_dir)
       pooled_by_seed[seed].append((np.asarray(held_out.labels_N), probabilities_NC))
-    pooled = _scored(np.tile(held_out.labels_N, len(seeds)),
-                     np.concatenate([p for p in (pooled_by_seed[k][-1][1] for k in seeds)]), config,
-                     repeats=len(seeds))
+    held_labels_N = np.tile(held_out.labels_N, len(seeds))
+    held_probabilities_NC = np.concatenate([pooled_by_seed[k][-1][1] for k in seeds])
+    pooled = _scored(held_labels_N, held_probabilities_NC, config, repeats=len(seeds))
+    _add_subgroups(pooled, held_labels_N, held_probabilities_NC, found, config, repeats=len(seeds))
     held = _recall_summary(per_seed, classes)
     seen = _recall_summary(trained, classes)
     result['held_out_source'][name] = {
@@ -157,6 +200,8 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
   pooled_labels = np.concatenate([np.concatenate([lab for lab, _ in pooled_by_seed[k]]) for k in seeds])
   pooled_probabilities = np.concatenate([np.concatenate([p for _, p in pooled_by_seed[k]]) for k in seeds])
   result['pooled'] = _scored(pooled_labels, pooled_probabilities, config, repeats=len(seeds))
+  _add_subgroups(result['pooled'], pooled_labels, pooled_probabilities,
+                 _subgroup_values(table, tuple(pooled_paths), source_folders, config), config, repeats=len(seeds))
   result['selection'] = selection(result)
   out_dir = os.path.join(workdir, OUT)
   if distributed.is_main_process():
@@ -243,4 +288,54 @@ def markdown(result: dict[str, Any], title: str) -> str:
       notes.append(f'{held["n_dropped_copies"]} copies of its images in other sources left out of training')
     if notes:
       lines.append(f'- {name}: ' + '; '.join(notes) + '.')
+  lines += _subgroup_markdown(result)
   return '\n'.join(lines) + '\n'
+
+
+def _subgroup_markdown(result: dict[str, Any]) -> list[str]:
+  """Per config.eval.subgroups column: each held-out source's subgroups (seeds pooled, with intervals) and those of
+  every held-out image, the subgroups too small for numbers, and each class's largest recall gap; nothing without
+  subgroups."""
+  pooled = result['pooled']
+  if 'subgroups' not in pooled:
+    return []
+  classes = pooled['classes']
+  rows_of = [(name, held['pooled']) for name, held in result['held_out_source'].items()] + [('all held out', pooled)]
+  lines = ['', '## Per subgroup (config.eval.subgroups, seeds pooled)', '',
+           f'Metadata `{pooled["subgroups"]["metadata"]["table"]}` joined to each held-out source\'s images: '
+           + '; '.join(f'{name} {row["subgroups"]["metadata"]["n_matched"]} of {row["subgroups"]["metadata"]["n_images"]}'
+                       f' with a row' for name, row in rows_of) + '.']
+  for name, row in rows_of:
+    if row['subgroups'].get('note'):
+      lines.append(f'- {name}: {row["subgroups"]["note"]}.')
+  for column in pooled['subgroups']['columns']:
+    lines += ['', f'### {column}', '',
+              f'| held-out source | {column} | images | accuracy | macro recall | '
+              + ' | '.join(f'{c} recall' for c in classes) + ' |', '|---' * (len(classes) + 5) + '|']
+    notes = []
+    for name, row in rows_of:
+      described = row['subgroups']['columns'].get(column)
+      if described is None:
+        continue
+      repeats = row['intervals'].get('repeats', 1)
+      for value, group in row.get('per_subgroup', {}).get(column, {}).items():
+        recalls = [_cell(group, ('per_class', c, 'recall')) if group['per_class'][c]['support'] else 'n/a (none)'
+                   for c in classes]
+        lines.append(f'| {name} | {value} | {group["n_images"] // repeats} | {_cell(group, ("accuracy",))} | '
+                     f'{_cell(group, ("macro_avg", "recall"))} | ' + ' | '.join(recalls) + ' |')
+      if described['too_small']:
+        notes.append(f'- {name}: too small to say anything (under {row["subgroups"]["min_images"]} images, no '
+                     'numbers): ' + ', '.join(f'{t["value"]} ({t["n_images"]})' for t in described['too_small']) + '.')
+      for label, gap in described['recall_gaps'].items():
+        if gap['gap'] is None:
+          notes.append(f'- {name}, {label} recall: no gap measured ({gap["reason"]}).')
+          continue
+        lo, hi = gap['interval']
+        notes.append(f'- {name}, {label} recall: largest gap {gap["gap"]:.3f} [{lo:.3f}, {hi:.3f}] between '
+                     f'{gap["high"]} ({gap["recalls"][gap["high"]]:.3f}, {gap["n_class_images"][gap["high"]]} images) '
+                     f'and {gap["low"]} ({gap["recalls"][gap["low"]]:.3f}, {gap["n_class_images"][gap["low"]]})'
+                     + ('.' if lo > 0 or hi < 0 else '; the interval includes 0.'))
+    lines += [''] + notes
+  lines += ['', 'Images count films (each scored by all seeds\' predictions); intervals resample films. metrics.json: '
+            'held_out_source.<S>.pooled.per_subgroup / .subgroups, per seed in per_seed, and pooled.per_subgroup.']
+  return lines

@@ -595,7 +595,7 @@ def with_uncertainty(metrics: dict[str, Any], labels_N: np.ndarray, probabilitie
 
 
 def recall_gap(labels_N: np.ndarray, predicted_N: np.ndarray, groups_N: Sequence[str], label: int,
-               min_images: int, n_bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
+               min_images: int, n_bootstrap: int = 2000, seed: int = 0, repeats: int = 1) -> dict[str, Any]:
   """The largest gap in one class's recall between subgroups, with a 95% bootstrap interval.
 
   Only subgroups holding at least `min_images` images of the class take part (the others are listed in
@@ -603,17 +603,26 @@ def recall_gap(labels_N: np.ndarray, predicted_N: np.ndarray, groups_N: Sequence
   resamples the class's images within each of those two groups independently (percentile bootstrap of the
   difference). Picking the two extremes first makes the gap biased upwards: an interval that includes 0 says the
   groups are not told apart. Fewer than two groups taking part: 'gap' None and the reason.
+
+  repeats R > 1: the rows are R predictions of each image in seed-major blocks (R seeds pooled); an image counts
+  once, scored by the share of its R predictions that are right, and the bootstrap resamples images.
   """
   labels_N, predicted_N = np.asarray(labels_N, np.int64), np.asarray(predicted_N, np.int64)
   groups_N = np.asarray(groups_N, dtype=object)
-  recalls, sizes, too_few = {}, {}, []
+  if repeats < 1 or len(labels_N) % repeats:
+    raise ValueError(f'{len(labels_N)} rows are not {repeats} blocks of the same images')
+  n = len(labels_N) // repeats
+  right_N = (predicted_N == label).astype(np.float64).reshape(repeats, n).mean(axis=0)
+  labels_N, groups_N = labels_N[:n], groups_N[:n]
+  recalls, sizes, too_few, correct = {}, {}, [], {}
   for group in dict.fromkeys(groups_N.tolist()):
     rows = (groups_N == group) & (labels_N == label)
-    n = int(rows.sum())
-    if n >= min_images:
-      recalls[group], sizes[group] = float(np.mean(predicted_N[rows] == label)), n
-    elif n:
-      too_few.append({'group': group, 'n_class_images': n})
+    count = int(rows.sum())
+    if count >= min_images:
+      correct[group] = right_N[rows]
+      recalls[group], sizes[group] = float(np.mean(correct[group])), count
+    elif count:
+      too_few.append({'group': group, 'n_class_images': count})
   result: dict[str, Any] = {'min_images': int(min_images), 'n_class_images': sizes, 'recalls': recalls,
                             'too_few': too_few}
   if len(recalls) < 2:
@@ -621,7 +630,6 @@ def recall_gap(labels_N: np.ndarray, predicted_N: np.ndarray, groups_N: Sequence
   high = max(recalls, key=recalls.get)
   low = min(recalls, key=recalls.get)
   rng = np.random.default_rng(seed)
-  correct = {g: (predicted_N[(groups_N == g) & (labels_N == label)] == label).astype(np.float64) for g in (high, low)}
   samples = [rng.choice(correct[g], (n_bootstrap, len(correct[g]))).mean(axis=1) for g in (high, low)]
   lo, hi = np.quantile(samples[0] - samples[1], [(1.0 - 0.95) / 2.0, (1.0 + 0.95) / 2.0])
   return {**result, 'high': high, 'low': low, 'gap': recalls[high] - recalls[low], 'interval': [float(lo), float(hi)],

@@ -347,12 +347,46 @@ def _per_subgroup_section(metrics: Mapping[str, Any]) -> str:
       if not _is_group(value):
         parts.append(f'<h4>{_e(column)}: {_e(key)}</h4>' +
                      (_plain_table(value, key) if isinstance(value, Mapping) and value else f'<p>{_e(_plain(value))}</p>'))
+    parts.append(_gaps_table(metrics, column))
   gaps = metrics.get('subgroup_gaps')
   if isinstance(gaps, Mapping):
     for column, value in gaps.items():
       parts.append(f'<h4>{_e(column)}: recall gaps between groups</h4>' +
                    (_plain_table(value, 'class') if isinstance(value, Mapping) else f'<p>{_e(_plain(value))}</p>'))
   return _section('per-subgroup', 'Per subgroup', ''.join(parts))
+
+
+def _gaps_table(metrics: Mapping[str, Any], column: str) -> str:
+  """subgroups.columns.<column>: each class's largest recall gap (value [interval], tagged with its JSON paths),
+  between which groups, and the groups too small for numbers; '' where the metrics hold no such column."""
+  described = _get(metrics, ['subgroups', 'columns', column])
+  if not isinstance(described, Mapping):
+    return ''
+  rows = []
+  for name, gap in described.get('recall_gaps', {}).items():
+    path = ['subgroups', 'columns', column, 'recall_gaps', name]
+    if gap.get('gap') is None:
+      rows.append(f'<tr><th>{_e(name)}</th><td class="na"{_path_attribute("data-metric", [*path, "gap"])}>n/a</td>'
+                  f'<td colspan="2">{_e(gap.get("reason", ""))}</td></tr>')
+      continue
+    text = report._with_interval(float(gap['gap']), gap['interval'])  # pylint: disable=protected-access
+    between = (f'{gap["high"]} ({gap["recalls"][gap["high"]]:.3f}, {gap["n_class_images"][gap["high"]]} images) and '
+               f'{gap["low"]} ({gap["recalls"][gap["low"]]:.3f}, {gap["n_class_images"][gap["low"]]} images)')
+    lo, hi = gap['interval']
+    rows.append(f'<tr><th>{_e(name)}</th><td class="num"{_path_attribute("data-metric", [*path, "gap"])}'
+                f'{_path_attribute("data-interval", [*path, "interval"])}>{_e(text)}</td><td>{_e(between)}</td>'
+                f'<td>{"excludes 0" if lo > 0 or hi < 0 else "includes 0: not told apart"}</td></tr>')
+  body = ''
+  if rows:
+    body += (f'<h4>{_e(column)}: largest gap in each class\'s recall between groups</h4>' +
+             _table(['class', 'gap [95% interval]', 'between (recall, images of the class)', 'interval'], rows,
+                    f'gaps-{column}-table'))
+  small = described.get('too_small') or []
+  if small:
+    minimum = _get(metrics, ['subgroups', 'min_images'])
+    body += (f'<p class="too-small" id="too-small-{_e(column)}">Too small to say anything (under {_e(minimum)} images, '
+             'no numbers): ' + ', '.join(f'{_e(t["value"])} ({t["n_images"]})' for t in small) + '.</p>')
+  return body
 
 
 def _confusion_section(metrics: Mapping[str, Any], plots: Mapping[str, bytes]) -> str:

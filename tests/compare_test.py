@@ -229,3 +229,97 @@ _OLD_MCNEMAR = {(0,0): 1.0, (1,2): 1.0, (5,15): 0.04138946533203125, (3,3): 1.0,
 @pytest.mark.parametrize('b, c', sorted(_OLD_MCNEMAR))
 def test_mcnemar_exact_p_equals_the_old_tail_sum(b, c):
   assert compare.mcnemar_exact_p(b, c) == pytest.approx(_OLD_MCNEMAR[b, c], rel=1e-12, abs=0)
+
+
+# Per subgroup (--metadata, --subgroups; issue 25).
+
+
+def _subgrouped():
+  """13 films: 8 'F' (the hand-counted example above), 4 'M' that A gets all right and B half wrong, 1 unknown."""
+  from lungjax.data import metadata
+  labels_N = np.asarray([0, 0, 0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2])
+  probabilities_a_NC = _one_hot([0, 0, 0, 1, 1, 0, 2, 0, 0, 0, 1, 1, 2])
+  probabilities_b_NC = _one_hot([0, 0, 1, 1, 1, 1, 2, 2, 1, 2, 1, 1, 2])
+  sex = ['F'] * 8 + ['M'] * 4 + [metadata.UNKNOWN]
+  return labels_N, probabilities_a_NC, probabilities_b_NC, [(metadata.Subgroup('sex'), sex)]
+
+
+def test_paired_difference_per_subgroup_counted_by_hand():
+  labels_N, probabilities_a_NC, probabilities_b_NC, values = _subgrouped()
+  result = compare.paired_by_subgroup(labels_N, probabilities_a_NC, probabilities_b_NC, values, min_images=3,
+                                      n_bootstrap=400, seed=1)
+  sex = result['columns']['sex']
+  assert result['min_images'] == 3 and list(sex['groups']) == ['F', 'M']
+  assert sex['too_small'] == [{'value': 'unknown', 'n_images': 1}]
+  assert sex['n_images'] == {'F': 8, 'M': 4, 'unknown': 1}
+  # The hand-computed table: (n, accuracy A, accuracy B, macro recall A, macro recall B, only A right, only B right,
+  # McNemar p). F as in test_small_example_counted_by_hand; M: A right on all 4, B wrong on both Covid films.
+  table = {'F': (8, 5 / 8, 6 / 8, 1.75 / 3, 2.5 / 3, 1, 2, 1.0),
+           'M': (4, 1.0, 0.5, 1.0, 0.5, 2, 0, 0.5)}  # M: 2 * P(X <= 0; 2, 1/2) = 0.5.
+  for value, (n, acc_a, acc_b, rec_a, rec_b, only_a, only_b, p) in table.items():
+    row = sex['groups'][value]
+    assert row['n_images'] == n
+    assert (row['accuracy_a'], row['accuracy_b']) == (pytest.approx(acc_a), pytest.approx(acc_b))
+    assert (row['macro_recall_a'], row['macro_recall_b']) == (pytest.approx(rec_a), pytest.approx(rec_b))
+    assert row['discordant'] == {'a_right_b_wrong': only_a, 'a_wrong_b_right': only_b}
+    assert row['mcnemar_p'] == pytest.approx(p)
+    for metric, (a, b) in (('accuracy', (acc_a, acc_b)), ('macro_recall', (rec_a, rec_b))):
+      diff, low, high = row['difference'][metric]
+      assert diff == pytest.approx(b - a) and low <= diff <= high
+    # Each subgroup's paired comparison is the whole's on its films alone.
+    rows = np.asarray(values[0][1]) == value
+    alone = compare.paired_comparison(labels_N[rows], probabilities_a_NC[rows], probabilities_b_NC[rows], 400, 1)
+    assert row == alone
+  # M: every resample keeps both Covid films B gets wrong; the accuracy difference is -0.5 in every resample.
+  assert sex['groups']['M']['difference']['accuracy'] == [-0.5, -0.5, -0.5]
+
+
+def test_per_subgroup_markdown_names_the_small_groups():
+  labels_N, probabilities_a_NC, probabilities_b_NC, values = _subgrouped()
+  result = _result()
+  result['per_subgroup'] = {
+      'metadata': {'table': '/t.csv', 'n_images': 13, 'n_matched': 12, 'n_unmatched_images': 1,
+                   'n_unmatched_rows': 0},
+      **compare.paired_by_subgroup(labels_N, probabilities_a_NC, probabilities_b_NC, values, 3, 100, 0)}
+  text = compare.markdown(result)
+  assert '## Per subgroup' in text and '### sex' in text
+  assert '| M | 4 | 1.000 | 0.500 | -0.500 [-0.500, -0.500] | 1.000 | 0.500 |' in text
+  assert 'Too small to say anything (under 3 images, no numbers): unknown (1).' in text
+
+
+def test_subgroup_flags_are_checked_before_any_work(tmp_path):
+  table = tmp_path / 'meta.csv'
+  table.write_text('file,sex\na.png,F\n')
+  with pytest.raises(ValueError, match='give both or neither'):
+    compare.read_subgroups(str(table), '')
+  with pytest.raises(ValueError, match="'view' is not a column of --metadata"):
+    compare.read_subgroups(str(table), 'sex,view')
+  with pytest.raises(FileNotFoundError, match='--metadata'):
+    compare.read_subgroups(str(tmp_path / 'none.csv'), 'sex')
+  assert [s.column for s in compare.read_subgroups(str(table), 'sex')[1]] == ['sex']
+  workdir_a = _fake_workdir(tmp_path / 'a', CLASSES)
+  with pytest.raises(ValueError, match='give both or neither'):
+    compare.compare_runs(workdir_a, workdir_a, str(tmp_path), subgroups='sex')
+  with pytest.raises(ValueError, match='min_images'):
+    compare.compare_runs(workdir_a, workdir_a, str(tmp_path), min_images=0)
+
+
+@pytest.mark.slow
+def test_two_runs_compared_per_subgroup(two_runs, synthetic_root, tmp_path):
+  from lungjax.data import metadata
+  (_, workdir_a), (_, workdir_b) = two_runs
+  folder = os.path.join(synthetic_root, 'test')
+  files = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+  table = tmp_path / 'meta.csv'
+  table.write_text('file,site\n' + ''.join(f'{f},{"ab"[i % 2]}\n' for i, f in enumerate(files[:-1])))
+  result = compare.compare_runs(workdir_a, workdir_b, folder, out_dir=str(tmp_path / 'out'), n_bootstrap=100,
+                                metadata=str(table), subgroups='site', min_images=2)
+  site = result['per_subgroup']['columns']['site']
+  assert result['per_subgroup']['metadata']['n_unmatched_images'] == 1
+  assert site['n_images'] == {'a': 6, 'b': 5, metadata.NO_ROW: 1} and set(site['groups']) == {'a', 'b'}
+  assert site['too_small'] == [{'value': metadata.NO_ROW, 'n_images': 1}]
+  written = json.load(open(tmp_path / 'out' / 'compare.json'))
+  assert written['per_subgroup']['columns']['site']['groups']['a']['n_images'] == 6
+  assert sum(g['discordant']['a_right_b_wrong'] for g in site['groups'].values()) <= \
+      result['discordant']['a_right_b_wrong']
+  assert '### site' in open(tmp_path / 'out' / 'compare.md').read()

@@ -104,3 +104,75 @@ def test_held_out_images_are_the_source_images(two_sources):
   groups_N = np.asarray(loading.split_groups(loaded.decoded, two_sources))
   _, evaluated, _, _ = loso.held_out_split(loaded.decoded, groups_N, 1)
   assert all('/adult/' in loaded.decoded.paths[i] for i in evaluated)
+
+
+def test_subgroups_per_held_out_source_per_seed_pooled_and_tabled(two_sources, tmp_path):
+  """config.eval.metadata names adult's films only (sex by parity, age 30 or 70): adult's held-out scores come per
+  subgroup, per seed and with the seeds pooled, equal to those counted from its predictions.csv files; kids has no
+  row (said so); the table over every held-out image puts kids' films in 'no metadata row'."""
+  import csv
+  from lungjax.data import metadata
+  adult = two_sources.data.extra_sources[0].split('=', 1)[1].split(';')[0]
+  rows = ['file,sex,age']
+  for name in ('COVID', 'NORMAL'):
+    for i in range(10):
+      rows.append(f'{name}/x{i:03d}.jpg,{"FM"[i % 2]},{30 if i < 5 else 70}')
+  table = tmp_path / 'adult.csv'
+  table.write_text('\n'.join(rows) + '\n')
+  two_sources.seeds = 2
+  two_sources.eval.metadata = str(table)
+  two_sources.eval.subgroups = 'sex,age:0-50,50-'
+  two_sources.eval.subgroup_min_images = 3
+  config_check.validate(two_sources)
+  workdir = str(tmp_path / 'run')
+  crossval.run(two_sources, workdir)
+  written = json.load(open(os.path.join(workdir, 'loso', 'metrics.json')))
+  held = written['held_out_source']['adult']
+  sex_of = {os.path.join(adult, r.split(',')[0]): r.split(',')[1] for r in rows[1:]}
+  # By hand, from each seed's predictions: per subgroup accuracy and Covid recall, and their pooled means.
+  by_seed = []
+  for seed in (0, 1):
+    with open(os.path.join(loso.held_out_dir(workdir, 'adult', seed), 'eval', 'held_out', 'predictions.csv')) as f:
+      by_seed.append(list(csv.DictReader(f)))
+  files = [r['file'] for r in by_seed[0]]
+  assert files == [r['file'] for r in by_seed[1]] and len(files) == 21  # 20 with a row, and copy.png.
+  sex_N = [sex_of.get(f, metadata.NO_ROW) for f in files]
+  for seed, predictions in enumerate(by_seed):
+    right_N = np.asarray([r['true'] == r['predicted'] for r in predictions])
+    per = held['per_seed'][seed]['per_subgroup']['sex']
+    for value in ('F', 'M'):
+      rows_N = np.asarray(sex_N) == value
+      assert per[value]['n_images'] == 10 and per[value]['accuracy'] == pytest.approx(right_N[rows_N].mean())
+    assert held['per_seed'][seed]['subgroups']['columns']['sex']['too_small'] == [
+        {'value': metadata.NO_ROW, 'n_images': 1}]
+  pooled = held['pooled']
+  for value in ('F', 'M'):
+    rows_N = np.asarray(sex_N) == value
+    right = [np.mean([r['true'] == r['predicted'] for r, keep in zip(p, rows_N) if keep]) for p in by_seed]
+    assert pooled['per_subgroup']['sex'][value]['accuracy'] == pytest.approx(np.mean(right))
+    assert pooled['per_subgroup']['sex'][value]['n_images'] == 20  # 10 films x 2 seeds.
+    covid = [[r['true'] == r['predicted'] for r, keep in zip(p, rows_N) if keep and r['true'] == 'Covid']
+             for p in by_seed]
+    assert pooled['per_subgroup']['sex'][value]['per_class']['Covid']['recall'] == pytest.approx(np.mean(covid))
+    assert pooled['per_subgroup']['sex'][value]['intervals']['repeats'] == 2
+  gap = pooled['subgroups']['columns']['sex']['recall_gaps']['Covid']
+  recalls = {v: pooled['per_subgroup']['sex'][v]['per_class']['Covid']['recall'] for v in ('F', 'M')}
+  assert gap['n_class_images'] == {'F': 5, 'M': 5}  # Films, not predictions.
+  assert gap['recalls'] == pytest.approx(recalls)
+  assert gap['gap'] == pytest.approx(max(recalls.values()) - min(recalls.values()))
+  assert set(pooled['per_subgroup']['age']) == {'0-50', '50-'}
+  kids = written['held_out_source']['kids']['pooled']
+  assert 'per_subgroup' not in kids and 'no row' in kids['subgroups']['note']
+  everything = written['pooled']
+  assert everything['per_subgroup']['sex'][metadata.NO_ROW]['n_images'] == 2 * (20 + 1)  # kids' 20 and copy.png.
+  assert everything['subgroups']['metadata']['n_matched'] == 20
+  assert everything['per_subgroup']['sex']['F']['accuracy'] == pytest.approx(
+      pooled['per_subgroup']['sex']['F']['accuracy'])
+  text = open(os.path.join(workdir, 'loso', 'report.md')).read()
+  assert '## Per subgroup (config.eval.subgroups, seeds pooled)' in text and '### sex' in text
+  f_row = pooled['per_subgroup']['sex']['F']
+  assert f'| adult | F | 10 | {loso._cell(f_row, ("accuracy",))} |' in text
+  assert 'kids: no row of config.eval.metadata names an image here' in text
+  assert 'adult, Covid recall: ' in text
+  held_out_md = open(os.path.join(loso.held_out_dir(workdir, 'adult', 0), 'eval', 'held_out', 'report.md')).read()
+  assert '## Per subgroup' in held_out_md

@@ -312,3 +312,32 @@ def test_recall_gaps_leave_out_the_films_no_table_row_names(evaluated, tmp_path)
   normal = written['subgroups']['columns']['sex']['recall_gaps']['Normal']
   assert metadata.NO_ROW not in normal['recalls'] and normal['gap'] == 0.0
   assert metadata.NO_ROW in written['per_subgroup']['sex']  # Still reported as a group of its own.
+
+
+def test_subgroup_tables_against_a_hand_computed_table_with_seeds_pooled():
+  from lungjax import evaluate
+  # 8 films, classes 0/1; view PA films 0-3, AP films 4-7. Two seeds' predictions (repeats=2, seed-major blocks).
+  labels_N = np.asarray([0, 0, 1, 1, 0, 0, 1, 1])
+  seed_0 = [0, 0, 1, 1, 0, 1, 1, 0]  # PA all right; AP: film 5 (class 0) and film 7 (class 1) wrong.
+  seed_1 = [0, 1, 1, 1, 0, 1, 1, 1]  # PA: film 1 wrong; AP: film 5 wrong.
+  probabilities_NC = np.eye(2)[np.asarray(seed_0 + seed_1)] * 0.8 + 0.1
+  values = [(metadata.Subgroup('view'), ['PA'] * 4 + ['AP'] * 4)]
+  per_subgroup, columns = evaluate.subgroup_tables(np.tile(labels_N, 2), probabilities_NC, values, ('a', 'b'), 2,
+                                                   200, 0, repeats=2)
+  # By hand: accuracy PA (4 + 3) / 8, AP (2 + 3) / 8; class-0 recall PA (2 + 1) / 4, AP (1 + 1) / 4;
+  # class-1 recall PA 4 / 4, AP (1 + 2) / 4.
+  table = {'PA': (7 / 8, 3 / 4, 1.0), 'AP': (5 / 8, 2 / 4, 3 / 4)}
+  for value, (accuracy, recall_a, recall_b) in table.items():
+    row = per_subgroup['view'][value]
+    assert row['accuracy'] == pytest.approx(accuracy)
+    assert row['per_class']['a']['recall'] == pytest.approx(recall_a)
+    assert row['per_class']['b']['recall'] == pytest.approx(recall_b)
+    assert row['intervals']['repeats'] == 2
+  assert columns['view']['counts']['PA'] == {'n_images': 4, 'per_class': {'a': 2, 'b': 2}}  # Films, not rows.
+  gap_a, gap_b = columns['view']['recall_gaps']['a'], columns['view']['recall_gaps']['b']
+  assert (gap_a['high'], gap_a['low'], gap_a['gap']) == ('PA', 'AP', pytest.approx(0.25))
+  assert (gap_b['high'], gap_b['low'], gap_b['gap']) == ('PA', 'AP', pytest.approx(0.25))
+  assert gap_a['n_class_images'] == {'PA': 2, 'AP': 2}
+  assert gap_a['interval'][0] <= 0.25 <= gap_a['interval'][1]
+  with pytest.raises(ValueError, match='repeat'):
+    evaluate.subgroup_tables(labels_N, probabilities_NC, values, ('a', 'b'), 2, 10, 0, repeats=1)

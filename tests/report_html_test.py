@@ -292,8 +292,14 @@ def _synthetic_eval(tmp_path, tiny_config):
     return None, heatmaps
 
   out_dir = str(tmp_path / 'eval')
+  table = tmp_path / 'meta.csv'  # sex by parity; the odd-named film has no row (a too-small group of 1).
+  names = sorted(os.path.relpath(p, folder) for p in loaded.decoded.paths if 'odd' not in p)
+  table.write_text('file,sex\n' + ''.join(f'{n},{"FM"[i % 2]}\n' for i, n in enumerate(names)))
   with tiny_config.unlocked():
     tiny_config.eval.n_bootstrap = 50
+    tiny_config.eval.metadata = str(table)
+    tiny_config.eval.subgroups = 'sex'
+    tiny_config.eval.subgroup_min_images = 2
   metrics = evaluate.report_predictions(probabilities_NC, loaded, tiny_config, out_dir, 'tiny <on> folder', 7,
                                         page=report_html.PageInputs(explain_fn, 'Grad-CAM of Conv_2', _CARD))
   return out_dir, metrics
@@ -307,6 +313,7 @@ def test_every_eval_writes_report_html_beside_report_md(tmp_path, tiny_config):
   with open(os.path.join(out_dir, 'metrics.json')) as f:
     check_numbers(json.load(f), parsed.metric_cells)
   assert '&lt;b&gt;&amp;&quot;odd&#x27;.png' in text and '<b>&' not in text
+  _check_subgroup_tables(metrics, parsed)
   figures = [a for t, a in parsed.elements if t == 'figure']
   assert len(figures) == min(metrics['n_images'] - sum(metrics['confusion_matrix'][c][c] for c in range(3)),
                              report_html.GALLERY_MISCLASSIFIED) + report_html.GALLERY_LEAST_CONFIDENT
@@ -314,6 +321,23 @@ def test_every_eval_writes_report_html_beside_report_md(tmp_path, tiny_config):
     if tag == 'img':
       Image.open(io.BytesIO(base64.b64decode(attrs['src'].split(',', 1)[1]))).verify()
   assert os.path.getsize(os.path.join(out_dir, 'report.html')) < 2_000_000
+
+
+def _check_subgroup_tables(metrics, parsed):
+  """The per-subgroup table and the recall-gap table show every group and gap of metrics.json (check_numbers has
+  compared the values), and the too-small group is named."""
+  paths = [json.loads(attrs['data-metric']) for attrs, _ in parsed.metric_cells]
+  for value in metrics['per_subgroup']['sex']:
+    assert ['per_subgroup', 'sex', value, 'accuracy'] in paths, value
+  gaps = metrics['subgroups']['columns']['sex']['recall_gaps']
+  assert gaps and any(g['gap'] is not None for g in gaps.values())
+  for name in gaps:
+    assert ['subgroups', 'columns', 'sex', 'recall_gaps', name, 'gap'] in paths, name
+  gap_cells = [a for a, _ in parsed.metric_cells if json.loads(a['data-metric'])[-1] == 'gap' and 'data-interval' in a]
+  assert len(gap_cells) == sum(g['gap'] is not None for g in gaps.values())
+  small = metrics['subgroups']['columns']['sex']['too_small']
+  assert small == [{'value': 'no metadata row', 'n_images': 1}]
+  assert 'Too small to say anything (under 2 images, no numbers): no metadata row (1).' in ''.join(parsed.text)
 
 
 def _chromium(*args, timeout=120):
@@ -334,6 +358,7 @@ def test_page_in_headless_chromium_numbers_images_filter_and_screenshot(tmp_path
   assert done.returncode == 0, done.stderr[-2000:]
   rendered = _parse(done.stdout)
   check_numbers(metrics, rendered.metric_cells)
+  _check_subgroup_tables(metrics, rendered)
   check = [a for t, a in rendered.elements if a.get('id') == 'image-check'][0]
   n_images = sum(1 for t, _ in rendered.elements if t == 'img')
   assert check.get('data-failed') == '0' and check.get('data-loaded') == str(n_images), check

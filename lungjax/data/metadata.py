@@ -286,7 +286,8 @@ def _parse_bin(item: str, text: str, field: str) -> tuple[float, float]:
 def subgroup_labels(join_: Join, subgroup: Subgroup) -> list[str]:
   """Each image's subgroup of one column: its value's label, UNKNOWN for an empty value, NO_ROW without a row.
   ValueError where the table has no such column."""
-  if join_.rows_N and all(r is None or subgroup.column not in r for r in join_.rows_N):
+  matched = [r for r in join_.rows_N if r is not None]  # No row matched: every image is NO_ROW, whatever the column.
+  if matched and all(subgroup.column not in r for r in matched):
     raise ValueError(f'config.eval.subgroups: the table {join_.table!r} has no column {subgroup.column!r}')
   return [NO_ROW if row is None else subgroup.label(row.get(subgroup.column, '')) for row in join_.rows_N]
 
