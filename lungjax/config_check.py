@@ -16,7 +16,7 @@ import ml_collections
 
 from lungjax import augment, checkpoints, distributed
 from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import metadata as metadata_lib, preprocess, sources as sources_lib, splits
+from lungjax.data import loading, metadata as metadata_lib, preprocess, sources as sources_lib, splits
 from lungjax.models import cnn as cnn_lib
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
@@ -117,6 +117,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
   sources_lib.check_tables(config)  # config.data.metadata*, group_by: tables readable, their columns there.
+  if config.data.prepared_dir:  # Before any data is read: TFDS and array_record are the [prepare] extra.
+    loading.require_prepare_extra(f'config.data.prepared_dir={config.data.prepared_dir!r}')
   if preprocess.settings_of(config).active and config.data.prepared_dir:  # settings_of names a bad field.
     raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
                      'prepared data holds pixels decoded without it; decode config.data.root instead')
