@@ -4,8 +4,10 @@ Each error is a ValueError (FileNotFoundError for a missing extra source folder)
 e.g. `config.train.num_epochs=0 is not allowed`. main calls it once; the library's functions assume a valid config
 and keep only cheap assertions where a bad value would silently give wrong numbers (splits, evaluate.view_keys).
 The parsers of structured fields stay with their modules and are run from here: config.augment
-(augment.augment_settings), the extra sources (data/sources.extra_sources) and config.distributed
-(distributed.check_config).
+(augment.augment_settings), the extra sources (data/sources.extra_sources), config.distributed
+(distributed.check_config), config.model (the registry's hook models.check: name, fields, each module's own checks,
+Keras weights for init_from), config.train.cpu_compiler_options (steps.parse_compiler_options) and the [prepare]
+extra for config.data.prepared_dir (data/loading.require_prepare_extra). Nothing here touches a device or decodes data.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from typing import Any
 
 import ml_collections
 
-from lungjax import augment, checkpoints, distributed
+from lungjax import augment, checkpoints, distributed, models, steps
 from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import metadata as metadata_lib, preprocess, sources as sources_lib, splits
-from lungjax.models import cnn as cnn_lib
+from lungjax.data import loading, metadata as metadata_lib, preprocess, sources as sources_lib, splits
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
@@ -51,6 +52,7 @@ def check_runtime(config: ml_collections.ConfigDict) -> None:
   if tta_views < 0:
     raise ValueError(f'config.eval.tta_views={tta_views} must be >= 0')
   check_subgroups(config)
+  steps.parse_compiler_options(config.train.get('cpu_compiler_options', ''))  # Names a malformed value's field.
   _refuse_failed([
       ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
       ('config.eval.batch_size', config.eval.batch_size, config.eval.batch_size >= 1),
@@ -98,8 +100,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
-  if config.model.name == 'cnn' and config.model.get('head', 'flatten') not in cnn_lib.HEADS:
-    raise ValueError(f'config.model.head={config.model.head!r} is not one of {cnn_lib.HEADS}')
+  models.check(config.model, len(classes))  # The registry's hook: name, fields, the module's own checks.
   folds, seeds = config.cv.folds, config.seeds
   if folds > 1 and seeds > 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: set config.cv.folds or config.seeds above '
@@ -117,6 +118,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
   sources_lib.check_tables(config)  # config.data.metadata*, group_by: tables readable, their columns there.
+  if config.data.prepared_dir:  # Before any data is read: TFDS and array_record are the [prepare] extra.
+    loading.require_prepare_extra(f'config.data.prepared_dir={config.data.prepared_dir!r}')
   if preprocess.settings_of(config).active and config.data.prepared_dir:  # settings_of names a bad field.
     raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
                      'prepared data holds pixels decoded without it; decode config.data.root instead')
@@ -158,3 +161,7 @@ def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
   check_runtime(config)
   if mode == 'train':
     check_training(config)
+  if mode == 'explain':
+    class_name, classes = config.explain.class_name, list(config.data.classes)
+    if class_name and class_name not in classes:
+      raise ValueError(f'config.explain.class_name={class_name!r} is not one of config.data.classes {classes}')

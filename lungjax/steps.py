@@ -112,14 +112,20 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modul
   return jax.nn.softmax(logits_BC.astype(jnp.float32), axis=-1)
 
 
-def compiler_options(cpu_options: str) -> dict[str, str | bool | int] | None:
-  """Parses config.train.cpu_compiler_options ('name=value;...') into XLA options, applied on the CPU backend only."""
-  if not cpu_options or jax.default_backend() != 'cpu':
-    return None
+def parse_compiler_options(cpu_options: str) -> dict[str, str | bool | int]:
+  """config.train.cpu_compiler_options ('name=value;...') as XLA options; ValueError naming the field if malformed.
+  Pure (no device is touched): config_check.validate calls it before the backend starts."""
   items = [item.partition('=') for item in cpu_options.split(';') if item.strip()]
   if any(not sep or not name.strip() for name, sep, _ in items):
     raise ValueError(f'config.train.cpu_compiler_options={cpu_options!r} must be "name=value;name=value"')
   return {name.strip(): _option_value(value.strip()) for name, _, value in items}
+
+
+def compiler_options(cpu_options: str) -> dict[str, str | bool | int] | None:
+  """config.train.cpu_compiler_options parsed, on the CPU backend only (None elsewhere or when empty)."""
+  if not cpu_options or jax.default_backend() != 'cpu':
+    return None
+  return parse_compiler_options(cpu_options)
 
 
 def _option_value(text: str) -> str | bool | int:

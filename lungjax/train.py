@@ -164,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         encoder = autoencoder.pretrain(config, workdir, data)
       state = warm_start.warm_start(config, workdir, state, tx, encoder)
     _write_run_files(config, workdir, data)  # Only now that every check of a resume has passed.
-    # clu's writers; TensorBoard event files without TensorFlow where it is not installed (lungjax/event_writer.py).
+    # clu's writers; TensorBoard event files by tensorboardX, never importing TensorFlow (lungjax/event_writer.py).
     writer = event_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(_flatten(config.to_dict()))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

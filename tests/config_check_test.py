@@ -29,6 +29,13 @@ def test_the_shipped_configs_pass_every_mode(module):
     ('seeds', 0, 'config.seeds=0'),
     ('augment.rotation_prob', 1.5, 'config.augment.rotation_prob'),
     ('data.extra_class_names', 'COVID=Covid', 'config.data.extra_class_names'),
+    ('model.name', 'resnt', 'config.model.name=.resnt'),
+    ('model.name', 'unet', 'config.model.name=.unet'),  # A segmentation model, not a classifier.
+    ('model.head', 'max', 'config.model.head=.max'),
+    ('model.conv_impl', 'fast', 'config.model.conv_impl=.fast'),
+    ('model.dtype', 'float16', 'config.model.dtype=.float16'),
+    ('model.typo_field', 1, r"config.model has fields \['typo_field'\]"),
+    ('train.cpu_compiler_options', 'no_equals_sign', 'config.train.cpu_compiler_options'),
 ])
 def test_a_bad_training_field_is_named(field, value, message):
   config = tiny.get_config()
@@ -57,6 +64,36 @@ def test_a_bad_field_of_every_mode_is_named(mode, field, value, message):
     config_check.validate(config, mode)
 
 
+@pytest.mark.parametrize('module, field, value, message', [
+    (resnet, 'depth', 19, 'config.model.depth=19 is not a ResNet depth'),
+    (resnet, 'norm', 'layer', 'config.model.norm=.layer'),
+    (resnet, 'bn_momentum', 1.0, 'config.model.bn_momentum=1.0'),
+    (vgg, 'depth', 12, 'config.model.depth=12 is not a VGG depth'),
+    (vgg, 'pooling', 'max', 'config.model.pooling=.max'),
+])
+def test_the_model_registry_check_names_a_bad_field_of_each_model(module, field, value, message):
+  config = module.get_config()
+  config.data.root = ''
+  config.model[field] = value
+  with pytest.raises(ValueError, match=message):
+    config_check.validate(config, 'train')
+
+
+def test_keras_weights_for_a_model_keras_lacks_are_refused_in_validation():
+  config = vgg.get_config()
+  config.model.init_from, config.model.depth = '/nowhere/vgg11.h5', 11
+  with pytest.raises(ValueError, match='config.model.depth=11: keras.applications has vgg weights only'):
+    config_check.validate(config, 'train')
+
+
+def test_an_unknown_explain_class_is_refused_in_validation():
+  config = tiny.get_config()
+  config.explain.class_name = 'Covid-19'
+  config_check.validate(config, 'train')  # Only --mode=explain reads it.
+  with pytest.raises(ValueError, match="config.explain.class_name='Covid-19'"):
+    config_check.validate(config, 'explain')
+
+
 def test_folds_and_seeds_together_are_refused():
   config = tiny.get_config()
   config.cv.folds, config.seeds = 3, 2
@@ -83,3 +120,31 @@ def test_a_missing_extra_source_folder_is_named():
   config.data.extra_root = '/no/such/folder'
   with pytest.raises(FileNotFoundError, match='config.data.extra_root'):
     config_check.validate(config)
+
+
+_MAIN_WITHOUT_DECODING = '''
+import runpy, sys
+from lungjax.data import images, loading
+def _refuse(*args, **kwargs):
+  raise SystemExit('DATA WAS DECODED before the bad field was found')
+images.decode_records = loading.images.decode_records = _refuse
+sys.argv = ['lungjax.main', *sys.argv[1:]]
+runpy.run_module('lungjax.main', run_name='__main__', alter_sys=True)
+'''
+
+
+@pytest.mark.parametrize('override, field', [('--config.model.name=resnt', 'config.model.name'),
+                                             ('--config.model.head=max', 'config.model.head')])
+def test_main_refuses_a_bad_model_field_before_any_data_is_decoded(tmp_path, override, field):
+  """lungjax.main with a data root whose decoding would stop the process: the error names the field instead."""
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from tests.conftest import write_image_folder  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'data'
+  write_image_folder(str(root / 'train'), per_class=2, seed=0)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, '-c', _MAIN_WITHOUT_DECODING, '--config=configs/tiny.py',
+                        f'--config.data.root={root}', f'--workdir={tmp_path / "w"}', override], cwd=repo,
+                       env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': repo}, capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert run.returncode != 0 and field in run.stderr, run.stderr[-3000:]
+  assert 'DATA WAS DECODED' not in run.stderr + run.stdout

@@ -9,6 +9,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+import textwrap
 import tomllib
 import zipfile
 
@@ -16,7 +17,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEAVY = ('tensorflow', 'tensorflow-cpu', 'keras', 'tensorboard', 'h5py', 'kagglehub', 'pydicom', 'scipy-openblas32')
-EXTRAS = ('tensorboard', 'keras', 'kaggle', 'dicom', 'cpu', 'cuda', 'tpu', 'test')
+EXTRAS = ('prepare', 'tensorboard', 'keras', 'kaggle', 'dicom', 'cpu', 'cuda', 'tpu', 'test')
+PREPARE_ONLY = ('tensorflow-datasets', 'pyarrow', 'array-record')  # The [prepare] extra's (array_record: grain's too).
 
 
 def _name(requirement: str) -> str:
@@ -34,9 +36,11 @@ def _project() -> dict:
 def test_core_requirements_hold_no_tensorflow_keras_or_extras():
   project = _project()
   core = {_name(r) for r in project['dependencies']}
-  assert not core & set(HEAVY), core & set(HEAVY)
+  assert not core & set(HEAVY + PREPARE_ONLY), core & set(HEAVY + PREPARE_ONLY)
   assert {'jax', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'clu', 'ml-collections', 'absl-py', 'numpy', 'pillow',
-          'matplotlib', 'tqdm', 'tensorflow-datasets'} <= core
+          'matplotlib', 'tqdm', 'tensorboardx'} <= core
+  assert {_name(r) for r in project['optional-dependencies']['prepare']} == {
+      'tensorflow-datasets', 'array-record', 'importlib-resources'}
   assert all('>=' in r for r in project['dependencies'])  # Every requirement states the oldest tested version.
   assert set(EXTRAS) <= set(project['optional-dependencies'])
   assert {_name(r) for r in project['optional-dependencies']['keras']} == {'h5py', 'keras', 'tensorflow-cpu'}
@@ -44,7 +48,7 @@ def test_core_requirements_hold_no_tensorflow_keras_or_extras():
 
 
 def test_tensorflow_datasets_needs_no_tensorflow():
-  """The prepared-data path's TFDS is core only because its own requirements name no TensorFlow."""
+  """The [prepare] extra's TFDS installs without TensorFlow: its own requirements name none."""
   import importlib.metadata  # pylint: disable=g-import-not-at-top
   try:
     requires = importlib.metadata.requires('tensorflow-datasets') or []
@@ -62,6 +66,45 @@ def test_importing_train_does_not_import_tensorflow():
   run = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600, check=False)
   assert run.returncode == 0, run.stderr[-3000:]
+
+
+_WITHOUT_THE_PREPARE_EXTRA = textwrap.dedent('''
+    import importlib, pkgutil, sys
+    for name in ('tensorflow_datasets', 'pyarrow'):
+      sys.modules[name] = None  # As if the [prepare] extra were not installed (array_record comes with grain).
+    import lungjax
+    PREPARE_PATH = ('lungjax.data.prepared', 'lungjax.data.tfds_builders', 'lungjax.prepare')
+    imported, refused = [], []
+    for module in pkgutil.walk_packages(lungjax.__path__, 'lungjax.'):
+      try:
+        importlib.import_module(module.name)
+        imported.append(module.name)
+      except ModuleNotFoundError as error:
+        assert module.name in PREPARE_PATH, (module.name, error)
+        assert "needs the [prepare] extra" in str(error) and "pip install 'lungjax[prepare]'" in str(error), error
+        refused.append(module.name)
+    assert sorted(refused) == sorted(PREPARE_PATH), refused
+    assert len(imported) > 40, imported
+    print('ok')
+''')
+
+
+def test_without_the_prepare_extra_every_other_module_imports_and_the_prepare_path_names_it():
+  """No module outside the prepare path imports TFDS or pyarrow; the prepare path's import error names the extra."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO}
+  run = subprocess.run([sys.executable, '-c', _WITHOUT_THE_PREPARE_EXTRA], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600, check=False)
+  assert run.returncode == 0 and run.stdout.strip() == 'ok', run.stderr[-3000:]
+
+
+def test_training_from_a_prepared_dir_without_the_extra_fails_in_validation_naming_it(tiny_config, tmp_path,
+                                                                                     monkeypatch):
+  from lungjax import config_check  # pylint: disable=g-import-not-at-top
+  config_check.validate(tiny_config, 'train')
+  tiny_config.data.prepared_dir = str(tmp_path / 'prepared')
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  with pytest.raises(ModuleNotFoundError, match=r"config.data.prepared_dir=.*prepared.*pip install 'lungjax\[prepare\]'"):
+    config_check.validate(tiny_config, 'train')
 
 
 def test_kaggle_download_without_kagglehub_names_the_extra(tmp_path, monkeypatch):

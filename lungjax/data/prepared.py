@@ -16,10 +16,16 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
-from lungjax.data import images, tfds_builders
+from lungjax.data import loading
+
+loading.require_prepare_extra('prepared data (config.data.prepared_dir, lungjax prepare)')
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from lungjax.data import images, tfds_builders  # pylint: disable=wrong-import-position
+
 
 def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The builder of config's data under config.data.prepared_dir: image folder if config.data.root, else Kaggle."""

@@ -20,9 +20,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from lungjax.data import download, folders, images
+from lungjax.data import loading
+
+loading.require_prepare_extra('the TFDS builders (lungjax prepare)')
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from lungjax.data import download, folders, images  # pylint: disable=wrong-import-position
 
 VERSION = tfds.core.Version('1.0.0')
 KAGGLE_DATASET = 'pranavraikokte/covid19-image-dataset'

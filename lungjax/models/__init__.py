@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from lungjax.models import layers
+from lungjax.models import keras_weights, layers
 from lungjax.models.cnn import CNN
 from lungjax.models.resnet import ResNet
 from lungjax.models.unet import UNet
@@ -121,11 +121,8 @@ def choose_lowering(conv_impl: str, pool_impl: str, dtype: str) -> Lowering:
   return lowering
 
 
-def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """Builds the registered module named by model_config.name with the config's other fields.
-
-  The CNN's lowering is chosen here (choose_lowering); the module gets it resolved, with the kernels it needs.
-  """
+def _module_fields(model_config: ml_collections.ConfigDict) -> tuple[type[nn.Module], dict]:
+  """The registered class and its fields from config.model; ValueError naming config.model.name or a stray field."""
   if model_config.name not in MODELS:
     raise ValueError(f'config.model.name={model_config.name!r} is not one of the registered models {sorted(MODELS)}')
   fields = {k: v for k, v in model_config.items() if k not in NON_MODULE_FIELDS}
@@ -133,6 +130,30 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
   unknown = sorted(set(fields) - (set(module_class.__dataclass_fields__) - set(_BUILT_FIELDS)))
   if unknown:
     raise ValueError(f'config.model has fields {unknown} that model {model_config.name!r} does not take')
+  return module_class, fields
+
+
+def check(model_config: ml_collections.ConfigDict, num_classes: int) -> None:
+  """config.model's check hook (config_check.validate calls it before any data is read): the name, the fields the
+  model takes, and the module's own field checks (its __post_init__: depth, norm, head, lowering names, ...), by
+  constructing it, without choosing a lowering, building kernels or initialising parameters; with
+  config.model.init_from, whether Keras has weights for it."""
+  module_class, fields = _module_fields(model_config)
+  if 'kernels' in module_class.__dataclass_fields__:
+    defaults = {k: module_class.__dataclass_fields__[k].default for k in ('conv_impl', 'pool_impl', 'dtype')}
+    layers.check_impls(*(str(fields.get(k, default)) for k, default in defaults.items()))
+    fields.update(conv_impl='xla', pool_impl='reshape')  # Names checked above; create_model resolves them.
+  module_class(num_classes=num_classes, **fields)
+  if model_config.get('init_from', ''):
+    keras_weights.check_model_config(model_config)
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """Builds the registered module named by model_config.name with the config's other fields.
+
+  The CNN's lowering is chosen here (choose_lowering); the module gets it resolved, with the kernels it needs.
+  """
+  module_class, fields = _module_fields(model_config)
   if 'kernels' in module_class.__dataclass_fields__:
     defaults = {k: module_class.__dataclass_fields__[k].default for k in ('conv_impl', 'pool_impl', 'dtype')}
     lowering = choose_lowering(*(str(fields.get(k, default)) for k, default in defaults.items()))
