@@ -193,8 +193,8 @@ class _Conversion:
     if mode in _SIXTEEN_BIT_MODES:  # Integer rounding (half up; v * 255 / (2^b - 1) is never exactly half).
       values = np.asarray(strip).astype(np.int64)
       return np.clip((values * 510 + self.full_scale) // (2 * self.full_scale), 0, 255).astype(np.uint8)
-    if mode == 'F':  # Floats in [0, 1].
-      return np.clip(np.rint(np.asarray(strip, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if mode == 'F':  # Floats on Pillow's 0..255 scale (checked by _float_range): rounded, as convert('F') made them.
+      return np.clip(np.rint(np.asarray(strip, dtype=np.float64)), 0, 255).astype(np.uint8)
     if mode in ('L', '1'):  # The rest of _GREY_MODES.
       return np.asarray(strip.convert('L'), dtype=np.uint8)
     if mode == 'P' and 'transparency' in strip.info:
@@ -205,8 +205,50 @@ class _Conversion:
     return np.asarray(strip.convert('RGB'), dtype=np.uint8)
 
 
+class AmbiguousFloatImageError(ValueError):
+  """A float (PIL mode F) image whose values are not plainly on the 0..255 scale lungjax reads floats on."""
+
+
+def float_range(image: Image.Image) -> tuple[float, float]:
+  """(min, max) of a PIL mode-F image, after checking that its values are on the 0..255 scale lungjax reads.
+
+  lungjax reads float images on Pillow's own scale, 0..255: what `Image.convert('F')` makes of an 8-bit image and
+  what `convert('L')` reads back, so `image.convert('L').convert('F')` decodes to the very pixels of the 8-bit image
+  (values are rounded to the nearest grey level). Refused (AmbiguousFloatImageError, saying what to do): any pixel
+  that is not finite (NaN, inf); values below 0 or above 255 (another scale: map them to 0..255 first); and images
+  whose values all lie in 0..1 with a maximum above 0, which are far more likely a [0, 1] image than a nearly
+  black 0..255 one (multiply by 255 first). Read strip by strip: no full-size float copy.
+  """
+  low, high, bad, total = np.inf, -np.inf, 0, 0
+  for _, strip in _strips(image):
+    values = np.asarray(strip, dtype=np.float32)
+    finite = np.isfinite(values)
+    bad += int(values.size - np.count_nonzero(finite))
+    total += values.size
+    if finite.any():
+      low, high = min(low, float(values[finite].min())), max(high, float(values[finite].max()))
+  if total == 0:
+    raise AmbiguousFloatImageError('a float (mode F) image with no pixels')
+  if bad:
+    raise AmbiguousFloatImageError(f'{bad} of {total} pixels of the float (mode F) image are not finite (NaN or '
+                                   'infinite): there is no picture to read there')
+  if low < 0 or high > 255:
+    raise AmbiguousFloatImageError(
+        f'float (mode F) values span {low:g}..{high:g}: lungjax reads float images on Pillow\'s 0..255 scale (as '
+        'convert(\'F\') makes them); map the values to 0..255 (or convert to an 8-bit \'L\' image) first')
+  if 0 < high <= 1:
+    raise AmbiguousFloatImageError(
+        f'float (mode F) values all lie in 0..1 (maximum {high:g}): lungjax reads float images on Pillow\'s 0..255 '
+        'scale (as convert(\'F\') makes them), where this is a nearly black image; if it is a [0, 1] image, '
+        'multiply it by 255 first (or convert to an 8-bit \'L\' image)')
+  return low, high
+
+
 def _conversion(image: Image.Image, significant_bits: int | None) -> _Conversion:
-  """The conversion of a loaded image (deep grey modes: scaled by sixteen_bit_scale of its maximum)."""
+  """The conversion of a loaded image (deep grey modes: scaled by sixteen_bit_scale of its maximum; mode F:
+  checked by float_range)."""
+  if image.mode == 'F':
+    float_range(image)
   if image.mode not in _SIXTEEN_BIT_MODES:
     return _Conversion(image.mode)
   try:
@@ -238,9 +280,13 @@ def to_rgb_uint8(image: Image.Image, significant_bits: int | None = None) -> np.
   """Converts a PIL image of any mode to an HxWx3 uint8 array (EXIF rotation applied, alpha over black).
 
   Deep grey images (I;16*, I) are scaled by sixteen_bit_scale: `significant_bits` is the PNG's sBIT, read from the
-  image's file when not given (pass it for an image opened from bytes that are no longer open). Mode F is taken as
-  [0, 1]. Works strip by strip: no full-size float copy. load_image hashes exactly these pixels.
+  image's file when not given (pass it for an image opened from bytes that are no longer open). Mode F (float) is
+  read on Pillow's 0..255 scale and rounded; non-finite, out-of-range and all-in-0..1 float images are refused (see
+  float_range). An image with no pixels (0 x N) is refused (ValueError). Works strip by strip: no full-size float
+  copy. load_image hashes exactly these pixels.
   """
+  if image.width == 0 or image.height == 0:
+    raise ValueError(f'a {image.width}x{image.height} image has no pixels')
   if significant_bits is None and image.mode in _SIXTEEN_BIT_MODES:
     significant_bits = _significant_bits_of(image)
   image = _upright(image)
@@ -369,6 +415,8 @@ def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
     if os.path.getsize(path) == 0:  # Inside the try: a dangling link or a file gone since the scan is named too.
       raise BadImageError(path, 'the file is empty')
     with open_image(path) as image:
+      if image.width == 0 or image.height == 0:
+        raise BadImageError(path, f'a {image.width}x{image.height} image has no pixels')
       if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float('inf')):  # Pillow only warns up to 2x.
         raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
                                            f'={Image.MAX_IMAGE_PIXELS}')
