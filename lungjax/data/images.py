@@ -1,6 +1,8 @@
 """Decode image files of any PIL mode to RGB uint8 at a fixed size, once, with errors that name the file.
 
-Deep grey PNGs (Pillow modes I;16, I;16B, I) are scaled by their real bit depth (see `sixteen_bit_scale`), and
+Deep grey PNGs (Pillow modes I;16, I;16B, I) are scaled by their real bit depth (see `sixteen_bit_scale`; without
+sBIT, robust to a few saturated pixels: `robust_sixteen_bit_scale`), float (mode F) images are read on Pillow's
+0..255 scale (`float_range`), and
 files that decode to little information (blank, low contrast, tiny) are logged and listed as warnings. Decoding is
 bounded: no full-size float or converted copies (images are converted, hashed and resized strip by strip, with the
 same pixels as converting and resizing the whole image), and the decodes in flight (every thread pool together) hold
@@ -37,6 +39,11 @@ COMMON_BIT_DEPTHS = (8, 10, 12, 14, 16)
 # shorter than MIN_SIDE pixels, carries little for the model to read, yet would get a confident prediction.
 LOW_RANGE_FRACTION = 1 / 16
 MIN_SIDE = 32
+# A deep grey image without sBIT (or a DICOM without a VOI window) may have at most this fraction of its pixels (at
+# least one) read as saturated outliers: clipped to white instead of deciding the scale (see robust_sixteen_bit_scale).
+OUTLIER_FRACTION = 0.001
+# Where data/dicom.py leaves a decoded DICOM's warnings (a tuple of str) in its PIL image's info.
+WARNINGS_INFO_KEY = 'lungjax_warnings'
 # Images are converted this many pixels at a time (a strip of rows): bounds the scratch memory of a conversion.
 STRIP_PIXELS = 1 << 20
 # The bytes that decodes in flight may hold together (all threads, all pools): 2 GiB. A decode is estimated from
@@ -155,6 +162,26 @@ def sixteen_bit_scale(maximum: int, significant_bits: int | None = None) -> tupl
   return (1 << bits) - 1, f'{bits}-bit (maximum {maximum}, no sBIT chunk)'
 
 
+def robust_sixteen_bit_scale(maximum: int, counts_above: Sequence[int], pixels: int) -> tuple[int, str, int]:
+  """sixteen_bit_scale without sBIT, robust to saturated outliers: (full scale, how it was chosen, pixels clipped).
+
+  counts_above[i]: how many pixels exceed 2^COMMON_BIT_DEPTHS[i] - 1. When all but at most max(1, OUTLIER_FRACTION
+  of the pixels) fit in a smaller depth b of COMMON_BIT_DEPTHS than the maximum does, the scale is 2^b - 1 for the
+  smallest such b and those few pixels are clipped to white (and warned about): one saturated pixel (65535) in
+  12-bit data no longer darkens the whole image 16x. Give the PNG an sBIT chunk to have its depth read as written.
+  """
+  full_scale, note = sixteen_bit_scale(maximum)
+  allowance = max(1, int(pixels * OUTLIER_FRACTION))
+  for bits, count in zip(COMMON_BIT_DEPTHS, counts_above):
+    scale = (1 << bits) - 1
+    if scale >= full_scale:
+      break
+    if count <= allowance:
+      return scale, (f'{bits}-bit ({count} pixel(s) above {scale}, up to {max(int(maximum), 0)}: at most '
+                     f'{OUTLIER_FRACTION:.1%} of the image; no sBIT chunk)'), count
+  return full_scale, note, 0
+
+
 def _significant_bits_of(image: Image.Image) -> int | None:
   """sBIT of a PNG image opened from a file name, or from a file object that is still open; else None."""
   if image.format != 'PNG':
@@ -187,6 +214,7 @@ class _Conversion:
   full_scale: int = 0  # Deep grey modes: the value that maps to 255.
   span: int = 0  # Deep grey modes: the maximum minus the minimum (of values clipped at 0).
   note: str = ''  # Deep grey modes: how full_scale was chosen (for warnings).
+  clipped: int = 0  # Deep grey modes: pixels above full_scale clipped as saturated outliers (warned about).
 
   def __call__(self, strip: Image.Image) -> np.ndarray:
     mode = strip.mode
@@ -256,9 +284,18 @@ def _conversion(image: Image.Image, significant_bits: int | None) -> _Conversion
   except ValueError:  # Pillow has no extrema for I;16B: read the values a strip at a time.
     values = [np.asarray(strip) for _, strip in _strips(image)]
     minimum, maximum = min(int(v.min()) for v in values), max(int(v.max()) for v in values)
-  full_scale, note = sixteen_bit_scale(maximum, significant_bits)
-  span = max(int(maximum), 0) - max(int(minimum), 0)
-  return _Conversion(image.mode, full_scale, span, f'{image.mode} data scaled as {note}')
+  if significant_bits:
+    full_scale, note = sixteen_bit_scale(maximum, significant_bits)
+    clipped = 0
+  else:
+    thresholds = np.asarray([(1 << b) - 1 for b in COMMON_BIT_DEPTHS], np.int64)
+    counts = np.zeros(len(thresholds), np.int64)
+    for _, strip in _strips(image):
+      values = np.asarray(strip).reshape(-1)
+      counts += np.count_nonzero(values[:, None] > thresholds[None, :], axis=0) if values.size else 0
+    full_scale, note, clipped = robust_sixteen_bit_scale(maximum, counts.tolist(), image.width * image.height)
+  span = min(max(int(maximum), 0), full_scale) - max(int(minimum), 0)
+  return _Conversion(image.mode, full_scale, span, f'{image.mode} data scaled as {note}', clipped)
 
 
 def _strips(image: Image.Image) -> Iterator[tuple[int, Image.Image]]:
@@ -382,6 +419,8 @@ def _warnings(width: int, height: int, eight_bit: _EightBit) -> tuple[str, ...]:
   span = max(high - low for low, high in eight_bit.extrema)
   conversion = eight_bit.conversion
   scaled = f' ({conversion.note})' if conversion.note else ''
+  if conversion.clipped:
+    warnings.append(f'saturated outliers: {conversion.clipped} pixel(s) clipped to white{scaled}')
   if span == 0:
     warnings.append(f'blank: every pixel is {lows[0] if len(lows) == 1 else lows}{scaled}')
   elif conversion.full_scale and conversion.span < conversion.full_scale * LOW_RANGE_FRACTION:
@@ -433,7 +472,7 @@ def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
         grey = source if source.mode == 'L' else source.convert('L')
         thumbnail = grey.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
         del grey, source
-        warnings = _warnings(width, height, eight_bit)
+        warnings = tuple(image.info.get(WARNINGS_INFO_KEY, ())) + _warnings(width, height, eight_bit)
   except BadImageError:
     raise
   except Image.DecompressionBombError as error:
