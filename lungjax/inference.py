@@ -79,10 +79,26 @@ def pixels_and_size(image: ImageInput, size: int, preprocess: preprocess_lib.Pre
     image = Image.fromarray(np.ascontiguousarray(image))
   if not isinstance(image, Image.Image):
     raise TypeError(f'an image must be a file path, a PIL image or a uint8 numpy array, not {type(image).__name__}')
-  pixels_HWC = images.to_rgb_uint8(image)
+  if image.width == 0 or image.height == 0:
+    raise ValueError(f'{describe(image)} has no pixels')
+  try:
+    pixels_HWC = images.to_rgb_uint8(image)
+  except ValueError as error:  # E.g. images.AmbiguousFloatImageError: the message names the image.
+    raise type(error)(f'{describe(image)}: {error}') from error
   resized_SSC = preprocess_lib.preprocess_image(Image.fromarray(pixels_HWC), preprocess or
                                                 preprocess_lib.PreprocessSettings(), size)
   return resized_SSC, pixels_HWC.shape[:2]
+
+
+def describe(image: Any) -> str:
+  """How an error names one input image: a PIL image by its mode, size and file; an array by dtype and shape."""
+  if isinstance(image, Image.Image):
+    filename = getattr(image, 'filename', '')
+    return (f'a PIL image (mode {image.mode}, {image.width}x{image.height}' +
+            (f', from {filename!r})' if filename else ')'))
+  if isinstance(image, np.ndarray):
+    return f'a {image.dtype} array of shape {image.shape}'
+  return repr(image)
 
 
 def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray,
@@ -105,11 +121,31 @@ def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: i
 def _as_list(images_in: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
   """One image (a path, a PIL image, an H x W or H x W x 3 array) as a list of one; an N x H x W x 3 array or a
   sequence as a list of its images."""
+  if isinstance(images_in, (bytes, bytearray)):
+    raise TypeError('images_in is bytes, which could be a path or a file\'s contents: pass a path as str '
+                    '(os.fsdecode(path)), or the contents as PIL.Image.open(io.BytesIO(data))')
+  if images_in is None:
+    raise TypeError('images_in is None: pass a file path, a PIL image, a uint8 numpy array or a list of them')
+  if isinstance(images_in, np.generic):
+    raise TypeError(f'images_in is a numpy scalar ({images_in.dtype} {images_in!r}), not an image: pass a uint8 '
+                    'array H x W or H x W x 3')
   if isinstance(images_in, (str, os.PathLike, Image.Image)):
     return [images_in]
   if isinstance(images_in, np.ndarray):
+    if images_in.ndim < 2:
+      raise ValueError(f'images_in is an array of shape {images_in.shape}: an image array is H x W or H x W x 3, '
+                       'a batch N x H x W x 3')
     return list(images_in) if images_in.ndim == 4 else [images_in]
-  return list(images_in)
+  try:
+    listed = list(images_in)
+  except TypeError as error:
+    raise TypeError(f'an image must be a file path, a PIL image or a uint8 numpy array (or a list of them), not '
+                    f'{type(images_in).__name__}') from error
+  for index, image in enumerate(listed):
+    if isinstance(image, (bytes, bytearray)) or image is None or isinstance(image, np.generic):
+      raise TypeError(f'images_in[{index}] is {type(image).__name__}: an image must be a file path (str or '
+                      'os.PathLike), a PIL image or a uint8 numpy array')
+  return listed
 
 
 class Model:
@@ -179,8 +215,17 @@ class Model:
     """The images as the model reads them: N x S x S x 3 uint8 (files decoded in parallel, to_pixels)."""
     listed = _as_list(images_in)
     threads = min(len(listed), self.config.data.decode_threads or os.cpu_count() or 1) or 1
+    def one(indexed: tuple[int, ImageInput]) -> np.ndarray:
+      index, image = indexed
+      try:
+        return to_pixels(image, self.image_size, self.preprocess)
+      except images.BadImageError:
+        raise  # Names its file.
+      except (ValueError, TypeError) as error:
+        raise type(error)(f'images_in[{index}]: {error}' if len(listed) > 1 else str(error)) from error
+
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-      decoded = list(pool.map(lambda image: to_pixels(image, self.image_size, self.preprocess), listed))
+      decoded = list(pool.map(one, enumerate(listed)))
     if not decoded:
       return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
     return np.stack(decoded)
@@ -195,7 +240,9 @@ class Model:
     """Class probabilities, N x C (columns in `classes` order, rows in the images' order), float64.
 
     images_in: file paths (JPEG, PNG, DICOM), PIL images, uint8 arrays H x W or H x W x 3 of any size, or one of
-    them alone, or an N x H x W x 3 uint8 array. Scaled by the run's served temperature (`temperature`), unless
+    them alone, or an N x H x W x 3 uint8 array. A float (mode F) PIL image is read on Pillow's 0..255 scale (what
+    convert('F') makes of an 8-bit image); one with NaN/inf, values outside 0..255, or all values in 0..1 is
+    refused (images.float_range), as is an image with no pixels: the error names the input (images_in[i]). Scaled by the run's served temperature (`temperature`), unless
     calibrated=False: then the model's own softmax, the numbers --mode=eval writes to predictions.csv.
     A file that cannot be read raises images.BadImageError naming it.
     """

@@ -163,3 +163,53 @@ def test_a_dicom_predicts_like_the_png_of_the_same_picture(model, tmp_path):
   by_png, by_dcm = model.predict([png, dcm])
   np.testing.assert_allclose(by_dcm, by_png, rtol=0, atol=1e-3)
   assert model.explain(dcm).shape == grey.shape
+
+
+def test_float_images_read_on_pillows_scale_and_ambiguous_ones_are_refused(model, synthetic_root):
+  """issue 26 High 6 / Medium 6: Pillow's own convert('F') (0..255) predicts like the 8-bit image; [0, 1], out of
+  range, non-finite and empty images are refused naming the input."""
+  files = _test_files(synthetic_root)
+  greys = [Image.open(f).convert('L') for f in files]
+  floats = [grey.convert('F') for grey in greys]
+  assert floats[0].mode == 'F' and 1 < float(np.asarray(floats[0]).max()) <= 255
+  np.testing.assert_array_equal(model.pixels(floats), model.pixels(greys))
+  by_float, by_grey = model.predict(floats), model.predict(greys)
+  np.testing.assert_array_equal(by_float, by_grey)
+  np.testing.assert_array_equal(by_float.argmax(axis=1), by_grey.argmax(axis=1))
+  assert not np.allclose(by_grey[0], by_grey[-1])  # Different pictures (a saturated white one each would not be).
+  unit_HW = np.asarray(floats[0], np.float32) / 255.0
+  with pytest.raises(ValueError, match=r'images_in\[1\]: a PIL image \(mode F, 48x40\).*all lie in 0\.\.1'):
+    model.predict([floats[0], Image.fromarray(unit_HW)])
+  with pytest.raises(ValueError, match=r'values span -3\.\.255.*0\.\.255 scale'):
+    model.predict(Image.fromarray(np.where(unit_HW > 0.5, 255.0, -3.0).astype(np.float32)))
+  one_nan_HW = np.asarray(floats[0], np.float32).copy()
+  one_nan_HW[3, 4] = np.nan
+  with pytest.raises(ValueError, match=r'1 of 1920 pixels .* not finite'):
+    model.predict(Image.fromarray(one_nan_HW))
+  with pytest.raises(ValueError, match=r'1920 of 1920 pixels .* not finite'):
+    model.predict(Image.fromarray(np.full((40, 48), np.nan, np.float32)))
+  with pytest.raises(ValueError, match=r'1920 of 1920 pixels .* not finite'):
+    model.predict(Image.fromarray(np.full((40, 48), np.inf, np.float32)))
+  black = model.predict(Image.fromarray(np.zeros((40, 48), np.float32)))  # All 0: black on either scale.
+  np.testing.assert_array_equal(black, model.predict(np.zeros((40, 48), np.uint8)))
+  for empty in (Image.new('L', (0, 0)), Image.new('RGB', (0, 7)), Image.new('F', (5, 0))):
+    with pytest.raises(ValueError, match=rf'a PIL image \(mode {empty.mode}, {empty.width}x{empty.height}\) has no'):
+      model.predict(empty)
+  with pytest.raises(ValueError, match=r'images_in\[1\]: a PIL image \(mode L, 0x0\) has no pixels'):
+    model.predict([greys[0], Image.new('L', (0, 0))])
+
+
+def test_inputs_that_are_not_images_get_errors_that_say_so(model):
+  """issue 26 Low 1: bytes, None and a numpy scalar are named as what they are."""
+  with pytest.raises(TypeError, match=r'bytes, which could be a path or a file.s contents.*os\.fsdecode'):
+    model.predict(b'/tmp/x.png')
+  with pytest.raises(TypeError, match='images_in is None'):
+    model.predict(None)
+  with pytest.raises(TypeError, match=r'numpy scalar \(uint8'):
+    model.predict(np.uint8(3))
+  with pytest.raises(TypeError, match=r'images_in\[1\] is NoneType'):
+    model.predict([np.zeros((8, 8), np.uint8), None])
+  with pytest.raises(TypeError, match=r'images_in\[0\] is bytes'):
+    model.predict([b'a.png'])
+  with pytest.raises(ValueError, match=r'array of shape \(5,\)'):
+    model.predict(np.zeros(5, np.uint8))

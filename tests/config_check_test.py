@@ -9,7 +9,18 @@ from lungjax import config_check
 @pytest.mark.parametrize('module', [autoencoder, cnn, cnn_augment, resnet, tiny, vgg])
 def test_the_shipped_configs_pass_every_mode(module):
   for mode in config_check.MODES:
-    config_check.validate(module.get_config(), mode)
+    config = module.get_config()
+    assert config_check.validate(config, mode) is None
+    # validate really read this config in this mode: the same config with one field broken is refused, by name.
+    config.eval.batch_size = 0
+    with pytest.raises(ValueError, match=r'config\.eval\.batch_size'):
+      config_check.validate(config, mode)
+  # And the training checks read the shipped values: an image size the model cannot take is refused.
+  config = module.get_config()
+  config.data.image_size = 4
+  with pytest.raises(ValueError, match=r'config\.data\.image_size=4'):
+    config_check.validate(config, 'train')
+  assert tuple(module.get_config().data.classes) == ('Covid', 'Normal', 'Viral Pneumonia')
 
 
 @pytest.mark.parametrize('field, value, message', [

@@ -177,3 +177,50 @@ def test_a_dicom_predicts_like_the_png_of_the_same_picture(tmp_path, trained_wor
   assert all('error' not in line for line in lines), lines
   for name in CLASSES:
     assert abs(lines[0]['probabilities'][name] - lines[1]['probabilities'][name]) <= 1e-3
+
+
+def test_one_saturated_pixel_without_a_window_does_not_darken_the_image(tmp_path, caplog):
+  """issue 26 Medium 1: a 16-bit DICOM of 12-bit data with one 65535 pixel and no window decodes as without it."""
+  grey = picture(3)
+  stored = grey.astype(np.uint16) * 16  # 0..4080
+  plain = decoded(write_dicom(tmp_path / 'plain.dcm', stored, bits_stored=16))
+  np.testing.assert_array_equal(plain, grey)
+  hot = stored.copy()
+  hot[5, 7] = 65535
+  path = write_dicom(tmp_path / 'hot.dcm', hot, bits_stored=16)
+  expected = grey.copy()
+  expected[5, 7] = 255
+  np.testing.assert_array_equal(decoded(path), expected)
+  loaded = images.load_image(path, SIZE)
+  assert len(loaded.warnings) == 1 and loaded.warnings[0].startswith('1 pixel(s) far outside the rest'), \
+      loaded.warnings
+  assert 'full 0..65535' in loaded.warnings[0] and path in caplog.text
+  cold = stored + 60000  # A bright image with one pixel at 0: the low end is clipped likewise.
+  cold[1, 1] = 0
+  expected = grey.copy()
+  expected[1, 1] = 0
+  np.testing.assert_array_equal(decoded(write_dicom(tmp_path / 'cold.dcm', cold, bits_stored=16)), expected)
+  assert dicom.robust_range(np.arange(1000.0)) == (0.0, 999.0, 0)  # No far outliers: the full range exactly.
+
+
+def test_a_voi_lut_declared_16_bit_with_12_bit_entries_is_read_at_12_bits(tmp_path):
+  """issue 26 Medium 2: a LUT whose LUTDescriptor says 16 bits but whose entries stop at 4095 is not 16x dark."""
+  grey = picture(4)
+  stored = grey.astype(np.uint16) * 16  # 0..4080: the LUT maps stored value v to entry v (identity, 12-bit).
+  def with_lut(bits: int, entries: np.ndarray):
+    item = Dataset()
+    item.LUTDescriptor = [len(entries), 0, bits]
+    item.add_new('LUTData', 'US', entries.astype(np.uint16).tolist())
+    return [item]
+  identity = np.arange(4096)
+  path = write_dicom(tmp_path / 'lut.dcm', stored, VOILUTSequence=with_lut(16, identity))
+  np.testing.assert_allclose(decoded(path).astype(int), grey, atol=1)
+  warnings = images.load_image(path, SIZE).warnings
+  assert len(warnings) == 1 and 'declared 16-bit (LUTDescriptor) but its entries reach only 4095' in warnings[0]
+  assert '16x too dark' in warnings[0]
+  honest = write_dicom(tmp_path / 'honest.dcm', stored, VOILUTSequence=with_lut(12, identity))
+  np.testing.assert_array_equal(decoded(honest), decoded(path))
+  assert images.load_image(honest, SIZE).warnings == ()
+  full = write_dicom(tmp_path / 'full.dcm', stored, VOILUTSequence=with_lut(16, identity * 16))  # Real 16-bit.
+  np.testing.assert_allclose(decoded(full).astype(int), grey, atol=1)
+  assert images.load_image(full, SIZE).warnings == ()

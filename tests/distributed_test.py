@@ -119,10 +119,24 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, synthetic_root):
 
 
 @pytest.mark.parametrize('address', ['10.0.0.2:8476', 'host-0.pod:1234', '[::1]:8476'])
-def test_good_coordinator_addresses_pass(address):
+def test_good_coordinator_addresses_pass(address, monkeypatch):
   config = tiny.get_config()
   config.distributed.coordinator_address = address
-  distributed.check_config(config.distributed)
+  assert distributed.check_config(config.distributed) is None
+  # initialize hands exactly that address (and nothing undetected) to jax.distributed.initialize.
+  calls, updates = [], []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(jax.config, 'update', lambda name, value: updates.append((name, value)))
+  config.distributed.enabled = True
+  config.distributed.num_processes, config.distributed.process_id = 2, 1
+  assert distributed.initialize(config) is True
+  assert calls == [{'initialization_timeout': config.distributed.initialization_timeout_s,
+                    'coordinator_address': address, 'num_processes': 2, 'process_id': 1}]
+  assert updates == [('jax_cpu_collectives_implementation', 'gloo')]
+  # One character off and the same field is refused, naming it.
+  config.distributed.coordinator_address = address.rsplit(':', 1)[0]
+  with pytest.raises(ValueError, match=r'config\.distributed\.coordinator_address'):
+    distributed.check_config(config.distributed)
 
 
 def test_disabled_config_does_not_initialize():

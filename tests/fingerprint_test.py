@@ -57,6 +57,14 @@ def test_run_fingerprint_covers_the_issue_fields(tiny_config):
   tiny_config.seed = 5
   assert fingerprint.diff(fp['run'], fingerprint.run_fingerprint(tiny_config, data, abstract, 2)['run']) == [
       'seed: saved 0, now 5']
+  # Switching augmentation on (or changing how strong it is) changes what was trained on: a resume is refused.
+  tiny_config.seed = 0
+  tiny_config.augment.enabled = True
+  assert fingerprint.diff(fp['run'], fingerprint.run_fingerprint(tiny_config, data, abstract, 2)['run']) == [
+      'augment.enabled: saved False, now True']
+  tiny_config.augment.rotation_degrees = (-30.0, 30.0)
+  with pytest.raises(fingerprint.FingerprintMismatchError, match=r'augment\.rotation_degrees'):
+    fingerprint.check_resume(fp, fingerprint.run_fingerprint(tiny_config, data, abstract, 2), 'error', 'step 6')
 
 
 def test_a_field_an_older_checkpoint_lacks_is_unchanged_only_at_its_packaged_default():

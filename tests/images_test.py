@@ -407,3 +407,33 @@ def test_a_dangling_link_or_a_vanished_file_is_named(tmp_path):
   for path in (tmp_path / 'link.png', tmp_path / 'never-there.png'):
     with pytest.raises(images.BadImageError, match=str(path)):
       images.load_image(str(path), 16)
+
+
+def test_one_saturated_pixel_does_not_darken_a_12_bit_png(tmp_path):
+  """issue 26 Medium 1: a 65535 pixel in 12-bit data without sBIT is clipped as an outlier (warned), not the scale."""
+  picture = _picture()  # 40 x 48 = 1920 pixels: one outlier is allowed (0.1%, at least one).
+  twelve = _twelve_bit(picture)
+  twelve[0, 0] = 65535
+  path = _sixteen_bit_png(twelve, tmp_path / 'hot.png')
+  with Image.open(path) as image:
+    full = images.to_rgb_uint8(image)[..., 0].astype(int)
+  expected = picture.astype(int)
+  expected[0, 0] = 255
+  assert np.abs(full - expected).max() <= 1
+  loaded = images.load_image(path, SIZE)
+  assert [w for w in loaded.warnings if w.startswith('saturated outliers: 1 pixel(s) clipped to white')], \
+      loaded.warnings
+  assert '12-bit (1 pixel(s) above 4095, up to 65535' in loaded.warnings[0]
+  eight = images.load_image(_save(Image.fromarray(expected.astype(np.uint8)), tmp_path / 'eight.png'), SIZE)
+  assert np.abs(loaded.pixels_HWC.astype(int) - eight.pixels_HWC.astype(int)).max() <= 1
+  # Two outliers in 1920 pixels are more than allowed: the maximum sets the scale (16-bit), as before.
+  twelve[0, 1] = 65535
+  with Image.open(_sixteen_bit_png(twelve, tmp_path / 'two.png')) as image:
+    assert images.to_rgb_uint8(image)[5:, 5:].max() <= 16
+  # An sBIT chunk is read as written: sBIT 16 keeps the one outlier's 16-bit scale.
+  twelve[0, 1] = twelve[0, 2]
+  with Image.open(_sixteen_bit_png(twelve, tmp_path / 'marked.png', 16)) as image:
+    assert images.to_rgb_uint8(image)[5:, 5:].max() <= 16
+  assert images.robust_sixteen_bit_scale(65535, [1, 1, 1, 1, 0], 1920)[:1] == (255,)  # All but one fit 8 bits.
+  assert images.robust_sixteen_bit_scale(4095, [900, 400, 0, 0, 0], 1920) == (4095, '12-bit (maximum 4095, no '
+                                                                                 'sBIT chunk)', 0)

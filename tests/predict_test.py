@@ -229,3 +229,29 @@ def test_blank_and_tiny_images_carry_warnings_in_their_lines(trained_workdir, tm
   assert any('blank' in w for w in lines['blank.png']['warnings']) and 'class' in lines['blank.png']
   assert any('tiny' in w for w in lines['one.png']['warnings']) and 'class' in lines['one.png']
   assert 'warnings' not in lines['ordinary.png']
+
+
+def test_a_bad_file_mid_batch_does_not_shift_the_rows_after_it(trained_workdir, synthetic_root, bad_files, tmp_path,
+                                                               capsys):
+  """issue 26: bad files first and in the middle of a batch (batch_size 4), not only last: every good file's line
+  holds that file's own probabilities (each checked against the images without the bad files) and its overlay."""
+  folder = os.path.join(synthetic_root, 'test')
+  good = [os.path.join(folder, c, f'{i:03d}.png') for c in CLASSES for i in range(4)]
+  corrupt, notes, missing = bad_files
+  inputs = [corrupt, good[0], notes, good[4], good[8], missing, good[9], good[1], good[5]]
+  gradcam_dir = str(tmp_path / 'cams')
+  assert predict.predict_cli(trained_workdir, inputs, gradcam_dir) == 0
+  lines = _lines(capsys.readouterr().out)
+  assert [line['file'] for line in lines] == inputs
+  model = inference.load(trained_workdir)
+  assert model.batch_size == 4
+  alone_NC = model.predict([p for p in inputs if p in good])
+  assert len({tuple(np.round(row, 6)) for row in alone_NC}) == len(alone_NC)  # Distinct rows: a shift shows.
+  classified = [line for line in lines if 'error' not in line]
+  assert [line['file'] for line in classified] == [p for p in inputs if p in good]
+  for line, expected_C in zip(classified, alone_NC):
+    np.testing.assert_allclose(list(line['probabilities'].values()), expected_C, rtol=0, atol=1e-6,
+                               err_msg=line['file'])
+    assert os.path.isfile(line['gradcam']), line
+  assert len({line['gradcam'] for line in classified}) == len(classified)
+  assert [set(line) for line in lines if 'error' in line] == [{'file', 'error'}] * 3

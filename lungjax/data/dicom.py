@@ -45,6 +45,8 @@ IDENTIFYING_TAGS = (
 # UIDs that could link an image back to its study: replaced by UIDs derived from them by a one-way hash
 # (pydicom.uid.generate_uid with the old UID as entropy), so images of one study still share a study UID.
 UID_TAGS = ('StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID', 'FrameOfReferenceUID')
+# robust_range: at most this fraction of a DICOM's pixels (at least one) may be clipped as saturated outliers.
+OUTLIER_FRACTION = images.OUTLIER_FRACTION
 _MONOCHROME = ('MONOCHROME1', 'MONOCHROME2')
 _COLOUR = ('RGB', 'YBR_FULL', 'YBR_FULL_422', 'YBR_ICT', 'YBR_RCT', 'YBR_PARTIAL_420')
 
@@ -117,10 +119,16 @@ def _check_decodable(ds: Any, path: str) -> None:
               f'{_install_hint(decoder.missing_dependencies)}')
 
 
+def _has_voi_lut(ds: Any) -> bool:
+  """Whether apply_voi_lut applies a VOI LUT (not a window) to `ds`."""
+  sequence = ds.get('VOILUTSequence')
+  return bool(sequence) and sequence[0].get('LUTDescriptor') is not None and sequence[0].get('LUTData') is not None
+
+
 def _voi_range(ds: Any) -> tuple[float, float] | None:
   """The output range of pydicom.pixels.apply_voi_lut for `ds`, or None when it has no VOI transform."""
   sequence = ds.get('VOILUTSequence')
-  if sequence and sequence[0].get('LUTDescriptor') is not None and sequence[0].get('LUTData') is not None:
+  if _has_voi_lut(ds):
     return 0.0, float(2**int(sequence[0].LUTDescriptor[2]) - 1)  # apply_voi_lut prefers the LUT.
   if ds.get('WindowCenter') is None or ds.get('WindowWidth') is None:
     return None
@@ -137,11 +145,62 @@ def _voi_range(ds: Any) -> tuple[float, float] | None:
   return low, high
 
 
-def grey_uint8(ds: Any, stored_HW: np.ndarray) -> tuple[np.ndarray, str]:
-  """A monochrome DICOM's stored values (H x W) to displayed 8-bit grey, and how they were scaled.
+def _lut_entries_range(ds: Any, declared: tuple[float, float]) -> tuple[tuple[float, float], tuple[str, ...]]:
+  """The output range of the first VOI LUT: `declared` (0..2^n - 1, n its LUTDescriptor's bits), unless every entry
+  fits in a smaller depth of images.COMMON_BIT_DEPTHS: then 0..2^b - 1 for the smallest such b, with a warning.
 
-  Modality transform, then VOI LUT or window (its output range to 0..255) or else min..max to 0..255; MONOCHROME1
-  inverted. Unsigned values are masked to BitsStored bits (bits above it may hold overlays).
+  Encoders that write 12-bit entries into a LUT declared 16-bit are common; read as declared, the image is 16x too
+  dark (a mean near 8 of 255). The entries are read through pydicom's own apply_voi_lut (every input it maps).
+  """
+  import pydicom.pixels  # pylint: disable=g-import-not-at-top
+  descriptor = ds.VOILUTSequence[0].LUTDescriptor
+  entries, first = int(descriptor[0]) or 1 << 16, int(descriptor[1])
+  if first >= 1 << 15:  # LUTDescriptor's first value is US or SS: as US, a negative first input wraps.
+    first -= 1 << 16
+  lut = pydicom.pixels.apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds)
+  top = int(np.max(lut))
+  declared_bits = int(descriptor[2])
+  bits = next((b for b in images.COMMON_BIT_DEPTHS if top < 1 << b), declared_bits)
+  if bits >= declared_bits:
+    return declared, ()
+  return (0.0, float((1 << bits) - 1)), (
+      f'its VOI LUT is declared {declared_bits}-bit (LUTDescriptor) but its entries reach only {top}: read as '
+      f'{bits}-bit entries (as declared it would be {1 << (declared_bits - bits)}x too dark)',)
+
+
+def robust_range(values: np.ndarray) -> tuple[float, float, int]:
+  """(low, high, clipped) of a DICOM's values without a VOI transform: their min..max, except that outliers far from
+  the rest are clipped (the count returned): a single saturated pixel must not darken the whole image 16x.
+
+  The k = max(1, OUTLIER_FRACTION of the pixels) brightest pixels are outliers when they reach more than the span of
+  the rest (between the k-th lowest and k-th highest values) beyond it: then high is the k-th highest value; the
+  same for the darkest at the low end. An image without such outliers keeps its full range exactly.
+  """
+  flat = np.asarray(values, np.float64).reshape(-1)
+  low, high = float(flat.min()), float(flat.max())
+  k = max(1, int(flat.size * OUTLIER_FRACTION))
+  if flat.size <= 2 * k + 1:
+    return low, high, 0
+  ordered = np.partition(flat, (k, flat.size - 1 - k))
+  core_low, core_high = float(ordered[k]), float(ordered[flat.size - 1 - k])
+  core = core_high - core_low
+  clipped = 0
+  if core > 0 and high - core_high > core:
+    clipped += int(np.count_nonzero(flat > core_high))
+    high = core_high
+  if core > 0 and core_low - low > core:
+    clipped += int(np.count_nonzero(flat < core_low))
+    low = core_low
+  return low, high, clipped
+
+
+def grey_uint8(ds: Any, stored_HW: np.ndarray) -> tuple[np.ndarray, str, tuple[str, ...]]:
+  """A monochrome DICOM's stored values (H x W) to displayed 8-bit grey, how they were scaled, and warnings.
+
+  Modality transform, then VOI LUT or window (its output range to 0..255; a LUT declared deeper than its entries
+  reach is read at their depth, see _lut_entries_range) or else robust_range's min..max to 0..255 (far outliers
+  clipped, warned); MONOCHROME1 inverted. Unsigned values are masked to BitsStored bits (bits above may hold
+  overlays).
   """
   import pydicom.pixels  # pylint: disable=g-import-not-at-top
   bits = int(ds.get('BitsStored', stored_HW.dtype.itemsize * 8))
@@ -149,20 +208,30 @@ def grey_uint8(ds: Any, stored_HW: np.ndarray) -> tuple[np.ndarray, str]:
     stored_HW = stored_HW & np.asarray((1 << bits) - 1, stored_HW.dtype)
   values_HW = pydicom.pixels.apply_modality_lut(stored_HW, ds)
   voi = _voi_range(ds)
+  warnings: tuple[str, ...] = ()
   if voi is not None:
     values_HW = pydicom.pixels.apply_voi_lut(values_HW, ds)
     low, high = voi
     how = 'VOI LUT' if ds.get('VOILUTSequence') else f'window {ds.WindowCenter}/{ds.WindowWidth}'
+    if _has_voi_lut(ds):
+      (low, high), warnings = _lut_entries_range(ds, voi)
+      how += f' (entries read as 0..{high:g})' if warnings else ''
   else:
-    low, high = float(np.min(values_HW)), float(np.max(values_HW))
+    full_low, full_high = float(np.min(values_HW)), float(np.max(values_HW))
+    low, high, clipped = robust_range(values_HW)
     how = f'full range {low:g}..{high:g}'
+    if clipped:
+      how = f'range {low:g}..{high:g} (full {full_low:g}..{full_high:g})'
+      warnings = (f'{clipped} pixel(s) far outside the rest of its values ({low:g}..{high:g}, of {full_low:g}..'
+                  f'{full_high:g}; no VOI window) read as saturated outliers and clipped, so they do not darken the '
+                  'whole image',)
   values_HW = np.asarray(values_HW, np.float64)
   scaled_HW = (values_HW - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values_HW)
   grey_HW = np.clip(np.rint(scaled_HW), 0, 255).astype(np.uint8)
   if str(ds.PhotometricInterpretation) == 'MONOCHROME1':
     grey_HW = 255 - grey_HW
     how += ', MONOCHROME1 inverted'
-  return grey_HW, f'DICOM {bits}-bit {how}'
+  return grey_HW, f'DICOM {bits}-bit {how}', warnings
 
 
 def decode_bytes_estimate(ds: Any) -> int:
@@ -175,6 +244,8 @@ def load(path: str) -> tuple[Image.Image, str]:
   """Decodes a single-frame DICOM file to an 8-bit PIL image (L, or RGB for colour) and how it was scaled.
 
   Reserves images.decode_budget for the decode. BadImageError names the file for whatever cannot be decoded.
+  What grey_uint8 warns about (clipped outliers, a LUT deeper than its entries) is in the image's
+  info[images.WARNINGS_INFO_KEY] (load_image lists and logs it as it does its own warnings).
   """
   ds = read(path)
   _check_decodable(ds, path)
@@ -193,10 +264,12 @@ def load(path: str) -> tuple[Image.Image, str]:
     if stored.ndim != 2:
       raise images.BadImageError(path, f'DICOM pixel data of shape {stored.shape}, not one grey frame')
     try:
-      grey_HW, how = grey_uint8(ds, stored)
+      grey_HW, how, warnings = grey_uint8(ds, stored)
     except (ValueError, AttributeError, KeyError, IndexError) as error:  # E.g. a malformed window or LUT.
       raise images.BadImageError(path, f'cannot apply its DICOM modality/VOI transform ({error})') from error
-  return Image.fromarray(grey_HW, 'L'), how
+  image = Image.fromarray(grey_HW, 'L')
+  image.info[images.WARNINGS_INFO_KEY] = tuple(f'{warning} ({how})' for warning in warnings)
+  return image, how
 
 
 def _walk(ds: Any) -> Any:

@@ -1,6 +1,8 @@
 """Decode image files of any PIL mode to RGB uint8 at a fixed size, once, with errors that name the file.
 
-Deep grey PNGs (Pillow modes I;16, I;16B, I) are scaled by their real bit depth (see `sixteen_bit_scale`), and
+Deep grey PNGs (Pillow modes I;16, I;16B, I) are scaled by their real bit depth (see `sixteen_bit_scale`; without
+sBIT, robust to a few saturated pixels: `robust_sixteen_bit_scale`), float (mode F) images are read on Pillow's
+0..255 scale (`float_range`), and
 files that decode to little information (blank, low contrast, tiny) are logged and listed as warnings. Decoding is
 bounded: no full-size float or converted copies (images are converted, hashed and resized strip by strip, with the
 same pixels as converting and resizing the whole image), and the decodes in flight (every thread pool together) hold
@@ -37,6 +39,11 @@ COMMON_BIT_DEPTHS = (8, 10, 12, 14, 16)
 # shorter than MIN_SIDE pixels, carries little for the model to read, yet would get a confident prediction.
 LOW_RANGE_FRACTION = 1 / 16
 MIN_SIDE = 32
+# A deep grey image without sBIT (or a DICOM without a VOI window) may have at most this fraction of its pixels (at
+# least one) read as saturated outliers: clipped to white instead of deciding the scale (see robust_sixteen_bit_scale).
+OUTLIER_FRACTION = 0.001
+# Where data/dicom.py leaves a decoded DICOM's warnings (a tuple of str) in its PIL image's info.
+WARNINGS_INFO_KEY = 'lungjax_warnings'
 # Images are converted this many pixels at a time (a strip of rows): bounds the scratch memory of a conversion.
 STRIP_PIXELS = 1 << 20
 # The bytes that decodes in flight may hold together (all threads, all pools): 2 GiB. A decode is estimated from
@@ -155,6 +162,26 @@ def sixteen_bit_scale(maximum: int, significant_bits: int | None = None) -> tupl
   return (1 << bits) - 1, f'{bits}-bit (maximum {maximum}, no sBIT chunk)'
 
 
+def robust_sixteen_bit_scale(maximum: int, counts_above: Sequence[int], pixels: int) -> tuple[int, str, int]:
+  """sixteen_bit_scale without sBIT, robust to saturated outliers: (full scale, how it was chosen, pixels clipped).
+
+  counts_above[i]: how many pixels exceed 2^COMMON_BIT_DEPTHS[i] - 1. When all but at most max(1, OUTLIER_FRACTION
+  of the pixels) fit in a smaller depth b of COMMON_BIT_DEPTHS than the maximum does, the scale is 2^b - 1 for the
+  smallest such b and those few pixels are clipped to white (and warned about): one saturated pixel (65535) in
+  12-bit data no longer darkens the whole image 16x. Give the PNG an sBIT chunk to have its depth read as written.
+  """
+  full_scale, note = sixteen_bit_scale(maximum)
+  allowance = max(1, int(pixels * OUTLIER_FRACTION))
+  for bits, count in zip(COMMON_BIT_DEPTHS, counts_above):
+    scale = (1 << bits) - 1
+    if scale >= full_scale:
+      break
+    if count <= allowance:
+      return scale, (f'{bits}-bit ({count} pixel(s) above {scale}, up to {max(int(maximum), 0)}: at most '
+                     f'{OUTLIER_FRACTION:.1%} of the image; no sBIT chunk)'), count
+  return full_scale, note, 0
+
+
 def _significant_bits_of(image: Image.Image) -> int | None:
   """sBIT of a PNG image opened from a file name, or from a file object that is still open; else None."""
   if image.format != 'PNG':
@@ -187,14 +214,15 @@ class _Conversion:
   full_scale: int = 0  # Deep grey modes: the value that maps to 255.
   span: int = 0  # Deep grey modes: the maximum minus the minimum (of values clipped at 0).
   note: str = ''  # Deep grey modes: how full_scale was chosen (for warnings).
+  clipped: int = 0  # Deep grey modes: pixels above full_scale clipped as saturated outliers (warned about).
 
   def __call__(self, strip: Image.Image) -> np.ndarray:
     mode = strip.mode
     if mode in _SIXTEEN_BIT_MODES:  # Integer rounding (half up; v * 255 / (2^b - 1) is never exactly half).
       values = np.asarray(strip).astype(np.int64)
       return np.clip((values * 510 + self.full_scale) // (2 * self.full_scale), 0, 255).astype(np.uint8)
-    if mode == 'F':  # Floats in [0, 1].
-      return np.clip(np.rint(np.asarray(strip, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if mode == 'F':  # Floats on Pillow's 0..255 scale (checked by _float_range): rounded, as convert('F') made them.
+      return np.clip(np.rint(np.asarray(strip, dtype=np.float64)), 0, 255).astype(np.uint8)
     if mode in ('L', '1'):  # The rest of _GREY_MODES.
       return np.asarray(strip.convert('L'), dtype=np.uint8)
     if mode == 'P' and 'transparency' in strip.info:
@@ -205,8 +233,50 @@ class _Conversion:
     return np.asarray(strip.convert('RGB'), dtype=np.uint8)
 
 
+class AmbiguousFloatImageError(ValueError):
+  """A float (PIL mode F) image whose values are not plainly on the 0..255 scale lungjax reads floats on."""
+
+
+def float_range(image: Image.Image) -> tuple[float, float]:
+  """(min, max) of a PIL mode-F image, after checking that its values are on the 0..255 scale lungjax reads.
+
+  lungjax reads float images on Pillow's own scale, 0..255: what `Image.convert('F')` makes of an 8-bit image and
+  what `convert('L')` reads back, so `image.convert('L').convert('F')` decodes to the very pixels of the 8-bit image
+  (values are rounded to the nearest grey level). Refused (AmbiguousFloatImageError, saying what to do): any pixel
+  that is not finite (NaN, inf); values below 0 or above 255 (another scale: map them to 0..255 first); and images
+  whose values all lie in 0..1 with a maximum above 0, which are far more likely a [0, 1] image than a nearly
+  black 0..255 one (multiply by 255 first). Read strip by strip: no full-size float copy.
+  """
+  low, high, bad, total = np.inf, -np.inf, 0, 0
+  for _, strip in _strips(image):
+    values = np.asarray(strip, dtype=np.float32)
+    finite = np.isfinite(values)
+    bad += int(values.size - np.count_nonzero(finite))
+    total += values.size
+    if finite.any():
+      low, high = min(low, float(values[finite].min())), max(high, float(values[finite].max()))
+  if total == 0:
+    raise AmbiguousFloatImageError('a float (mode F) image with no pixels')
+  if bad:
+    raise AmbiguousFloatImageError(f'{bad} of {total} pixels of the float (mode F) image are not finite (NaN or '
+                                   'infinite): there is no picture to read there')
+  if low < 0 or high > 255:
+    raise AmbiguousFloatImageError(
+        f'float (mode F) values span {low:g}..{high:g}: lungjax reads float images on Pillow\'s 0..255 scale (as '
+        'convert(\'F\') makes them); map the values to 0..255 (or convert to an 8-bit \'L\' image) first')
+  if 0 < high <= 1:
+    raise AmbiguousFloatImageError(
+        f'float (mode F) values all lie in 0..1 (maximum {high:g}): lungjax reads float images on Pillow\'s 0..255 '
+        'scale (as convert(\'F\') makes them), where this is a nearly black image; if it is a [0, 1] image, '
+        'multiply it by 255 first (or convert to an 8-bit \'L\' image)')
+  return low, high
+
+
 def _conversion(image: Image.Image, significant_bits: int | None) -> _Conversion:
-  """The conversion of a loaded image (deep grey modes: scaled by sixteen_bit_scale of its maximum)."""
+  """The conversion of a loaded image (deep grey modes: scaled by sixteen_bit_scale of its maximum; mode F:
+  checked by float_range)."""
+  if image.mode == 'F':
+    float_range(image)
   if image.mode not in _SIXTEEN_BIT_MODES:
     return _Conversion(image.mode)
   try:
@@ -214,9 +284,18 @@ def _conversion(image: Image.Image, significant_bits: int | None) -> _Conversion
   except ValueError:  # Pillow has no extrema for I;16B: read the values a strip at a time.
     values = [np.asarray(strip) for _, strip in _strips(image)]
     minimum, maximum = min(int(v.min()) for v in values), max(int(v.max()) for v in values)
-  full_scale, note = sixteen_bit_scale(maximum, significant_bits)
-  span = max(int(maximum), 0) - max(int(minimum), 0)
-  return _Conversion(image.mode, full_scale, span, f'{image.mode} data scaled as {note}')
+  if significant_bits:
+    full_scale, note = sixteen_bit_scale(maximum, significant_bits)
+    clipped = 0
+  else:
+    thresholds = np.asarray([(1 << b) - 1 for b in COMMON_BIT_DEPTHS], np.int64)
+    counts = np.zeros(len(thresholds), np.int64)
+    for _, strip in _strips(image):
+      values = np.asarray(strip).reshape(-1)
+      counts += np.count_nonzero(values[:, None] > thresholds[None, :], axis=0) if values.size else 0
+    full_scale, note, clipped = robust_sixteen_bit_scale(maximum, counts.tolist(), image.width * image.height)
+  span = min(max(int(maximum), 0), full_scale) - max(int(minimum), 0)
+  return _Conversion(image.mode, full_scale, span, f'{image.mode} data scaled as {note}', clipped)
 
 
 def _strips(image: Image.Image) -> Iterator[tuple[int, Image.Image]]:
@@ -238,9 +317,13 @@ def to_rgb_uint8(image: Image.Image, significant_bits: int | None = None) -> np.
   """Converts a PIL image of any mode to an HxWx3 uint8 array (EXIF rotation applied, alpha over black).
 
   Deep grey images (I;16*, I) are scaled by sixteen_bit_scale: `significant_bits` is the PNG's sBIT, read from the
-  image's file when not given (pass it for an image opened from bytes that are no longer open). Mode F is taken as
-  [0, 1]. Works strip by strip: no full-size float copy. load_image hashes exactly these pixels.
+  image's file when not given (pass it for an image opened from bytes that are no longer open). Mode F (float) is
+  read on Pillow's 0..255 scale and rounded; non-finite, out-of-range and all-in-0..1 float images are refused (see
+  float_range). An image with no pixels (0 x N) is refused (ValueError). Works strip by strip: no full-size float
+  copy. load_image hashes exactly these pixels.
   """
+  if image.width == 0 or image.height == 0:
+    raise ValueError(f'a {image.width}x{image.height} image has no pixels')
   if significant_bits is None and image.mode in _SIXTEEN_BIT_MODES:
     significant_bits = _significant_bits_of(image)
   image = _upright(image)
@@ -336,6 +419,8 @@ def _warnings(width: int, height: int, eight_bit: _EightBit) -> tuple[str, ...]:
   span = max(high - low for low, high in eight_bit.extrema)
   conversion = eight_bit.conversion
   scaled = f' ({conversion.note})' if conversion.note else ''
+  if conversion.clipped:
+    warnings.append(f'saturated outliers: {conversion.clipped} pixel(s) clipped to white{scaled}')
   if span == 0:
     warnings.append(f'blank: every pixel is {lows[0] if len(lows) == 1 else lows}{scaled}')
   elif conversion.full_scale and conversion.span < conversion.full_scale * LOW_RANGE_FRACTION:
@@ -369,6 +454,8 @@ def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
     if os.path.getsize(path) == 0:  # Inside the try: a dangling link or a file gone since the scan is named too.
       raise BadImageError(path, 'the file is empty')
     with open_image(path) as image:
+      if image.width == 0 or image.height == 0:
+        raise BadImageError(path, f'a {image.width}x{image.height} image has no pixels')
       if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float('inf')):  # Pillow only warns up to 2x.
         raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
                                            f'={Image.MAX_IMAGE_PIXELS}')
@@ -385,7 +472,7 @@ def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
         grey = source if source.mode == 'L' else source.convert('L')
         thumbnail = grey.resize((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.BILINEAR)
         del grey, source
-        warnings = _warnings(width, height, eight_bit)
+        warnings = tuple(image.info.get(WARNINGS_INFO_KEY, ())) + _warnings(width, height, eight_bit)
   except BadImageError:
     raise
   except Image.DecompressionBombError as error:
