@@ -101,7 +101,7 @@ def test_claim_outputs_refuses_inputs_duplicates_links_and_foreign_manifests(tmp
     workdir.claim_outputs(folder, ['b.png', './b.png'])
   (tmp_path / 'elsewhere.png').write_bytes(b'theirs')
   os.symlink(tmp_path / 'elsewhere.png', tmp_path / 'c.png')
-  with pytest.raises(workdir.ForeignFileError, match='c.png.*lungjax did not write it'):
+  with pytest.raises(workdir.ForeignFileError, match='c.png.*symbolic link'):
     workdir.claim_outputs(folder, ['c.png'])
   paths = workdir.claim_outputs(folder, ['sub/d.png'])
   assert paths == [os.path.join(folder, 'sub', 'd.png')]
@@ -347,4 +347,5 @@ def test_write_atomic_replaces_whole_files_and_never_writes_through_a_link(tmp_p
   with pytest.raises(FileExistsError, match='symbolic link'):
     workdir.write_atomic(str(link), 'overwritten?')
   assert users.read_text() == 'mine'
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['metrics.json', 'report.md', 'users_file.txt']
+  assert sorted(p.name for p in tmp_path.iterdir()) == [workdir.MANIFEST, 'metrics.json', 'report.md',
+                                                        'users_file.txt']
