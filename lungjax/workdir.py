@@ -304,6 +304,26 @@ def _replace_atomically(path: str, data: bytes) -> None:
     raise
 
 
+def _link_new(path: str, data: bytes) -> None:
+  """Writes a whole temporary file and hard-links it at path: FileExistsError when anything is there already."""
+  folder, name = os.path.split(os.path.abspath(path))
+  temporary = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}')
+  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    try:
+      os.link(temporary, path, follow_symlinks=False)
+    except FileExistsError as error:
+      raise FileExistsError(f'{path!r} already exists: lungjax writes only a new file there and never overwrites '
+                            'one') from error
+  finally:
+    with contextlib.suppress(OSError):
+      os.unlink(temporary)
+
+
 def _write_manifest(folder: str, record: dict[str, set[str]]) -> None:
   _replace_atomically(os.path.join(folder, MANIFEST), (json.dumps(
       {'written_by': _WRITER, 'files': sorted(record['files']), 'pending': sorted(record['pending'] - record['files'])},
@@ -400,16 +420,20 @@ def claim_outputs(folder: str, relative_paths: Iterable[str], inputs: Iterable[s
   return paths
 
 
-def write_bytes(path: str, data: bytes, *, root: str | None = None) -> str:
+def write_bytes(path: str, data: bytes, *, root: str | None = None, exclusive: bool = False) -> str:
   """Writes data to path under the output folder root (default: path's folder) by the rule above; returns path.
 
   ForeignFileError names a path lungjax may not write: outside root or through a link below it, a link, not a
-  regular file, or a file lungjax did not write.
+  regular file, or a file lungjax did not write. exclusive: only a new file (audit --strip's copies): whatever is
+  at path, lungjax's or not, is a FileExistsError naming it; such files need no manifest (nothing is replaced).
   """
   root = os.path.dirname(os.path.abspath(path)) if root is None else root
   relative = relative_inside(path, root)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   relative_inside(path, root)  # A link planted while the folders were made.
+  if exclusive:
+    _link_new(path, data)
+    return path
   with _manifest_of(root) as record:
     _check_writable(path, relative, record['files'] | record['pending'])
     if relative not in record['files']:
