@@ -493,10 +493,12 @@ def copy_targets(path: str, folder: str, strip_dir: str) -> tuple[str, str]:
 
 def check_strip_targets(paths: Sequence[str], folder_paths: Sequence[str], folder_N: np.ndarray,
                         strip_dir: str) -> None:
-  """Raises FileExistsError, before anything is decoded or written, if a clean copy would land on an existing path."""
-  existing = sorted({target for path, f in zip(paths, folder_N) for target in copy_targets(path, folder_paths[f],
-                                                                                             strip_dir)
-                     if os.path.lexists(target)})
+  """Raises FileExistsError, before anything is decoded or written, if a clean copy would land on an existing path;
+  ForeignFileError if one would leave strip_dir or pass through a symbolic link inside it (workdir.relative_inside)."""
+  targets = {target for path, f in zip(paths, folder_N) for target in copy_targets(path, folder_paths[f], strip_dir)}
+  for target in sorted(targets):
+    workdir_lib.relative_inside(target, strip_dir)
+  existing = sorted(target for target in targets if os.path.lexists(target))
   if existing:
     more = f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''
     raise FileExistsError(f'--strip={strip_dir!r}: {existing[0]!r}{more} already exists; clean copies are written only '
@@ -566,6 +568,8 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
   folder_N = np.asarray([i for i, (found, _, _) in enumerate(listed) for _ in found], np.int64)
   if strip_dir is not None:
     check_strip_targets(paths, folder_paths, folder_N, strip_dir)
+  # Before any work: a user's own audit.json, pairs.png or drop_list.txt there is never replaced.
+  workdir_lib.claim_outputs(out_dir, ['audit.json', 'pairs.png'] + (['drop_list.txt'] if drop_index is not None else []))
   audits = audit_files(paths, threads)
   decoded = [i for i, audit in enumerate(audits) if audit.error is None]
   thumbnails_ND = np.zeros((len(decoded), images.THUMBNAIL_SIZE**2), np.float32)
