@@ -14,7 +14,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import io
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
-from lungjax import progress  # pylint: disable=g-import-not-at-top
+from lungjax import progress, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 from lungjax.data import dicom, duplicates, folders, images, metadata as metadata_lib  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -217,38 +216,32 @@ def stripped_bytes(data: bytes) -> bytes:
   return b''.join(data[p.start:p.end] for p in pieces if p.keep)
 
 
-def _create(path: str) -> io.BufferedWriter:
-  """Opens a new file for writing; FileExistsError names it if it exists (a clean copy never overwrites a file)."""
-  try:
-    return open(path, 'xb')
-  except FileExistsError as error:
-    raise FileExistsError(f'{path!r} already exists: --strip writes only new files and never overwrites one') from error
-
-
-def _save_pixels_png(pixels_HWC: np.ndarray, path: str) -> None:
-  """Saves decoded RGB pixels as a lossless PNG with no metadata (greyscale when the channels agree)."""
+def _save_pixels_png(pixels_HWC: np.ndarray, path: str, root: str | None = None) -> None:
+  """Saves decoded RGB pixels as a new lossless PNG with no metadata (greyscale when the channels agree)."""
   grey = bool((pixels_HWC == pixels_HWC[..., :1]).all())
-  with _create(path) as f:
-    Image.fromarray(pixels_HWC[..., 0] if grey else pixels_HWC).save(f, format='PNG')
+  buffer = io.BytesIO()
+  Image.fromarray(pixels_HWC[..., 0] if grey else pixels_HWC).save(buffer, format='PNG')
+  workdir_lib.write_bytes(path, buffer.getvalue(), root=root, exclusive=True)
 
 
-def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: int) -> dict[str, str]:
+def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: int,
+                     root: str | None = None) -> dict[str, str]:
   """Writes `path` without metadata so it decodes to `pixel_hash`: 'copied', 'stripped' bytewise, or 'png';
   'dicom' for a DICOM file (dicom.write_stripped_copy: identifying tags removed, pixel data untouched).
 
   A file that lungjax rotates (EXIF/XMP orientation), or that bytewise removal would change, becomes a lossless
   PNG of its decoded pixels at copy_path + '.png' (unless it already ends in .png). Only new files are written:
-  FileExistsError names a copy path that exists (see copy_targets).
+  FileExistsError names a copy path that exists (see copy_targets); ForeignFileError one that would leave the
+  output folder `root` (--strip) or pass through a symbolic link below it (workdir.write_bytes).
   """
   if dicom.is_dicom_path(path):  # Tags removed, pixel data untouched: the copy must decode to the same pixels.
-    removed = dicom.write_stripped_copy(path, copy_path)
+    removed = dicom.write_stripped_copy(path, copy_path, root)
     if images.load_image(copy_path, 1).pixel_hash != pixel_hash:
       raise RuntimeError(f'the DICOM copy {copy_path!r} of {path!r} does not decode to the same pixels')
     return {'copy': copy_path, 'method': 'dicom', 'why': f'removed {", ".join(removed) or "no identifying tags"}; '
             'instance UIDs replaced by one-way hashes; PatientIdentityRemoved set'}
   with open(path, 'rb') as f:
     data = f.read()
-  os.makedirs(os.path.dirname(copy_path) or '.', exist_ok=True)
   why = f'orientation {orientation} (EXIF/XMP): lungjax rotates the stored pixels' if orientation != 1 else ''
   if not why:
     try:
@@ -256,8 +249,7 @@ def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: in
     except ValueError as error:
       why = f'cannot parse the file ({error})'
   if not why:
-    with _create(copy_path) as f:
-      f.write(clean)
+    workdir_lib.write_bytes(copy_path, clean, root=root, exclusive=True)
     if clean == data:
       return {'copy': copy_path, 'method': 'copied'}
     if images.load_image(copy_path, 1).pixel_hash == pixel_hash:
@@ -267,7 +259,7 @@ def write_clean_copy(path: str, copy_path: str, pixel_hash: str, orientation: in
   png_path = copy_path if copy_path.lower().endswith('.png') else copy_path + '.png'
   with Image.open(path, formats=images.PIL_FORMATS) as image:
     image.load()
-    _save_pixels_png(images.to_rgb_uint8(image), png_path)
+    _save_pixels_png(images.to_rgb_uint8(image), png_path, root)
   if images.load_image(png_path, 1).pixel_hash != pixel_hash:
     raise RuntimeError(f'could not write a pixel-identical copy of {path!r} at {png_path!r}')
   return {'copy': png_path, 'method': 'png', 'why': why}
@@ -450,7 +442,7 @@ def plot_pairs(pairs: Sequence[duplicates.CopyPair], labels: Sequence[str], prev
   more = f' (the first {max_pairs} shown)' if len(pairs) > max_pairs else ''
   fig.suptitle(f'{len(pairs)} flagged pairs{more}', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=100, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -501,10 +493,12 @@ def copy_targets(path: str, folder: str, strip_dir: str) -> tuple[str, str]:
 
 def check_strip_targets(paths: Sequence[str], folder_paths: Sequence[str], folder_N: np.ndarray,
                         strip_dir: str) -> None:
-  """Raises FileExistsError, before anything is decoded or written, if a clean copy would land on an existing path."""
-  existing = sorted({target for path, f in zip(paths, folder_N) for target in copy_targets(path, folder_paths[f],
-                                                                                             strip_dir)
-                     if os.path.lexists(target)})
+  """Raises FileExistsError, before anything is decoded or written, if a clean copy would land on an existing path;
+  ForeignFileError if one would leave strip_dir or pass through a symbolic link inside it (workdir.relative_inside)."""
+  targets = {target for path, f in zip(paths, folder_N) for target in copy_targets(path, folder_paths[f], strip_dir)}
+  for target in sorted(targets):
+    workdir_lib.relative_inside(target, strip_dir)
+  existing = sorted(target for target in targets if os.path.lexists(target))
   if existing:
     more = f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''
     raise FileExistsError(f'--strip={strip_dir!r}: {existing[0]!r}{more} already exists; clean copies are written only '
@@ -521,7 +515,7 @@ def write_clean_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str],
       written.append({'path': display_path(audit.path), 'method': 'skipped', 'why': audit.error})
       continue
     copy_path, _ = copy_targets(audit.path, folder, strip_dir)
-    row = write_clean_copy(audit.path, copy_path, audit.pixel_hash, audit.orientation)
+    row = write_clean_copy(audit.path, copy_path, audit.pixel_hash, audit.orientation, strip_dir)
     written.append({'path': display_path(audit.path), **row, 'copy': display_path(row['copy'])})
   return {'out_dir': display_path(strip_dir),
           'methods': dict(sorted(collections.Counter(row['method'] for row in written).items())),
@@ -574,6 +568,8 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
   folder_N = np.asarray([i for i, (found, _, _) in enumerate(listed) for _ in found], np.int64)
   if strip_dir is not None:
     check_strip_targets(paths, folder_paths, folder_N, strip_dir)
+  # Before any work: a user's own audit.json, pairs.png or drop_list.txt there is never replaced.
+  workdir_lib.claim_outputs(out_dir, ['audit.json', 'pairs.png'] + (['drop_list.txt'] if drop_index is not None else []))
   audits = audit_files(paths, threads)
   decoded = [i for i, audit in enumerate(audits) if audit.error is None]
   thumbnails_ND = np.zeros((len(decoded), images.THUMBNAIL_SIZE**2), np.float32)
@@ -604,8 +600,7 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
     dropped = [display_path(paths[i]) for i in copies_of_other_folders(pairs, folder_N, drop_index)]
     report['drop_from'] = display_path(folder_paths[drop_index])
     report['drop_list'] = dropped
-    with open(os.path.join(out_dir, 'drop_list.txt'), 'w') as f:
-      f.writelines(path + '\n' for path in dropped)
+    workdir_lib.write_text(os.path.join(out_dir, 'drop_list.txt'), ''.join(path + '\n' for path in dropped))
   if strip_dir is not None:
     report['strip'] = write_clean_copies(audits, folder_paths, folder_N, strip_dir)
   n_unreadable = sum(len(stats['unreadable']) for stats in report['folders'])
@@ -615,9 +610,7 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
       'n_unreadable': n_unreadable,
       'n_exact_pairs': sum(p.kind == 'exact' for p in pairs), 'n_near_pairs': sum(p.kind == 'near' for p in pairs),
       'n_files_with_metadata': len(report['metadata'])}
-  with open(os.path.join(out_dir, 'audit.json'), 'w') as f:
-    json.dump(report, f, indent=2)
-    f.write('\n')
+  workdir_lib.write_json(os.path.join(out_dir, 'audit.json'), report)
   names = [os.path.join(os.path.basename(os.path.realpath(folder_paths[f])), os.path.relpath(path, folder_paths[f]))
            for path, f in zip(paths, folder_N)]
   plot_pairs(pairs, names, [a.preview_HW for a in audits], os.path.join(out_dir, 'pairs.png'))

@@ -34,6 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image
 
+from lungjax import workdir as workdir_lib
 from lungjax.data import loading, pipeline
 
 matplotlib.use('Agg')
@@ -424,14 +425,11 @@ def write_grid(config: ml_collections.ConfigDict, out: str, seed: int) -> str:
 
 
 def _save_png(fig: plt.Figure, out: str) -> None:
-  """Saves the figure to `out` through a temporary name and os.replace (never through a link)."""
-  if os.path.islink(out):
-    raise ValueError(f'{out} is a symbolic link: lungjax does not write through links')
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  partial = f'{out}.partial.png'
-  fig.savefig(partial, dpi=100, metadata={'Software': None})
-  plt.close(fig)
-  os.replace(partial, out)
+  """Saves the figure to `out` by workdir.write_figure (atomic; never through a link nor over a foreign file)."""
+  try:
+    workdir_lib.write_figure(out, fig, dpi=100, metadata={'Software': None})
+  finally:
+    plt.close(fig)
 
 
 # The rows of the per-op grid: (title, the probability field that turns the op on).

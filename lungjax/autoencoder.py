@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from jax.sharding import Mesh
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import checkpoints, mesh as mesh_lib
+from lungjax import checkpoints, mesh as mesh_lib, workdir as workdir_lib
 from lungjax.data import folders, images, loading, pipeline, preprocess
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
 
@@ -168,8 +167,7 @@ def _check_settings(config: ml_collections.ConfigDict, workdir: str, has_checkpo
                        'use another --workdir, or delete that folder to retrain stage 1')
   elif not has_checkpoint:
     os.makedirs(stage_dir(workdir), exist_ok=True)
-    with open(path, 'w') as f:
-      json.dump(current, f, indent=2)
+    workdir_lib.write_json(path, current)
 
 
 def is_finished(config: ml_collections.ConfigDict, workdir: str) -> bool:
@@ -312,7 +310,7 @@ def plot_reconstructions(inputs_NHWC: np.ndarray, outputs_NHWC: np.ndarray, path
       ax.set_yticks([])
     axes[row, 0].set_ylabel(label, fontsize=8)
   fig.suptitle(title, fontsize=9)
-  fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=100, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -320,15 +318,16 @@ def write_outputs(config: ml_collections.ConfigDict, workdir: str, result: Stage
                   grid_NHWC: np.ndarray) -> None:
   """Writes history.json and reconstructions.png (inputs above, reconstructions below), copied to the workdir."""
   out_dir = stage_dir(workdir)
-  with open(os.path.join(out_dir, 'history.json'), 'w') as f:
-    json.dump({'epochs': result.history, 'n_images': result.n_images, 'num_steps': result.num_steps}, f, indent=2)
+  workdir_lib.write_json(os.path.join(out_dir, 'history.json'),
+                         {'epochs': result.history, 'n_images': result.n_images, 'num_steps': result.num_steps})
   reconstructions_NHWC = jax.jit(create_model(config).apply)({'params': result.params}, jnp.asarray(grid_NHWC))
   outputs_NHWC = np.clip(np.rint(np.asarray(reconstructions_NHWC) * 255.0), 0, 255).astype(np.uint8)
   path = os.path.join(out_dir, 'reconstructions.png')
   mse = result.history[-1]['mse'] if result.history else float('nan')
   plot_reconstructions(grid_NHWC, outputs_NHWC, path, f'{config.name}: autoencoder reconstructions '
                        f'(last epoch MSE {mse:.4f})')
-  shutil.copyfile(path, os.path.join(workdir, 'reconstructions.png'))
+  with open(path, 'rb') as f:
+    workdir_lib.write_bytes(os.path.join(workdir, 'reconstructions.png'), f.read())
 
 
 def encoder_mask(params: dict[str, Any]) -> Any:

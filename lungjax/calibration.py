@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lungjax import metrics as metrics_lib
+from lungjax import metrics as metrics_lib, workdir as workdir_lib
 from lungjax.metrics import apply_temperature, fit_temperature  # Kept in metrics.py; served from here too.
 
 METHOD = 'temperature scaling'
@@ -117,9 +117,7 @@ def path(workdir: str) -> str:
 
 def write(workdir: str, calibration: dict[str, Any]) -> None:
   """Writes the record to workdir/calibration.json."""
-  with open(path(workdir), 'w') as f:
-    json.dump(calibration, f, indent=2)
-    f.write('\n')
+  workdir_lib.write_json(path(workdir), calibration)
 
 
 def read(workdir: str) -> dict[str, Any] | None:
@@ -127,8 +125,7 @@ def read(workdir: str) -> dict[str, Any] | None:
   file = path(workdir)
   if not os.path.exists(file):
     return None
-  with open(file) as f:
-    calibration = json.load(f)
+  calibration = workdir_lib.read_json(file)
   temperature = calibration.get('temperature')
   if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature <= 0:
     raise ValueError(f'{file}: temperature={temperature!r} is not a finite number > 0')

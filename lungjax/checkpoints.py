@@ -29,7 +29,7 @@ from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from lungjax import fingerprint as fingerprint_lib
+from lungjax import fingerprint as fingerprint_lib, workdir as workdir_lib
 from lungjax.steps import TrainState
 
 ITEMS = ('state', 'data_iter', 'history', 'integrity')
@@ -95,8 +95,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} not found: --workdir must be a folder that lungjax.main trained in')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(workdir_lib.read_json(path))  # CorruptFileError names a cut config.json.
 
 
 def _covers(paths: Sequence[str], field: str) -> bool:

@@ -27,7 +27,7 @@ import scipy.stats
 from absl import app, flags  # pylint: disable=g-multiple-import
 
 from lungjax import checkpoints, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib
-from lungjax import steps
+from lungjax import steps, workdir as workdir_lib
 from lungjax.data import folders, loading, metadata as metadata_lib, preprocess
 
 CONFIDENCE = 0.95
@@ -266,10 +266,8 @@ def write_outputs(result: dict[str, Any], out_dir: str) -> dict[str, str]:
   for path in paths.values():
     _check_ours(path)
   os.makedirs(out_dir, exist_ok=True)
-  with open(paths['compare.json'], 'w') as f:
-    json.dump({'tool': TOOL, **result}, f, indent=2)
-  with open(paths['compare.md'], 'w') as f:
-    f.write(markdown(result))
+  workdir_lib.write_json(paths['compare.json'], {'tool': TOOL, **result})
+  workdir_lib.write_text(paths['compare.md'], markdown(result))
   return paths
 
 

@@ -136,8 +136,7 @@ def summarise_runs(config: ml_collections.ConfigDict, runs: dict[str, final_eval
       report_html.write_report_html(os.path.join(out_dir, 'pooled'), pooled, f'{title}, {what}', plots)
   if distributed.is_main_process():
     report.write_metrics_json(result, os.path.join(out_dir, 'metrics.json'))
-    with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-      f.write(runs_markdown(result, title))
+    workdir_lib.write_text(os.path.join(out_dir, 'report.md'), runs_markdown(result, title))
   logging.info('%s: %s', title, ', '.join(f'{k} {v["mean"]:.3f} ± {v["std"]:.3f}'
                                           for k, v in result['summary'].items() if k.startswith(('acc', 'macro'))))
   return result

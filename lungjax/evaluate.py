@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, report_html, steps
 from lungjax import calibration as calibration_lib, distributed, inference, model_card, progress
+from lungjax import workdir as workdir_lib
 from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, preprocess, sources as sources_lib
 
 
@@ -147,11 +149,12 @@ def subgroup_tables(labels_N: np.ndarray, probabilities_NC: np.ndarray,
 def write_predictions(decoded: images.DecodedImages, probabilities_NC: np.ndarray, classes: tuple[str, ...],
                       path: str) -> None:
   """Writes one CSV row per image: file, true class, predicted class, and each class's probability."""
-  with open(path, 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(['file', 'true', 'predicted', *classes])
-    for file, label, row in zip(decoded.paths, decoded.labels_N, probabilities_NC):
-      writer.writerow([file, classes[label], classes[int(np.argmax(row))], *(f'{p:.6f}' for p in row)])
+  text = io.StringIO(newline='')
+  writer = csv.writer(text)
+  writer.writerow(['file', 'true', 'predicted', *classes])
+  for file, label, row in zip(decoded.paths, decoded.labels_N, probabilities_NC):
+    writer.writerow([file, classes[label], classes[int(np.argmax(row))], *(f'{p:.6f}' for p in row)])
+  workdir_lib.write_text(path, text.getvalue())
 
 
 def read_predictions(path: str, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -34,10 +33,10 @@ def overlay(pixels_HWC: np.ndarray, heatmap_HW: np.ndarray) -> np.ndarray:
   return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def save_overlay(pixels_HWC: np.ndarray, heatmap_HW: np.ndarray, path: str) -> None:
-  """Writes the overlay as a PNG without metadata, creating its folder."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  Image.fromarray(overlay(pixels_HWC, heatmap_HW)).save(path, format='PNG')
+def save_overlay(pixels_HWC: np.ndarray, heatmap_HW: np.ndarray, path: str, root: str | None = None) -> None:
+  """Writes the overlay as a PNG without metadata under the output folder root (workdir.write_image: atomic,
+  listed in root's manifest once whole, never through a link nor outside root), creating its folder."""
+  workdir_lib.write_image(path, Image.fromarray(overlay(pixels_HWC, heatmap_HW)), root=root)
 
 
 def overlay_names(relative_paths: Sequence[str]) -> list[str]:
@@ -95,7 +94,7 @@ def plot_gallery(overlays_NHWC: np.ndarray, titles: Sequence[str], colours: Sequ
       shortened = '\n'.join(middle_ellipsis(line, limit) for line in titles[index].split('\n'))
       ax.set_title(shortened, fontsize=GALLERY_TITLE_POINTS, color=colours[index])
   fig.suptitle(title, fontsize=9)
-  fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=100, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -158,7 +157,7 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
     label = int(decoded.labels_N[index])
     target = predicted if explained < 0 else explained
     overlay_path = os.path.join(out_dir, overlay_name)
-    save_overlay(decoded.images_NHWC[index], heatmaps_NHW[index], overlay_path)
+    save_overlay(decoded.images_NHWC[index], heatmaps_NHW[index], overlay_path, root=out_dir)
     rows.append({'file': path, 'overlay': overlay_path, 'true': classes[label] if label >= 0 else None,
                  'predicted': classes[predicted], 'confidence': float(probs_NC[index, predicted]),
                  'explained_class': classes[target]})
@@ -182,9 +181,7 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
       'images': rows}
   if summary['labelled']:
     summary['accuracy'] = float(np.mean(probs_NC.argmax(axis=-1) == decoded.labels_N))
-  with open(os.path.join(out_dir, 'explain.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-    f.write('\n')
+  workdir_lib.write_json(os.path.join(out_dir, 'explain.json'), summary)
   logging.info('explained %d images of %s with Grad-CAM of %s → %s', len(rows), folder, config.explain.layer,
                out_dir)
   return summary

@@ -16,7 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import calibration as calibration_lib, distributed, evaluate, inference, model_card, report, report_html
-from lungjax import steps
+from lungjax import steps, workdir as workdir_lib
 from lungjax.data import loading
 from lungjax.models import create_model
 
@@ -112,8 +112,7 @@ def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summ
                                              calibration, training=data.train_folder.decoded, page=page)
     summary['evaluations'][name] = _evaluation_entry(metrics, out_dir)
   if distributed.is_main_process():
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    workdir_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
     model_card.write_model_card(workdir, config, summary, run_fingerprint, data)
   distributed.barrier('train_and_evaluate')  # Every process returns once process 0's files are written.
   return RunSummary(summary, validation)

@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from lungjax import workdir as workdir_lib
 from lungjax.data import preprocess
 
 JSON_NAME = 'model_card.json'
@@ -55,8 +56,7 @@ def git_commit() -> str | None:
 def _read_json(path: str) -> dict[str, Any] | None:
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return workdir_lib.read_json(path)  # CorruptFileError names a card cut short.
 
 
 def _counts(labels_N: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
@@ -223,11 +223,8 @@ def write_model_card(workdir: str, config: ml_collections.ConfigDict, summary: d
                      run_fingerprint: dict[str, Any], data: Any) -> dict[str, Any]:
   """Writes workdir/model_card.json and MODEL_CARD.md (replacing an earlier run's); returns the card."""
   card = model_card(workdir, config, summary, run_fingerprint, data)
-  with open(os.path.join(workdir, JSON_NAME), 'w') as f:
-    json.dump(card, f, indent=2)
-    f.write('\n')
-  with open(os.path.join(workdir, MARKDOWN_NAME), 'w') as f:
-    f.write(card_markdown(card))
+  workdir_lib.write_json(os.path.join(workdir, JSON_NAME), card)
+  workdir_lib.write_text(os.path.join(workdir, MARKDOWN_NAME), card_markdown(card))
   return card
 
 
@@ -241,9 +238,11 @@ def append_evaluation(workdir: str, metrics: dict[str, Any], name: str) -> dict[
   entry = {'name': name, **headline(metrics),
            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
   card.setdefault('evaluations', []).append(entry)
-  with open(json_path, 'w') as f:
-    json.dump(card, f, indent=2)
-    f.write('\n')
-  with open(os.path.join(workdir, MARKDOWN_NAME), 'a') as f:
-    f.write(evaluation_markdown(entry))
+  workdir_lib.write_json(json_path, card)  # Whole or not at all: a full disk leaves the old card.
+  markdown_path = os.path.join(workdir, MARKDOWN_NAME)
+  markdown = ''
+  if os.path.isfile(markdown_path) and not os.path.islink(markdown_path):
+    with open(markdown_path, encoding='utf-8', errors='surrogateescape') as f:
+      markdown = f.read()
+  workdir_lib.write_text(markdown_path, markdown + evaluation_markdown(entry))
   return entry

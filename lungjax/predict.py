@@ -41,7 +41,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
     if not os.path.isdir(given):
       listed.append((given, os.path.basename(given)))
       continue
-    top = os.path.basename(os.path.normpath(given))
+    top = os.path.basename(os.path.abspath(given))  # '..' names the parent: no overlay lands above gradcam_dir.
     found = []
     for dirpath, dirnames, filenames in os.walk(given):
       dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
@@ -101,7 +101,7 @@ def predict_files(model: inference.Model, files: Sequence[tuple[str, str]], *,
           line['warnings'] = list(warnings[index])
         if gradcam_dir:
           line['gradcam'] = os.path.join(gradcam_dir, names[start + index])
-          explain.save_overlay(pixels[index], heatmaps_BHW[row], line['gradcam'])
+          explain.save_overlay(pixels[index], heatmaps_BHW[row], line['gradcam'], root=gradcam_dir)
         yield line
 
 

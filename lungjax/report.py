@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import metrics as metrics_lib
+from lungjax import metrics as metrics_lib, workdir as workdir_lib
 
 # The study's goals, in its order of importance: each must exceed 0.90.
 STUDY_GOALS = (('macro recall', ('macro_avg', 'recall')), ('macro F1', ('macro_avg', 'f1')),
@@ -49,9 +49,7 @@ def _with_interval(value: float | None, interval: Sequence[float] | None) -> str
 
 def write_metrics_json(metrics: dict[str, Any], path: str) -> None:
   """Writes the metrics dict as indented JSON."""
-  with open(path, 'w') as f:
-    json.dump(metrics, f, indent=2)
-    f.write('\n')
+  workdir_lib.write_json(path, metrics)
 
 
 def _uncertainty_markdown(metrics: dict[str, Any]) -> list[str]:
@@ -317,7 +315,7 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: str, title: str) -> Non
   ax.set_ylabel('true')
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=120, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -334,7 +332,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=120, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -354,7 +352,7 @@ def plot_roc(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequen
   ax.grid(alpha=0.3)
   ax.legend(loc='lower right', fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=120, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -375,7 +373,7 @@ def plot_pr(labels_N: np.ndarray, probabilities_NC: np.ndarray, classes: Sequenc
   ax.grid(alpha=0.3)
   ax.legend(loc='lower left', fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=120, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -398,7 +396,7 @@ def plot_reliability(labels_N: np.ndarray, probabilities_NC: np.ndarray, path: s
   ax.grid(alpha=0.3)
   ax.legend(loc='upper left', fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=120, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -418,6 +416,6 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str, labels_N
     plot_pr(labels_N, probabilities_NC, metrics['classes'], os.path.join(out_dir, 'pr.png'))
     plot_reliability(labels_N, probabilities_NC, os.path.join(out_dir, 'reliability.png'))
     plots += ['roc.png', 'pr.png', 'reliability.png']
-  with open(os.path.join(out_dir, 'report.md'), 'w') as f:  # After the plots it links to.
-    f.write(report_markdown(metrics, title, plots))
+  # After the plots it links to.
+  workdir_lib.write_text(os.path.join(out_dir, 'report.md'), report_markdown(metrics, title, plots))
   return plots

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from lungjax import checkpoints, evaluate, explain, inference, mesh as mesh_lib, metrics as metrics_lib
-from lungjax import steps
+from lungjax import steps, workdir as workdir_lib
 from lungjax.data import folders, loading
 
 matplotlib.use('Agg')
@@ -310,7 +310,7 @@ def plot_examples(tiles: Sequence[dict[str, Any]], rows: int, columns: int, box_
                                               edgecolor='white', linestyle='--', linewidth=0.8))
     ax.set_title(tile['title'], fontsize=7, color=tile['colour'])
   fig.suptitle(title, fontsize=9)
-  fig.savefig(path, dpi=100, metadata=_PNG_METADATA)
+  workdir_lib.write_figure(path, fig, dpi=100, metadata=_PNG_METADATA)
   plt.close(fig)
 
 
@@ -419,11 +419,8 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   plot_examples(tiles, len(present), EXAMPLES_PER_CLASS * len(VIEWS), box_pixels(height, width),
                 os.path.join(out_dir, 'shortcuts.png'),
                 f'{title}, checkpoint step {step}: as is, lungs hidden, lungs only (Grad-CAM of the predicted class)')
-  with open(os.path.join(out_dir, 'shortcuts.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-    f.write('\n')
-  with open(os.path.join(out_dir, 'shortcuts.md'), 'w') as f:
-    f.write(shortcuts_markdown(summary, title))
+  workdir_lib.write_json(os.path.join(out_dir, 'shortcuts.json'), summary)
+  workdir_lib.write_text(os.path.join(out_dir, 'shortcuts.md'), shortcuts_markdown(summary, title))
   logging.info('%s: as is %.3f, lungs hidden %.3f, lungs only %.3f (%s) → %s', title, views['as_is']['accuracy'],
                views['lungs_hidden']['accuracy'], views['lungs_only']['accuracy'],
                summary['verdict']['lungs_hidden'], out_dir)

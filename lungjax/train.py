@@ -75,8 +75,7 @@ def _write_run_files(config: ml_collections.ConfigDict, workdir: str, data: load
   """config.json (what eval, explain and predict rebuild the model from) and the training images' thumbnails (what
   eval looks for copies of training images in); process 0 only."""
   if distributed.is_main_process():
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdir_lib.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
     loading.save_training_thumbnails(loading.TrainingThumbnails.of(data.train_folder),
                                      loading.training_thumbnails_path(workdir))
 

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from lungjax import autoencoder, steps
+from lungjax import autoencoder, steps, workdir as workdir_lib
 
 
 def warm_start(config: ml_collections.ConfigDict, workdir: str, state: steps.TrainState, tx,
@@ -32,8 +32,7 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str, state: steps.Tra
   else:
     return state
   logging.info('warm start: %s', summary)
-  with open(os.path.join(workdir, 'warm_start.txt'), 'w') as f:
-    f.write(summary + '\n')
+  workdir_lib.write_text(os.path.join(workdir, 'warm_start.txt'), summary + '\n')
   params = variables['params']
   return state.replace(params=params, model_state={k: v for k, v in variables.items() if k != 'params'},
                        opt_state=tx.init(params))

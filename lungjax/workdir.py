@@ -8,9 +8,9 @@ lungjax never overwrites a file it did not write:
 - A training run holds `WORKDIR/.lock` (an exclusive flock, and the holder's pid and host in the file) until it
   ends: a second run on the same workdir fails at once (WorkdirBusyError names the holder). The kernel drops the
   lock of a process that died; its leftover file is taken over with a warning.
-- Output folders outside a workdir (predict --gradcam_dir) and explain's overlays folder keep a manifest,
-  `.lungjax-outputs.json`, of the files lungjax claimed there: a file that exists and is not in it, or that is one
-  of the inputs, is never written over (ForeignFileError names it).
+- Every file lungjax writes goes through write_bytes (see 'every file lungjax writes' below): atomic, never through
+  a symbolic link, never outside its output folder, never over a file lungjax did not write (the folder's
+  manifest, `.lungjax-outputs.json`, lists the files lungjax wrote there; ForeignFileError names a foreign one).
 
 Multi-host runs: only process 0 claims, locks and writes (the others compute).
 """
@@ -20,8 +20,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
+import pathlib
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -205,73 +207,268 @@ def owned(workdir: str) -> Iterator[None]:
     release_lock(workdir, fd)
 
 
-# ---- output files beside other people's files --------------------------------------------------------------------
+# ---- every file lungjax writes ----------------------------------------------------------------------------------
+#
+# One rule, one helper (write_bytes; write_text, write_json, write_figure, write_image wrap it). A file is written
+# under an output folder `root` (its own folder unless the caller names one):
+# - it lands inside root, reached through no symbolic link below root (a link there lungjax did not make would send
+#   it elsewhere), and is never a link itself nor anything but a regular file;
+# - it is never written over a file lungjax did not write: root's manifest (.lungjax-outputs.json) lists the files
+#   lungjax wrote there. A name is claimed ('pending') before its file is written and listed ('files') only after
+#   the file is whole; an existing file listed in neither is foreign (ForeignFileError names it). The first manifest
+#   of a folder inside a lungjax run (a workdir with .lungjax-run, written by a lungjax older than manifests) adopts
+#   the regular files already there: the run's folder is lungjax's;
+# - it is written as one unit: a temporary file beside it (created exclusively, never following a link), fsync,
+#   os.replace. A reader, or a process killed midway, sees the old file or the new one, never half of one.
+# read_json reads what these wrote: a file that is not valid JSON is CorruptFileError naming the file.
+
+_ADOPT_LEVELS = 3  # How far above root a lungjax run's marker makes root part of the run.
+_NOT_ADOPTED = ('checkpoints',)  # Orbax's folders: never files of this helper.
+
+
+class CorruptFileError(ValueError):
+  """A JSON file lungjax reads (model_card.json, metrics.json, config.json ...) is not valid: the message names it."""
+
+
+def read_json(path: str) -> Any:
+  """The JSON value in `path`; CorruptFileError naming the file when it is not valid JSON (cut short, edited)."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    return json.loads(data)
+  except ValueError as error:
+    raise CorruptFileError(f'{path} is not valid JSON ({error}; {len(data)} bytes): it was cut short or edited. '
+                           'Move it away (lungjax writes it again), or restore it') from None
+
+
+def _in_lungjax_run(folder: str) -> bool:
+  current = os.path.abspath(folder)
+  for _ in range(_ADOPT_LEVELS + 1):
+    if os.path.isfile(os.path.join(current, RUN_MARKER)):
+      return True
+    current = os.path.dirname(current)
+  return False
+
+
+def _read_manifest_record(folder: str) -> dict[str, set[str]] | None:
+  """{'files', 'pending'} of folder's manifest; None where it has none. ForeignFileError for one lungjax can't read."""
+  path = os.path.join(folder, MANIFEST)
+  if not os.path.lexists(path):
+    return None
+  try:
+    if os.path.islink(path):
+      raise ValueError('a symbolic link')
+    with open(path) as f:
+      manifest = json.load(f)
+    files, pending = manifest['files'], manifest.get('pending', [])
+    if manifest.get('written_by') != _WRITER or not isinstance(files, list) or not isinstance(pending, list):
+      raise ValueError('not a lungjax manifest')
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+    raise ForeignFileError(f'{path!r} is not a manifest lungjax can read ({error}): lungjax keeps the list of files '
+                           f'it wrote in {folder!r} there; move that file away') from error
+  return {'files': set(files), 'pending': set(pending)}
 
 
 def _read_manifest(folder: str) -> set[str]:
-  """The relative paths the folder's manifest lists (none when there is no manifest)."""
-  path = os.path.join(folder, MANIFEST)
-  if not os.path.lexists(path):
-    return set()
+  """The relative paths the folder's manifest lists, written or claimed (none when there is no manifest)."""
+  record = _read_manifest_record(folder)
+  return set() if record is None else record['files'] | record['pending']
+
+
+def _adopted(folder: str) -> set[str]:
+  """The regular files under a lungjax run's folder (relative paths; orbax's checkpoints/ and dot-files aside)."""
+  found = set()
+  for parent, dirs, names in os.walk(folder):
+    dirs[:] = [d for d in dirs if d not in _NOT_ADOPTED and not d.startswith('.')]
+    for name in names:
+      path = os.path.join(parent, name)
+      if not name.startswith('.') and os.path.isfile(path) and not os.path.islink(path):
+        found.add(os.path.relpath(path, folder))
+  return found
+
+
+def _replace_atomically(path: str, data: bytes) -> None:
+  """Writes data to a new temporary file beside path (exclusive, never following a link), fsyncs, renames it."""
+  folder, name = os.path.split(os.path.abspath(path))
+  temporary = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}')
+  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
   try:
-    with open(path) as f:
-      manifest = json.load(f)
-    files = manifest['files']
-    if manifest.get('written_by') != _WRITER or not isinstance(files, list):
-      raise ValueError('not a lungjax manifest')
-  except (OSError, ValueError, KeyError, TypeError) as error:
-    raise ForeignFileError(f'{path!r} is not a manifest lungjax can read ({error}): lungjax keeps the list of files '
-                           f'it wrote in {folder!r} there; move that file away') from error
-  return set(files)
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(temporary)
+    raise
+
+
+def _link_new(path: str, data: bytes) -> None:
+  """Writes a whole temporary file and hard-links it at path: FileExistsError when anything is there already."""
+  folder, name = os.path.split(os.path.abspath(path))
+  temporary = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}')
+  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    try:
+      os.link(temporary, path, follow_symlinks=False)
+    except FileExistsError as error:
+      raise FileExistsError(f'{path!r} already exists: lungjax writes only a new file there and never overwrites '
+                            'one') from error
+  finally:
+    with contextlib.suppress(OSError):
+      os.unlink(temporary)
+
+
+def _write_manifest(folder: str, record: dict[str, set[str]]) -> None:
+  _replace_atomically(os.path.join(folder, MANIFEST), (json.dumps(
+      {'written_by': _WRITER, 'files': sorted(record['files']), 'pending': sorted(record['pending'] - record['files'])},
+      indent=0) + '\n').encode())
+
+
+def relative_inside(path: str, root: str) -> str:
+  """path relative to root; ForeignFileError unless it is inside root, through no symbolic link below root, and
+  resolves inside root (Medium 4: '..' or a planted link never sends an output elsewhere)."""
+  relative = os.path.normpath(os.path.relpath(os.path.abspath(path), os.path.abspath(root)))
+  if relative in (os.curdir, os.pardir) or relative.startswith(os.pardir + os.sep) or os.path.isabs(relative):
+    raise ForeignFileError(f'{path!r} is outside the output folder {root!r}: lungjax writes only inside it')
+  current = os.path.abspath(root)
+  for part in relative.split(os.sep)[:-1]:
+    current = os.path.join(current, part)
+    if os.path.islink(current):
+      raise ForeignFileError(f'{current!r} inside the output folder {root!r} is a symbolic link: lungjax does not '
+                             'write through links it did not make')
+    if os.path.lexists(current) and not os.path.isdir(current):
+      raise ForeignFileError(f'{current!r} inside the output folder {root!r} is not a folder')
+  parent = pathlib.Path(os.path.realpath(os.path.dirname(os.path.abspath(path))))
+  if os.path.exists(parent) and not parent.is_relative_to(os.path.realpath(root)):
+    raise ForeignFileError(f'{path!r} resolves outside the output folder {root!r}')
+  return relative
+
+
+def make_folder(root: str, *parts: str) -> str:
+  """root/parts..., created, reached through no symbolic link below root (relative_inside); returns its path."""
+  folder = os.path.join(root, *parts)
+  relative_inside(os.path.join(folder, 'x'), root)
+  os.makedirs(folder, exist_ok=True)
+  relative_inside(os.path.join(folder, 'x'), root)  # A link planted while it was made.
+  return folder
+
+
+@contextlib.contextmanager
+def _manifest_of(root: str) -> Iterator[dict[str, set[str]]]:
+  """root's manifest record under an exclusive lock of root (two writers take turns); written back afterwards."""
+  os.makedirs(root, exist_ok=True)
+  dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    fcntl.flock(dir_fd, fcntl.LOCK_EX)
+    record = _read_manifest_record(root)
+    if record is None:
+      record = {'files': _adopted(root) if _in_lungjax_run(root) else set(), 'pending': set()}
+    before = {k: set(v) for k, v in record.items()}
+    yield record
+    if record != before or not os.path.exists(os.path.join(root, MANIFEST)):
+      _write_manifest(root, record)
+  finally:
+    os.close(dir_fd)
+
+
+def _check_writable(path: str, relative: str, listed: set[str], input_files: set[str] = frozenset()) -> None:
+  if os.path.realpath(path) in input_files:
+    raise ForeignFileError(f'{path!r} is one of the input images: lungjax never writes over an input; choose '
+                           'another output folder')
+  if os.path.islink(path):
+    raise ForeignFileError(f'{path!r} is a symbolic link lungjax did not make: lungjax never writes through a link; '
+                           'remove it')
+  if os.path.lexists(path) and not os.path.isfile(path):
+    raise ForeignFileError(f'{path!r} exists and is not a regular file: lungjax writes nothing over it')
+  if os.path.lexists(path) and relative not in listed:
+    raise ForeignFileError(f'{path!r} exists and lungjax did not write it (it is not in {MANIFEST} there): '
+                           'lungjax never overwrites it; move it away or choose another output folder')
 
 
 def claim_outputs(folder: str, relative_paths: Iterable[str], inputs: Iterable[str] = ()) -> list[str]:
-  """Checks and records, before anything is written, that lungjax may write these files under `folder`.
+  """Checks, before anything is computed, that lungjax may write these files under `folder` (the rule above), and
+  claims their names ('pending' in the manifest); returns their full paths.
 
-  Raises ForeignFileError naming the first path that is one of `inputs`, or that exists and is not in the
-  folder's manifest (lungjax did not write it); ValueError when two of them are the same file. Then adds them to
-  the manifest and returns their full paths. Only process 0 records (and writes the files).
+  Raises ForeignFileError naming the first path that is one of `inputs`, outside folder or through a link, or that
+  exists and is not lungjax's; ValueError when two of them are the same file. Only process 0 records.
   """
   relative_paths = [os.path.normpath(p) for p in relative_paths]
   paths = [os.path.join(folder, p) for p in relative_paths]
   input_files = {os.path.realpath(p) for p in inputs}
   seen: dict[str, str] = {}
-  listed = _read_manifest(folder)
   for relative, path in zip(relative_paths, paths):
+    relative_inside(path, folder)
     real = os.path.realpath(path)
     if real in seen:
       raise ValueError(f'two outputs would be the same file {path!r} ({seen[real]!r} and {relative!r})')
     seen[real] = relative
-    if real in input_files:
-      raise ForeignFileError(f'{path!r} is one of the input images: lungjax never writes over an input; choose '
-                             'another output folder')
-    if os.path.lexists(path) and (relative not in listed or os.path.islink(path) or not os.path.isfile(path)):
-      raise ForeignFileError(f'{path!r} exists and lungjax did not write it (it is not in {MANIFEST} there): '
-                             'lungjax never overwrites it; move it away or choose another output folder')
-  if distributed.is_main_process():
-    os.makedirs(folder, exist_ok=True)
-    manifest = os.path.join(folder, MANIFEST)
-    partial = f'{manifest}.tmp-{os.getpid()}'
-    with open(partial, 'w') as f:
-      json.dump({'written_by': _WRITER, 'files': sorted(listed | set(relative_paths))}, f, indent=0)
-      f.write('\n')
-    os.replace(partial, manifest)
+  if not distributed.is_main_process():
+    listed = _read_manifest(folder) if os.path.isdir(folder) else set()
+    for relative, path in zip(relative_paths, paths):
+      _check_writable(path, relative, listed, input_files)
+    return paths
+  with _manifest_of(folder) as record:
+    for relative, path in zip(relative_paths, paths):
+      _check_writable(path, relative, record['files'] | record['pending'], input_files)
+    record['pending'] |= set(relative_paths) - record['files']
   return paths
 
 
+def write_bytes(path: str, data: bytes, *, root: str | None = None, exclusive: bool = False) -> str:
+  """Writes data to path under the output folder root (default: path's folder) by the rule above; returns path.
+
+  ForeignFileError names a path lungjax may not write: outside root or through a link below it, a link, not a
+  regular file, or a file lungjax did not write. exclusive: only a new file (audit --strip's copies): whatever is
+  at path, lungjax's or not, is a FileExistsError naming it; such files need no manifest (nothing is replaced).
+  """
+  root = os.path.dirname(os.path.abspath(path)) if root is None else root
+  relative = relative_inside(path, root)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  relative_inside(path, root)  # A link planted while the folders were made.
+  if exclusive:
+    _link_new(path, data)
+    return path
+  with _manifest_of(root) as record:
+    _check_writable(path, relative, record['files'] | record['pending'])
+    if relative not in record['files']:
+      record['pending'].add(relative)  # Claimed before the file exists: a kill midway leaves nothing foreign.
+  _replace_atomically(path, data)
+  with _manifest_of(root) as record:  # Listed only once whole (Low 4).
+    record['files'].add(relative)
+    record['pending'].discard(relative)
+  return path
+
+
+def write_text(path: str, text: str, *, root: str | None = None) -> str:
+  """write_bytes of text as UTF-8 (a file name that is not UTF-8, a surrogate escape, keeps its bytes)."""
+  return write_bytes(path, text.encode('utf-8', 'surrogateescape'), root=root)
+
+
+def write_json(path: str, value: Any, *, root: str | None = None, **dumps_kwargs: Any) -> str:
+  """write_text of value as indented JSON (json.dumps' keyword arguments pass through)."""
+  return write_text(path, json.dumps(value, **{'indent': 2, **dumps_kwargs}) + '\n', root=root)
+
+
+def write_figure(path: str, fig: Any, *, root: str | None = None, **savefig_kwargs: Any) -> str:
+  """A matplotlib figure rendered in memory (savefig's keyword arguments; PNG unless format= says) and write_bytes."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, **{'format': 'png', **savefig_kwargs})
+  return write_bytes(path, buffer.getvalue(), root=root)
+
+
+def write_image(path: str, image: Any, *, root: str | None = None, **save_kwargs: Any) -> str:
+  """A PIL image encoded in memory (PNG unless format= says) and write_bytes."""
+  buffer = io.BytesIO()
+  image.save(buffer, **{'format': 'PNG', **save_kwargs})
+  return write_bytes(path, buffer.getvalue(), root=root)
+
+
 def write_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file beside it and os.replace: a reader sees the old file or the new
-  one, never half of one. Refuses a symbolic link at `path` (lungjax never writes through links); the temporary is
-  created exclusively and without following links, and removed if the write fails."""
-  if os.path.islink(path):
-    raise FileExistsError(f'{path} is a symbolic link: lungjax does not write through links')
-  temporary = f'{path}.tmp-{os.getpid()}'
-  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o644)
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  """write_text into path's own folder (kept for its callers)."""
+  write_text(path, text)

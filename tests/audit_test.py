@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from lungjax import audit
+from lungjax import audit, workdir
 from lungjax.data import duplicates, images
 from tests.conftest import needs_shared_data, SHARED_TRAIN
 from tests.duplicates_test import blob_image
@@ -407,3 +407,30 @@ def test_audit_counts_classes_per_subgroup_and_finds_a_patient_in_two_folders(tm
   assert found['group_by']['n_without_value'] == 2
   with pytest.raises(ValueError, match='--group_by'):
     audit.run_audit([train], str(tmp_path / 'out2'), metadata=str(table), group_by='patient')
+
+
+def test_audit_never_replaces_a_users_drop_list_nor_writes_through_links(tmp_path):
+  a, b = tmp_path / 'a', tmp_path / 'b'
+  for folder, seed in ((a, 70), (b, 71)):
+    _save(blob_image(seed), folder / 'Normal' / '0.png')
+  out = tmp_path / 'out'
+  out.mkdir()
+  (out / 'drop_list.txt').write_text('my own list\n')
+  with pytest.raises(workdir.ForeignFileError, match='drop_list.txt.*lungjax did not write it'):
+    audit.run_audit([str(a), str(b)], str(out), drop_from=str(b))
+  assert (out / 'drop_list.txt').read_text() == 'my own list\n' and not (out / 'audit.json').exists()
+  precious = tmp_path / 'precious.json'
+  precious.write_text('precious')
+  out2 = tmp_path / 'out2'
+  out2.mkdir()
+  (out2 / 'audit.json').symlink_to(precious)
+  with pytest.raises(workdir.ForeignFileError, match='audit.json.*symbolic link'):
+    audit.run_audit([str(a)], str(out2))
+  assert precious.read_text() == 'precious'
+  clean, elsewhere = tmp_path / 'clean', tmp_path / 'elsewhere'
+  clean.mkdir()
+  elsewhere.mkdir()
+  (clean / 'a').symlink_to(elsewhere, target_is_directory=True)  # A planted link inside --strip.
+  with pytest.raises(workdir.ForeignFileError, match='symbolic link'):
+    audit.run_audit([str(a)], str(tmp_path / 'out3'), strip_dir=str(clean))
+  assert os.listdir(elsewhere) == []

@@ -134,7 +134,7 @@ def test_outputs_never_overwrite_files_compare_did_not_write(tmp_path):
   with open(os.path.join(out_dir, 'notes.txt'), 'w') as f:
     f.write('mine')
   paths = compare.write_outputs(_result(), out_dir)
-  assert sorted(os.listdir(out_dir)) == ['compare.json', 'compare.md', 'notes.txt']
+  assert sorted(os.listdir(out_dir)) == ['.lungjax-outputs.json', 'compare.json', 'compare.md', 'notes.txt']
   assert open(os.path.join(out_dir, 'notes.txt')).read() == 'mine'
   written = json.load(open(paths['compare.json']))
   assert written['tool'] == 'lungjax.compare' and written['difference']['accuracy'][0] == 0.25
@@ -169,7 +169,7 @@ def test_a_run_compared_with_itself(two_runs, synthetic_root):
   assert result['difference'] == {'accuracy': [0.0, 0.0, 0.0], 'macro_recall': [0.0, 0.0, 0.0]}
   assert result['mcnemar_p'] == 1.0 and result['n_images'] == 12
   assert result['a']['checkpoint_step'] == json.load(open(os.path.join(workdir, 'summary.json')))['best_step']
-  assert sorted(os.listdir(result['out_dir'])) == ['compare.json', 'compare.md']
+  assert sorted(os.listdir(result['out_dir'])) == ['.lungjax-outputs.json', 'compare.json', 'compare.md']
 
 
 @pytest.mark.slow

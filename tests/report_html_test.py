@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES, write_image_folder
-from lungjax import evaluate, metrics as metrics_lib, report, report_html
+from lungjax import evaluate, metrics as metrics_lib, report, report_html, workdir as workdir_lib
 from lungjax.data import loading
 
 CHROMIUM = shutil.which('chromium') or ('/usr/bin/chromium' if os.path.exists('/usr/bin/chromium') else None)
@@ -250,7 +250,8 @@ def test_write_page_is_atomic_and_never_over_a_foreign_file_or_through_a_link(tm
   path = str(tmp_path / 'report.html')
   report_html.write_page(path, report_html.page(_metrics(*_predictions()), 'one'))
   report_html.write_page(path, report_html.page(_metrics(*_predictions()), 'two'))  # Its own: replaced.
-  assert '<title>two</title>' in open(path).read() and os.listdir(tmp_path) == ['report.html']
+  assert '<title>two</title>' in open(path).read()
+  assert sorted(os.listdir(tmp_path)) == [workdir_lib.MANIFEST, 'report.html']  # No temporary left.
   foreign = tmp_path / 'other.html'
   foreign.write_text('<html>mine</html>')
   with pytest.raises(FileExistsError, match='not written by lungjax'):

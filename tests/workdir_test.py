@@ -101,7 +101,7 @@ def test_claim_outputs_refuses_inputs_duplicates_links_and_foreign_manifests(tmp
     workdir.claim_outputs(folder, ['b.png', './b.png'])
   (tmp_path / 'elsewhere.png').write_bytes(b'theirs')
   os.symlink(tmp_path / 'elsewhere.png', tmp_path / 'c.png')
-  with pytest.raises(workdir.ForeignFileError, match='c.png.*lungjax did not write it'):
+  with pytest.raises(workdir.ForeignFileError, match='c.png.*symbolic link'):
     workdir.claim_outputs(folder, ['c.png'])
   paths = workdir.claim_outputs(folder, ['sub/d.png'])
   assert paths == [os.path.join(folder, 'sub', 'd.png')]
@@ -347,4 +347,49 @@ def test_write_atomic_replaces_whole_files_and_never_writes_through_a_link(tmp_p
   with pytest.raises(FileExistsError, match='symbolic link'):
     workdir.write_atomic(str(link), 'overwritten?')
   assert users.read_text() == 'mine'
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['metrics.json', 'report.md', 'users_file.txt']
+  assert sorted(p.name for p in tmp_path.iterdir()) == [workdir.MANIFEST, 'metrics.json', 'report.md',
+                                                        'users_file.txt']
+
+
+# ---- issue 26: symbolic links and escapes ------------------------------------------------------------------------
+
+
+def test_gradcam_overlays_never_leave_their_folder(trained, tmp_path, capsys, monkeypatch):
+  _, run = trained
+  scans = tmp_path / 'scans'
+  _write_png(str(scans / 'a.png'), 1)
+  out = scans / 'out'
+  os.makedirs(out)
+  monkeypatch.chdir(out)
+  assert predict.predict_cli(run, ['..'], str(out)) == 0  # The folder above --gradcam_dir.
+  lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+  assert [l['gradcam'] for l in lines] == [str(out / 'scans' / 'a.png.gradcam.png')]
+  assert sorted(os.listdir(scans)) == ['a.png', 'out']  # Nothing beside the input.
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  out2 = tmp_path / 'out2'
+  out2.mkdir()
+  (out2 / 'scans').symlink_to(elsewhere, target_is_directory=True)  # A planted link inside --gradcam_dir.
+  with pytest.raises(workdir.ForeignFileError, match='symbolic link'):
+    predict.predict_cli(run, [str(scans / 'a.png'), str(scans)], str(out2))
+  assert os.listdir(elsewhere) == []
+
+
+def test_eval_never_writes_through_a_planted_link(trained, tmp_path):
+  config, run = trained
+  folder = write_image_folder(str(tmp_path / 'planted'), 2, seed=5)
+  precious = tmp_path / 'precious.txt'
+  precious.write_text('precious')
+  out_dir = os.path.join(run, 'eval', 'folder-planted')
+  os.makedirs(out_dir, exist_ok=True)
+  link = os.path.join(out_dir, 'metrics.json')
+  os.symlink(precious, link)
+  eval_config = tiny.get_config()
+  eval_config.data.root = config.data.root
+  eval_config.eval.dir = folder
+  try:
+    with pytest.raises(workdir.ForeignFileError, match='metrics.json.*symbolic link'):
+      evaluate.evaluate_checkpoint(eval_config, run, ['eval.dir'])
+  finally:
+    os.remove(link)
+  assert precious.read_text() == 'precious'

@@ -12,6 +12,7 @@ file (and, for the latter, what to install).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -291,7 +292,7 @@ def identifying_tags(ds: Any) -> tuple[str, ...]:
   return tuple(sorted(f'DICOM {k}' for k in found)) + (('DICOM private tags',) if private else ())
 
 
-def write_stripped_copy(path: str, copy_path: str) -> list[str]:
+def write_stripped_copy(path: str, copy_path: str, root: str | None = None) -> list[str]:
   """Writes `path` to the new file `copy_path` without IDENTIFYING_TAGS and private tags (at any depth), with
   UID_TAGS replaced by one-way hashes of themselves and PatientIdentityRemoved set; the pixel data is not touched.
 
@@ -313,11 +314,8 @@ def write_stripped_copy(path: str, copy_path: str) -> list[str]:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
   ds.PatientIdentityRemoved = 'YES'
   ds.DeidentificationMethod = 'lungjax audit --strip (basic profile tags)'  # LO: 64 characters at most.
-  os.makedirs(os.path.dirname(copy_path) or '.', exist_ok=True)
-  try:
-    with open(copy_path, 'xb') as f:
-      ds.save_as(f)
-  except FileExistsError as error:
-    raise FileExistsError(f'{copy_path!r} already exists: --strip writes only new files and never overwrites one'
-                          ) from error
+  buffer = io.BytesIO()
+  ds.save_as(buffer)
+  from lungjax import workdir  # pylint: disable=g-import-not-at-top
+  workdir.write_bytes(copy_path, buffer.getvalue(), root=root, exclusive=True)  # Never over a file; in root.
   return removed

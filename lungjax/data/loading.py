@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import os
 from typing import Any
 
@@ -185,12 +186,13 @@ def save_training_thumbnails(thumbnails: TrainingThumbnails, path: str) -> None:
   """Writes thumbnails to path (.npz; grey values as uint8 when they are whole numbers, as decoding makes them)."""
   thumbnails_ND = thumbnails.thumbnails_ND
   whole = bool(np.all((thumbnails_ND >= 0) & (thumbnails_ND <= 255) & (thumbnails_ND == np.round(thumbnails_ND))))
-  partial = f'{path}.partial.npz'  # np.savez appends .npz to other names.
-  np.savez_compressed(partial, folder=np.asarray(thumbnails.folder),
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, folder=np.asarray(thumbnails.folder),
                       relative_paths=np.asarray(thumbnails.relative_paths, dtype=str).reshape(-1),
                       pixel_hashes=np.asarray(thumbnails.pixel_hashes, dtype=str).reshape(-1),
                       thumbnails_ND=thumbnails_ND.astype(np.uint8) if whole else thumbnails_ND)
-  os.replace(partial, path)
+  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.write_bytes(path, buffer.getvalue())
 
 
 def load_training_thumbnails(path: str) -> TrainingThumbnails:

@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -97,10 +98,12 @@ class IndexedMetadata(tfds.core.MetadataDict):
   def save_metadata(self, data_dir) -> None:
     super().save_metadata(data_dir)
     for split, columns in self.columns.items():
-      with open(os.path.join(os.fspath(data_dir), index_file_name(split)), 'wb') as f:
-        np.savez(f, labels=np.asarray(columns['labels'], np.int32), paths=np.asarray(columns['paths'], str),
-                 pixel_hashes=np.asarray(columns['pixel_hashes'], str),
-                 thumbnails=np.asarray(columns['thumbnails'], np.uint8).reshape(-1, images.THUMBNAIL_SIZE**2))
+      buffer = io.BytesIO()
+      np.savez(buffer, labels=np.asarray(columns['labels'], np.int32), paths=np.asarray(columns['paths'], str),
+               pixel_hashes=np.asarray(columns['pixel_hashes'], str),
+               thumbnails=np.asarray(columns['thumbnails'], np.uint8).reshape(-1, images.THUMBNAIL_SIZE**2))
+      from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+      workdir_lib.write_bytes(os.path.join(os.fspath(data_dir), index_file_name(split)), buffer.getvalue())
 
 
 def index_file_name(split: str) -> str:
