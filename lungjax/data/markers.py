@@ -43,14 +43,15 @@ MIN_MEAN_CONTRAST = 70.0
 MIN_HEIGHT, MAX_HEIGHT, MAX_WIDTH = 0.012, 0.12, 0.12
 MAX_STROKE, MAX_STROKE_FRACTION = 0.45, 0.03
 MIN_EXTENT, MAX_EXTENT, MAX_SOLIDITY = 0.12, 0.85, 0.92
-CENTRAL_ZONE = (0.3, 0.7)
+CENTRAL_ZONE = (0.25, 0.75)
+MIN_SHARPNESS = 0.3
 WORD_GAP, PAD = 1.0, 0.15
 MIN_PIXELS = 12
 
 
 @dataclasses.dataclass(frozen=True)
 class Marker:
-  """One marker region: its box in the film's pixels, 'bright' or 'dark', and how many letters it groups."""
+  """One marker region: its box in the film's pixels, 'bright', 'dark' or 'both', and how many letters it groups."""
 
   top: int
   left: int
@@ -76,7 +77,15 @@ def _work_image(grey_HW: np.ndarray) -> tuple[np.ndarray, float]:
   return work, 1.0 / scale
 
 
-def _letters(tophat_HW: np.ndarray, lungs_HW: np.ndarray | None) -> list[tuple[int, int, int, int]]:
+def _in_central_zone(box: Sequence[int], height: int, width: int) -> bool:
+  """True when a (top, left, bottom, right) box shares a pixel with CENTRAL_ZONE."""
+  low, high = CENTRAL_ZONE
+  top, left, bottom, right = box
+  return bottom > low * height and top < high * height and right > low * width and left < high * width
+
+
+def _letters(tophat_HW: np.ndarray, gradient_HW: np.ndarray, lungs_HW: np.ndarray | None
+             ) -> list[tuple[int, int, int, int]]:
   """Boxes (work pixels) of the letter-like components of a top-hat image (module docstring, step 2)."""
   height, width = tophat_HW.shape
   side = min(height, width)
@@ -84,7 +93,6 @@ def _letters(tophat_HW: np.ndarray, lungs_HW: np.ndarray | None) -> list[tuple[i
   if not n:
     return []
   from skimage import measure  # pylint: disable=g-import-not-at-top  (scikit-image is a core dependency)
-  low, high = CENTRAL_ZONE
   boxes = []
   for region in measure.regionprops(labels_HW, intensity_image=tophat_HW):
     top, left, bottom, right = region.bbox
@@ -93,10 +101,10 @@ def _letters(tophat_HW: np.ndarray, lungs_HW: np.ndarray | None) -> list[tuple[i
       continue
     if top == 0 or left == 0 or bottom == height or right == width:
       continue
-    centre_r, centre_c = (top + bottom) / 2 / height, (left + right) / 2 / width
-    if low < centre_r < high and low < centre_c < high:
+    if _in_central_zone(region.bbox, height, width) or region.intensity_mean < MIN_MEAN_CONTRAST:
       continue
-    if region.intensity_mean < MIN_MEAN_CONTRAST:
+    outline = region.image & ~ndimage.binary_erosion(region.image)
+    if gradient_HW[region.slice][outline].mean() < MIN_SHARPNESS * region.intensity_mean:
       continue
     if not MIN_EXTENT <= region.extent <= MAX_EXTENT or region.solidity > MAX_SOLIDITY:
       continue
@@ -154,18 +162,44 @@ def find_markers(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None) ->
     lungs = Image.fromarray((np.asarray(lung_mask_HW) > 0).astype(np.uint8) * 255)
     lungs_HW = np.asarray(lungs.resize(work_HW.shape[::-1], Image.Resampling.BILINEAR)) > 0
   k = max(3, int(round(TOPHAT_FRACTION * min(work_HW.shape)))) | 1
+  # Grey levels per film pixel: an upsampled film's edges are as sharp as they were in its own pixels.
+  gradient_HW = np.hypot(ndimage.sobel(work_HW, 0), ndimage.sobel(work_HW, 1)) / 8.0 * max(1.0, 1.0 / film_per_work)
   found = []
   for polarity, tophat in (('bright', ndimage.white_tophat), ('dark', ndimage.black_tophat)):
-    for box, n_parts in _words(_letters(tophat(work_HW, size=(k, k)), lungs_HW)):
+    for box, n_parts in _words(_letters(tophat(work_HW, size=(k, k)), gradient_HW, lungs_HW)):
       top, left, bottom, right = box
       pad = PAD * (bottom - top)
+      grown = (top - pad, left - pad, bottom + pad, right + pad)
+      if _in_central_zone(grown, *work_HW.shape):
+        continue
       found.append(Marker(
           top=max(0, int(np.floor((top - pad) * film_per_work))),
           left=max(0, int(np.floor((left - pad) * film_per_work))),
           bottom=min(height, int(np.ceil((bottom + pad) * film_per_work))),
           right=min(width, int(np.ceil((right + pad) * film_per_work))),
           polarity=polarity, n_parts=n_parts))
-  return sorted(found, key=lambda m: (m.top, m.left, m.polarity))
+  return sorted(_union_overlapping(found), key=lambda m: (m.top, m.left, m.polarity))
+
+
+def _union_overlapping(found: Sequence[Marker]) -> list[Marker]:
+  """Merges markers whose boxes share pixels (a bright letter's dark surround, a word found in both polarities)
+  into one region; its polarity is 'bright', 'dark' or 'both'."""
+  regions = list(found)
+  merged = True
+  while merged:
+    merged = False
+    for i in range(len(regions)):
+      for j in range(i + 1, len(regions)):
+        a, b = regions[i], regions[j]
+        if min(a.bottom, b.bottom) > max(a.top, b.top) and min(a.right, b.right) > max(a.left, b.left):
+          regions[i] = Marker(min(a.top, b.top), min(a.left, b.left), max(a.bottom, b.bottom), max(a.right, b.right),
+                              a.polarity if a.polarity == b.polarity else 'both', a.n_parts + b.n_parts)
+          del regions[j]
+          merged = True
+          break
+      if merged:
+        break
+  return regions
 
 
 def boxes_mask(boxes: Sequence[tuple[int, int, int, int]], shape: tuple[int, int]) -> np.ndarray:
