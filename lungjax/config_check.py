@@ -117,7 +117,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   augment.augment_settings(config.augment)  # Names the field of a bad augmentation value.
   sources_lib.extra_sources(config)  # Names the field of a bad extra source (config.data.extra_*).
   sources_lib.check_tables(config)  # config.data.metadata*, group_by: tables readable, their columns there.
-  if preprocess.settings_of(config).active and config.data.prepared_dir:  # settings_of names a bad field.
+  # settings_of names a bad field of config.data.preprocess and config.data.mask_markers (data/markers.py).
+  if preprocess.settings_of(config).active and config.data.prepared_dir:
     raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
                      'prepared data holds pixels decoded without it; decode config.data.root instead')
   if 'autoencoder' in config and config.autoencoder.enabled:
