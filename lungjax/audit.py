@@ -27,6 +27,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-im
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
 from lungjax import progress, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+from lungjax.data import markers as markers_lib  # pylint: disable=g-import-not-at-top
 from lungjax.data import dicom, duplicates, folders, images, metadata as metadata_lib  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -48,6 +49,11 @@ def _define_flags() -> None:
                       '(the syntax of config.eval.subgroups).')
   flags.DEFINE_string('group_by', '', 'A column of --metadata (e.g. patientid): list its groups, merged with the '
                       'copy groups, that have images in two FOLDERs.')
+  flags.DEFINE_bool('markers', False, 'Find burned-in markers (L, R, AP, PORTABLE, arrows; data/markers.py) in every '
+                    'image: markers.json (per image: count and boxes) and markers.md (per source and class, the share '
+                    'of films with markers in each corner and along each edge).')
+  flags.DEFINE_bool('strip_markers', False, 'With --strip: the copies are PNGs of the decoded grey film with its '
+                    'burned-in markers filled (markers.mask_markers), at OUT_DIR/<folder name>/<path>.png.')
   flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
                       'image in another FOLDER.')
 
@@ -522,6 +528,107 @@ def write_clean_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str],
           'changed': [row for row in written if row['method'] != 'copied']}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Burned-in markers (issue 24 part 3).
+
+PLACES = ('top-left', 'top-right', 'bottom-left', 'bottom-right', 'top edge', 'bottom edge', 'left edge', 'right edge',
+          'centre')
+
+
+def place_of(box: Sequence[int], height: int, width: int) -> str:
+  """Where a (top, left, bottom, right) box's centre lies: a corner (outer thirds of both sides), an edge (the outer
+  third of one side) or the centre."""
+  row = (box[0] + box[2]) / 2 / height
+  col = (box[1] + box[3]) / 2 / width
+  vertical = 'top' if row < 1 / 3 else 'bottom' if row > 2 / 3 else ''
+  horizontal = 'left' if col < 1 / 3 else 'right' if col > 2 / 3 else ''
+  if vertical and horizontal:
+    return f'{vertical}-{horizontal}'
+  return f'{vertical or horizontal} edge' if vertical or horizontal else 'centre'
+
+
+def _grey_film(path: str) -> np.ndarray:
+  """The file's full-size grey pixels as lungjax decodes them (EXIF rotation, 16-bit and DICOM handled)."""
+  with images.open_image(path) as image:
+    image.load()
+    from PIL import ImageOps  # pylint: disable=g-import-not-at-top
+    image = ImageOps.exif_transpose(image)
+    return np.asarray(Image.fromarray(images.to_rgb_uint8(image)).convert('L'), np.uint8)
+
+
+def find_file_markers(path: str) -> dict[str, Any]:
+  """One decodable file's markers: count, boxes (top, left, bottom, right in its pixels), polarity and place."""
+  grey_HW = _grey_film(path)
+  found = markers_lib.find_markers(grey_HW)
+  height, width = grey_HW.shape
+  return {'path': display_path(path), 'height': height, 'width': width, 'n_markers': len(found),
+          'markers': [{'box': list(m.box), 'polarity': m.polarity, 'place': place_of(m.box, height, width)}
+                      for m in found]}
+
+
+def marker_table(rows: Sequence[dict[str, Any]], keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+  """Per (source, class): films, films with any marker, and per PLACE the share of films with a marker there."""
+  table: dict[str, Any] = {}
+  for row, (source, class_name) in zip(rows, keys):
+    cell = table.setdefault(f'{source} / {class_name}', {'n_films': 0, 'n_with_markers': 0,
+                                                         **{place: 0 for place in PLACES}})
+    cell['n_films'] += 1
+    cell['n_with_markers'] += row['n_markers'] > 0
+    for place in {m['place'] for m in row['markers']}:
+      cell[place] += 1
+  for cell in table.values():
+    cell['share'] = {place: round(cell[place] / cell['n_films'], 3) for place in ('any', *PLACES)
+                     if place != 'any'} | {'any': round(cell['n_with_markers'] / cell['n_films'], 3)}
+  return dict(sorted(table.items()))
+
+
+def marker_markdown(table: dict[str, Any]) -> str:
+  """The marker table as markdown: per source / class, the share of films with a marker in each place."""
+  places = [p for p in PLACES if any(cell[p] for cell in table.values())]
+  lines = ['| source / class | films | any marker | ' + ' | '.join(places) + ' |',
+           '|---|---|---|' + '---|' * len(places)]
+  for name, cell in table.items():
+    lines.append(f'| {name} | {cell["n_films"]} | {cell["share"]["any"]:.0%} | ' +
+                 ' | '.join(f'{cell["share"][p]:.0%}' for p in places) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def marker_report(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray, out_dir: str,
+                  threads: int = 0) -> dict[str, Any]:
+  """Finds the markers of every decodable file; writes out_dir/markers.json and markers.md; returns the summary."""
+  decodable = [(a, f) for a, f in zip(audits, folder_N.tolist()) if a.error is None]
+  with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+    rows = list(progress.progress(pool.map(lambda af: find_file_markers(af[0].path), decodable), len(decodable),
+                                  'markers'))
+  keys = [(os.path.basename(os.path.realpath(folder_paths[f])), os.path.relpath(os.path.dirname(a.path),
+                                                                                 folder_paths[f]))
+          for a, f in decodable]
+  table = marker_table(rows, keys)
+  summary = {'n_images': len(rows), 'n_with_markers': sum(r['n_markers'] > 0 for r in rows),
+             'n_skipped_undecodable': len(audits) - len(rows), 'detector': 'lungjax/data/markers.py', 'table': table}
+  workdir_lib.write_json(os.path.join(out_dir, 'markers.json'), {**summary, 'images': rows}, indent=1)
+  workdir_lib.write_text(os.path.join(out_dir, 'markers.md'), marker_markdown(table))
+  return summary
+
+
+def write_marker_masked_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray,
+                               strip_dir: str) -> dict[str, Any]:
+  """--strip --strip_markers: a metadata-free grey PNG of every decodable file with its markers filled, at
+  strip_dir/<folder name>/<path in folder>.png (new files only); returns a summary."""
+  written, n_regions = 0, 0
+  for audit, folder_index in zip(audits, folder_N.tolist()):
+    if audit.error is not None:
+      continue
+    _, png_path = copy_targets(audit.path, folder_paths[folder_index], strip_dir)
+    masked_HW, found = markers_lib.mask_markers(_grey_film(audit.path))
+    buffer = io.BytesIO()
+    Image.fromarray(masked_HW).save(buffer, format='PNG')
+    workdir_lib.write_bytes(png_path, buffer.getvalue(), root=strip_dir, exclusive=True)
+    written, n_regions = written + 1, n_regions + found
+  return {'out_dir': display_path(strip_dir), 'methods': {'marker-masked png': written},
+          'n_marker_regions_filled': n_regions, 'n_skipped_undecodable': sum(a.error is not None for a in audits)}
+
+
 def metadata_report(table_path: str, file_column: str, subgroups: str, group_by: str, paths: Sequence[str],
                     folder_paths: Sequence[str], folder_N: np.ndarray, groups_N: np.ndarray) -> dict[str, Any]:
   """The audit's metadata part: the join (unmatched rows and images), class counts (an image's sub-folder) per
@@ -557,10 +664,13 @@ def metadata_report(table_path: str, file_column: str, subgroups: str, group_by:
 def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: float = NEAR_THRESHOLD,
               strip_dir: str | None = None, drop_from: str | None = None, threads: int = 0, metadata: str = '',
               metadata_file_column: str = metadata_lib.DEFAULT_FILE_COLUMN, subgroups: str = '',
-              group_by: str = '') -> dict[str, Any]:
+              group_by: str = '', markers: bool = False, strip_markers: bool = False) -> dict[str, Any]:
   """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report.
-  With `metadata` (a CSV), the report's 'metadata_table' (metadata_report)."""
+  With `metadata` (a CSV), the report's 'metadata_table' (metadata_report); with `markers`, markers.json / .md
+  (marker_report); with `strip_markers`, the --strip copies are marker-masked PNGs."""
   drop_index = _check_arguments(folder_paths, out_dir, near_threshold, strip_dir, drop_from)
+  if strip_markers and strip_dir is None:
+    raise ValueError('--strip_markers writes marker-masked copies under --strip=OUT_DIR: name it')
   if (subgroups or group_by) and not metadata:
     raise ValueError('--subgroups and --group_by read --metadata=CSV: name the table')
   listed = [list_folder(folder) for folder in folder_paths]
@@ -601,7 +711,12 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
     report['drop_from'] = display_path(folder_paths[drop_index])
     report['drop_list'] = dropped
     workdir_lib.write_text(os.path.join(out_dir, 'drop_list.txt'), ''.join(path + '\n' for path in dropped))
-  if strip_dir is not None:
+  if markers:
+    report['markers'] = {k: v for k, v in marker_report(audits, folder_paths, folder_N, out_dir, threads).items()
+                         if k != 'table'}
+  if strip_dir is not None and strip_markers:
+    report['strip'] = write_marker_masked_copies(audits, folder_paths, folder_N, strip_dir)
+  elif strip_dir is not None:
     report['strip'] = write_clean_copies(audits, folder_paths, folder_N, strip_dir)
   n_unreadable = sum(len(stats['unreadable']) for stats in report['folders'])
   n_unreadable_files = sum(audit.unreadable for audit in audits)
@@ -623,7 +738,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('name at least one FOLDER: python -m lungjax.audit FOLDER [FOLDER...] --out=DIR')
   report = run_audit(argv[1:], FLAGS.out, near_threshold=FLAGS.near_threshold, strip_dir=FLAGS.strip,
                      drop_from=FLAGS.drop_from, metadata=FLAGS.metadata,
-                     metadata_file_column=FLAGS.metadata_file_column, subgroups=FLAGS.subgroups, group_by=FLAGS.group_by)
+                     metadata_file_column=FLAGS.metadata_file_column, subgroups=FLAGS.subgroups, group_by=FLAGS.group_by,
+                     markers=FLAGS.markers, strip_markers=FLAGS.strip_markers)
   summary = report['summary']
   print(f'{summary["n_images"]} images ({summary["n_undecodable"]} undecodable, {summary["n_unreadable"]} '
         f'unreadable): {summary["n_exact_pairs"]} exact and {summary["n_near_pairs"]} near copy pairs, '
@@ -642,6 +758,9 @@ def main(argv: Sequence[str]) -> None:
       print(f'  group_by    {table["group_by"]["column"]}: {len(across)} groups have images in two folders')
   if 'drop_list' in report:
     print(f'  drop list   {os.path.join(FLAGS.out, "drop_list.txt")} ({len(report["drop_list"])} images)')
+  if 'markers' in report:
+    print(f'  markers     {report["markers"]["n_with_markers"]} of {report["markers"]["n_images"]} images: '
+          f'{os.path.join(FLAGS.out, "markers.json")}, {os.path.join(FLAGS.out, "markers.md")}')
   if 'strip' in report:
     print(f'  clean copy  {FLAGS.strip} ({report["strip"]["methods"]})')
 

@@ -120,7 +120,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   sources_lib.check_tables(config)  # config.data.metadata*, group_by: tables readable, their columns there.
   if config.data.prepared_dir:  # Before any data is read: TFDS and array_record are the [prepare] extra.
     loading.require_prepare_extra(f'config.data.prepared_dir={config.data.prepared_dir!r}')
-  if preprocess.settings_of(config).active and config.data.prepared_dir:  # settings_of names a bad field.
+  # settings_of names a bad field of config.data.preprocess and config.data.mask_markers (data/markers.py).
+  if preprocess.settings_of(config).active and config.data.prepared_dir:
     raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
                      'prepared data holds pixels decoded without it; decode config.data.root instead')
   if 'autoencoder' in config and config.autoencoder.enabled:

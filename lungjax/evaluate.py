@@ -315,6 +315,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         sized.data.image_size = size[0]
         if 'preprocess' in run_config.data:
           sized.data.preprocess = ml_collections.ConfigDict(run_config.data.preprocess.to_dict())
+        sized.data.mask_markers = run_config.data.get('mask_markers', False)
       if folder == VALIDATION:
         data = loading.load_training_data(sized)
         decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())

@@ -65,6 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'crop' / 'fill' with lung masks (lung-segmentation helper, branch `lungs`): refused until it lands.
   config.data.preprocess.lungs = 'none'
   config.data.preprocess.lung_margin = 0.05  # 'crop': the lungs' box grown by this fraction on each side.
+  # Fill burned-in markers (L, R, AP, PORTABLE, arrows; lungjax/data/markers.py) before the model sees the film.
+  config.data.mask_markers = False
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'cnn'

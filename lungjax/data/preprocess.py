@@ -22,6 +22,10 @@ steps, each a field of config.data.preprocess and off by default, in the order t
    lung-segmentation helper (`lung_masks(images_NHWC) -> masks_NHW`, branch `lungs`): until that lands the config
    check refuses anything but 'none', and preprocess_image takes the mask as `lung_mask_HW`.
 
+0. burned-in markers (config.data.mask_markers, a field of config.data beside this group): before every step above,
+   on the full-size grey film, the marker regions that data/markers.py finds (L, R, AP, PORTABLE, arrows, labels)
+   are filled with the grey around them (markers.mask_markers; with a lung mask, never inside the lungs).
+
 Then the image is resized to the model's image_size (area-averaged when it shrinks, bilinear when it grows). With
 any step on, the image is grey (its three channels equal); with every step off the pixels are exactly those lungjax
 always made (RGB kept, a bilinear resize of the full-size image).
@@ -58,16 +62,17 @@ class PreprocessSettings:
   clahe_clip_limit: float = 0.01
   lungs: str = 'none'
   lung_margin: float = 0.05
+  mask_markers: bool = False  # config.data.mask_markers (step 0).
 
   @property
   def active(self) -> bool:
     """True when any step changes the image (else preprocess_image is the plain bilinear resize)."""
     return bool(self.working_size or self.crop_borders or self.window_percentiles != (0.0, 100.0)
-                or self.intensity != 'none' or self.lungs != 'none')
+                or self.intensity != 'none' or self.lungs != 'none' or self.mask_markers)
 
   def describe(self) -> str:
     """One line naming the steps that are on, in order (for the model card and logs)."""
-    steps = []
+    steps = ['burned-in markers filled'] if self.mask_markers else []
     if self.working_size:
       steps.append(f'area-averaged to {self.working_size} px' + (
           f' through {self.acquisition_size} px' if self.acquisition_size else ''))
@@ -129,12 +134,15 @@ def settings_of(config: ml_collections.ConfigDict) -> PreprocessSettings:
            'not landed: use \'none\'')
   if not 0 <= float(values['lung_margin']) <= 1:
     refuse('lung_margin', 'a fraction of the lungs\' box in [0, 1]')
+  mask_markers = config.data.get('mask_markers', False)
+  if not isinstance(mask_markers, bool):
+    raise ValueError(f'config.data.mask_markers={mask_markers!r} is not allowed: True or False')
   return PreprocessSettings(
       working_size=int(values['working_size']), acquisition_size=int(values['acquisition_size']),
       crop_borders=bool(values['crop_borders']), border_tolerance=float(values['border_tolerance']),
       border_max_fraction=float(values['border_max_fraction']), window_percentiles=(low, high),
       intensity=str(values['intensity']), clahe_clip_limit=float(values['clahe_clip_limit']),
-      lungs=str(values['lungs']), lung_margin=float(values['lung_margin']))
+      lungs=str(values['lungs']), lung_margin=float(values['lung_margin']), mask_markers=mask_markers)
 
 
 def area_resize(image: Image.Image, size: int) -> Image.Image:
@@ -233,6 +241,9 @@ def preprocess_image(image: Image.Image, settings: PreprocessSettings, size: int
   if not settings.active:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR).convert('RGB'), np.uint8)
   grey = image.convert('L')
+  if settings.mask_markers:
+    from lungjax.data import markers  # pylint: disable=g-import-not-at-top  (markers imports scikit-image lazily)
+    grey = Image.fromarray(markers.mask_markers(np.asarray(grey, np.uint8), lung_mask_HW)[0])
   mask = None
   if settings.lungs != 'none':
     if lung_mask_HW is None:
@@ -259,5 +270,8 @@ def preprocess_image(image: Image.Image, settings: PreprocessSettings, size: int
 
 def record(settings: PreprocessSettings) -> dict[str, Any]:
   """The settings as a JSON-able dict (fingerprints, model cards)."""
-  return {**dataclasses.asdict(settings), 'window_percentiles': list(settings.window_percentiles),
-          'steps': settings.describe()}
+  found = {**dataclasses.asdict(settings), 'window_percentiles': list(settings.window_percentiles),
+           'steps': settings.describe()}
+  if not settings.mask_markers:  # Off: the record (and old runs' fingerprints) as before the field existed.
+    del found['mask_markers']
+  return found
