@@ -7,6 +7,9 @@ From Python, a trained run's best checkpoint predicts calibrated probabilities a
   probabilities_NC = model.predict(['a.png', 'b.dcm'])  # N x len(model.classes), calibrated.
   heatmap_HW = model.explain('a.png', class_name='Covid')  # Grad-CAM in [0, 1].
 
+Lung masks from the shipped U-Net: `lungjax.lung_masks(images_NHWC)`, `lungjax.segment(paths_or_images)`,
+`lungjax.load_lungs()` (lungjax/lungs.py).
+
 `load` and `Model` live in lungjax.inference; they import JAX when first used, so `import lungjax` stays cheap.
 """
 
@@ -19,9 +22,10 @@ if TYPE_CHECKING:
 
   __version__: str
 
-__all__ = ['Model', 'load', '__version__']
+__all__ = ['Model', 'load', 'load_lungs', 'lung_masks', 'segment', '__version__']
 
 _LAZY = {'Model', 'load'}  # Names of lungjax.inference, imported on first use (it imports JAX).
+_LAZY_LUNGS = {'load_lungs', 'lung_masks', 'segment'}  # lungjax.lungs: the shipped lung U-Net (issue 24).
 
 
 def _version() -> str:
@@ -37,6 +41,9 @@ def __getattr__(name: str) -> Any:
   if name in _LAZY:
     from lungjax import inference  # pylint: disable=g-import-not-at-top
     return getattr(inference, name)
+  if name in _LAZY_LUNGS:
+    from lungjax import lungs  # pylint: disable=g-import-not-at-top
+    return getattr(lungs, name)
   if name == '__version__':
     globals()['__version__'] = version = _version()
     return version
@@ -44,4 +51,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-  return sorted(set(globals()) | _LAZY | {'__version__'})
+  return sorted(set(globals()) | _LAZY | _LAZY_LUNGS | {'__version__'})

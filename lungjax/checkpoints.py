@@ -71,7 +71,8 @@ VANISH_WAIT_S = 1.0
 # Validation metrics a checkpoint can be ranked by, and whether higher is better.
 # worst_source_macro_recall: the lowest of the sources' macro recalls (each over the classes that source has).
 BEST_METRICS = {'macro_recall': 'max', 'macro_f1': 'max', 'macro_precision': 'max', 'accuracy': 'max',
-                'loss': 'min', 'worst_source_macro_recall': 'max'}
+                'loss': 'min', 'worst_source_macro_recall': 'max',
+                'dice': 'max'}  # dice: the lung U-Net's (config.task='lungs') validation Dice.
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     'predict': Command('lungjax.predict', 'classify image files and folders with a trained --workdir (JSON lines)'),
     'audit': Command('lungjax.audit', 'copies, leaks, unreadable files and identifying metadata in image folders'),
     'prepare': Command('lungjax.prepare', 'decode a data root once into array_record files that training reads'),
+    'segment': Command('lungjax.tools.segment', 'lung masks (PNG) of every image of --dir, written under --out'),
     'compare': Command('lungjax.compare', 'two trained workdirs on the same images: paired differences, McNemar'),
 }
 

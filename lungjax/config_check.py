@@ -151,6 +151,47 @@ def check_autoencoder(config: ml_collections.ConfigDict) -> None:
                      f'autoencoder to reconstruct it ({len(config.model.conv_features)} 2x2 poolings)')
 
 
+def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
+  """The lung U-Net's fields (configs/lungs.py): config.task='lungs' trains it; it has no eval/explain modes."""
+  if mode != 'train':
+    raise ValueError(f'config.task=\'lungs\' trains the lung U-Net: --mode={mode!r} is for classifiers (the lung '
+                     'report is lungjax/tools/lungs_report.py)')
+  from lungjax import segmentation  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  lungs, model = config.lungs, config.model
+  _refuse_failed([
+      ('config.model.name', model.name, model.name == 'unet'),
+      ('config.model.features', model.features, len(model.features) >= 2 and all(
+          _is_int(f) and f >= 1 for f in model.features)),
+      ('config.model.downsample', model.downsample, _is_int(model.downsample) and model.downsample >= 1),
+      ('config.model.dtype', model.dtype, model.dtype in ('float32', 'bfloat16')),
+      ('config.data.image_size', config.data.image_size, _is_int(config.data.image_size) and
+       config.data.image_size % (2**(len(model.features) - 1) * model.downsample) == 0),
+      ('config.data.val_fraction', config.data.val_fraction, 0.0 <= config.data.val_fraction < 1.0),
+      ('config.lungs.test_fraction', lungs.test_fraction, 0.0 <= lungs.test_fraction < 1.0),
+      ('config.lungs.dice_weight', lungs.dice_weight, lungs.dice_weight >= 0),
+      ('config.lungs.limit', lungs.limit, _is_int(lungs.limit) and lungs.limit >= 0),
+      ('config.train.num_epochs', config.train.num_epochs, config.train.num_epochs >= 1),
+      ('config.train.batch_size', config.train.batch_size, config.train.batch_size >= 1),
+      ('config.train.learning_rate', config.train.learning_rate, config.train.learning_rate > 0),
+      ('config.train.lr_schedule', config.train.lr_schedule, config.train.lr_schedule in ('constant', 'cosine')),
+      ('config.checkpoint.best_metric', config.checkpoint.best_metric, config.checkpoint.best_metric in ('dice',
+                                                                                                        'loss')),
+      ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
+      ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
+  ])
+  if not os.path.isfile(lungs.metadata):
+    raise FileNotFoundError(f'config.lungs.metadata={lungs.metadata!r} is not a file (cohen-covid-chestxray/'
+                            'metadata.csv: films with a lung_mask column)')
+  segmentation.mask_rows(lungs.metadata)  # Names the table when a column is missing.
+  for field in ('scale', 'shift', 'rotation_degrees', 'contrast', 'gamma', 'brightness'):
+    low_high = lungs.augment[field]
+    if len(low_high) != 2 or not low_high[0] <= low_high[1]:
+      raise ValueError(f'config.lungs.augment.{field}={low_high!r} must be a (low, high) pair with low <= high')
+  if lungs.augment.scale[0] <= 0:
+    raise ValueError(f'config.lungs.augment.scale={lungs.augment.scale!r} must be above 0')
+
+
 def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
   """Raises ValueError naming the first field whose value `mode` cannot work with; returns None when all are fine.
 
@@ -160,7 +201,9 @@ def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
   if mode not in MODES:
     raise ValueError(f'--mode={mode!r} is not one of {list(MODES)}')
   check_runtime(config)
-  if mode == 'train':
+  if config.get('task', 'classify') == 'lungs':
+    check_lungs(config, mode)
+  elif mode == 'train':
     check_training(config)
   if mode == 'explain':
     class_name, classes = config.explain.class_name, list(config.data.classes)

@@ -69,6 +69,13 @@ def start_summary(config, mode: str, workdir: str) -> str:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """--mode=train: one run (train.train_and_evaluate), or folds / seeds (crossval.run); prints where results went."""
+  if config.get('task', 'classify') == 'lungs':  # The lung U-Net (configs/lungs.py, lungjax/segmentation.py).
+    from lungjax import segmentation  # pylint: disable=g-import-not-at-top
+    summary = segmentation.train_and_evaluate(config, workdir)
+    print(f'\ntrained the lung U-Net {summary["num_steps"]} steps; best step {summary["best_step"]} (validation '
+          f'Dice {summary.get(f"val_dice_at_{config.data.image_size}px", float("nan")):.4f}); '
+          f'{os.path.abspath(os.path.join(workdir, "summary.json"))}')
+    return summary
   if crossval.is_repeated(config):
     result = crossval.run(config, workdir)
     if 'selection' in result:  # Leave one source out (lungjax/loso.py).

@@ -1,0 +1,1 @@
+"""Command-line tools outside the training path (lungjax segment, ...)."""
