@@ -25,6 +25,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from lungjax import workdir as workdir_lib
+
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'models', 'weights', 'lungs_unet.npz')
 META_KEY = '__meta__'  # The npz entry holding the model's fields and provenance as JSON bytes.
 BATCH_SIZE = 8
@@ -124,23 +126,13 @@ def params_to_arrays(params: Any, dtype: str = 'float16') -> dict[str, np.ndarra
 
 
 def save_weights(path: str, params: Any, meta: dict[str, Any], dtype: str = 'float16') -> None:
-  """Writes params (as `dtype`) and meta to an .npz atomically (temporary name + os.replace; never through a link)."""
-  if os.path.islink(path):
-    raise FileExistsError(f'{path} is a symbolic link: lungjax does not write through links')
+  """Writes params (as `dtype`) and meta to an .npz by workdir.write_bytes (atomic; never through a link or over a
+  file lungjax did not write)."""
   arrays = params_to_arrays(params, dtype)
   arrays[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
   buffer = io.BytesIO()
   np.savez_compressed(buffer, **arrays)
-  temporary = f'{path}.tmp-{os.getpid()}'
-  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o644)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(buffer.getvalue())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  workdir_lib.write_bytes(path, buffer.getvalue())
 
 
 def model_from(params: Any, features: Sequence[int], downsample: int, size: int,

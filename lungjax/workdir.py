@@ -93,7 +93,7 @@ def claim(workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(marker, 'w') as f:
     json.dump({'written_by': _WRITER, 'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
-               'adopted_from_an_older_version': bool(entries)}, f)
+               'adopted_from_an_older_version': bool(entries), 'manifests': not entries}, f)
     f.write('\n')
   if entries:
     logging.warning('%s: a run of an older lungjax version (its config.json and checkpoints/): marked as a lungjax '
@@ -216,8 +216,8 @@ def owned(workdir: str) -> Iterator[None]:
 # - it is never written over a file lungjax did not write: root's manifest (.lungjax-outputs.json) lists the files
 #   lungjax wrote there. A name is claimed ('pending') before its file is written and listed ('files') only after
 #   the file is whole; an existing file listed in neither is foreign (ForeignFileError names it). The first manifest
-#   of a folder inside a lungjax run (a workdir with .lungjax-run, written by a lungjax older than manifests) adopts
-#   the regular files already there: the run's folder is lungjax's;
+#   of a folder inside a lungjax run that a lungjax older than manifests wrote (its .lungjax-run marker does not say
+#   "manifests": true) adopts the regular files already there: that run's folder is lungjax's;
 # - it is written as one unit: a temporary file beside it (created exclusively, never following a link), fsync,
 #   os.replace. A reader, or a process killed midway, sees the old file or the new one, never half of one.
 # read_json reads what these wrote: a file that is not valid JSON is CorruptFileError naming the file.
@@ -241,11 +241,19 @@ def read_json(path: str) -> Any:
                            'Move it away (lungjax writes it again), or restore it') from None
 
 
-def _in_lungjax_run(folder: str) -> bool:
+def _in_run_without_manifests(folder: str) -> bool:
+  """Whether folder is inside a lungjax run whose files an older lungjax (before manifests) may have written: its
+  run marker does not say `"manifests": true`. A run this lungjax started keeps a manifest from its first file on,
+  so a file it does not list there is foreign, even in a folder it has not written yet."""
   current = os.path.abspath(folder)
   for _ in range(_ADOPT_LEVELS + 1):
-    if os.path.isfile(os.path.join(current, RUN_MARKER)):
-      return True
+    marker = os.path.join(current, RUN_MARKER)
+    if os.path.isfile(marker):
+      try:
+        with open(marker) as f:
+          return json.load(f).get('manifests') is not True
+      except (OSError, ValueError, AttributeError):
+        return True
     current = os.path.dirname(current)
   return False
 
@@ -368,7 +376,7 @@ def _manifest_of(root: str) -> Iterator[dict[str, set[str]]]:
     fcntl.flock(dir_fd, fcntl.LOCK_EX)
     record = _read_manifest_record(root)
     if record is None:
-      record = {'files': _adopted(root) if _in_lungjax_run(root) else set(), 'pending': set()}
+      record = {'files': _adopted(root) if _in_run_without_manifests(root) else set(), 'pending': set()}
     before = {k: set(v) for k, v in record.items()}
     yield record
     if record != before or not os.path.exists(os.path.join(root, MANIFEST)):

@@ -2,15 +2,14 @@
 
 Walks FOLDER for .jpg / .jpeg / .png / .dcm files, mirrors its sub-folders under DIR (DIR/<sub>/<stem>.png) and
 never writes into FOLDER: an --out inside --dir is refused. Each mask is lungjax.lungs.segment's (the shipped U-Net,
-or --weights), written atomically (temporary name + os.replace), never through a link nor over a file it did not
-write (an existing file not written by a previous `lungjax segment`, marked in DIR/.lungjax-segment, is refused).
+or --weights), written by lungjax.workdir.write_image: atomically, never through a link nor over a file lungjax
+did not write (DIR/.lungjax-outputs.json lists what it wrote; any other existing file is refused, naming it).
 Unreadable files are counted and listed at the end (exit status 1 if any), never skipped silently.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from collections.abc import Sequence
@@ -18,8 +17,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from lungjax import workdir as workdir_lib
+
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.dcm', '.dicom')
-MANIFEST = '.lungjax-segment'
 
 
 def find_images(folder: str) -> list[str]:
@@ -38,22 +38,11 @@ def _inside(path: str, folder: str) -> bool:
   return path == folder or path.startswith(folder + os.sep)
 
 
-def write_png(path: str, mask_HW: np.ndarray) -> None:
-  """mask as a 0/255 greyscale PNG, atomically; refuses a link at path."""
-  if os.path.islink(path):
-    raise FileExistsError(f'{path} is a symbolic link: lungjax does not write through links')
-  buffer = io.BytesIO()
-  Image.fromarray((np.asarray(mask_HW) > 0).astype(np.uint8) * 255).save(buffer, format='PNG')
-  temporary = f'{path}.tmp-{os.getpid()}'
-  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0), 0o644)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(buffer.getvalue())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+def write_png(path: str, mask_HW: np.ndarray, root: str | None = None) -> None:
+  """mask as a 0/255 greyscale PNG by workdir.write_image under the output folder root (atomic, never through a
+  link or over a file lungjax did not write)."""
+  image = Image.fromarray((np.asarray(mask_HW) > 0).astype(np.uint8) * 255)
+  workdir_lib.write_image(path, image, root=root)
 
 
 def segment_folder(folder: str, out: str, weights: str | None = None) -> dict[str, object]:
@@ -66,32 +55,17 @@ def segment_folder(folder: str, out: str, weights: str | None = None) -> dict[st
     raise ValueError(f'--out={out!r} is inside --dir={folder!r}: lungjax segment never writes into the input folder')
   model = lungs.load_lungs(weights)
   os.makedirs(out, exist_ok=True)
-  manifest_path = os.path.join(out, MANIFEST)
-  owned = set()
-  if os.path.exists(manifest_path):
-    with open(manifest_path) as f:
-      owned = {line.rstrip('\n') for line in f if line.strip()}
-  elif os.listdir(out):
-    raise FileExistsError(f'--out={out!r} holds files that lungjax segment did not write: choose an empty folder')
   written, unreadable = [], []
   for relative in find_images(folder):
     target_rel = os.path.splitext(relative)[0] + '.png'
-    target = os.path.join(out, target_rel)
-    if os.path.exists(target) and target_rel not in owned:
-      raise FileExistsError(f'{target} exists and lungjax segment did not write it')
     try:
       with images.open_image(os.path.join(folder, relative)) as opened:
         pixels = images.to_rgb_uint8(opened)
     except (OSError, ValueError, SyntaxError, images.BadImageError) as error:
       unreadable.append((relative, f'{type(error).__name__}: {error}'))
       continue
-    mask_HW = model.masks([pixels])[0]
-    os.makedirs(os.path.dirname(target) or out, exist_ok=True)
-    write_png(target, mask_HW)
+    write_png(os.path.join(out, target_rel), model.masks([pixels])[0], root=out)
     written.append(target_rel)
-    owned.add(target_rel)
-    with open(manifest_path, 'a') as f:
-      f.write(target_rel + '\n')
   return {'written': written, 'unreadable': unreadable}
 
 
@@ -103,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     result = segment_folder(args.dir, args.out, args.weights)
-  except (ValueError, FileNotFoundError, FileExistsError) as error:
+  except (ValueError, FileNotFoundError, FileExistsError, workdir_lib.ForeignFileError) as error:
     print(f'lungjax segment: {error}', file=sys.stderr)
     return 2
   print(f'wrote {len(result["written"])} lung masks under {os.path.abspath(args.out)}; '
