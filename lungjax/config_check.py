@@ -100,6 +100,8 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
+  if 'autoencoder' in config and config.autoencoder.enabled:  # First: it names the field the pairing needs.
+    check_autoencoder(config)
   models.check(config.model, len(classes))  # The registry's hook: name, fields, the module's own checks.
   folds, seeds = config.cv.folds, config.seeds
   if folds > 1 and seeds > 1:
@@ -124,8 +126,6 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   if preprocess.settings_of(config).active and config.data.prepared_dir:
     raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
                      'prepared data holds pixels decoded without it; decode config.data.root instead')
-  if 'autoencoder' in config and config.autoencoder.enabled:
-    check_autoencoder(config)
 
 
 def check_autoencoder(config: ml_collections.ConfigDict) -> None:
