@@ -320,7 +320,8 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
   if table is not None:
     joined = metadata_lib.join(table, loaded_a.decoded.paths,
                                tuple(f.strip() for f in loaded_a.folder.split(',') if f.strip()), '--metadata')
-    values = [(subgroup, metadata_lib.subgroup_labels(joined, subgroup)) for subgroup in parsed]
+    binned = [metadata_lib.with_bins(joined, subgroup) for subgroup in parsed]  # Numeric without bins: quartiles.
+    values = [(subgroup, metadata_lib.subgroup_labels(joined, subgroup)) for subgroup in binned]
     result['per_subgroup'] = {'metadata': joined.summary(), **paired_by_subgroup(
         loaded_a.decoded.labels_N, probabilities_a_NC, probabilities_b_NC, values, min_images, n_bootstrap, seed)}
   if distributed.is_main_process():

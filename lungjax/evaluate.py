@@ -98,8 +98,8 @@ def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray
 def subgroup_values(joined: metadata_lib.Join, config: ml_collections.ConfigDict
                     ) -> list[tuple[metadata_lib.Subgroup, list[str]]]:
   """Each config.eval.subgroups column with every joined image's subgroup (metadata.subgroup_labels)."""
-  return [(subgroup, metadata_lib.subgroup_labels(joined, subgroup))
-          for subgroup in metadata_lib.parse_subgroups(config.eval.subgroups)]
+  binned = [metadata_lib.with_bins(joined, s) for s in metadata_lib.parse_subgroups(config.eval.subgroups)]
+  return [(subgroup, metadata_lib.subgroup_labels(joined, subgroup)) for subgroup in binned]
 
 
 def subgroup_tables(labels_N: np.ndarray, probabilities_NC: np.ndarray,
@@ -138,7 +138,7 @@ def subgroup_tables(labels_N: np.ndarray, probabilities_NC: np.ndarray,
           n_bootstrap=n_bootstrap, seed=seed, repeats=repeats)
     per_subgroup[subgroup.column] = found
     columns[subgroup.column] = {
-        'bins': subgroup.labels, 'counts': counts, 'too_small': too_small,
+        'bins': subgroup.labels, 'bins_from': subgroup.bins_from, 'counts': counts, 'too_small': too_small,
         # Films no table row names (often another source's) are not a subgroup of this column: no gap with them.
         'recall_gaps': {c: metrics_lib.recall_gap(labels_N[has_row_N], predicted_N[has_row_N], values_N[has_row_N], k,
                                                   minimum, n_bootstrap, seed, repeats=repeats)

@@ -193,7 +193,9 @@ def _per_subgroup_markdown(metrics: dict[str, Any]) -> list[str]:
   classes = metrics['classes']
   for column, described in subgroups['columns'].items():
     rows = metrics.get('per_subgroup', {}).get(column, {})
-    lines += ['', f'### {column}', '',
+    quartiles = ([f'Binned at the quartiles of its values (named without bins): {", ".join(described["bins"])}.', '']
+                 if described.get('bins_from') == 'quartiles' else [])
+    lines += ['', f'### {column}', '', *quartiles,
               f'| {column} | images | accuracy | macro recall | ' + ' | '.join(f'{c} recall' for c in classes) + ' |',
               '|---' * (len(classes) + 4) + '|']
     for name, row in rows.items():
