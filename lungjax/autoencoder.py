@@ -274,17 +274,25 @@ def _walk_images(folder: str) -> list[str]:
   return paths
 
 
-def load_extra_images(config: ml_collections.ConfigDict,
-                      exclude_hashes: Sequence[str] = ()) -> images.DecodedImages:
-  """Decodes the images of config.autoencoder.extra_dirs; exact copies of `exclude_hashes` (validation) are dropped."""
-  records = []
+def extra_image_paths(config: ml_collections.ConfigDict) -> list[list[str]]:
+  """The image files of each folder of config.autoencoder.extra_dirs (listed, not decoded): config_check's hook.
+
+  FileNotFoundError for a folder that is not there, ValueError for one without a .jpg/.jpeg/.png image."""
+  found = []
   for folder in config.autoencoder.extra_dirs:
     if not os.path.isdir(folder):
       raise FileNotFoundError(f'config.autoencoder.extra_dirs folder not found: {folder!r}')
     paths = _walk_images(folder)
     if not paths:
       raise ValueError(f'config.autoencoder.extra_dirs folder {folder!r} holds no .jpg/.jpeg/.png images')
-    records += [folders.Record(path, 0) for path in paths]
+    found.append(paths)
+  return found
+
+
+def load_extra_images(config: ml_collections.ConfigDict,
+                      exclude_hashes: Sequence[str] = ()) -> images.DecodedImages:
+  """Decodes the images of config.autoencoder.extra_dirs; exact copies of `exclude_hashes` (validation) are dropped."""
+  records = [folders.Record(path, 0) for paths in extra_image_paths(config) for path in paths]
   decoded = images.decode_records(records, config.data.image_size, skip_bad_images=config.data.skip_bad_images,
                                   threads=config.data.decode_threads, preprocess=preprocess.settings_of(config))
   for path, reason in decoded.skipped:
