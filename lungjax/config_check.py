@@ -76,6 +76,8 @@ def check_subgroups(config: ml_collections.ConfigDict) -> None:
     if subgroup.column not in found.columns:
       raise ValueError(f'config.eval.subgroups={text!r}: {subgroup.column!r} is not a column of '
                        f'config.eval.metadata={table!r} (columns: {list(found.columns)})')
+    for row in found.rows:  # A binned column's every value a number (Subgroup.label names the column otherwise).
+      subgroup.label(row.get(subgroup.column, ''))
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:

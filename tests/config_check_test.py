@@ -209,3 +209,15 @@ def test_main_refuses_a_bad_model_field_before_any_data_is_decoded(tmp_path, ove
                        timeout=600, check=False)
   assert run.returncode != 0 and field in run.stderr, run.stderr[-3000:]
   assert 'DATA WAS DECODED' not in run.stderr + run.stdout
+
+
+def test_a_binned_subgroup_column_holding_a_word_is_refused_before_any_work(tmp_path):
+  table = tmp_path / 'meta.csv'
+  table.write_text('file,age,sex\nCovid/a.png,34,F\nNormal/b.png,,M\n')
+  config = tiny.get_config()
+  config.eval.metadata, config.eval.subgroups = str(table), 'sex,age:0-40,40-'
+  assert config_check.validate(config, 'train') is None  # An empty value is UNKNOWN, not an error.
+  table.write_text('file,age,sex\nCovid/a.png,34,F\nNormal/b.png,adult,M\n')
+  for mode in config_check.MODES:
+    with pytest.raises(ValueError, match=r"config.eval.subgroups: column 'age' is binned but holds 'adult'"):
+      config_check.validate(_with_folders(config, tmp_path), mode)
