@@ -18,7 +18,7 @@ from typing import Any
 import ml_collections
 
 from lungjax import augment, autoencoder, checkpoints, distributed, models, steps
-from lungjax import fingerprint as fingerprint_lib
+from lungjax import fingerprint as fingerprint_lib, run_fields
 from lungjax.cpu import host_memory
 from lungjax.data import folders, loading, metadata as metadata_lib, preprocess, sources as sources_lib, splits
 
@@ -92,13 +92,12 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.data.image_size', config.data.image_size, config.data.image_size >= 8),
       ('config.train.num_epochs', config.train.num_epochs, config.train.num_epochs >= 1),
       ('config.train.learning_rate', config.train.learning_rate, config.train.learning_rate > 0),
-      ('config.train.lr_schedule', config.train.get('lr_schedule', 'constant'),
-       config.train.get('lr_schedule', 'constant') in ('constant', 'cosine')),
+      ('config.train.lr_schedule', config.train.lr_schedule, config.train.lr_schedule in ('constant', 'cosine')),
       ('config.train.log_every_steps', config.train.log_every_steps, config.train.log_every_steps >= 1),
       ('config.train.class_weighting', config.train.class_weighting,
        config.train.class_weighting in ('balanced', 'none')),
-      ('config.train.source_weighting', config.train.get('source_weighting', 'none'),
-       config.train.get('source_weighting', 'none') in splits.SOURCE_WEIGHTINGS),
+      ('config.train.source_weighting', config.train.source_weighting,
+       config.train.source_weighting in splits.SOURCE_WEIGHTINGS),
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
@@ -233,6 +232,7 @@ def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
   """
   if mode not in MODES:
     raise ValueError(f'--mode={mode!r} is not one of {list(MODES)}')
+  config = run_fields.with_defaults(config)  # What a config lacks is checked at its packaged default.
   check_runtime(config)
   if config.get('task', 'classify') == 'lungs':
     check_lungs(config, mode)
