@@ -24,7 +24,7 @@ from lungjax.data import folders, images, loading, metadata as metadata_lib, pip
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
-VALIDATION = '@validation'
+VALIDATION = loading.VALIDATION
 
 
 def predict_probabilities(eval_step: Callable[..., jax.Array], state: steps.TrainState,

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lungjax import checkpoints, inference, workdir as workdir_lib
+from lungjax import checkpoints, config_check, gradcam, inference, workdir as workdir_lib
 from lungjax.data import folders, images, loading, preprocess
 
 matplotlib.use('Agg')
@@ -108,8 +108,6 @@ def _read_folder(folder: str, config: ml_collections.ConfigDict) -> tuple[images
       logging.warning('skipped %s: an image beside the class folders (its class is unknown)', path)
     return loaded.decoded, ([list(item) for item in loaded.skipped_report()] +
                             [[path, 'beside the class folders'] for path in loose])
-  if not loose:
-    raise ValueError(f'config.explain.dir={folder!r} has no .jpg/.jpeg/.png images and no class sub-folders')
   records = [folders.Record(path, -1) for path in loose]
   decoded = images.decode_records(records, config.data.image_size, skip_bad_images=config.data.skip_bad_images,
                                   threads=config.data.decode_threads, preprocess=preprocess.settings_of(config))
@@ -129,16 +127,11 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   (checkpoints.run_config_for_inference).
   """
   config = checkpoints.run_config_for_inference(workdir, config, overridden)
-  folder = config.explain.dir
-  if not folder:
-    raise ValueError('--mode=explain needs a folder of images: pass --config.explain.dir=FOLDER')
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f'config.explain.dir={folder!r} is not a folder')
-  classes = tuple(config.data.classes)
-  class_name = config.explain.class_name
-  if class_name and class_name not in classes:
-    raise ValueError(f'config.explain.class_name={class_name!r} is not one of config.data.classes {list(classes)}')
+  config_check.check_explain(config)  # config.explain.dir and class_name, against the run's classes.
+  folder, classes, class_name = config.explain.dir, tuple(config.data.classes), config.explain.class_name
   explained = classes.index(class_name) if class_name else -1
+  model = inference.load(workdir, config=config)
+  gradcam.check_layer(model.module, model.variables, model.image_size, config.explain.layer)  # Before decoding.
   decoded, skipped = _read_folder(folder, config)
   if not len(decoded):
     raise ValueError(f'config.explain.dir={folder!r}: no decodable images left to explain')
@@ -147,7 +140,6 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   names = overlay_names([os.path.relpath(path, folder) for path in decoded.paths])
   workdir_lib.claim_outputs(out_dir, [*names, 'gallery.png', 'explain.json'],
                             inputs=[*decoded.paths, *(path for path, _ in skipped)])
-  model = inference.load(workdir, config=config)
   probs_NC, heatmaps_NHW = model.explain_pixels(decoded.images_NHWC, np.full(len(decoded), explained, np.int32),
                                                 desc='Grad-CAM')
 

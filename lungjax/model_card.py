@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lungjax import workdir as workdir_lib
+from lungjax import run_fields, workdir as workdir_lib
 from lungjax.data import preprocess
 
 JSON_NAME = 'model_card.json'
@@ -126,11 +126,11 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           # config.data.preprocess (data/preprocess.py): the steps between decoding and the model.
           'steps': preprocess.record(preprocess.settings_of(config))},
       'recipe': {'optimizer': 'adam', 'learning_rate': config.train.learning_rate,
-                 'lr_schedule': config.train.get('lr_schedule', 'constant'),
+                 'lr_schedule': run_fields.value(config, 'train.lr_schedule'),
                  'adam': [config.train.adam_b1, config.train.adam_b2, config.train.adam_eps],
                  'epochs': config.train.num_epochs, 'batch_size': config.train.batch_size,
                  'steps': summary.get('num_steps'), 'class_weighting': config.train.class_weighting,
-                 'source_weighting': config.train.get('source_weighting', 'none'),
+                 'source_weighting': run_fields.value(config, 'train.source_weighting'),
                  'augmentation': bool(config.augment.enabled), 'seed': config.seed,
                  'val_fraction': config.data.val_fraction},
       'validation': headline(validation) if validation else None,

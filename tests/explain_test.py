@@ -16,6 +16,7 @@ from PIL import Image
 from configs import tiny
 from lungjax import explain, gradcam, inference, steps, train, workdir
 from lungjax.models import MODELS, create_model
+from lungjax.data import images, loading
 from tests.conftest import CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -290,6 +291,22 @@ def test_explain_folder_names_the_bad_config_field(trained_workdir, synthetic_ro
   config = _explain_config(synthetic_root, os.path.join(synthetic_root, 'test'))
   config.explain[field] = value
   with pytest.raises(error, match=message):
+    explain.explain_folder(config, trained_workdir)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('layer', 'Conv_7', r"config.explain.layer='Conv_7' is not a module of model CNN"),
+    ('class_name', 'Flu', r"config.explain.class_name='Flu' is not one of config.data.classes"),
+])
+def test_a_bad_explain_field_is_refused_before_any_image_is_decoded(trained_workdir, synthetic_root, monkeypatch,
+                                                                   field, value, message):
+  def refuse(*args, **kwargs):
+    raise AssertionError('an image was decoded before the bad field was found')
+  monkeypatch.setattr(images, 'decode_records', refuse)
+  monkeypatch.setattr(loading.images, 'decode_records', refuse)
+  config = _explain_config(synthetic_root, os.path.join(synthetic_root, 'test'))
+  config.explain[field] = value
+  with pytest.raises(ValueError, match=message):
     explain.explain_folder(config, trained_workdir)
 
 
