@@ -202,8 +202,9 @@ class Model:
 
   @functools.cached_property
   def temperature(self) -> float:
-    """The temperature predict scales probabilities by: the run's calibration.json, 1.0 where it has none."""
-    return calibration.served_temperature(self.workdir)
+    """The temperature predict scales probabilities by: the run's calibration.json, 1.0 where it has none or where
+    it was fitted for another step than checkpoint_step (e.g. the best step was deleted: a warning says so)."""
+    return calibration.served_temperature(self.workdir, self.checkpoint_step)
 
   def class_index(self, class_name: str) -> int:
     """The column of `class_name`; ValueError naming the model's classes when it is not one of them."""
