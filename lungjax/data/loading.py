@@ -138,7 +138,11 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
 def load_folders(text: str, config: ml_collections.ConfigDict,
                  folder_names: dict[str, str] | None = None) -> FolderImages:
   """Decodes config.eval.dir: one folder, or several comma-separated ('A,B'), each its own source named by its
-  basename (a repeated basename is a ValueError); `folder_names` applies to every folder."""
+  basename (a repeated basename is a ValueError); `folder_names` applies to every folder. A folder whose own path
+  holds a comma cannot be told from two: it is refused, named (rename it, or link it under a name without one)."""
+  if ',' in text and os.path.isdir(text.strip()):
+    raise ValueError(f'config.eval.dir={text!r} is one folder whose path holds a comma, but commas separate folders '
+                     'in config.eval.dir: rename it, or pass a link to it whose path has no comma')
   paths = [p.strip() for p in text.split(',') if p.strip()]
   if len(paths) == 1:
     return load_folder(paths[0], config, require_all_classes=False, folder_names=folder_names)
