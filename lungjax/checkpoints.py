@@ -89,6 +89,9 @@ INFERENCE_FIELDS = run_fields.RUNTIME_FIELDS  # Declared with the fields that de
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """Returns the config a training run saved in workdir/config.json, as saved (run_config_for_inference merges)."""
   path = os.path.join(workdir, 'config.json')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f'--workdir={workdir!r} is a file, not a folder: --workdir must be a folder that '
+                             'lungjax.main trained in')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} not found: --workdir must be a folder that lungjax.main trained in')
   return ml_collections.ConfigDict(workdir_lib.read_json(path))  # CorruptFileError names a cut config.json.

@@ -25,11 +25,24 @@ from lungjax.data import folders, loading, metadata as metadata_lib, preprocess,
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
 
+# What each field _refuse_failed checks allows, said in its error.
+_ALLOWED = {
+    'config.eval.n_bootstrap': 'an integer >= 1', 'config.eval.batch_size': 'an integer >= 1',
+    'config.data.image_size': 'an integer >= 8 (pixels per side; a model may also need a multiple, named then)',
+    'config.train.num_epochs': 'an integer >= 1', 'config.train.learning_rate': 'a number > 0',
+    'config.train.lr_schedule': "'constant' or 'cosine'", 'config.train.log_every_steps': 'an integer >= 1',
+    'config.train.class_weighting': "'balanced' or 'none'",
+    'config.train.source_weighting': f'one of {list(splits.SOURCE_WEIGHTINGS)}',
+    'config.checkpoint.keep_latest': 'an integer >= 1', 'config.checkpoint.keep_best': 'an integer >= 0',
+}
+
+
 def _refuse_failed(checks: list[tuple[str, Any, bool]]) -> None:
-  """Raises ValueError naming the first (field, value, ok) whose ok is False."""
+  """Raises ValueError naming the first (field, value, ok) whose ok is False, and what the field allows."""
   for field, value, ok in checks:
     if not ok:
-      raise ValueError(f'{field}={value!r} is not allowed')
+      allowed = f': it must be {_ALLOWED[field]}' if field in _ALLOWED else ''
+      raise ValueError(f'{field}={value!r} is not allowed{allowed}')
 
 
 def _is_int(value: Any) -> bool:

@@ -179,7 +179,8 @@ def add_calibration(metrics: dict[str, Any], labels_N: np.ndarray, probabilities
     cross = calibration.get('cross_fit', {})
     fit = calibration_lib.cross_fit(labels_N, probabilities_NC, cross.get('folds', calibration_lib.DEFAULT_FOLDS),
                                     cross.get('seed', 0))
-    metrics['calibration'].update(calibration_lib.out_of_fold_summary(fit, labels_N, n_bins))
+    metrics['calibration'].update(calibration_lib.out_of_fold_summary(fit, labels_N, n_bins,
+                                                                      calibration.get('served', '')))
   else:
     metrics['calibration'].update(calibration_lib.served_summary(calibration, labels_N, probabilities_NC, n_bins,
                                                                  metrics.get('checkpoint_step')))

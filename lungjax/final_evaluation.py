@@ -89,7 +89,7 @@ def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summ
       fit = calibration_lib.cross_fit(data.val.labels_N, val_probabilities_NC, calibration_lib.DEFAULT_FOLDS,
                                       config.seed)
       calibration = calibration_lib.record(fit, data.val.labels_N, val_probabilities_NC, best_step)
-      summary['temperature'] = fit.temperature
+      summary['temperature'] = calibration['temperature']  # The served one (1.0 where the fit made ECE worse).
   if distributed.is_main_process():
     if calibration is not None:
       calibration_lib.write(workdir, calibration)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps
-from lungjax.data import images, preprocess as preprocess_lib
+from lungjax.data import folders, images, preprocess as preprocess_lib
 from lungjax.models import create_model
 
 # One image as Model.predict and Model.explain take it: a file path (JPEG, PNG or DICOM), a PIL image, or a uint8
@@ -42,8 +42,10 @@ def read_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
   BadImageError names it (also when missing or a folder)."""
   if os.path.isdir(path):
     raise images.BadImageError(path, 'a folder with no .jpg/.jpeg/.png images')
-  if not os.path.isfile(path):
+  if not os.path.lexists(path):
     raise images.BadImageError(path, 'no such file')
+  if problem := folders.file_problem(path):  # A link loop, a dangling link, a FIFO (reading it would block), ...
+    raise images.BadImageError(path, problem)
   try:
     return images.load_image(path, size, preprocess)
   except OSError as error:  # E.g. no permission to read it.
@@ -202,8 +204,9 @@ class Model:
 
   @functools.cached_property
   def temperature(self) -> float:
-    """The temperature predict scales probabilities by: the run's calibration.json, 1.0 where it has none."""
-    return calibration.served_temperature(self.workdir)
+    """The temperature predict scales probabilities by: the run's calibration.json, 1.0 where it has none or where
+    it was fitted for another step than checkpoint_step (e.g. the best step was deleted: a warning says so)."""
+    return calibration.served_temperature(self.workdir, self.checkpoint_step)
 
   def class_index(self, class_name: str) -> int:
     """The column of `class_name`; ValueError naming the model's classes when it is not one of them."""

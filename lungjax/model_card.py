@@ -138,7 +138,8 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           'method': calibration.get('method'), 'temperature': calibration.get('temperature'),
           'ece_raw': calibration.get('ece_raw'),
           'ece_calibrated_out_of_fold': calibration.get('ece_calibrated_out_of_fold'),
-          'n_images': calibration.get('fitted_on', {}).get('n_images')},
+          'n_images': calibration.get('fitted_on', {}).get('n_images'),
+          **({'served': calibration['served']} if calibration.get('served') else {})},
       'caveat': config.eval.caveat,
       'versions': package_versions(),
       'git_commit': git_commit(),
@@ -210,6 +211,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines.append(f'- {calibration["method"]}: T = {calibration["temperature"]:.3f}; ECE raw '
                  f'{calibration["ece_raw"]:.3f}, after scaling (out of fold) '
                  f'{calibration["ece_calibrated_out_of_fold"]:.3f}')
+    if calibration.get('served'):
+      lines.append(f'- served: {calibration["served"]}')
   else:
     lines.append('No temperature was fitted (too few validation images): probabilities are the raw softmax.')
   versions = ', '.join(f'{k} {v}' for k, v in card['versions'].items() if v)

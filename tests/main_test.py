@@ -74,3 +74,14 @@ def test_bad_config_value_names_the_field(tmp_path, synthetic_root):
   result = _run(f'--workdir={tmp_path}', f'--config.data.root={synthetic_root}', '--config.data.val_fraction=1.5')
   assert result.returncode != 0
   assert 'config.data.val_fraction' in result.stderr
+
+
+def test_the_console_does_not_claim_a_validation_choice_without_a_validation_split():
+  """Issue 26, Low 2: with config.data.val_fraction=0 the step reported is the latest, and the line says so."""
+  from lungjax import main  # pylint: disable=g-import-not-at-top
+  summary = {'num_steps': 18, 'best_step': 18, 'best_metric': 'macro_recall', 'n_val': 0}
+  line = main.trained_line(summary)
+  assert 'by validation' not in line and 'no validation split (config.data.val_fraction=0)' in line
+  assert 'best checkpoint step 18' in line
+  assert main.trained_line({**summary, 'best_step': 9, 'n_val': 12}) == (
+      'trained 18 steps; best checkpoint step 9 (by validation macro_recall)')

@@ -143,7 +143,11 @@ def eval_folders(text: str) -> list[str]:
   """The folders of config.eval.dir ('A' or 'A,B'), listed, not decoded: config_check's hook.
 
   FileNotFoundError for one that is not a folder; ValueError for none, or for two with the same basename (each
-  folder is a source named by its basename)."""
+  folder is a source named by its basename; for one folder whose own path holds a comma, which cannot be told from
+  two: rename it, or link it under a name without one)."""
+  if ',' in text and os.path.isdir(text.strip()):
+    raise ValueError(f'config.eval.dir={text!r} is one folder whose path holds a comma, but commas separate folders '
+                     'in config.eval.dir: rename it, or pass a link to it whose path has no comma')
   paths = [p.strip() for p in text.split(',') if p.strip()]
   if not paths:
     raise ValueError(f'config.eval.dir={text!r} names no folder')
