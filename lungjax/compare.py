@@ -265,9 +265,10 @@ def write_outputs(result: dict[str, Any], out_dir: str) -> dict[str, str]:
   paths = {name: os.path.join(out_dir, name) for name in OUTPUT_FILES}
   for path in paths.values():
     _check_ours(path)
-  os.makedirs(out_dir, exist_ok=True)
+  workdir_lib.begin_unit(out_dir)  # One unit: its marker is written last (issue 26 High 3).
   workdir_lib.write_json(paths['compare.json'], {'tool': TOOL, **result})
   workdir_lib.write_text(paths['compare.md'], markdown(result))
+  workdir_lib.finish_unit(out_dir, OUTPUT_FILES)
   return paths
 
 

@@ -245,10 +245,12 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
       loaded.folder, page.explain_fn, page.explain_what,
       [source_names[s] for s in sources_N] if len(source_names) > 1 else None)
   if distributed.is_main_process():  # Multi-host: every process has the metrics; process 0 writes them.
+    workdir_lib.begin_unit(out_dir)  # One unit: marked incomplete first, complete (with its files' hashes) last.
     plots = report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
     report_html.write_report_html(out_dir, metrics, title, plots, gallery, page.card, page.card_note, page.shortcuts)
     write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
                       os.path.join(out_dir, 'predictions.csv'))
+    workdir_lib.finish_unit(out_dir, [*plots, 'metrics.json', 'report.md', report_html.FILE_NAME, 'predictions.csv'])
   logging.info('%s: accuracy %.4f, macro recall %.4f, macro F1 %.4f → %s', title, metrics['accuracy'],
                metrics['macro_avg']['recall'], metrics['macro_avg']['f1'], out_dir)
   return metrics
@@ -327,9 +329,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                              mesh)
     steps_used.append({'workdir': member, 'step': model.checkpoint_step, 'model': run_config.model.name})
   loaded = next(iter(decoded_by_size.values()))
-  # 'folder-<name>': never training's own eval/val and eval/test, whatever the evaluated folder is called.
-  name = 'validation' if folder == VALIDATION else 'folder-' + '+'.join(
-      os.path.basename(os.path.normpath(f.strip())) for f in folder.split(',') if f.strip())
+  # 'folder-<name>-<hash of its resolved path>': never training's own eval/val and eval/test, whatever the evaluated
+  # folder is called, and never another folder's report (two folders named test: two reports; issue 26 High 2).
+  name = 'validation' if folder == VALIDATION else 'folder-' + workdir_lib.folder_identity(folder.split(','))
   name += ('_ensemble' if len(members) > 1 else '') + (f'_tta{len(keys) - 1}' if len(keys) > 1 else '')
   averaged = None
   if len(members) > 1 or len(keys) > 1:
@@ -339,7 +341,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   calibration = calibration_lib.read(workdir) if averaged is None else None  # Fitted for one model's plain view.
   training = None if folder == VALIDATION else training_images(config, workdir)
   out_dir = os.path.join(workdir, 'eval', name)
-  title = f'{config.name} on {name.removeprefix("folder-")}'  # The folder's own name; 'folder-' only keeps it apart.
+  # The folder's own name; 'folder-' and the hash only keep it apart.
+  title = f'{config.name} on ' + ('validation' if folder == VALIDATION else workdir_lib.legacy_folder_name(
+      folder.split(',')))
   card, card_note = report_html.run_card(workdir, steps_used[0]['step'])
   what = f'Grad-CAM of {own_model.config.explain.layer}'
   if averaged:

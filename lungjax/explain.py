@@ -120,8 +120,8 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   """Writes a Grad-CAM overlay per image of config.explain.dir, gallery.png and explain.json; returns the summary.
 
   The folder holds class sub-folders (true labels known) or images directly (labels unknown). Output goes to
-  workdir/explain/<folder name>/, mirroring the class sub-folders ('Covid/x.jpg' → 'Covid/x.jpg.gradcam.png');
-  a file there that lungjax did not write, or that is one of the inputs, is an error (workdir.claim_outputs).
+  workdir/explain/<folder name>-<hash of its resolved path>/ (workdir.folder_identity), mirroring the class
+  sub-folders ('Covid/x.jpg' → 'Covid/x.jpg.gradcam.png'), written as one unit (its .complete last); a file there that lungjax did not write, or that is one of the inputs, is an error (workdir.claim_outputs).
   The model, classes and image size come from the run's config.json: `config` may change only
   checkpoints.INFERENCE_FIELDS, and an `overridden` field (None: any field) that differs is a ValueError
   (checkpoints.run_config_for_inference).
@@ -135,11 +135,12 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   decoded, skipped = _read_folder(folder, config)
   if not len(decoded):
     raise ValueError(f'config.explain.dir={folder!r}: no decodable images left to explain')
-  name = os.path.basename(os.path.normpath(folder))
+  name = workdir_lib.folder_identity([folder])  # Two folders of one base name: two outputs (issue 26 High 2).
   out_dir = os.path.join(workdir, 'explain', name)
   names = overlay_names([os.path.relpath(path, folder) for path in decoded.paths])
   workdir_lib.claim_outputs(out_dir, [*names, 'gallery.png', 'explain.json'],
                             inputs=[*decoded.paths, *(path for path, _ in skipped)])
+  workdir_lib.begin_unit(out_dir)  # One unit: incomplete until explain.json and the marker are written.
   probs_NC, heatmaps_NHW = model.explain_pixels(decoded.images_NHWC, np.full(len(decoded), explained, np.int32),
                                                 desc='Grad-CAM')
 
@@ -161,7 +162,7 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   shown = min(len(rows), GALLERY_MAX_IMAGES)
   overlays_NHWC = np.stack([overlay(decoded.images_NHWC[i], heatmaps_NHW[i]) for i in range(shown)])
   gallery = os.path.join(out_dir, 'gallery.png')
-  caption = f'Grad-CAM of {config.explain.layer} on {name}, checkpoint step {model.checkpoint_step}'
+  caption = f'Grad-CAM of {config.explain.layer} on {workdir_lib.legacy_folder_name([folder])}, checkpoint step {model.checkpoint_step}'
   if shown < len(rows):
     caption += f' (first {shown} of {len(rows)} images)'
   plot_gallery(overlays_NHWC, titles[:shown], colours[:shown], gallery, caption)
@@ -174,6 +175,7 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   if summary['labelled']:
     summary['accuracy'] = float(np.mean(probs_NC.argmax(axis=-1) == decoded.labels_N))
   workdir_lib.write_json(os.path.join(out_dir, 'explain.json'), summary)
+  workdir_lib.finish_unit(out_dir, [*names, 'gallery.png', 'explain.json'])
   logging.info('explained %d images of %s with Grad-CAM of %s → %s', len(rows), folder, config.explain.layer,
                out_dir)
   return summary

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps
+from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps, workdir as workdir_lib
 from lungjax.data import folders, images, preprocess as preprocess_lib
 from lungjax.models import create_model
 
@@ -304,6 +304,12 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
   or image size than config.
   """
   workdir = os.fspath(workdir)
+  # The run's final outputs (summary.json, calibration.json: the served temperature) as one unit: a training killed
+  # while writing them left a temperature that may be another checkpoint's (issue 26 High 3).
+  if problems := workdir_lib.unit_problems(workdir):
+    raise workdir_lib.IncompleteFolderError(
+        f'{workdir}: the run\'s final outputs (summary.json, calibration.json) are incomplete: ' + '; '.join(problems) +
+        '. Rerun its training command: it resumes from the last checkpoint and writes them again')
   config = config if config is not None else checkpoints.run_config_for_inference(workdir)
   requested = config.eval.step if step is None else int(step)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh()

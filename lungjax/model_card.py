@@ -93,11 +93,14 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[str, Any],
-               run_fingerprint: dict[str, Any], data: Any) -> dict[str, Any]:
+               run_fingerprint: dict[str, Any], data: Any, check_validation: bool = True) -> dict[str, Any]:
   """The card of a finished run: from its config, summary, run fingerprint, decoded data (train/val labels) and the
-  workdir's eval/val/metrics.json and calibration.json (where present)."""
+  workdir's eval/val/metrics.json and calibration.json (where present). check_validation: eval/val must be a whole
+  report (workdir.check_unit), unless the caller drops the card's validation entry."""
   classes = tuple(config.data.classes)
   run = run_fingerprint.get('run', {})
+  if check_validation and os.path.isdir(os.path.join(workdir, 'eval', 'val')):  # IncompleteFolderError: a report half rewritten.
+    workdir_lib.check_unit(os.path.join(workdir, 'eval', 'val'), 'the validation report')
   validation = _read_json(os.path.join(workdir, 'eval', 'val', 'metrics.json'))
   calibration = _read_json(os.path.join(workdir, 'calibration.json'))
   training_data = {

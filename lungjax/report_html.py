@@ -739,8 +739,7 @@ def read_json(path: str) -> dict[str, Any] | None:
   """The JSON object at path, or None where there is no such file."""
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    value = json.load(f)
+  value = workdir_lib.read_json(path)  # CorruptFileError names a file cut short.
   return value if isinstance(value, dict) else None
 
 
@@ -759,10 +758,14 @@ def run_card(workdir: str, checkpoint_step: int | None) -> tuple[dict[str, Any] 
 
 def matching_shortcuts(workdir: str, folder: str, checkpoint_step: int | None) -> dict[str, Any] | None:
   """The shortcut check (shortcuts.json) of the same folder and checkpoint in workdir, or None."""
-  name = os.path.basename(os.path.normpath(folder)) if folder else ''
-  if not name:
+  if not folder or not os.path.basename(os.path.normpath(folder)):
     return None
-  summary = read_json(os.path.join(workdir, 'shortcuts', name, 'shortcuts.json'))
-  if not summary or os.path.abspath(summary.get('folder', '')) != os.path.abspath(folder):
-    return None
-  return summary if summary.get('checkpoint_step') == checkpoint_step else None
+  # Its folder-identity name, or the base name an older lungjax used (then only if it names this very folder).
+  for name in (workdir_lib.folder_identity([folder]), workdir_lib.legacy_folder_name([folder])):
+    out_dir = os.path.join(workdir, 'shortcuts', name)
+    if os.path.isdir(out_dir):
+      workdir_lib.check_unit(out_dir, 'the shortcut check')  # IncompleteFolderError: killed midway.
+    summary = read_json(os.path.join(out_dir, 'shortcuts.json'))
+    if summary and os.path.realpath(summary.get('folder', '')) == os.path.realpath(folder):
+      return summary if summary.get('checkpoint_step') == checkpoint_step else None
+  return None

@@ -134,7 +134,7 @@ def test_outputs_never_overwrite_files_compare_did_not_write(tmp_path):
   with open(os.path.join(out_dir, 'notes.txt'), 'w') as f:
     f.write('mine')
   paths = compare.write_outputs(_result(), out_dir)
-  assert sorted(os.listdir(out_dir)) == ['.lungjax-outputs.json', 'compare.json', 'compare.md', 'notes.txt']
+  assert sorted(os.listdir(out_dir)) == ['.complete', '.lungjax-outputs.json', 'compare.json', 'compare.md', 'notes.txt']
   assert open(os.path.join(out_dir, 'notes.txt')).read() == 'mine'
   written = json.load(open(paths['compare.json']))
   assert written['tool'] == 'lungjax.compare' and written['difference']['accuracy'][0] == 0.25

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lungjax import workdir as workdir_lib
 from tests.conftest import write_image_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,13 +41,15 @@ def test_train_then_eval_from_the_command_line(tmp_path, synthetic_root):
   evaluated = _run(f'--workdir={workdir}', '--mode=eval', f'--config.eval.dir={folder}',
                    '--config.eval.class_names=COVID=Covid,NORMAL=Normal')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert os.path.join(os.path.abspath(workdir), 'eval', 'folder-external set', 'report.md') in evaluated.stdout
-  metrics = json.loads(open(os.path.join(workdir, 'eval', 'folder-external set', 'metrics.json')).read())
+  out_name = 'folder-' + workdir_lib.folder_identity([folder])
+  assert out_name.startswith('folder-external set-') and len(out_name) == len('folder-external set-') + 8
+  assert os.path.join(os.path.abspath(workdir), 'eval', out_name, 'report.md') in evaluated.stdout
+  metrics = json.loads(open(os.path.join(workdir, 'eval', out_name, 'metrics.json')).read())
   assert metrics['n_images'] == 7 and metrics['checkpoint_step'] == summary['best_step']
   assert metrics['per_class']['Viral Pneumonia']['support'] == 0
   assert metrics['per_class']['Normal']['support'] == 4
   assert [(os.path.basename(o['file']), o['kind']) for o in metrics['overlap_with_training']] == [('copy.png', 'exact')]
-  report_text = open(os.path.join(workdir, 'eval', 'folder-external set', 'report.md')).read()
+  report_text = open(os.path.join(workdir, 'eval', out_name, 'report.md')).read()
   assert 'adult radiographs' in report_text and 'copy.png' in report_text
   assert set(metrics) >= {'accuracy', 'macro_avg', 'weighted_avg', 'per_class', 'confusion_matrix', 'classes',
                           'n_images', 'checkpoint_step'}
