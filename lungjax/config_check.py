@@ -44,6 +44,10 @@ def check_runtime(config: ml_collections.ConfigDict) -> None:
   metric = config.checkpoint.best_metric
   if metric not in checkpoints.BEST_METRICS:
     raise ValueError(f'config.checkpoint.best_metric={metric!r} is not one of {sorted(checkpoints.BEST_METRICS)}')
+  if metric == 'dice' and config.get('task', 'classify') != 'lungs':
+    raise ValueError("config.checkpoint.best_metric='dice' is the lung U-Net's (config.task='lungs'): a classifier "
+                     'reports no val_dice, so no checkpoint would ever be best; choose one of '
+                     f"{sorted(set(checkpoints.BEST_METRICS) - {'dice'})}")
   on_mismatch = config.checkpoint.get('on_mismatch', 'error')
   if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
     raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '

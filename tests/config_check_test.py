@@ -159,3 +159,13 @@ def test_main_refuses_a_bad_model_field_before_any_data_is_decoded(tmp_path, ove
                        timeout=600, check=False)
   assert run.returncode != 0 and field in run.stderr, run.stderr[-3000:]
   assert 'DATA WAS DECODED' not in run.stderr + run.stdout
+
+
+@pytest.mark.parametrize('mode', config_check.MODES)
+def test_a_classifier_may_not_choose_its_checkpoint_by_dice(mode):
+  config = cnn.get_config()
+  config.checkpoint.best_metric = 'dice'  # One of BEST_METRICS, but only the lung U-Net reports val_dice.
+  with pytest.raises(ValueError, match=r"config\.checkpoint\.best_metric='dice'.*config\.task='lungs'"):
+    config_check.validate(config, mode)
+  config.checkpoint.best_metric = 'macro_recall'
+  assert config_check.validate(config, mode) is None
