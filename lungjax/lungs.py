@@ -164,6 +164,20 @@ def load_lungs(path: str | os.PathLike | None = None) -> LungModel:
   return _load_cached(os.path.abspath(path), os.path.getmtime(path))
 
 
+def weights_record(path: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Which lung weights: the file's name, sha256 and the U-Net fields of its meta (fingerprints, model cards); a
+  missing file gives {'file': name, 'sha256': None}."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path or WEIGHTS_PATH)
+  if not os.path.isfile(path):
+    return {'file': os.path.basename(path), 'sha256': None}
+  with open(path, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  meta = load_lungs(path).meta
+  return {'file': os.path.basename(path), 'sha256': digest,
+          **{key: meta[key] for key in ('features', 'downsample', 'size', 'dtype', 'step') if key in meta}}
+
+
 def _pixels(image: ImageInput) -> np.ndarray:
   """uint8 pixels of a path (JPEG, PNG, DICOM: lungjax's decoder), PIL image or array."""
   from lungjax.data import images  # pylint: disable=g-import-not-at-top
