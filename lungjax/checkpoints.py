@@ -84,7 +84,7 @@ def checkpoint_dir(workdir: str) -> str:
 # rather than from the run's own config.json: how to evaluate and explain, where the data lies now, and settings of
 # this process that change neither the model nor its inputs. A path covers a field or a whole sub-config.
 INFERENCE_FIELDS = (
-    'eval', 'explain',
+    'eval', 'explain', 'shortcuts',
     'data.root', 'data.prepared_dir', 'data.kaggle_dataset', 'data.decode_threads', 'data.skip_bad_images',
     'checkpoint.fallback_to_good_step', 'distributed',
     'train.keep_freed_host_memory_gb', 'train.cpu_compiler_options',

@@ -155,6 +155,18 @@ def check_autoencoder(config: ml_collections.ConfigDict) -> None:
                      f'autoencoder to reconstruct it ({len(config.model.conv_features)} 2x2 poolings)')
 
 
+def check_shortcuts_region(config: ml_collections.ConfigDict) -> None:
+  """config.shortcuts.region: 'mask' (needs the shipped lung weights) or 'box'."""
+  from lungjax import lungs, shortcuts  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  region = shortcuts.region_of(config)
+  if region not in shortcuts.REGIONS:
+    raise ValueError(f'config.shortcuts.region={region!r} is not one of {list(shortcuts.REGIONS)}')
+  if region == 'mask' and not os.path.isfile(lungs.WEIGHTS_PATH):
+    raise ValueError(f"config.shortcuts.region='mask' needs the lung U-Net's weights {lungs.WEIGHTS_PATH}, which "
+                     "are missing: pass --config.shortcuts.region=box (the fixed box)")
+
+
 def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
   """The lung U-Net's fields (configs/lungs.py): config.task='lungs' trains it; it has no eval/explain modes."""
   if mode != 'train':
@@ -209,6 +221,8 @@ def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
     check_lungs(config, mode)
   elif mode == 'train':
     check_training(config)
+  if mode == 'shortcuts':
+    check_shortcuts_region(config)
   if mode == 'explain':
     class_name, classes = config.explain.class_name, list(config.data.classes)
     if class_name and class_name not in classes:

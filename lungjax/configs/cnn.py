@@ -217,6 +217,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.cpu_collectives = 'gloo'  # Cross-process collectives of the CPU backend: 'gloo' or 'mpi'.
   config.distributed.initialization_timeout_s = 300  # How long to wait for every process to join.
 
+  # --mode=shortcuts (lungjax/shortcuts.py): where 'the lungs' are. 'mask': each film's mask from the shipped lung
+  # U-Net (lungjax/lungs.py); 'box': the fixed rows 10-85% x columns 10-90% (the fallback without the weights).
+  config.shortcuts = ml_collections.ConfigDict()
+  config.shortcuts.region = 'mask'
   config.explain = ml_collections.ConfigDict()
   config.explain.dir = ''  # --mode=explain: the folder of images to explain.
   config.explain.layer = 'Conv_2'  # The module whose activations Grad-CAM weighs: the CNN's last conv.
