@@ -99,11 +99,12 @@ class LungModel:
   meta: dict[str, Any]
 
   def logits(self, inputs_NSS: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Logits (float32 N x S x S) of model_input arrays, batch_size at a time (the last batch padded)."""
+    """Logits (float32 N x S x S) of model_input arrays, batch_size (at most N) at a time (the last batch padded)."""
     inputs_NSS = np.asarray(inputs_NSS, np.uint8)
     if inputs_NSS.ndim != 3 or inputs_NSS.shape[1:] != (self.size, self.size):
       raise ValueError(f'model inputs must be N x {self.size} x {self.size}, got {inputs_NSS.shape}')
     out = []
+    batch_size = max(1, min(batch_size, len(inputs_NSS)))  # One film is run alone, not padded to a full batch.
     for start in range(0, len(inputs_NSS), batch_size):
       chunk = inputs_NSS[start:start + batch_size]
       padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.uint8)])
