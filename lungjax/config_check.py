@@ -57,6 +57,10 @@ def check_runtime(config: ml_collections.ConfigDict) -> None:
   metric = config.checkpoint.best_metric
   if metric not in checkpoints.BEST_METRICS:
     raise ValueError(f'config.checkpoint.best_metric={metric!r} is not one of {sorted(checkpoints.BEST_METRICS)}')
+  if metric == 'dice' and config.get('task', 'classify') != 'lungs':
+    raise ValueError("config.checkpoint.best_metric='dice' is the lung U-Net's (config.task='lungs'): a classifier "
+                     'reports no val_dice, so no checkpoint would ever be best; choose one of '
+                     f"{sorted(set(checkpoints.BEST_METRICS) - {'dice'})}")
   on_mismatch = config.checkpoint.get('on_mismatch', 'error')
   if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
     raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '
@@ -166,6 +170,18 @@ def check_autoencoder(config: ml_collections.ConfigDict) -> None:
   autoencoder.extra_image_paths(config)  # Each config.autoencoder.extra_dirs folder there and holding images.
 
 
+def check_shortcuts_region(config: ml_collections.ConfigDict) -> None:
+  """config.shortcuts.region: 'mask' (needs the shipped lung weights) or 'box'."""
+  from lungjax import lungs, shortcuts  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  region = shortcuts.region_of(config)
+  if region not in shortcuts.REGIONS:
+    raise ValueError(f'config.shortcuts.region={region!r} is not one of {list(shortcuts.REGIONS)}')
+  if region == 'mask' and not os.path.isfile(lungs.WEIGHTS_PATH):
+    raise ValueError(f"config.shortcuts.region='mask' needs the lung U-Net's weights {lungs.WEIGHTS_PATH}, which "
+                     "are missing: pass --config.shortcuts.region=box (the fixed box)")
+
+
 def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
   """The lung U-Net's fields (configs/lungs.py): config.task='lungs' trains it; it has no eval/explain modes."""
   if mode != 'train':
@@ -251,6 +267,8 @@ def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
     check_lungs(config, mode)
   elif mode == 'train':
     check_training(config)
+  if mode == 'shortcuts':
+    check_shortcuts_region(config)
   if mode == 'explain':
     check_explain(config)
   elif mode in ('eval', 'shortcuts'):

@@ -54,7 +54,7 @@ STAGE1_FIELDS: tuple[str, ...] = ('model.conv_features', 'data.image_size', 'aut
 
 # May differ from the run's config.json at resume, eval, explain and predict. A path covers a field or a sub-config.
 RUNTIME_FIELDS: tuple[str, ...] = (
-    'eval', 'explain',
+    'eval', 'explain', 'shortcuts',
     'data.root', 'data.prepared_dir', 'data.kaggle_dataset', 'data.decode_threads', 'data.skip_bad_images',
     'checkpoint.fallback_to_good_step', 'distributed',
     'train.keep_freed_host_memory_gb', 'train.cpu_compiler_options',

@@ -221,3 +221,13 @@ def test_a_binned_subgroup_column_holding_a_word_is_refused_before_any_work(tmp_
   for mode in config_check.MODES:
     with pytest.raises(ValueError, match=r"config.eval.subgroups: column 'age' is binned but holds 'adult'"):
       config_check.validate(_with_folders(config, tmp_path), mode)
+
+
+@pytest.mark.parametrize('mode', config_check.MODES)
+def test_a_classifier_may_not_choose_its_checkpoint_by_dice(mode):
+  config = cnn.get_config()
+  config.checkpoint.best_metric = 'dice'  # One of BEST_METRICS, but only the lung U-Net reports val_dice.
+  with pytest.raises(ValueError, match=r"config\.checkpoint\.best_metric='dice'.*config\.task='lungs'"):
+    config_check.validate(config, mode)
+  config.checkpoint.best_metric = 'macro_recall'
+  assert config_check.validate(config, mode) is None
