@@ -67,7 +67,7 @@ def usage() -> str:
   lines = ['usage: lungjax COMMAND [FLAGS] [ARGS]   (lungjax COMMAND --help: its flags)', '',
            'Chest X-ray classifiers in JAX: train, evaluate and explain them, classify new images.', '', 'commands:']
   lines += [f'  {name:<{width}}  {command.summary}' for name, command in COMMANDS.items()]
-  lines += ['', f'--config names a packaged config ({", ".join(configs.names())}) or a config file;',
+  lines += ['', f'--config names a packaged config ({", ".join(configs.names())}),', 'or a config file;',
             'override its fields with --config.FIELD=VALUE (e.g. --config.train.num_epochs=3).', '', EXAMPLES]
   return '\n'.join(lines)
 

@@ -12,9 +12,10 @@ import pytest
 from lungjax import cli, configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGED = ('autoencoder', 'cnn', 'cnn_augment', 'multisource', 'resnet', 'tiny', 'vgg')
+PACKAGED = ('autoencoder', 'cnn', 'cnn_augment', 'lungs', 'multisource', 'resnet', 'tiny', 'vgg')
 # Modules with a __main__ that are developer tools, not user commands (benchmarks, fault injection, a preview).
-DEVELOPER_TOOLS = {'lungjax.bench', 'lungjax.faults', 'lungjax.scale_check', 'lungjax.augment'}
+DEVELOPER_TOOLS = {'lungjax.bench', 'lungjax.faults', 'lungjax.scale_check', 'lungjax.augment',
+                   'lungjax.tools.lungs_report'}
 
 
 def _cli(*args, cwd=REPO):
@@ -74,11 +75,13 @@ def test_resolve_argv_rewrites_only_the_config_flag():
 
 def test_commands_cover_every_user_module_with_a_main():
   modules = set()
-  for entry in sorted(os.listdir(os.path.join(REPO, 'lungjax'))):
-    if entry.endswith('.py'):
-      text = open(os.path.join(REPO, 'lungjax', entry)).read()
-      if re.search(r"^if __name__ == '__main__':", text, re.M) and 'app.run(' in text:
-        modules.add(f'lungjax.{entry[:-3]}')
+  for package in ('lungjax', 'lungjax/tools'):
+    for entry in sorted(os.listdir(os.path.join(REPO, package))):
+      if entry.endswith('.py'):
+        text = open(os.path.join(REPO, package, entry)).read()
+        main_guard = re.search(r"^if __name__ == '__main__':", text, re.M)
+        if main_guard and ('app.run(' in text or package == 'lungjax/tools'):  # tools/ use argparse.
+          modules.add(f'{package.replace("/", ".")}.{entry[:-3]}')
   assert {'lungjax.main', 'lungjax.predict', 'lungjax.audit', 'lungjax.prepare', 'lungjax.compare'} <= modules
   assert modules - DEVELOPER_TOOLS == {command.module for command in cli.COMMANDS.values()}
   assert [name for name, command in cli.COMMANDS.items() if command.module == 'lungjax.main'] == [

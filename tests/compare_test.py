@@ -183,7 +183,7 @@ def test_a_run_compared_with_itself(two_runs, synthetic_root):
   assert result['difference'] == {'accuracy': [0.0, 0.0, 0.0], 'macro_recall': [0.0, 0.0, 0.0]}
   assert result['mcnemar_p'] == 1.0 and result['n_images'] == 12
   assert result['a']['checkpoint_step'] == json.load(open(os.path.join(workdir, 'summary.json')))['best_step']
-  assert sorted(os.listdir(result['out_dir'])) == ['.lungjax-outputs.json', 'compare.json', 'compare.md']
+  assert sorted(os.listdir(result['out_dir'])) == ['.complete', '.lungjax-outputs.json', 'compare.json', 'compare.md']
 
 
 @pytest.mark.slow

@@ -25,7 +25,8 @@ def two_runs(tmp_path_factory, synthetic_root):
 
 
 def _eval(config, workdir, folder, suffix='', **eval_fields):
-  out_name = 'folder-' + workdir_lib.folder_identity([folder]) + suffix
+  out_name = ('validation' if folder == evaluate.VALIDATION else
+              'folder-' + workdir_lib.folder_identity([folder]) + suffix)
   config = copy.deepcopy(config)
   config.eval.dir = folder
   for key, value in eval_fields.items():

@@ -1,6 +1,7 @@
 """The lung U-Net (issue 24): 256 px films, Dice + cross-entropy, joint augmentation, a patient-grouped split.
 
-python -m lungjax.main --config=configs/lungs.py --mode=train --workdir=W
+lungjax train --config=lungs --workdir=W
+  (from a checkout: python -m lungjax.main --config=configs/lungs.py --mode=train --workdir=W)
   [--config.lungs.metadata=.../cohen-covid-chestxray/metadata.csv]
 
 Trains on the films of config.lungs.metadata that have a `lung_mask` (lungjax/segmentation.py). The fields the
