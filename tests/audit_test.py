@@ -402,6 +402,12 @@ def test_audit_counts_classes_per_subgroup_and_finds_a_patient_in_two_folders(tm
   assert counts['AP Supine'] == {'n_images': 4, 'per_class': {'Covid': 4, 'Normal': 0}}
   assert 'AP Supine: 4 of 4 are Covid' in found['subgroups']['view']['largest_class']
   assert counts['unknown']['n_images'] == 1 and counts['no metadata row']['n_images'] == 1
+  # The whole table by hand: AP Supine train Covid 0-2 + test Covid 0; PA train Covid 3, Normal 0-3 + test Covid 1;
+  # test Normal 0 has an empty view, test Normal 1 no row.
+  assert counts == {'AP Supine': {'n_images': 4, 'per_class': {'Covid': 4, 'Normal': 0}},
+                    'PA': {'n_images': 6, 'per_class': {'Covid': 2, 'Normal': 4}},
+                    'unknown': {'n_images': 1, 'per_class': {'Covid': 0, 'Normal': 1}},
+                    'no metadata row': {'n_images': 1, 'per_class': {'Covid': 0, 'Normal': 1}}}
   (across,) = found['group_by']['groups_across_folders']  # Patient p2: a film in train and one in test.
   assert across['values'] == ['p2'] and len(across['folders']) == 2
   assert found['group_by']['n_without_value'] == 2
