@@ -4,8 +4,10 @@ Each step also holds an `integrity` JSON item: the sha256, dtype and shape of ev
 history, the iterator state and the run fingerprint. A restore recomputes the hashes of what orbax read back, so a
 flipped byte, a truncated file or a missing item is an error naming the step, never silently wrong weights.
 
-Two ways in, both through restore_verified: `resume` (training: the newest good step, iterator in place, bad steps
-moved aside) and `restore_chosen` (inference, behind lungjax.inference.load: the best or a requested step).
+One way in, `restore(manager, which='resume'|'best'|STEP, ...)`, through restore_verified: 'resume' (training: the
+newest good step, iterator in place, bad steps moved aside) or 'best' / a step (inference, behind
+lungjax.inference.load, and the final evaluation); "best" (best_or_latest) is worked out in one place. resume,
+restore_chosen and restore_state stay as the steps restore is built from (restore_state is deprecated).
 """
 
 from __future__ import annotations
@@ -471,12 +473,20 @@ def resume(manager: ocp.CheckpointManager, workdir: str, checkpoint_config: ml_c
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: TrainState) -> TrainState:
-  """Restores and verifies only the train state of `step` (for evaluation)."""
+  """Deprecated: restore(manager, step, abstract_state, workdir=...).state. Restores and verifies only the train
+  state of `step`."""
   return restore_verified(manager, step, abstract_state).state
 
 
+def best_or_latest(manager: ocp.CheckpointManager, ranked: bool = True) -> int | None:
+  """The step "best" means, worked out here only: the best-ranked step (config.checkpoint.best_metric), else the
+  latest (none ranked, or `ranked` False: a run without a validation split); None without checkpoints."""
+  best = manager.best_step() if ranked else None
+  return best if best is not None else manager.latest_step()
+
+
 def choose_step(manager: ocp.CheckpointManager, requested: int, workdir: str) -> int:
-  """Returns `requested` if >= 0 (it must exist), else the best step (or the latest if none is ranked)."""
+  """Returns `requested` if >= 0 (it must exist), else best_or_latest."""
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(f'no checkpoints in {checkpoint_dir(workdir)!r}: train first with --workdir={workdir}')
@@ -485,8 +495,7 @@ def choose_step(manager: ocp.CheckpointManager, requested: int, workdir: str) ->
       raise ValueError(f'config.eval.step={requested} has no checkpoint in {checkpoint_dir(workdir)!r}; '
                        f'saved steps: {sorted(steps)}')
     return requested
-  best = manager.best_step()
-  return best if best is not None else manager.latest_step()
+  return best_or_latest(manager)
 
 
 def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir: str, *, requested: int = -1,
@@ -539,6 +548,42 @@ def restore_chosen(manager: ocp.CheckpointManager, abstract_state: Any, workdir:
       logging.warning('%s; listing the steps again (try %d of %d)', error, attempt + 1, READ_ATTEMPTS)
       reload(manager)
   raise AssertionError('unreachable')
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+  """restore(which='resume'): the manager to go on with (a new one after on_mismatch='fresh' set the old
+  checkpoints aside) and the restored step, or None to start fresh."""
+
+  manager: ocp.CheckpointManager
+  restored: Restored | None
+
+
+def restore(manager: ocp.CheckpointManager, which: str | int, abstract_state: Any, *, workdir: str,
+            data_iter: grain.DatasetIterator | None = None, checkpoint_config: ml_collections.ConfigDict | None = None,
+            fingerprint: dict[str, Any] | None = None, fallback: bool = False,
+            config: ml_collections.ConfigDict | None = None, ranked: bool = True) -> Restored | Resumed:
+  """The one restore: every checkpoint read goes through checksum verification (restore_verified).
+
+  which='resume' (training): the newest good step of the same run, `data_iter` set to its position; needs
+  checkpoint_config and the run's `fingerprint`; bad steps are moved aside; returns Resumed.
+  which='best': best_or_latest(manager, ranked); which=STEP (an int >= 0): that step (ValueError naming
+  config.eval.step if it has none). Both return Restored; a corrupt step is an error unless `fallback`
+  (config.checkpoint.fallback_to_good_step), and with `config` a step whose fingerprint records other classes,
+  another model or image size is refused before its arrays are read (restore_chosen).
+  """
+  if which == 'resume':
+    if data_iter is None or checkpoint_config is None or fingerprint is None:
+      raise TypeError("restore(which='resume') needs data_iter, checkpoint_config and fingerprint")
+    return Resumed(*resume(manager, workdir, checkpoint_config, abstract_state, data_iter, fingerprint))
+  if which == 'best':
+    requested = -1 if ranked else best_or_latest(manager, ranked=False)
+    requested = -1 if requested is None else requested  # No checkpoints: choose_step names the folder.
+  elif isinstance(which, int) and not isinstance(which, bool) and which >= 0:
+    requested = which
+  else:
+    raise ValueError(f"restore(which={which!r}): which is 'resume', 'best' or a step >= 0")
+  return restore_chosen(manager, abstract_state, workdir, requested=requested, fallback=fallback, config=config)
 
 
 def reload(manager: ocp.CheckpointManager) -> None:

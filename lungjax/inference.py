@@ -2,7 +2,7 @@
 
 load() is the one restore behind --mode=eval, explain and shortcuts, lungjax.predict, lungjax.compare and the API:
 the run's own config.json builds the model, the best (or a chosen) checkpoint is read and every array is checked
-against the sha256 the training run saved (checkpoints.restore_chosen), and a checkpoint whose fingerprint records
+against the sha256 the training run saved (checkpoints.restore), and a checkpoint whose fingerprint records
 other classes, another model or image size than the config is refused.
 
 Model.predict decodes each image exactly as --mode=eval decodes a folder's files (data/images.py load_image: 8-bit
@@ -317,9 +317,8 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
   abstract = steps.abstract_train_state(module, steps.create_optimizer(config.train), config.data.image_size, mesh)
   manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
   try:
-    restored = checkpoints.restore_chosen(manager, abstract, workdir, requested=requested,
-                                          fallback=config.checkpoint.get('fallback_to_good_step', False),
-                                          config=config)
+    restored = checkpoints.restore(manager, 'best' if requested < 0 else requested, abstract, workdir=workdir,
+                                   fallback=config.checkpoint.get('fallback_to_good_step', False), config=config)
   finally:
     manager.close()
   return Model(config, module, restored.state, restored.step, workdir)

@@ -153,7 +153,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     history: list[dict[str, float]] = []
     abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
     run_fingerprint = fingerprint_lib.run_fingerprint(config, data, abstract, read_options.num_threads)
-    manager, restored = checkpoints.resume(manager, workdir, config.checkpoint, abstract, data_iter, run_fingerprint)
+    resumed = checkpoints.restore(manager, 'resume', abstract, workdir=workdir, data_iter=data_iter,
+                                  checkpoint_config=config.checkpoint, fingerprint=run_fingerprint)
+    manager, restored = resumed.manager, resumed.restored
     if restored is not None:
       state, history = restored.state, list(restored.history['epochs'])
       logging.info('resumed from %s at step %d', checkpoints.checkpoint_dir(workdir), restored.step)
@@ -219,9 +221,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_seconds = time.perf_counter() - start_time
 
     # Reports: the best checkpoint (by config.checkpoint.best_metric on validation; else the latest) evaluated.
-    best_step = manager.best_step() if len(data.val) else manager.latest_step()
-    best_step = manager.latest_step() if best_step is None else best_step
-    best_state = checkpoints.restore_state(manager, best_step, abstract)
+    best_step = checkpoints.best_or_latest(manager, ranked=bool(len(data.val)))
+    best_state = checkpoints.restore(manager, best_step, abstract, workdir=workdir).state
     manager.close()
     summary: dict[str, Any] = {
         'config': config.name, 'model': config.model.name, 'n_params': n_params, 'best_step': best_step,

@@ -177,3 +177,37 @@ def test_failed_save_is_a_clear_error_and_stale_tmp_folders_are_cleaned(tmp_path
   monkeypatch.setattr(manager, 'wait_until_finished', full_disk)
   with pytest.raises(checkpoints.CheckpointSaveError, match='failed: OSError.*No space left.*older steps'):
     checkpoints.wait(manager)
+
+
+def test_the_one_restore_picks_best_latest_or_a_step(tmp_path, tiny_config):
+  model = create_model(tiny_config.model, 3)
+  tx = steps.create_optimizer(tiny_config.train)
+  mesh = mesh_lib.make_mesh()
+  base = steps.jit_create_train_state(model, tx, 32, mesh)(jax.random.PRNGKey(3))
+  images = np.zeros((8, 2, 2, 3), np.uint8)
+  dataset = pipeline.train_dataset(images, np.zeros(8, np.int32), global_batch_size=4, num_epochs=2, seed=0)
+  data_iter = iter(dataset.to_iter_dataset())
+  tiny_config.checkpoint.keep_latest, tiny_config.checkpoint.keep_best = 3, 3
+  fingerprint = {'run': {'seed': 0}, 'host': {}}
+  manager = checkpoints.create_manager(str(tmp_path), tiny_config.checkpoint)
+  for step, recall in ((1, 0.2), (2, 0.9), (3, 0.4)):  # Step 2 ranks best; 3 is the latest.
+    state = base.replace(step=base.step + step, params=jax.tree.map(lambda p, s=step: p + s, base.params))
+    checkpoints.save(manager, state, data_iter, [], {'val_macro_recall': recall}, fingerprint)
+  manager.wait_until_finished()
+  abstract = steps.abstract_train_state(model, tx, 32, mesh)
+  assert checkpoints.best_or_latest(manager) == 2 and checkpoints.best_or_latest(manager, ranked=False) == 3
+  assert checkpoints.restore(manager, 'best', abstract, workdir=str(tmp_path)).step == 2
+  assert checkpoints.restore(manager, 'best', abstract, workdir=str(tmp_path), ranked=False).step == 3
+  restored = checkpoints.restore(manager, 1, abstract, workdir=str(tmp_path))
+  assert restored.step == 1 and int(restored.state.step) == int(base.step) + 1
+  with pytest.raises(ValueError, match='config.eval.step=7 has no checkpoint'):
+    checkpoints.restore(manager, 7, abstract, workdir=str(tmp_path))
+  for bad in ('latest', -1, True):
+    with pytest.raises(ValueError, match='which is'):
+      checkpoints.restore(manager, bad, abstract, workdir=str(tmp_path))
+  with pytest.raises(TypeError, match='needs data_iter'):
+    checkpoints.restore(manager, 'resume', abstract, workdir=str(tmp_path))
+  resumed = checkpoints.restore(manager, 'resume', abstract, workdir=str(tmp_path), data_iter=data_iter,
+                                checkpoint_config=tiny_config.checkpoint, fingerprint=fingerprint)
+  assert isinstance(resumed, checkpoints.Resumed) and resumed.restored.step == 3 and resumed.manager is manager
+  manager.close()
