@@ -82,3 +82,19 @@ def test_an_animated_png_is_refused_like_a_multi_frame_dicom(tmp_path):
   single = str(tmp_path / 'still.png')
   frames[0].save(single)
   assert images.load_image(single, 32).pixels_HWC.shape == (32, 32, 3)
+
+
+def test_two_eval_folders_sharing_identical_images_are_warned_with_the_count(tmp_path, caplog):
+  """Issue 26, Low 5: folders A and B sharing 2 images were pooled with no warning; now the count is logged."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  a, b = str(tmp_path / 'A'), str(tmp_path / 'B')
+  write_image_folder(a, 2, seed=3)
+  write_image_folder(b, 2, seed=4)
+  for name in ('000.png', '001.png'):
+    shutil.copy(os.path.join(a, 'Normal', name), os.path.join(b, 'Normal', f'copy-{name}'))
+  with caplog.at_level('WARNING'):
+    loaded = loading.load_folders(f'{a},{b}', tiny.get_config())
+  assert len(loaded.decoded) == 14
+  assert '4 images (identical pixels) are in more than one of its folders' in caplog.text  # 2 in A, 2 in B.
+  assert loading.shared_images([['x', 'y'], ['z'], ['x']]) == 2
+  assert loading.shared_images([['x'], ['y']]) == 0
