@@ -158,8 +158,9 @@ def write_predictions(decoded: images.DecodedImages, probabilities_NC: np.ndarra
 
 
 def read_predictions(path: str, classes: tuple[str, ...]) -> tuple[list[str], np.ndarray, np.ndarray]:
-  """Reads write_predictions' CSV back into (files, labels_N, probabilities_NC)."""
-  with open(path, newline='') as f:
+  """Reads write_predictions' CSV back into (files, labels_N, probabilities_NC); a file name that is not UTF-8 comes
+  back as the same str its folder listing gave (its bytes kept, surrogateescape)."""
+  with open(path, newline='', encoding='utf-8', errors='surrogateescape') as f:
     rows = list(csv.DictReader(f))
   files = [row['file'] for row in rows]
   labels_N = np.asarray([classes.index(row['true']) for row in rows], np.int32)

@@ -151,10 +151,13 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
     target = predicted if explained < 0 else explained
     overlay_path = os.path.join(out_dir, overlay_name)
     save_overlay(decoded.images_NHWC[index], heatmaps_NHW[index], overlay_path, root=out_dir)
-    rows.append({'file': path, 'overlay': overlay_path, 'true': classes[label] if label >= 0 else None,
-                 'predicted': classes[predicted], 'confidence': float(probs_NC[index, predicted]),
-                 'explained_class': classes[target]})
-    titles.append(f'{os.path.relpath(path, folder)}\n' + (f'true {classes[label]}\n' if label >= 0 else '') +
+    row = {'file': folders.shown_name(path), 'overlay': folders.shown_name(overlay_path),
+           'true': classes[label] if label >= 0 else None, 'predicted': classes[predicted],
+           'confidence': float(probs_NC[index, predicted]), 'explained_class': classes[target]}
+    if row['file'] != path:  # Not UTF-8: shown escaped, and its exact bytes (the path to open) as hex, as predict.
+      row.update(file_bytes_hex=os.fsencode(path).hex(), overlay_bytes_hex=os.fsencode(overlay_path).hex())
+    rows.append(row)
+    titles.append(f'{folders.shown_name(os.path.relpath(path, folder))}\n' + (f'true {classes[label]}\n' if label >= 0 else '') +
                   f'pred {classes[predicted]} {probs_NC[index, predicted]:.0%}' +
                   (f'\nmap of {classes[target]}' if explained >= 0 else ''))
     colours.append('black' if label < 0 else ('tab:green' if label == predicted else 'tab:red'))
@@ -170,7 +173,8 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   summary: dict[str, Any] = {
       'folder': os.path.abspath(folder), 'out_dir': os.path.abspath(out_dir), 'gallery': os.path.abspath(gallery),
       'checkpoint_step': model.checkpoint_step, 'layer': config.explain.layer, 'class_name': class_name,
-      'n_images': len(rows), 'labelled': bool(np.all(decoded.labels_N >= 0)), 'skipped_images': skipped,
+      'n_images': len(rows), 'labelled': bool(np.all(decoded.labels_N >= 0)),
+      'skipped_images': [[folders.shown_name(str(part)) for part in item] for item in skipped],
       'images': rows}
   if summary['labelled']:
     summary['accuracy'] = float(np.mean(probs_NC.argmax(axis=-1) == decoded.labels_N))

@@ -14,6 +14,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 from lungjax import metrics as metrics_lib, workdir as workdir_lib
+from lungjax.data import folders
 
 # The study's goals, in its order of importance: each must exceed 0.90.
 STUDY_GOALS = (('macro recall', ('macro_avg', 'recall')), ('macro F1', ('macro_avg', 'f1')),
@@ -415,6 +416,7 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str, labels_N
     raise ValueError('write_evaluation needs both labels_N and probabilities_NC (for roc.png, reliability.png) '
                      'or neither')
   os.makedirs(out_dir, exist_ok=True)
+  title = folders.shown_name(title)  # A folder name that is not UTF-8: escaped, in the plot and the report.
   write_metrics_json(metrics, os.path.join(out_dir, 'metrics.json'))
   plot_confusion_matrix(metrics, os.path.join(out_dir, 'confusion_matrix.png'), title)
   plots = ['confusion_matrix.png']
@@ -424,5 +426,6 @@ def write_evaluation(metrics: dict[str, Any], out_dir: str, title: str, labels_N
     plot_reliability(labels_N, probabilities_NC, os.path.join(out_dir, 'reliability.png'))
     plots += ['roc.png', 'pr.png', 'reliability.png']
   # After the plots it links to.
-  workdir_lib.write_text(os.path.join(out_dir, 'report.md'), report_markdown(metrics, title, plots))
+  # Valid UTF-8: a file name that is not (in the skipped or copied images' lists) is shown escaped.
+  workdir_lib.write_text(os.path.join(out_dir, 'report.md'), folders.shown_name(report_markdown(metrics, title, plots)))
   return plots

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from lungjax import report, workdir as workdir_lib
+from lungjax.data import folders
 
 FILE_NAME = 'report.html'
 # The page's generator tag: report.html is only ever written over a file that carries it (one lungjax wrote).
@@ -718,7 +719,7 @@ def write_page(path: str, text: str) -> None:
     raise FileExistsError(f'{path} is a symbolic link: lungjax does not write report.html through it')
   if os.path.exists(path) and not (os.path.isfile(path) and _written_by_lungjax(path)):
     raise FileExistsError(f'{path} exists and was not written by lungjax ({GENERATOR}): not written over')
-  workdir_lib.write_atomic(path, text)
+  workdir_lib.write_atomic(path, folders.shown_name(text))  # Valid UTF-8: a non-UTF-8 file name shown escaped.
 
 
 def write_report_html(out_dir: str, metrics: Mapping[str, Any], title: str, plots: Sequence[str] = (),

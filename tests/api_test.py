@@ -21,6 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope='module')
 def model(trained_workdir):
+  record = calibration.read(trained_workdir)
+  if record['temperature'] == 1.0 and record['fitted_temperature'] != 1.0:
+    # The tiny run's fit worsened its own out-of-fold ECE, so it is not served (issue 26, Low 6): serve the fit here,
+    # so that the calibrated numbers below differ from the raw ones.
+    calibration.write(trained_workdir, {**record, 'temperature': record['fitted_temperature']})
   return lungjax.load(trained_workdir)
 
 

@@ -66,3 +66,35 @@ def test_an_eval_folder_whose_path_holds_a_comma_is_refused_naming_it(tmp_path):
   write_image_folder(folder, 1, seed=0)
   with pytest.raises(ValueError, match=r"config.eval.dir='.*ward 3, 2024' is one folder whose path holds a comma"):
     loading.load_folders(folder, tiny.get_config())
+
+
+def test_an_animated_png_is_refused_like_a_multi_frame_dicom(tmp_path):
+  """Issue 26, Low 5: an APNG's first frame was used silently; now it is refused, naming the file and its frames."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  frames = [Image.fromarray(np.full((40, 40), v, np.uint8)) for v in (30, 200)]
+  animated = str(tmp_path / 'cine.png')
+  frames[0].save(animated, save_all=True, append_images=frames[1:])
+  with Image.open(animated) as check:
+    assert check.n_frames == 2
+  with pytest.raises(images.BadImageError, match=r'cine.png.*animated PNG \(APNG, 2 frames\)'):
+    images.load_image(animated, 32)
+  single = str(tmp_path / 'still.png')
+  frames[0].save(single)
+  assert images.load_image(single, 32).pixels_HWC.shape == (32, 32, 3)
+
+
+def test_two_eval_folders_sharing_identical_images_are_warned_with_the_count(tmp_path, caplog):
+  """Issue 26, Low 5: folders A and B sharing 2 images were pooled with no warning; now the count is logged."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  a, b = str(tmp_path / 'A'), str(tmp_path / 'B')
+  write_image_folder(a, 2, seed=3)
+  write_image_folder(b, 2, seed=4)
+  for name in ('000.png', '001.png'):
+    shutil.copy(os.path.join(a, 'Normal', name), os.path.join(b, 'Normal', f'copy-{name}'))
+  with caplog.at_level('WARNING'):
+    loaded = loading.load_folders(f'{a},{b}', tiny.get_config())
+  assert len(loaded.decoded) == 14
+  assert '4 images (identical pixels) are in more than one of its folders' in caplog.text  # 2 in A, 2 in B.
+  assert loading.shared_images([['x', 'y'], ['z'], ['x']]) == 2
+  assert loading.shared_images([['x'], ['y']]) == 0

@@ -224,3 +224,17 @@ def test_a_voi_lut_declared_16_bit_with_12_bit_entries_is_read_at_12_bits(tmp_pa
   full = write_dicom(tmp_path / 'full.dcm', stored, VOILUTSequence=with_lut(16, identity * 16))  # Real 16-bit.
   np.testing.assert_allclose(decoded(full).astype(int), grey, atol=1)
   assert images.load_image(full, SIZE).warnings == ()
+
+
+def test_an_8_bit_dicom_is_read_as_the_same_png_is_not_stretched(tmp_path):
+  """Issue 26, Low 5: an 8-bit DICOM (values 60..180, no window) was stretched to 0..255 while the same pixels as a
+  PNG were not; both now read the stored grey levels as they are. A 12-bit one without a window still spans its range."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  stored_HW = np.tile(np.linspace(60, 180, 48).astype(np.uint16), (40, 1))
+  path = write_dicom(tmp_path / 'eight.dcm', stored_HW, bits_stored=8)
+  png = str(tmp_path / 'eight.png')
+  Image.fromarray(stored_HW.astype(np.uint8)).save(png)
+  np.testing.assert_array_equal(decoded(path), stored_HW.astype(np.uint8))
+  np.testing.assert_array_equal(images.load_image(path, 32).pixels_HWC, images.load_image(png, 32).pixels_HWC)
+  twelve = decoded(write_dicom(tmp_path / 'twelve.dcm', stored_HW * 16, bits_stored=12))
+  assert (twelve.min(), twelve.max()) == (0, 255)  # Deeper than 8 bits and no window: its full range, as before.

@@ -4,7 +4,8 @@ identify a patient. Needs pydicom (the [dicom] extra: pip install 'lungjax[dicom
 Decoding follows the DICOM display pipeline for a single-frame greyscale image: the stored values (BitsStored
 bits) go through the modality transform (Modality LUT, or RescaleSlope / RescaleIntercept), then the VOI transform
 (the first VOI LUT, or WindowCenter / WindowWidth) whose output range maps to 0..255; without a VOI transform the
-full range of the rescaled values (min..max) does. MONOCHROME1 (higher values darker) is inverted so that, as in
+full range of the rescaled values (min..max) does, except for 8-bit values (BitsStored <= 8, within 0..255): those are
+read as they are, as the same image saved as an 8-bit PNG is (no contrast stretch). MONOCHROME1 (higher values darker) is inverted so that, as in
 MONOCHROME2 and every PNG, bone is bright. Colour DICOM (RGB, YBR) of 8 bits is read as RGB. Multi-frame files and
 compressed transfer syntaxes that no installed pydicom decoder handles are refused with BadImageError naming the
 file (and, for the latter, what to install).
@@ -217,6 +218,10 @@ def grey_uint8(ds: Any, stored_HW: np.ndarray) -> tuple[np.ndarray, str, tuple[s
     if _has_voi_lut(ds):
       (low, high), warnings = _lut_entries_range(ds, voi)
       how += f' (entries read as 0..{high:g})' if warnings else ''
+  elif bits <= 8 and float(np.min(values_HW)) >= 0 and float(np.max(values_HW)) <= 255:
+    # 8-bit values are the grey levels themselves, read as the same image saved as a PNG is: not stretched.
+    low, high, clipped = 0.0, 255.0, 0
+    how = 'values as stored (0..255, as an 8-bit PNG)'
   else:
     full_low, full_high = float(np.min(values_HW)), float(np.max(values_HW))
     low, high, clipped = robust_range(values_HW)

@@ -49,6 +49,18 @@ def is_image_file(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def shown_name(text: str) -> str:
+  """`text` (a file name, or a report holding some) as valid UTF-8 that a person can read: the bytes of a name that
+  are not UTF-8 (Python holds them as lone surrogates, os.fsdecode's surrogateescape) become `\\xNN` escapes, as
+  repr shows them; all other text is unchanged. For what people read (report.md, report.html, plot titles,
+  explain.json's file); predictions.csv keeps the exact bytes (read it back with errors='surrogateescape')."""
+  try:
+    raw = text.encode('utf-8', 'surrogateescape')
+  except UnicodeEncodeError:  # A surrogate no file-name decoding made: its own UTF-8 bytes, escaped alike.
+    raw = text.encode('utf-8', 'surrogatepass')
+  return raw.decode('utf-8', 'backslashreplace')
+
+
 def file_problem(path: str) -> str | None:
   """Why `path` cannot be read as an image file, or None: a dangling symbolic link, a link loop, something that is
   not a regular file (a folder, a FIFO, a device: reading those would fail or block) or no permission to read it."""

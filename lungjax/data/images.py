@@ -456,6 +456,9 @@ def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
     with open_image(path) as image:
       if image.width == 0 or image.height == 0:
         raise BadImageError(path, f'a {image.width}x{image.height} image has no pixels')
+      if image.format == 'PNG' and getattr(image, 'n_frames', 1) > 1:  # As a multi-frame DICOM is refused.
+        raise BadImageError(path, f'an animated PNG (APNG, {image.n_frames} frames): lungjax reads single-frame '
+                                  'images only, and would otherwise take the first frame silently')
       if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float('inf')):  # Pillow only warns up to 2x.
         raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
                                            f'={Image.MAX_IMAGE_PIXELS}')

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import io
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -135,6 +136,16 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
   return root, FolderImages(loaded.folder, decoded, sum((part.ignored_files for part in parts), ()))
 
 
+def shared_images(hashes_per_folder: Sequence[Sequence[str]]) -> int:
+  """How many images of the folders (each given by its images' pixel hashes) have identical pixels in another of
+  them: every such image counts, in each folder that holds it."""
+  folders_of: dict[str, set[int]] = {}
+  for index, hashes in enumerate(hashes_per_folder):
+    for pixel_hash in hashes:
+      folders_of.setdefault(pixel_hash, set()).add(index)
+  return sum(len(folders_of[h]) > 1 for hashes in hashes_per_folder for h in hashes)
+
+
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
 VALIDATION = '@validation'
 
@@ -169,6 +180,10 @@ def load_folders(text: str, config: ml_collections.ConfigDict,
     return load_folder(paths[0], config, require_all_classes=False, folder_names=folder_names)
   names = [os.path.basename(os.path.normpath(p)) for p in paths]
   parts = [load_folder(p, config, require_all_classes=False, folder_names=folder_names) for p in paths]
+  shared = shared_images([part.decoded.pixel_hashes for part in parts])
+  if shared:
+    logging.warning('config.eval.dir=%r: %d images (identical pixels) are in more than one of its folders; pooled, '
+                    'each counts once per folder it is in', text, shared)
   decoded = sources_lib.concatenate([part.decoded for part in parts], names)
   return FolderImages(','.join(paths), decoded, sum((part.ignored_files for part in parts), ()))
 
