@@ -402,7 +402,7 @@ def _load(config: ml_collections.ConfigDict) -> tuple[str, loading.FolderImages]
     raise FileNotFoundError(f'config.eval.dir={folder!r} is not a folder')
   folder_names = folders.parse_folder_names(config.eval.class_names, config.data.classes)
   loaded = loading.load_folder(folder, config, require_all_classes=False, folder_names=folder_names)
-  return os.path.basename(os.path.normpath(folder)), loaded
+  return workdir_lib.folder_identity([folder]), loaded  # Same base name, other folder: its own output.
 
 
 def region_of(config: ml_collections.ConfigDict) -> str:
@@ -418,7 +418,7 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   The model, classes and image size come from the run's config.json (checkpoints.run_config_for_inference: an
   `overridden` field outside INFERENCE_FIELDS that differs is a ValueError). The lungs: config.shortcuts.region
   (lung_regions; lung_model default the shipped U-Net). Writes shortcuts.json, shortcuts.md and shortcuts.png to
-  workdir/shortcuts/<folder name>/ and returns the summary (with 'out_dir').
+  workdir/shortcuts/<folder name>-<hash of its path>/ and returns the summary (with 'out_dir').
   """
   config = checkpoints.run_config_for_inference(workdir, config, overridden)
   if not config.eval.dir:
@@ -492,13 +492,15 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
                     'title': f'{caption}\npred {classes[predicted]} {example_probs_NC[row_in_stack, predicted]:.0%}',
                     'colour': 'tab:green' if predicted == label else 'tab:red',
                     'row': present.index(label), 'column': slot * len(VIEWS) + v})
-  os.makedirs(out_dir, exist_ok=True)
-  title = f'{config.name} on {name}'
+  workdir_lib.begin_unit(out_dir)  # One unit: its marker is written last (issue 26 High 3).
+  title = f'{config.name} on ' + ('validation' if name == 'validation' else
+                                  workdir_lib.legacy_folder_name([config.eval.dir]))
   plot_examples(tiles, len(present), EXAMPLES_PER_CLASS * len(VIEWS), box_pixels(height, width),
                 os.path.join(out_dir, 'shortcuts.png'),
                 f'{title}, checkpoint step {step}: as is, lungs hidden, lungs only (Grad-CAM of the predicted class)')
   workdir_lib.write_json(os.path.join(out_dir, 'shortcuts.json'), summary)
   workdir_lib.write_text(os.path.join(out_dir, 'shortcuts.md'), shortcuts_markdown(summary, title))
+  workdir_lib.finish_unit(out_dir, FILES)
   logging.info('%s: as is %.3f, lungs hidden %.3f, lungs only %.3f (%s) → %s', title, views['as_is']['accuracy'],
                views['lungs_hidden']['accuracy'], views['lungs_only']['accuracy'],
                summary['verdict']['lungs_hidden'], out_dir)

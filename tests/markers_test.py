@@ -71,7 +71,7 @@ def test_the_lungs_are_never_masked():
   grey_HW = film()
   lungs_HW = lung_mask()
   plant(grey_HW, 'R', 20, 20, 20, 250)
-  box = plant(grey_HW, 'AP', 200, 56, 20, 250)  # On the left lung, outside the central zone.
+  box = plant(grey_HW, 'AP', 200, 44, 20, 250)  # On the left lung, in the border band, outside the central zone.
   assert covered(box, markers.find_markers(grey_HW)) >= 0.5  # Without the lungs it is a marker ...
   plant(grey_HW, 'L', 190, 195, 20, 250)  # In the central zone, where no marker is ever taken.
   mask_HW = markers.marker_mask(grey_HW, lungs_HW)
@@ -105,3 +105,14 @@ def test_mask_markers_must_be_a_bool():
   config = ml_collections.ConfigDict({'data': {'preprocess': {}, 'mask_markers': 'yes'}})
   with pytest.raises(ValueError, match='config.data.mask_markers'):
     preprocess.settings_of(config)
+
+
+@needs_font
+def test_only_the_border_band_holds_markers():
+  """A letter 3/40 of the side from the edge is a marker; the same letter 7/40 in (on the body: an author's arrow
+  or a zone number on the lungs, an ECG clip) is not."""
+  near_HW, far_HW = film(), film()
+  near = plant(near_HW, 'R', 150, 30, 20, 250)
+  far = plant(far_HW, 'R', 150, 70, 20, 250)
+  assert covered(near, markers.find_markers(near_HW)) >= 0.5
+  assert 70 > markers.EDGE_BAND * 400 and markers.find_markers(far_HW) == []

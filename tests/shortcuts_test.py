@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import shortcuts, train
+from lungjax import shortcuts, train, workdir as workdir_lib
 from tests.conftest import CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,7 +215,7 @@ def centre_run(tmp_path_factory):
 def test_a_model_that_reads_a_corner_is_flagged(corner_run):
   config, workdir, test_dir = corner_run
   summary = shortcuts.check_shortcuts(config, workdir)
-  out_dir = os.path.join(workdir, 'shortcuts', 'held out')
+  out_dir = os.path.join(workdir, 'shortcuts', workdir_lib.folder_identity([test_dir]))
   assert summary['out_dir'] == os.path.abspath(out_dir)
   with open(os.path.join(out_dir, 'shortcuts.json')) as f:
     saved = json.load(f)
@@ -272,13 +272,14 @@ def test_the_mode_runs_from_the_command_line_and_keeps_files_it_did_not_write(ce
   with pytest.raises(ValueError, match='config.model.conv_features'):
     shortcuts.check_shortcuts(changed, workdir, overridden=['model.conv_features', 'eval.dir'])
   foreign = tmp_path / 'run'
-  (foreign / 'shortcuts' / 'held out').mkdir(parents=True)
+  held_out = workdir_lib.folder_identity([config.eval.dir])
+  (foreign / 'shortcuts' / held_out).mkdir(parents=True)
   for name in ('config.json', 'checkpoints'):
     os.symlink(os.path.join(workdir, name), foreign / name)
-  (foreign / 'shortcuts' / 'held out' / 'shortcuts.md').write_text('my notes')
+  (foreign / 'shortcuts' / held_out / 'shortcuts.md').write_text('my notes')
   with pytest.raises(FileExistsError, match='did not write'):
     shortcuts.check_shortcuts(config, str(foreign))
-  assert (foreign / 'shortcuts' / 'held out' / 'shortcuts.md').read_text() == 'my notes'
+  assert (foreign / 'shortcuts' / held_out / 'shortcuts.md').read_text() == 'my notes'
 
 
 @pytest.mark.slow

@@ -18,7 +18,11 @@ WORK_SIDE pixels (boxes are mapped back to the film's own pixels):
    - extent (pixels / box area) in [MIN_EXTENT, MAX_EXTENT] and solidity (pixels / convex hull) at most
      MAX_SOLIDITY: neither a thin line (a wire, a film edge) nor a filled blob (an electrode, a bone end);
    - not touching the image's border (film edges, collimator shutters) and its centre outside the central lung
-     zone (CENTRAL_ZONE: rows and columns between those fractions of the side), where a film's lungs always lie.
+     zone (CENTRAL_ZONE: rows and columns between those fractions of the side), where a film's lungs always lie;
+   - in the border band: its box's nearest side at most EDGE_BAND of the short side from the image's edge.
+     Markers are printed along a film's edges and in its corners, outside the body; what a component further in
+     is, on the films looked at (results/markers/README.md), is an arrow, arrowhead or zone number an author drew
+     on the lungs of a published figure, or a device (ECG clip, pacemaker) on the chest: masking those masks lung.
 3. words: letters whose boxes are within WORD_GAP of their height of each other, of similar height (ratio at most
    2) and overlapping in rows, are merged into one box (PORTABLE, AP SUPINE); every box is grown by PAD of its
    height on each side, clipped to the image.
@@ -44,6 +48,7 @@ MIN_HEIGHT, MAX_HEIGHT, MAX_WIDTH = 0.012, 0.12, 0.12
 MAX_STROKE, MAX_STROKE_FRACTION = 0.45, 0.03
 MIN_EXTENT, MAX_EXTENT, MAX_SOLIDITY = 0.12, 0.85, 0.92
 CENTRAL_ZONE = (0.25, 0.75)
+EDGE_BAND = 0.12
 MIN_SHARPNESS = 0.3
 WORD_GAP, PAD = 1.0, 0.15
 MIN_PIXELS = 12
@@ -100,6 +105,8 @@ def _letters(tophat_HW: np.ndarray, gradient_HW: np.ndarray, lungs_HW: np.ndarra
     if region.area < MIN_PIXELS or not MIN_HEIGHT * side <= box_h <= MAX_HEIGHT * side or box_w > MAX_WIDTH * side:
       continue
     if top == 0 or left == 0 or bottom == height or right == width:
+      continue
+    if min(top, left, height - bottom, width - right) > EDGE_BAND * side:
       continue
     if _in_central_zone(region.bbox, height, width) or region.intensity_mean < MIN_MEAN_CONTRAST:
       continue
