@@ -224,8 +224,8 @@ def test_a_binned_subgroup_column_holding_a_word_is_refused_before_any_work(tmp_
 
 
 @pytest.mark.parametrize('mode', config_check.MODES)
-def test_a_classifier_may_not_choose_its_checkpoint_by_dice(mode):
-  config = cnn.get_config()
+def test_a_classifier_may_not_choose_its_checkpoint_by_dice(mode, tmp_path):
+  config = _with_folders(cnn.get_config(), tmp_path)
   config.checkpoint.best_metric = 'dice'  # One of BEST_METRICS, but only the lung U-Net reports val_dice.
   with pytest.raises(ValueError, match=r"config\.checkpoint\.best_metric='dice'.*config\.task='lungs'"):
     config_check.validate(config, mode)
