@@ -642,6 +642,7 @@ def metadata_report(table_path: str, file_column: str, subgroups: str, group_by:
   for subgroup in metadata_lib.parse_subgroups(subgroups, '--subgroups') if subgroups else ():
     if subgroup.column not in table.columns:
       raise ValueError(f'--subgroups={subgroups!r}: {subgroup.column!r} is not a column of --metadata={table_path!r}')
+    subgroup = metadata_lib.with_bins(joined, subgroup)  # A numeric column named without bins: quartile bins.
     counts = metadata_lib.class_counts(labels_N, metadata_lib.subgroup_labels(joined, subgroup), subgroup, classes)
     found['subgroups'][subgroup.column] = {
         'counts': counts, 'largest_class': [metadata_lib.counts_sentence(v, row) for v, row in counts.items()]}

@@ -29,18 +29,25 @@ from jax.sharding import Mesh
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import checkpoints, mesh as mesh_lib, workdir as workdir_lib
+from lungjax import checkpoints, mesh as mesh_lib, run_fields, workdir as workdir_lib
 from lungjax.data import folders, images, loading, pipeline, preprocess
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
 
 GRID_IMAGES = 8  # Inputs above, their reconstructions below.
-# Stage-1 settings a checkpoint was trained with; resuming under others would mix two runs. num_epochs may grow.
-_SETTINGS = (('config.model.conv_features', lambda c: list(c.model.conv_features)),
-             ('config.data.image_size', lambda c: c.data.image_size),
-             ('config.autoencoder.batch_size', lambda c: c.autoencoder.batch_size),
-             ('config.autoencoder.learning_rate', lambda c: c.autoencoder.learning_rate),
-             ('config.autoencoder.extra_dirs', lambda c: [os.path.abspath(d) for d in c.autoencoder.extra_dirs]),
-             ('config.seed', lambda c: c.seed))
+
+
+def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Stage 1's settings.json: {'config.<field>': value} of run_fields.STAGE1_FIELDS (folders absolute, sequences as
+  lists). Resuming a stage-1 checkpoint under other values would mix two runs; num_epochs may grow."""
+  settings = {}
+  for field in run_fields.STAGE1_FIELDS:
+    found = run_fields.value(config, field)
+    if field == 'autoencoder.extra_dirs':
+      found = [os.path.abspath(d) for d in found]
+    settings[f'config.{field}'] = list(found) if isinstance(found, (tuple, list)) else found
+  return settings
+
+
 _PNG_METADATA = {'Software': None}  # PNGs carry no metadata at all.
 
 
@@ -156,7 +163,7 @@ def _restore_history(manager: ocp.CheckpointManager, step: int) -> dict[str, Any
 def _check_settings(config: ml_collections.ConfigDict, workdir: str, has_checkpoint: bool) -> None:
   """Writes settings.json for a fresh stage 1; raises ValueError naming the fields a checkpoint was trained without."""
   path = os.path.join(stage_dir(workdir), 'settings.json')
-  current = {field: value(config) for field, value in _SETTINGS}
+  current = _settings(config)
   if has_checkpoint and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
@@ -274,17 +281,25 @@ def _walk_images(folder: str) -> list[str]:
   return paths
 
 
-def load_extra_images(config: ml_collections.ConfigDict,
-                      exclude_hashes: Sequence[str] = ()) -> images.DecodedImages:
-  """Decodes the images of config.autoencoder.extra_dirs; exact copies of `exclude_hashes` (validation) are dropped."""
-  records = []
+def extra_image_paths(config: ml_collections.ConfigDict) -> list[list[str]]:
+  """The image files of each folder of config.autoencoder.extra_dirs (listed, not decoded): config_check's hook.
+
+  FileNotFoundError for a folder that is not there, ValueError for one without a .jpg/.jpeg/.png image."""
+  found = []
   for folder in config.autoencoder.extra_dirs:
     if not os.path.isdir(folder):
       raise FileNotFoundError(f'config.autoencoder.extra_dirs folder not found: {folder!r}')
     paths = _walk_images(folder)
     if not paths:
       raise ValueError(f'config.autoencoder.extra_dirs folder {folder!r} holds no .jpg/.jpeg/.png images')
-    records += [folders.Record(path, 0) for path in paths]
+    found.append(paths)
+  return found
+
+
+def load_extra_images(config: ml_collections.ConfigDict,
+                      exclude_hashes: Sequence[str] = ()) -> images.DecodedImages:
+  """Decodes the images of config.autoencoder.extra_dirs; exact copies of `exclude_hashes` (validation) are dropped."""
+  records = [folders.Record(path, 0) for paths in extra_image_paths(config) for path in paths]
   decoded = images.decode_records(records, config.data.image_size, skip_bad_images=config.data.skip_bad_images,
                                   threads=config.data.decode_threads, preprocess=preprocess.settings_of(config))
   for path, reason in decoded.skipped:

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from lungjax import metrics as metrics_lib, workdir as workdir_lib
 from lungjax.metrics import apply_temperature, fit_temperature  # Kept in metrics.py; served from here too.
@@ -96,16 +97,32 @@ def cross_fit(labels_N: np.ndarray, probabilities_NC: np.ndarray, n_folds: int =
 
 def record(fit: CrossFit, labels_N: np.ndarray, probabilities_NC: np.ndarray, checkpoint_step: int,
            n_bins: int = metrics_lib.ECE_BINS) -> dict[str, Any]:
-  """What calibration.json holds: the served temperature and how it was fitted and checked."""
+  """What calibration.json holds: the served temperature and how it was fitted and checked.
+
+  A fitted temperature that makes calibration worse on its own out-of-fold check (ece_calibrated_out_of_fold above
+  ece_raw) is not served: `temperature` is then 1.0 (the raw softmax), `fitted_temperature` keeps the fit and
+  `served` says why.
+  """
+  ece_raw = metrics_lib.expected_calibration_error(labels_N, probabilities_NC, n_bins)
+  ece_out_of_fold = metrics_lib.expected_calibration_error(labels_N, fit.calibrated_NC, n_bins)
+  worse = ece_out_of_fold > ece_raw
+  served = (f'T = 1.0 (none): the fitted T = {fit.temperature:.3f} made calibration worse on its own out-of-fold '
+            f'check (ECE {ece_raw:.3f} raw, {ece_out_of_fold:.3f} out of fold), so the raw softmax is served'
+            if worse else f'the fitted T = {fit.temperature:.3f} (out-of-fold ECE {ece_out_of_fold:.3f}, raw '
+            f'{ece_raw:.3f})')
+  if worse:
+    logging.warning('calibration: %s', served)
   return {
       'method': METHOD,
-      'temperature': fit.temperature,
+      'temperature': 1.0 if worse else fit.temperature,
+      'fitted_temperature': fit.temperature,
+      'served': served,
       'fitted_on': {'split': 'validation', 'n_images': int(len(labels_N)), 'checkpoint_step': int(checkpoint_step)},
       'cross_fit': {'folds': fit.n_folds, 'seed': fit.seed, 'stratified_by': 'class',
                     'fold_temperatures': list(fit.fold_temperatures)},
       'n_bins': n_bins,
-      'ece_raw': metrics_lib.expected_calibration_error(labels_N, probabilities_NC, n_bins),
-      'ece_calibrated_out_of_fold': metrics_lib.expected_calibration_error(labels_N, fit.calibrated_NC, n_bins),
+      'ece_raw': ece_raw,
+      'ece_calibrated_out_of_fold': ece_out_of_fold,
       'note': NOTE,
   }
 
@@ -132,15 +149,30 @@ def read(workdir: str) -> dict[str, Any] | None:
   return calibration
 
 
-def served_temperature(workdir: str) -> float:
-  """The temperature to serve workdir's predictions with: its calibration.json's, or 1.0 (none) without one."""
+def served_temperature(workdir: str, checkpoint_step: int | None = None) -> float:
+  """The temperature to serve workdir's predictions with: its calibration.json's, or 1.0 (none) without one.
+
+  checkpoint_step: the step that predicts. A temperature fitted for another step (the best step deleted, another
+  step asked for) is never paired with it: 1.0 (the raw softmax) is served, with a warning saying so.
+  """
   calibration = read(workdir)
-  return 1.0 if calibration is None else float(calibration['temperature'])
+  if calibration is None:
+    return 1.0
+  fitted_on = calibration.get('fitted_on')
+  fitted_step = fitted_on.get('checkpoint_step') if isinstance(fitted_on, dict) else None
+  if checkpoint_step is not None and fitted_step is not None and int(fitted_step) != int(checkpoint_step):
+    logging.warning('%s: the temperature T = %.3f was fitted for checkpoint step %d, not step %d that predicts: '
+                    'serving T = 1.0 (the raw softmax)', path(workdir), float(calibration['temperature']),
+                    int(fitted_step), int(checkpoint_step))
+    return 1.0
+  return float(calibration['temperature'])
 
 
-def out_of_fold_summary(fit: CrossFit, labels_N: np.ndarray, n_bins: int) -> dict[str, Any]:
-  """metrics['calibration'] additions for the images the temperature was fitted on: the out-of-fold ECE."""
+def out_of_fold_summary(fit: CrossFit, labels_N: np.ndarray, n_bins: int, served: str = '') -> dict[str, Any]:
+  """metrics['calibration'] additions for the images the temperature was fitted on: the out-of-fold ECE (and
+  `served`, calibration.json's line on which temperature is served)."""
   return {'temperature': fit.temperature, 'fold_temperatures': list(fit.fold_temperatures),
+          **({'served': served} if served else {}),
           'ece_calibrated': metrics_lib.expected_calibration_error(labels_N, fit.calibrated_NC, n_bins),
           'calibrated_by': 'out of fold',
           'calibrated_how': f'each image scaled by the temperature fitted on the other {fit.n_folds - 1} '
@@ -158,10 +190,14 @@ def served_summary(calibration: dict[str, Any], labels_N: np.ndarray, probabilit
   temperature = float(calibration['temperature'])
   fitted_on = calibration.get('fitted_on')
   fitted_on = fitted_on if isinstance(fitted_on, dict) else {}  # Records before cross-fitting held a string.
-  calibrated_NC = scale_probabilities(probabilities_NC, temperature)
   fitted_step = fitted_on.get('checkpoint_step')
-  mismatch = ('' if checkpoint_step is None or fitted_step is None or fitted_step == checkpoint_step else
-              f' (it was fitted for step {fitted_step}, not this step {checkpoint_step})')
+  if checkpoint_step is None or fitted_step is None or fitted_step == checkpoint_step:
+    mismatch = ''
+  else:  # Never paired with another step (as lungjax.load serves it): the raw softmax, said so.
+    mismatch = (f' (it was fitted for step {fitted_step}, not this step {checkpoint_step}: T = 1.0, the raw softmax, '
+                'is what is served and applied here)')
+    temperature = 1.0
+  calibrated_NC = scale_probabilities(probabilities_NC, temperature)
   return {'temperature': temperature,
           'ece_calibrated': metrics_lib.expected_calibration_error(labels_N, calibrated_NC, n_bins),
           'calibrated_by': 'served temperature',

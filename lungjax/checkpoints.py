@@ -29,7 +29,7 @@ from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from lungjax import fingerprint as fingerprint_lib, workdir as workdir_lib
+from lungjax import fingerprint as fingerprint_lib, run_fields, workdir as workdir_lib
 from lungjax.steps import TrainState
 
 ITEMS = ('state', 'data_iter', 'history', 'integrity')
@@ -83,17 +83,15 @@ def checkpoint_dir(workdir: str) -> str:
 # The only config fields that eval, explain and predict take from the command line (or the config they are given)
 # rather than from the run's own config.json: how to evaluate and explain, where the data lies now, and settings of
 # this process that change neither the model nor its inputs. A path covers a field or a whole sub-config.
-INFERENCE_FIELDS = (
-    'eval', 'explain',
-    'data.root', 'data.prepared_dir', 'data.kaggle_dataset', 'data.decode_threads', 'data.skip_bad_images',
-    'checkpoint.fallback_to_good_step', 'distributed',
-    'train.keep_freed_host_memory_gb', 'train.cpu_compiler_options',
-)
+INFERENCE_FIELDS = run_fields.RUNTIME_FIELDS  # Declared with the fields that define a run (run_fields.py).
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """Returns the config a training run saved in workdir/config.json, as saved (run_config_for_inference merges)."""
   path = os.path.join(workdir, 'config.json')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f'--workdir={workdir!r} is a file, not a folder: --workdir must be a folder that '
+                             'lungjax.main trained in')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} not found: --workdir must be a folder that lungjax.main trained in')
   return ml_collections.ConfigDict(workdir_lib.read_json(path))  # CorruptFileError names a cut config.json.
@@ -101,7 +99,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def _covers(paths: Sequence[str], field: str) -> bool:
   """True when `field` ('a.b.c') is one of paths or lies under one ('a', 'a.b')."""
-  return any(field == path or field.startswith(f'{path}.') for path in paths)
+  return run_fields.covers(tuple(paths), field)
 
 
 def _as_json(value: Any) -> Any:

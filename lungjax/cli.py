@@ -24,14 +24,20 @@ class Command:
   module: str
   summary: str
   fixed_flags: tuple[str, ...] = ()
+  # The --config used when none is given. eval, explain and shortcuts rebuild the model from the workdir's
+  # config.json (checkpoints.run_config_for_inference: every field not set on the command line comes from there),
+  # so `lungjax eval --workdir=W --config.eval.dir=D` needs no --config.
+  default_config: str = ''
 
 
 COMMANDS: dict[str, Command] = {
     'train': Command('lungjax.main', 'train and evaluate a model in --workdir (resumes it)', ('--mode=train',)),
-    'eval': Command('lungjax.main', "evaluate a workdir's checkpoint on --config.eval.dir", ('--mode=eval',)),
-    'explain': Command('lungjax.main', 'Grad-CAM overlays and a gallery of --config.explain.dir', ('--mode=explain',)),
+    'eval': Command('lungjax.main', "evaluate a workdir's checkpoint on --config.eval.dir", ('--mode=eval',),
+                    'cnn'),
+    'explain': Command('lungjax.main', 'Grad-CAM overlays and a gallery of --config.explain.dir', ('--mode=explain',),
+                       'cnn'),
     'shortcuts': Command('lungjax.main', 'does the model need the lungs? scores with them hidden / shown alone',
-                         ('--mode=shortcuts',)),
+                         ('--mode=shortcuts',), 'cnn'),
     'predict': Command('lungjax.predict', 'classify image files and folders with a trained --workdir (JSON lines)'),
     'audit': Command('lungjax.audit', 'copies, leaks, unreadable files and identifying metadata in image folders'),
     'prepare': Command('lungjax.prepare', 'decode a data root once into array_record files that training reads'),
@@ -42,7 +48,7 @@ COMMANDS: dict[str, Command] = {
 EXAMPLES = """\
 examples:
   lungjax train --config=cnn --config.data.root=DATA --workdir=W
-  lungjax eval --config=cnn --workdir=W --config.eval.dir=FOLDER
+  lungjax eval --workdir=W --config.eval.dir=FOLDER   (model and settings: W/config.json)
   lungjax predict --workdir=W image.png folder/
   lungjax compare W_A W_B --dir=FOLDER"""
 
@@ -69,6 +75,7 @@ def usage() -> str:
 def module_argv(name: str, args: Sequence[str]) -> tuple[str, list[str]]:
   """The module that `lungjax NAME ARGS` runs and the sys.argv it runs with (argv[0] is replaced by runpy).
 
+  eval, explain and shortcuts without a --config get --config=cnn (their model comes from the workdir's config.json).
   Raises ValueError for an unknown command, a --mode given to a mode command, or a --config that names nothing.
   """
   if name not in COMMANDS:
@@ -76,7 +83,9 @@ def module_argv(name: str, args: Sequence[str]) -> tuple[str, list[str]]:
   command = COMMANDS[name]
   if command.fixed_flags and any(arg.lstrip('-').partition('=')[0] == 'mode' for arg in args if arg.startswith('-')):
     raise ValueError(f'`lungjax {name}` sets --mode itself; use `lungjax eval`, `lungjax explain`, ...')
-  return command.module, configs.resolve_argv([f'lungjax {name}', *command.fixed_flags, *args])
+  given_config = any(arg.lstrip('-').partition('=')[0] == 'config' for arg in args if arg.startswith('-'))
+  default = (f'--config={command.default_config}',) if command.default_config and not given_config else ()
+  return command.module, configs.resolve_argv([f'lungjax {name}', *command.fixed_flags, *default, *args])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -265,9 +265,10 @@ def write_outputs(result: dict[str, Any], out_dir: str) -> dict[str, str]:
   paths = {name: os.path.join(out_dir, name) for name in OUTPUT_FILES}
   for path in paths.values():
     _check_ours(path)
-  os.makedirs(out_dir, exist_ok=True)
+  workdir_lib.begin_unit(out_dir)  # One unit: its marker is written last (issue 26 High 3).
   workdir_lib.write_json(paths['compare.json'], {'tool': TOOL, **result})
   workdir_lib.write_text(paths['compare.md'], markdown(result))
+  workdir_lib.finish_unit(out_dir, OUTPUT_FILES)
   return paths
 
 
@@ -320,7 +321,8 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
   if table is not None:
     joined = metadata_lib.join(table, loaded_a.decoded.paths,
                                tuple(f.strip() for f in loaded_a.folder.split(',') if f.strip()), '--metadata')
-    values = [(subgroup, metadata_lib.subgroup_labels(joined, subgroup)) for subgroup in parsed]
+    binned = [metadata_lib.with_bins(joined, subgroup) for subgroup in parsed]  # Numeric without bins: quartiles.
+    values = [(subgroup, metadata_lib.subgroup_labels(joined, subgroup)) for subgroup in binned]
     result['per_subgroup'] = {'metadata': joined.summary(), **paired_by_subgroup(
         loaded_a.decoded.labels_N, probabilities_a_NC, probabilities_b_NC, values, min_images, n_bootstrap, seed)}
   if distributed.is_main_process():

@@ -12,22 +12,37 @@ extra for config.data.prepared_dir (data/loading.require_prepare_extra). Nothing
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ml_collections
 
-from lungjax import augment, checkpoints, distributed, models, steps
-from lungjax import fingerprint as fingerprint_lib
-from lungjax.data import loading, metadata as metadata_lib, preprocess, sources as sources_lib, splits
+from lungjax import augment, autoencoder, checkpoints, distributed, models, steps
+from lungjax import fingerprint as fingerprint_lib, run_fields
+from lungjax.cpu import host_memory
+from lungjax.data import folders, loading, metadata as metadata_lib, preprocess, sources as sources_lib, splits
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 
 
+# What each field _refuse_failed checks allows, said in its error.
+_ALLOWED = {
+    'config.eval.n_bootstrap': 'an integer >= 1', 'config.eval.batch_size': 'an integer >= 1',
+    'config.data.image_size': 'an integer >= 8 (pixels per side; a model may also need a multiple, named then)',
+    'config.train.num_epochs': 'an integer >= 1', 'config.train.learning_rate': 'a number > 0',
+    'config.train.lr_schedule': "'constant' or 'cosine'", 'config.train.log_every_steps': 'an integer >= 1',
+    'config.train.class_weighting': "'balanced' or 'none'",
+    'config.train.source_weighting': f'one of {list(splits.SOURCE_WEIGHTINGS)}',
+    'config.checkpoint.keep_latest': 'an integer >= 1', 'config.checkpoint.keep_best': 'an integer >= 0',
+}
+
+
 def _refuse_failed(checks: list[tuple[str, Any, bool]]) -> None:
-  """Raises ValueError naming the first (field, value, ok) whose ok is False."""
+  """Raises ValueError naming the first (field, value, ok) whose ok is False, and what the field allows."""
   for field, value, ok in checks:
     if not ok:
-      raise ValueError(f'{field}={value!r} is not allowed')
+      allowed = f': it must be {_ALLOWED[field]}' if field in _ALLOWED else ''
+      raise ValueError(f'{field}={value!r} is not allowed{allowed}')
 
 
 def _is_int(value: Any) -> bool:
@@ -36,14 +51,16 @@ def _is_int(value: Any) -> bool:
 
 def check_runtime(config: ml_collections.ConfigDict) -> None:
   """Fields every mode reads: how the process runs (host memory, multi-host) and how checkpoints are chosen."""
-  memory_gb = config.train.get('keep_freed_host_memory_gb', 0.0)
-  if isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float)) or memory_gb < 0:
-    raise ValueError(f'config.train.keep_freed_host_memory_gb={memory_gb!r} must be a number of GB >= 0 (0: off)')
+  host_memory.setting(config.train)  # config.train.keep_freed_host_memory_gb.
   if 'distributed' in config and config.distributed.enabled:
     distributed.check_config(config.distributed)
   metric = config.checkpoint.best_metric
   if metric not in checkpoints.BEST_METRICS:
     raise ValueError(f'config.checkpoint.best_metric={metric!r} is not one of {sorted(checkpoints.BEST_METRICS)}')
+  if metric == 'dice' and config.get('task', 'classify') != 'lungs':
+    raise ValueError("config.checkpoint.best_metric='dice' is the lung U-Net's (config.task='lungs'): a classifier "
+                     'reports no val_dice, so no checkpoint would ever be best; choose one of '
+                     f"{sorted(set(checkpoints.BEST_METRICS) - {'dice'})}")
   on_mismatch = config.checkpoint.get('on_mismatch', 'error')
   if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
     raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '
@@ -76,6 +93,8 @@ def check_subgroups(config: ml_collections.ConfigDict) -> None:
     if subgroup.column not in found.columns:
       raise ValueError(f'config.eval.subgroups={text!r}: {subgroup.column!r} is not a column of '
                        f'config.eval.metadata={table!r} (columns: {list(found.columns)})')
+    for row in found.rows:  # A binned column's every value a number (Subgroup.label names the column otherwise).
+      subgroup.label(row.get(subgroup.column, ''))
 
 
 def check_training(config: ml_collections.ConfigDict) -> None:
@@ -90,16 +109,17 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.data.image_size', config.data.image_size, config.data.image_size >= 8),
       ('config.train.num_epochs', config.train.num_epochs, config.train.num_epochs >= 1),
       ('config.train.learning_rate', config.train.learning_rate, config.train.learning_rate > 0),
-      ('config.train.lr_schedule', config.train.get('lr_schedule', 'constant'),
-       config.train.get('lr_schedule', 'constant') in ('constant', 'cosine')),
+      ('config.train.lr_schedule', config.train.lr_schedule, config.train.lr_schedule in ('constant', 'cosine')),
       ('config.train.log_every_steps', config.train.log_every_steps, config.train.log_every_steps >= 1),
       ('config.train.class_weighting', config.train.class_weighting,
        config.train.class_weighting in ('balanced', 'none')),
-      ('config.train.source_weighting', config.train.get('source_weighting', 'none'),
-       config.train.get('source_weighting', 'none') in splits.SOURCE_WEIGHTINGS),
+      ('config.train.source_weighting', config.train.source_weighting,
+       config.train.source_weighting in splits.SOURCE_WEIGHTINGS),
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
+  if 'autoencoder' in config and config.autoencoder.enabled:  # First: it names config.model.name for a non-CNN.
+    check_autoencoder(config)
   models.check(config.model, len(classes))  # The registry's hook: name, fields, the module's own checks.
   folds, seeds = config.cv.folds, config.seeds
   if folds > 1 and seeds > 1:
@@ -124,8 +144,6 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   if preprocess.settings_of(config).active and config.data.prepared_dir:
     raise ValueError(f'config.data.preprocess is on and config.data.prepared_dir={config.data.prepared_dir!r}: '
                      'prepared data holds pixels decoded without it; decode config.data.root instead')
-  if 'autoencoder' in config and config.autoencoder.enabled:
-    check_autoencoder(config)
 
 
 def check_autoencoder(config: ml_collections.ConfigDict) -> None:
@@ -149,6 +167,19 @@ def check_autoencoder(config: ml_collections.ConfigDict) -> None:
   if config.data.image_size % factor:
     raise ValueError(f'config.data.image_size={config.data.image_size} must be divisible by {factor} for the '
                      f'autoencoder to reconstruct it ({len(config.model.conv_features)} 2x2 poolings)')
+  autoencoder.extra_image_paths(config)  # Each config.autoencoder.extra_dirs folder there and holding images.
+
+
+def check_shortcuts_region(config: ml_collections.ConfigDict) -> None:
+  """config.shortcuts.region: 'mask' (needs the shipped lung weights) or 'box'."""
+  from lungjax import lungs, shortcuts  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  region = shortcuts.region_of(config)
+  if region not in shortcuts.REGIONS:
+    raise ValueError(f'config.shortcuts.region={region!r} is not one of {list(shortcuts.REGIONS)}')
+  if region == 'mask' and not os.path.isfile(lungs.WEIGHTS_PATH):
+    raise ValueError(f"config.shortcuts.region='mask' needs the lung U-Net's weights {lungs.WEIGHTS_PATH}, which "
+                     "are missing: pass --config.shortcuts.region=box (the fixed box)")
 
 
 def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
@@ -157,7 +188,6 @@ def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
     raise ValueError(f'config.task=\'lungs\' trains the lung U-Net: --mode={mode!r} is for classifiers (the lung '
                      'report is lungjax/tools/lungs_report.py)')
   from lungjax import segmentation  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   lungs, model = config.lungs, config.model
   _refuse_failed([
       ('config.model.name', model.name, model.name == 'unet'),
@@ -192,6 +222,37 @@ def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
     raise ValueError(f'config.lungs.augment.scale={lungs.augment.scale!r} must be above 0')
 
 
+def check_eval_dir(config: ml_collections.ConfigDict, mode: str) -> None:
+  """config.eval.dir and config.eval.class_names of --mode=eval ('A' or 'A,B') and --mode=shortcuts (one folder):
+  given, each a folder ('@validation': the run's validation split), no two with the same basename."""
+  text = config.eval.dir
+  if not text:
+    raise ValueError(f'--mode={mode} needs a folder of class sub-folders: pass --config.eval.dir=FOLDER')
+  folders.parse_folder_names(config.eval.class_names, config.data.classes)  # Names config.eval.class_names.
+  if text == loading.VALIDATION:
+    return
+  paths = loading.eval_folders(text)
+  if mode == 'shortcuts' and len(paths) != 1:
+    raise ValueError(f'config.eval.dir={text!r}: --mode=shortcuts checks one folder, not {len(paths)}')
+
+
+def check_explain(config: ml_collections.ConfigDict) -> None:
+  """config.explain.dir (a folder of images, or of class sub-folders) and config.explain.class_name.
+
+  explain.explain_folder calls it again on the run's config (its classes come from the run)."""
+  folder = config.explain.dir
+  if not folder:
+    raise ValueError('--mode=explain needs a folder of images: pass --config.explain.dir=FOLDER')
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'config.explain.dir={folder!r} is not a folder')
+  entries = [e for e in os.scandir(folder) if not e.name.startswith('.')]
+  if not any(e.is_dir() or (e.is_file() and folders.is_image_file(e.name)) for e in entries):
+    raise ValueError(f'config.explain.dir={folder!r} has no .jpg/.jpeg/.png images and no class sub-folders')
+  class_name, classes = config.explain.class_name, list(config.data.classes)
+  if class_name and class_name not in classes:
+    raise ValueError(f'config.explain.class_name={class_name!r} is not one of config.data.classes {classes}')
+
+
 def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
   """Raises ValueError naming the first field whose value `mode` cannot work with; returns None when all are fine.
 
@@ -200,12 +261,15 @@ def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
   """
   if mode not in MODES:
     raise ValueError(f'--mode={mode!r} is not one of {list(MODES)}')
+  config = run_fields.with_defaults(config)  # What a config lacks is checked at its packaged default.
   check_runtime(config)
   if config.get('task', 'classify') == 'lungs':
     check_lungs(config, mode)
   elif mode == 'train':
     check_training(config)
+  if mode == 'shortcuts':
+    check_shortcuts_region(config)
   if mode == 'explain':
-    class_name, classes = config.explain.class_name, list(config.data.classes)
-    if class_name and class_name not in classes:
-      raise ValueError(f'config.explain.class_name={class_name!r} is not one of config.data.classes {classes}')
+    check_explain(config)
+  elif mode in ('eval', 'shortcuts'):
+    check_eval_dir(config, mode)

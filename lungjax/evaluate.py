@@ -24,7 +24,7 @@ from lungjax.data import folders, images, loading, metadata as metadata_lib, pip
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
-VALIDATION = '@validation'
+VALIDATION = loading.VALIDATION
 
 
 def predict_probabilities(eval_step: Callable[..., jax.Array], state: steps.TrainState,
@@ -98,8 +98,8 @@ def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray
 def subgroup_values(joined: metadata_lib.Join, config: ml_collections.ConfigDict
                     ) -> list[tuple[metadata_lib.Subgroup, list[str]]]:
   """Each config.eval.subgroups column with every joined image's subgroup (metadata.subgroup_labels)."""
-  return [(subgroup, metadata_lib.subgroup_labels(joined, subgroup))
-          for subgroup in metadata_lib.parse_subgroups(config.eval.subgroups)]
+  binned = [metadata_lib.with_bins(joined, s) for s in metadata_lib.parse_subgroups(config.eval.subgroups)]
+  return [(subgroup, metadata_lib.subgroup_labels(joined, subgroup)) for subgroup in binned]
 
 
 def subgroup_tables(labels_N: np.ndarray, probabilities_NC: np.ndarray,
@@ -138,7 +138,7 @@ def subgroup_tables(labels_N: np.ndarray, probabilities_NC: np.ndarray,
           n_bootstrap=n_bootstrap, seed=seed, repeats=repeats)
     per_subgroup[subgroup.column] = found
     columns[subgroup.column] = {
-        'bins': subgroup.labels, 'counts': counts, 'too_small': too_small,
+        'bins': subgroup.labels, 'bins_from': subgroup.bins_from, 'counts': counts, 'too_small': too_small,
         # Films no table row names (often another source's) are not a subgroup of this column: no gap with them.
         'recall_gaps': {c: metrics_lib.recall_gap(labels_N[has_row_N], predicted_N[has_row_N], values_N[has_row_N], k,
                                                   minimum, n_bootstrap, seed, repeats=repeats)
@@ -179,7 +179,8 @@ def add_calibration(metrics: dict[str, Any], labels_N: np.ndarray, probabilities
     cross = calibration.get('cross_fit', {})
     fit = calibration_lib.cross_fit(labels_N, probabilities_NC, cross.get('folds', calibration_lib.DEFAULT_FOLDS),
                                     cross.get('seed', 0))
-    metrics['calibration'].update(calibration_lib.out_of_fold_summary(fit, labels_N, n_bins))
+    metrics['calibration'].update(calibration_lib.out_of_fold_summary(fit, labels_N, n_bins,
+                                                                      calibration.get('served', '')))
   else:
     metrics['calibration'].update(calibration_lib.served_summary(calibration, labels_N, probabilities_NC, n_bins,
                                                                  metrics.get('checkpoint_step')))
@@ -244,10 +245,12 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
       loaded.folder, page.explain_fn, page.explain_what,
       [source_names[s] for s in sources_N] if len(source_names) > 1 else None)
   if distributed.is_main_process():  # Multi-host: every process has the metrics; process 0 writes them.
+    workdir_lib.begin_unit(out_dir)  # One unit: marked incomplete first, complete (with its files' hashes) last.
     plots = report.write_evaluation(metrics, out_dir, title, labels_N, probabilities_NC)
     report_html.write_report_html(out_dir, metrics, title, plots, gallery, page.card, page.card_note, page.shortcuts)
     write_predictions(loaded.decoded, probabilities_NC, tuple(config.data.classes),
                       os.path.join(out_dir, 'predictions.csv'))
+    workdir_lib.finish_unit(out_dir, [*plots, 'metrics.json', 'report.md', report_html.FILE_NAME, 'predictions.csv'])
   logging.info('%s: accuracy %.4f, macro recall %.4f, macro F1 %.4f → %s', title, metrics['accuracy'],
                metrics['macro_avg']['recall'], metrics['macro_avg']['f1'], out_dir)
   return metrics
@@ -326,9 +329,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                                              mesh)
     steps_used.append({'workdir': member, 'step': model.checkpoint_step, 'model': run_config.model.name})
   loaded = next(iter(decoded_by_size.values()))
-  # 'folder-<name>': never training's own eval/val and eval/test, whatever the evaluated folder is called.
-  name = 'validation' if folder == VALIDATION else 'folder-' + '+'.join(
-      os.path.basename(os.path.normpath(f.strip())) for f in folder.split(',') if f.strip())
+  # 'folder-<name>-<hash of its resolved path>': never training's own eval/val and eval/test, whatever the evaluated
+  # folder is called, and never another folder's report (two folders named test: two reports; issue 26 High 2).
+  name = 'validation' if folder == VALIDATION else 'folder-' + workdir_lib.folder_identity(folder.split(','))
   name += ('_ensemble' if len(members) > 1 else '') + (f'_tta{len(keys) - 1}' if len(keys) > 1 else '')
   averaged = None
   if len(members) > 1 or len(keys) > 1:
@@ -338,7 +341,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   calibration = calibration_lib.read(workdir) if averaged is None else None  # Fitted for one model's plain view.
   training = None if folder == VALIDATION else training_images(config, workdir)
   out_dir = os.path.join(workdir, 'eval', name)
-  title = f'{config.name} on {name.removeprefix("folder-")}'  # The folder's own name; 'folder-' only keeps it apart.
+  # The folder's own name; 'folder-' and the hash only keep it apart.
+  title = f'{config.name} on ' + ('validation' if folder == VALIDATION else workdir_lib.legacy_folder_name(
+      folder.split(',')))
   card, card_note = report_html.run_card(workdir, steps_used[0]['step'])
   what = f'Grad-CAM of {own_model.config.explain.layer}'
   if averaged:

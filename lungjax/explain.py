@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lungjax import checkpoints, inference, workdir as workdir_lib
+from lungjax import checkpoints, config_check, gradcam, inference, workdir as workdir_lib
 from lungjax.data import folders, images, loading, preprocess
 
 matplotlib.use('Agg')
@@ -108,8 +108,6 @@ def _read_folder(folder: str, config: ml_collections.ConfigDict) -> tuple[images
       logging.warning('skipped %s: an image beside the class folders (its class is unknown)', path)
     return loaded.decoded, ([list(item) for item in loaded.skipped_report()] +
                             [[path, 'beside the class folders'] for path in loose])
-  if not loose:
-    raise ValueError(f'config.explain.dir={folder!r} has no .jpg/.jpeg/.png images and no class sub-folders')
   records = [folders.Record(path, -1) for path in loose]
   decoded = images.decode_records(records, config.data.image_size, skip_bad_images=config.data.skip_bad_images,
                                   threads=config.data.decode_threads, preprocess=preprocess.settings_of(config))
@@ -122,32 +120,27 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   """Writes a Grad-CAM overlay per image of config.explain.dir, gallery.png and explain.json; returns the summary.
 
   The folder holds class sub-folders (true labels known) or images directly (labels unknown). Output goes to
-  workdir/explain/<folder name>/, mirroring the class sub-folders ('Covid/x.jpg' → 'Covid/x.jpg.gradcam.png');
-  a file there that lungjax did not write, or that is one of the inputs, is an error (workdir.claim_outputs).
+  workdir/explain/<folder name>-<hash of its resolved path>/ (workdir.folder_identity), mirroring the class
+  sub-folders ('Covid/x.jpg' → 'Covid/x.jpg.gradcam.png'), written as one unit (its .complete last); a file there that lungjax did not write, or that is one of the inputs, is an error (workdir.claim_outputs).
   The model, classes and image size come from the run's config.json: `config` may change only
   checkpoints.INFERENCE_FIELDS, and an `overridden` field (None: any field) that differs is a ValueError
   (checkpoints.run_config_for_inference).
   """
   config = checkpoints.run_config_for_inference(workdir, config, overridden)
-  folder = config.explain.dir
-  if not folder:
-    raise ValueError('--mode=explain needs a folder of images: pass --config.explain.dir=FOLDER')
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f'config.explain.dir={folder!r} is not a folder')
-  classes = tuple(config.data.classes)
-  class_name = config.explain.class_name
-  if class_name and class_name not in classes:
-    raise ValueError(f'config.explain.class_name={class_name!r} is not one of config.data.classes {list(classes)}')
+  config_check.check_explain(config)  # config.explain.dir and class_name, against the run's classes.
+  folder, classes, class_name = config.explain.dir, tuple(config.data.classes), config.explain.class_name
   explained = classes.index(class_name) if class_name else -1
+  model = inference.load(workdir, config=config)
+  gradcam.check_layer(model.module, model.variables, model.image_size, config.explain.layer)  # Before decoding.
   decoded, skipped = _read_folder(folder, config)
   if not len(decoded):
     raise ValueError(f'config.explain.dir={folder!r}: no decodable images left to explain')
-  name = os.path.basename(os.path.normpath(folder))
+  name = workdir_lib.folder_identity([folder])  # Two folders of one base name: two outputs (issue 26 High 2).
   out_dir = os.path.join(workdir, 'explain', name)
   names = overlay_names([os.path.relpath(path, folder) for path in decoded.paths])
   workdir_lib.claim_outputs(out_dir, [*names, 'gallery.png', 'explain.json'],
                             inputs=[*decoded.paths, *(path for path, _ in skipped)])
-  model = inference.load(workdir, config=config)
+  workdir_lib.begin_unit(out_dir)  # One unit: incomplete until explain.json and the marker are written.
   probs_NC, heatmaps_NHW = model.explain_pixels(decoded.images_NHWC, np.full(len(decoded), explained, np.int32),
                                                 desc='Grad-CAM')
 
@@ -169,7 +162,7 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   shown = min(len(rows), GALLERY_MAX_IMAGES)
   overlays_NHWC = np.stack([overlay(decoded.images_NHWC[i], heatmaps_NHW[i]) for i in range(shown)])
   gallery = os.path.join(out_dir, 'gallery.png')
-  caption = f'Grad-CAM of {config.explain.layer} on {name}, checkpoint step {model.checkpoint_step}'
+  caption = f'Grad-CAM of {config.explain.layer} on {workdir_lib.legacy_folder_name([folder])}, checkpoint step {model.checkpoint_step}'
   if shown < len(rows):
     caption += f' (first {shown} of {len(rows)} images)'
   plot_gallery(overlays_NHWC, titles[:shown], colours[:shown], gallery, caption)
@@ -182,6 +175,7 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   if summary['labelled']:
     summary['accuracy'] = float(np.mean(probs_NC.argmax(axis=-1) == decoded.labels_N))
   workdir_lib.write_json(os.path.join(out_dir, 'explain.json'), summary)
+  workdir_lib.finish_unit(out_dir, [*names, 'gallery.png', 'explain.json'])
   logging.info('explained %d images of %s with Grad-CAM of %s → %s', len(rows), folder, config.explain.layer,
                out_dir)
   return summary

@@ -56,7 +56,7 @@ def _page_inputs(config: ml_collections.ConfigDict, workdir: str, summary: dict[
   """report.html's inputs after training: the best checkpoint's Grad-CAM, and the model card as it is about to be
   written (its validation headline left out: the page shows the validation metrics themselves, and before the
   evaluations eval/val/metrics.json may still be an earlier run's)."""
-  card = model_card.model_card(workdir, config, summary, run_fingerprint, data)
+  card = model_card.model_card(workdir, config, summary, run_fingerprint, data, check_validation=False)
   card.pop('validation', None)
   model = inference.Model(config, create_model(config.model, len(config.data.classes)), best_state, best_step,
                           workdir)
@@ -76,6 +76,8 @@ def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summ
   """
   summary = {**summary, 'evaluations': {}}
   history = summary['history']
+  if distributed.is_main_process():  # The run's final outputs as one unit: its .complete is written last.
+    workdir_lib.begin_unit(workdir)
   if history and distributed.is_main_process():
     report.plot_curves(history, os.path.join(workdir, 'curves.png'))
   split_folders = {}
@@ -89,7 +91,7 @@ def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summ
       fit = calibration_lib.cross_fit(data.val.labels_N, val_probabilities_NC, calibration_lib.DEFAULT_FOLDS,
                                       config.seed)
       calibration = calibration_lib.record(fit, data.val.labels_N, val_probabilities_NC, best_step)
-      summary['temperature'] = fit.temperature
+      summary['temperature'] = calibration['temperature']  # The served one (1.0 where the fit made ECE worse).
   if distributed.is_main_process():
     if calibration is not None:
       calibration_lib.write(workdir, calibration)
@@ -114,5 +116,8 @@ def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summ
   if distributed.is_main_process():
     workdir_lib.write_json(os.path.join(workdir, 'summary.json'), summary)
     model_card.write_model_card(workdir, config, summary, run_fingerprint, data)
+    # model_card.json is left out: each --mode=eval rewrites it (whole) with its entry.
+    workdir_lib.finish_unit(workdir, ['summary.json'] + (['curves.png'] if history else []) +
+                            (['calibration.json'] if calibration is not None else []))
   distributed.barrier('train_and_evaluate')  # Every process returns once process 0's files are written.
   return RunSummary(summary, validation)

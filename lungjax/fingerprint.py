@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from lungjax import run_fields
 from lungjax.data import images, preprocess, sources as sources_lib
 
 MISMATCH_CHOICES = ('error', 'fresh')
@@ -47,7 +48,7 @@ def _sources(config: ml_collections.ConfigDict, data: Any) -> dict[str, Any]:
   for s, (name, folder, mapping) in enumerate(zip(names, folders, mappings)):
     described.append({'name': name, 'folder': os.path.abspath(folder), 'class_names': mapping,
                       'files': _files_digest(decoded.subset(np.flatnonzero(sources_N == s)), folder)})
-  return {'sources': described, 'source_weighting': config.train.get('source_weighting', 'none')}
+  return {'sources': described, 'source_weighting': run_fields.value(config, 'train.source_weighting')}
 
 
 def _grouping(data: Any) -> dict[str, Any]:
@@ -65,54 +66,38 @@ def _grouping(data: Any) -> dict[str, Any]:
 
 def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state: Any,
                     loader_threads: int) -> dict[str, Any]:
-  """The fields a resumed run must share with its checkpoint ('run') and those that only change bits ('host')."""
+  """The fields a resumed run must share with its checkpoint ('run') and those that only change bits ('host').
+
+  'run' holds run_fields.RUN_FIELDS (run_fields.fingerprint_record) and what the data fields select: the files'
+  digests, the grouping, each extra source and the preprocessing record."""
   folder = data.train_folder.folder
   extra = _sources(config, data) if sources_lib.extra_sources(config) else {}
-  if config.train.get('source_weighting', 'none') != 'none':
-    extra['source_weighting'] = config.train.source_weighting
   if (prep := preprocess.settings_of(config)).active:  # What the model sees: off leaves old fingerprints as they were.
     extra['preprocess'] = preprocess.record(prep)
-  if config.train.get('lr_schedule', 'constant') != 'constant':
-    extra['lr_schedule'] = config.train.lr_schedule
+  record = run_fields.fingerprint_record(config)
+  record['split'].update(_grouping(data))
   dtypes = sorted({str(np.dtype(x.dtype)) for x in jax.tree.leaves(abstract_state.params)})
   return {
       'run': {
-          'model': config.model.to_dict(),
+          **record,
           'param_dtypes': dtypes,
-          'seed': config.seed,
-          'batch_size': config.train.batch_size,
-          'optimizer': {k: config.train[k] for k in ('learning_rate', 'adam_b1', 'adam_b2', 'adam_eps',
-                                                     'class_weighting', 'freeze_backbone_epochs')},
-          'augment': config.augment.to_dict(),
-          'image_size': config.data.image_size,
-          'classes': list(config.data.classes),
-          'split': {**{k: config.data[k] for k in ('val_fraction', 'split_seed', 'near_copy_threshold')},
-                    **_grouping(data)},
           'train_files': _files_digest(data.train, folder),
           'val_files': _files_digest(data.val, folder),
           'process_count': jax.process_count(),
           'loader_threads': loader_threads,
-          **extra,  # Only with several sources, source weighting or a schedule: the study's fingerprints are unchanged.
+          **extra,  # Only with several sources or preprocessing: the study's fingerprints are unchanged.
       },
       'host': {'cpu_count': cpu_count(), 'device_count': jax.device_count(),
                'platform': jax.devices()[0].platform},
   }
 
 
-def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
-  """{'a.b': leaf} of nested dicts; lists and tuples as JSON-like lists."""
-  if isinstance(tree, dict):
-    out = {}
-    for key, value in tree.items():
-      out.update(_flat(value, f'{prefix}{key}.'))
-    return out
-  return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+_flat = run_fields.flat
 
 
 def _default_config_flat() -> dict[str, Any]:
-  """The packaged default config (lungjax/configs/cnn.py), flattened: the value of a field an older lungjax lacked."""
-  from lungjax.configs import cnn  # pylint: disable=g-import-not-at-top  (configs import nothing of lungjax)
-  return _flat(json.loads(json.dumps(cnn.get_config().to_dict())))
+  """The packaged default config (run_fields.defaults), flattened: the value of a field an older lungjax lacked."""
+  return run_fields.flat(json.loads(json.dumps(run_fields.defaults())))
 
 
 def diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -167,9 +152,35 @@ def check_resume(saved: dict[str, Any] | None, current: dict[str, Any], on_misma
 
 
 def inference_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What a checkpoint's arrays mean, as config fields: {'data': {'classes', 'image_size'}, 'model': {...}}."""
-  return {'data': {'classes': list(config.data.classes), 'image_size': config.data.image_size},
-          'model': config.model.to_dict()}
+  """What a checkpoint's arrays mean, as config fields (the RUN_FIELDS marked arrays):
+  {'data': {'classes', 'image_size'}, 'model': {...}}."""
+  out: dict[str, Any] = {}
+  for run_field in run_fields.RUN_FIELDS:
+    if run_field.arrays:
+      *parents, last = run_field.field.split('.')
+      node = out
+      for parent in parents:
+        node = node.setdefault(parent, {})
+      found = run_fields.value(config, run_field.field)
+      node[last] = found.to_dict() if isinstance(found, ml_collections.ConfigDict) else (
+          list(found) if isinstance(found, tuple) else found)
+  return out
+
+
+def _recorded_inference_fields(run: dict[str, Any]) -> dict[str, Any]:
+  """inference_fields' shape, read from a fingerprint's 'run' record (None where it lacks one)."""
+  out: dict[str, Any] = {}
+  for run_field in run_fields.RUN_FIELDS:
+    if run_field.arrays:
+      found: Any = run
+      for name in run_field.key.split('.'):
+        found = found.get(name) if isinstance(found, dict) else None
+      *parents, last = run_field.field.split('.')
+      node = out
+      for parent in parents:
+        node = node.setdefault(parent, {})
+      node[last] = found
+  return out
 
 
 def check_inference(saved: dict[str, Any] | None, config: ml_collections.ConfigDict, where: str) -> None:
@@ -184,8 +195,7 @@ def check_inference(saved: dict[str, Any] | None, config: ml_collections.ConfigD
          'checked against the config it is restored with')
     return
   run = saved.get('run', {})
-  recorded = {'data': {'classes': run.get('classes'), 'image_size': run.get('image_size')},
-              'model': run.get('model')}
+  recorded = _recorded_inference_fields(run)
   changed = diff(recorded, inference_fields(config))
   if changed:
     raise FingerprintMismatchError(

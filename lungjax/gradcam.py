@@ -39,6 +39,12 @@ def _find_layer(model: nn.Module, variables: dict[str, Any], images_BHWC: jax.Ar
   return tuple(path.split('/')), calls[0]
 
 
+def check_layer(model: nn.Module, variables: dict[str, Any], image_size: int, layer: str) -> None:
+  """Raises ValueError naming config.explain.layer unless `layer` resolves to one B x h x w x K feature map of
+  `model` (traced for shapes only, on one image_size x image_size RGB image): before any image is decoded."""
+  _find_layer(model, variables, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8), layer)
+
+
 def _gradcam_and_logits(model: nn.Module, variables: dict[str, Any], images_BHWC: jax.Array, layer: str,
                         class_indices_B: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Returns (heatmaps_BHW, logits_BC); see gradcam."""

@@ -27,8 +27,8 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image
 
-from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps
-from lungjax.data import images, preprocess as preprocess_lib
+from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps, workdir as workdir_lib
+from lungjax.data import folders, images, preprocess as preprocess_lib
 from lungjax.models import create_model
 
 # One image as Model.predict and Model.explain take it: a file path (JPEG, PNG or DICOM), a PIL image, or a uint8
@@ -42,8 +42,10 @@ def read_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
   BadImageError names it (also when missing or a folder)."""
   if os.path.isdir(path):
     raise images.BadImageError(path, 'a folder with no .jpg/.jpeg/.png images')
-  if not os.path.isfile(path):
+  if not os.path.lexists(path):
     raise images.BadImageError(path, 'no such file')
+  if problem := folders.file_problem(path):  # A link loop, a dangling link, a FIFO (reading it would block), ...
+    raise images.BadImageError(path, problem)
   try:
     return images.load_image(path, size, preprocess)
   except OSError as error:  # E.g. no permission to read it.
@@ -202,8 +204,9 @@ class Model:
 
   @functools.cached_property
   def temperature(self) -> float:
-    """The temperature predict scales probabilities by: the run's calibration.json, 1.0 where it has none."""
-    return calibration.served_temperature(self.workdir)
+    """The temperature predict scales probabilities by: the run's calibration.json, 1.0 where it has none or where
+    it was fitted for another step than checkpoint_step (e.g. the best step was deleted: a warning says so)."""
+    return calibration.served_temperature(self.workdir, self.checkpoint_step)
 
   def class_index(self, class_name: str) -> int:
     """The column of `class_name`; ValueError naming the model's classes when it is not one of them."""
@@ -301,6 +304,12 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
   or image size than config.
   """
   workdir = os.fspath(workdir)
+  # The run's final outputs (summary.json, calibration.json: the served temperature) as one unit: a training killed
+  # while writing them left a temperature that may be another checkpoint's (issue 26 High 3).
+  if problems := workdir_lib.unit_problems(workdir):
+    raise workdir_lib.IncompleteFolderError(
+        f'{workdir}: the run\'s final outputs (summary.json, calibration.json) are incomplete: ' + '; '.join(problems) +
+        '. Rerun its training command: it resumes from the last checkpoint and writes them again')
   config = config if config is not None else checkpoints.run_config_for_inference(workdir)
   requested = config.eval.step if step is None else int(step)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh()

@@ -174,9 +174,11 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
       _add_subgroups(metrics, held_out.labels_N, probabilities_NC, found, seed_config)
       if distributed.is_main_process():
         out_dir = os.path.join(run_dir, 'eval', 'held_out')
-        report.write_evaluation(metrics, out_dir, f'{config.name}: held-out source {name}, seed {seed}',
-                                held_out.labels_N, probabilities_NC)
+        workdir_lib.begin_unit(out_dir)
+        plots = report.write_evaluation(metrics, out_dir, f'{config.name}: held-out source {name}, seed {seed}',
+                                        held_out.labels_N, probabilities_NC)
         evaluate.write_predictions(held_out, probabilities_NC, classes, os.path.join(out_dir, 'predictions.csv'))
+        workdir_lib.finish_unit(out_dir, [*plots, 'metrics.json', 'report.md', 'predictions.csv'])
       per_seed.append(metrics)
       trained.append(summary.validation.metrics)
       runs.append(run_dir)
@@ -205,10 +207,11 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
   result['selection'] = selection(result)
   out_dir = os.path.join(workdir, OUT)
   if distributed.is_main_process():
-    os.makedirs(out_dir, exist_ok=True)
+    workdir_lib.begin_unit(out_dir)
     workdir_lib.write_atomic(os.path.join(out_dir, 'metrics.json'), _json(result))
     workdir_lib.write_atomic(os.path.join(out_dir, 'report.md'),
                              markdown(result, f'{config.name}: leave one source out'))
+    workdir_lib.finish_unit(out_dir, ['metrics.json', 'report.md'])
   logging.info('leave one source out: %s %.3f (%s)', SELECTION_MEASURE, result['selection']['value'],
                result['selection']['source'])
   return result

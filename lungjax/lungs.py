@@ -99,11 +99,12 @@ class LungModel:
   meta: dict[str, Any]
 
   def logits(self, inputs_NSS: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Logits (float32 N x S x S) of model_input arrays, batch_size at a time (the last batch padded)."""
+    """Logits (float32 N x S x S) of model_input arrays, batch_size (at most N) at a time (the last batch padded)."""
     inputs_NSS = np.asarray(inputs_NSS, np.uint8)
     if inputs_NSS.ndim != 3 or inputs_NSS.shape[1:] != (self.size, self.size):
       raise ValueError(f'model inputs must be N x {self.size} x {self.size}, got {inputs_NSS.shape}')
     out = []
+    batch_size = max(1, min(batch_size, len(inputs_NSS)))  # One film is run alone, not padded to a full batch.
     for start in range(0, len(inputs_NSS), batch_size):
       chunk = inputs_NSS[start:start + batch_size]
       padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.uint8)])
@@ -162,6 +163,20 @@ def load_lungs(path: str | os.PathLike | None = None) -> LungModel:
     raise FileNotFoundError(f'{path!r} not found: the lung weights ship in lungjax/models/weights/; '
                             'bash results/lungs/regenerate.sh trains and exports them')
   return _load_cached(os.path.abspath(path), os.path.getmtime(path))
+
+
+def weights_record(path: str | os.PathLike | None = None) -> dict[str, Any]:
+  """Which lung weights: the file's name, sha256 and the U-Net fields of its meta (fingerprints, model cards); a
+  missing file gives {'file': name, 'sha256': None}."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path or WEIGHTS_PATH)
+  if not os.path.isfile(path):
+    return {'file': os.path.basename(path), 'sha256': None}
+  with open(path, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  meta = load_lungs(path).meta
+  return {'file': os.path.basename(path), 'sha256': digest,
+          **{key: meta[key] for key in ('features', 'downsample', 'size', 'dtype', 'step') if key in meta}}
 
 
 def _pixels(image: ImageInput) -> np.ndarray:

@@ -67,6 +67,14 @@ def start_summary(config, mode: str, workdir: str) -> str:
           '(the full config: config.json there, or --v=1)')
 
 
+def trained_line(summary: dict[str, Any]) -> str:
+  """The console's line on a finished run: its steps and the step it reports, chosen how (with no validation
+  split, config.data.val_fraction=0, the latest step: no validation metric chose it)."""
+  how = (f'by validation {summary["best_metric"]}' if summary.get('n_val') else
+         'the latest step: no validation split (config.data.val_fraction=0), so no validation metric chose it')
+  return f'trained {summary["num_steps"]} steps; best checkpoint step {summary["best_step"]} ({how})'
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """--mode=train: one run (train.train_and_evaluate), or folds / seeds (crossval.run); prints where results went."""
   if config.get('task', 'classify') == 'lungs':  # The lung U-Net (configs/lungs.py, lungjax/segmentation.py).
@@ -87,8 +95,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           f'{os.path.abspath(os.path.join(workdir, "cv" if config.cv.folds > 1 else "seeds", "report.md"))}')
     return result
   summary = train_lib.train_and_evaluate(config, workdir)
-  print(f'\ntrained {summary["num_steps"]} steps; best checkpoint step {summary["best_step"]} '
-        f'(by validation {summary["best_metric"]})')
+  print(f'\n{trained_line(summary)}')
   print(f'  checkpoints  {os.path.abspath(os.path.join(workdir, "checkpoints"))}')
   print(f'  curves       {os.path.abspath(os.path.join(workdir, "curves.png"))}')
   for name, result in summary['evaluations'].items():

@@ -72,10 +72,14 @@ def classification_metrics(
   only some of the classes is not penalised for the absent ones; `macro_avg_classes` names them.
 
   Per class (one class vs the rest, from the argmax predictions): sensitivity (= recall), specificity
-  TN / (TN + FP), PPV (= precision), NPV TN / (TN + FN), 0 where a denominator is 0; and pr_auc, the
-  average precision of the class's probability (sklearn's average_precision_score), None without
-  positives or negatives (sklearn gives 1.0 for a class that is every image). Overall: mcc, the multiclass
-  Matthews correlation (sklearn's matthews_corrcoef, 0 where undefined); brier, the multiclass Brier score,
+  TN / (TN + FP), PPV (= precision), NPV TN / (TN + FN); and pr_auc, the average precision of the class's
+  probability (sklearn's average_precision_score), None without positives or negatives (sklearn gives 1.0
+  for a class that is every image). Undefined scores are None (JSON null), each with its reason in
+  `null_reasons` ({'per_class.<class>.<key>' or 'mcc': why}): recall, F1 and sensitivity of a class without
+  images, specificity of a class that is every image, NPV of a class every image is predicted as, and an
+  undefined MCC (sklearn returns 0 for these). Precision (PPV) of a class never predicted stays 0
+  (sklearn's zero_division=0), as in the macro and weighted averages, which average the defined values.
+  Overall: mcc, the multiclass Matthews correlation (sklearn's matthews_corrcoef); brier, the multiclass Brier score,
   mean over images of the sum over classes of (p - one_hot)^2 (0 best, 2 worst; not divided by the number
   of classes); log_loss, sklearn's log_loss, probabilities clipped to [LOG_LOSS_EPS, 1 - LOG_LOSS_EPS].
   brier, log_loss and every pr_auc are None for no images.
@@ -106,16 +110,39 @@ def classification_metrics(
     return {name: float(np.average(values, weights=weights)) if weights.sum() else 0.0
             for name, values in (('precision', precision), ('recall', recall), ('f1', f1))}
 
+  # Undefined scores are None (JSON null) with the reason, never a 0.0 a reader could take for a measured zero.
+  reasons: dict[str, str] = {}
+  has_negatives = (true_negatives + false_positives) > 0
+  predicted_negative = (true_negatives + false_negatives) > 0
+  for c, name in enumerate(classes):
+    if not present[c]:
+      reasons.update({f'per_class.{name}.{key}': f'no {name} image: undefined without images of the class'
+                      for key in ('recall', 'f1', 'sensitivity')})
+    if not has_negatives[c]:
+      reasons[f'per_class.{name}.specificity'] = f'every image is {name}: undefined without negatives'
+    if not predicted_negative[c]:
+      reasons[f'per_class.{name}.npv'] = f'every image is predicted {name}: undefined without negative predictions'
+  if np.isnan(mcc):
+    reasons['mcc'] = ('undefined: every true label, or every prediction, is one class'
+                      if len(labels_N) else 'undefined without images')
+
+  def defined(key: str, value: float) -> float | None:
+    return None if key in reasons else float(value)
+
   return {
       'accuracy': float(true_positives.sum() / max(len(labels_N), 1)),
       'macro_avg': average(present.astype(np.float64)),
       'weighted_avg': average(support.astype(np.float64)),
-      'per_class': {name: {'precision': float(precision[c]), 'recall': float(recall[c]), 'f1': float(f1[c]),
-                           'support': int(support[c]), 'sensitivity': float(recall[c]),
-                           'specificity': float(specificity[c]), 'ppv': float(precision[c]), 'npv': float(npv[c]),
+      'per_class': {name: {'precision': float(precision[c]),
+                           'recall': defined(f'per_class.{name}.recall', recall[c]),
+                           'f1': defined(f'per_class.{name}.f1', f1[c]), 'support': int(support[c]),
+                           'sensitivity': defined(f'per_class.{name}.sensitivity', recall[c]),
+                           'specificity': defined(f'per_class.{name}.specificity', specificity[c]),
+                           'ppv': float(precision[c]), 'npv': defined(f'per_class.{name}.npv', npv[c]),
                            'pr_auc': None if np.isnan(pr_auc[c]) else pr_auc[c]}
                     for c, name in enumerate(classes)},
-      'mcc': 0.0 if np.isnan(mcc) else mcc,
+      'mcc': defined('mcc', mcc),
+      'null_reasons': reasons,
       'brier': brier,
       'log_loss': log_loss,
       'confusion_matrix': counts.tolist(),

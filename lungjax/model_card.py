@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lungjax import workdir as workdir_lib
+from lungjax import run_fields, workdir as workdir_lib
 from lungjax.data import preprocess
 
 JSON_NAME = 'model_card.json'
@@ -93,11 +93,14 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[str, Any],
-               run_fingerprint: dict[str, Any], data: Any) -> dict[str, Any]:
+               run_fingerprint: dict[str, Any], data: Any, check_validation: bool = True) -> dict[str, Any]:
   """The card of a finished run: from its config, summary, run fingerprint, decoded data (train/val labels) and the
-  workdir's eval/val/metrics.json and calibration.json (where present)."""
+  workdir's eval/val/metrics.json and calibration.json (where present). check_validation: eval/val must be a whole
+  report (workdir.check_unit), unless the caller drops the card's validation entry."""
   classes = tuple(config.data.classes)
   run = run_fingerprint.get('run', {})
+  if check_validation and os.path.isdir(os.path.join(workdir, 'eval', 'val')):  # IncompleteFolderError: a report half rewritten.
+    workdir_lib.check_unit(os.path.join(workdir, 'eval', 'val'), 'the validation report')
   validation = _read_json(os.path.join(workdir, 'eval', 'val', 'metrics.json'))
   calibration = _read_json(os.path.join(workdir, 'calibration.json'))
   training_data = {
@@ -126,11 +129,11 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           # config.data.preprocess (data/preprocess.py): the steps between decoding and the model.
           'steps': preprocess.record(preprocess.settings_of(config))},
       'recipe': {'optimizer': 'adam', 'learning_rate': config.train.learning_rate,
-                 'lr_schedule': config.train.get('lr_schedule', 'constant'),
+                 'lr_schedule': run_fields.value(config, 'train.lr_schedule'),
                  'adam': [config.train.adam_b1, config.train.adam_b2, config.train.adam_eps],
                  'epochs': config.train.num_epochs, 'batch_size': config.train.batch_size,
                  'steps': summary.get('num_steps'), 'class_weighting': config.train.class_weighting,
-                 'source_weighting': config.train.get('source_weighting', 'none'),
+                 'source_weighting': run_fields.value(config, 'train.source_weighting'),
                  'augmentation': bool(config.augment.enabled), 'seed': config.seed,
                  'val_fraction': config.data.val_fraction},
       'validation': headline(validation) if validation else None,
@@ -138,7 +141,8 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           'method': calibration.get('method'), 'temperature': calibration.get('temperature'),
           'ece_raw': calibration.get('ece_raw'),
           'ece_calibrated_out_of_fold': calibration.get('ece_calibrated_out_of_fold'),
-          'n_images': calibration.get('fitted_on', {}).get('n_images')},
+          'n_images': calibration.get('fitted_on', {}).get('n_images'),
+          **({'served': calibration['served']} if calibration.get('served') else {})},
       'caveat': config.eval.caveat,
       'versions': package_versions(),
       'git_commit': git_commit(),
@@ -210,6 +214,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines.append(f'- {calibration["method"]}: T = {calibration["temperature"]:.3f}; ECE raw '
                  f'{calibration["ece_raw"]:.3f}, after scaling (out of fold) '
                  f'{calibration["ece_calibrated_out_of_fold"]:.3f}')
+    if calibration.get('served'):
+      lines.append(f'- served: {calibration["served"]}')
   else:
     lines.append('No temperature was fitted (too few validation images): probabilities are the raw softmax.')
   versions = ', '.join(f'{k} {v}' for k, v in card['versions'].items() if v)

@@ -72,6 +72,8 @@ def _uncertainty_markdown(metrics: dict[str, Any]) -> list[str]:
     if 'ece_calibrated' in calibration:
       lines.append(f'ECE after temperature scaling, {calibration["calibrated_by"]}: '
                    f'{calibration["ece_calibrated"]:.3f} ({calibration["calibrated_how"]}).')
+    if calibration.get('served'):
+      lines.append(f'Served: {calibration["served"]}.')
   if 'intervals' in metrics:
     intervals, n = metrics['intervals'], metrics['n_images']
     lo, hi = intervals['accuracy']['wilson']
@@ -117,8 +119,8 @@ def _absent_class_markdown(metrics: dict[str, Any]) -> list[str]:
   return ['', '## Predictions of absent classes', ''] + lines if lines else []
 
 
-# Scores that need images of the class: without any they are undefined, shown as n/a rather than 0 (metrics.json keeps
-# its number beside support 0).
+# Scores that need images of the class: without any they are undefined, shown as n/a rather than 0 (metrics.json: null,
+# with null_reasons saying why; metrics.json files written before that kept a 0 beside support 0).
 _NEED_SUPPORT = frozenset({'recall', 'f1', 'sensitivity'})
 
 
@@ -146,6 +148,9 @@ def _clinical_markdown(metrics: dict[str, Any]) -> list[str]:
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   lines += ['', 'Sensitivity is recall and PPV precision, from the predicted (highest-probability) class; PR AUC is '
             'the average precision of the class\'s probability (n/a without images of the class, or of the others).']
+  for path, why in metrics.get('null_reasons', {}).items():
+    if '.recall' not in path and '.f1' not in path:  # An absent class's recall is said above ('n/a (no images)').
+      lines.append(f'- n/a `{path}` (null in metrics.json): {why}.')
   if 'mcc' in metrics:
     mcc, brier, log_loss = (_with_interval(metrics[key], _interval_at(metrics, (key,)))
                             for key in ('mcc', 'brier', 'log_loss'))
@@ -193,7 +198,9 @@ def _per_subgroup_markdown(metrics: dict[str, Any]) -> list[str]:
   classes = metrics['classes']
   for column, described in subgroups['columns'].items():
     rows = metrics.get('per_subgroup', {}).get(column, {})
-    lines += ['', f'### {column}', '',
+    quartiles = ([f'Binned at the quartiles of its values (named without bins): {", ".join(described["bins"])}.', '']
+                 if described.get('bins_from') == 'quartiles' else [])
+    lines += ['', f'### {column}', '', *quartiles,
               f'| {column} | images | accuracy | macro recall | ' + ' | '.join(f'{c} recall' for c in classes) + ' |',
               '|---' * (len(classes) + 4) + '|']
     for name, row in rows.items():

@@ -149,6 +149,11 @@ def build_gallery(images_NHWC: np.ndarray, labels_N: np.ndarray, probabilities_N
       heatmaps_KHW = np.asarray(explain_fn(films_KHWC, predicted_K)[1])
     except ValueError as error:  # Named in the page and the log: the films are still shown.
       note = f'No Grad-CAM overlays: {error}'
+  if heatmaps_KHW is not None:  # An all-zero map (no positive evidence at that layer) draws no colour: say so.
+    n_empty = int(np.sum(heatmaps_KHW.reshape(len(chosen), -1).max(axis=1) <= 0))
+    if n_empty:
+      note += (f' {n_empty} of these {len(chosen)} maps are empty (the ReLU of the weighted channels is zero '
+               'everywhere: no positive evidence for the predicted class at that layer); those films show no colour.')
   items = []
   for k, index in enumerate(chosen):
     items.append(GalleryItem(
@@ -205,7 +210,14 @@ def _value_cell(metrics: Mapping[str, Any], prefix: Sequence[Any], keys: Sequenc
   interval = None if interval_path is None else _get(metrics, interval_path)
   text = report._with_interval(float(value), interval)  # pylint: disable=protected-access
   return (f'<td class="num"{_path_attribute("data-metric", [*prefix, *keys])}'
-          f'{_path_attribute("data-interval", interval_path)}>{_e(text)}</td>')
+          f'{_path_attribute("data-interval", interval_path)}>{_wrappable(text)}</td>')
+
+
+def _wrappable(text: str) -> str:
+  """`0.910 [0.820, 0.960]` escaped, the interval in a span that never breaks: a table too wide for the window
+  (per class: nine columns of intervals) puts the interval under its value instead of running off the page."""
+  value, bracket, interval = text.partition(' [')
+  return _e(value) + (f' <span class="ci">[{_e(interval)}</span>' if bracket else '')
 
 
 def _table(headings: Sequence[str], rows: Sequence[str], table_id: str = '') -> str:
@@ -348,12 +360,26 @@ def _per_subgroup_section(metrics: Mapping[str, Any]) -> str:
         parts.append(f'<h4>{_e(column)}: {_e(key)}</h4>' +
                      (_plain_table(value, key) if isinstance(value, Mapping) and value else f'<p>{_e(_plain(value))}</p>'))
     parts.append(_gaps_table(metrics, column))
+    parts.append(_counts_note(metrics, column))
   gaps = metrics.get('subgroup_gaps')
   if isinstance(gaps, Mapping):
     for column, value in gaps.items():
       parts.append(f'<h4>{_e(column)}: recall gaps between groups</h4>' +
                    (_plain_table(value, 'class') if isinstance(value, Mapping) else f'<p>{_e(_plain(value))}</p>'))
   return _section('per-subgroup', 'Per subgroup', ''.join(parts))
+
+
+def _counts_note(metrics: Mapping[str, Any], column: str) -> str:
+  """subgroups.columns.<column>: how its bins came (quartiles when named without bins) and its class counts per
+  group (a confound shows: 'AP Supine Covid 72, Normal 3'); '' where the metrics hold no such column."""
+  described = _get(metrics, ['subgroups', 'columns', column])
+  if not isinstance(described, Mapping) or not isinstance(described.get('counts'), Mapping):
+    return ''
+  binned = (f'Binned at the quartiles of its values (named without bins): {", ".join(described["bins"])}. '
+            if described.get('bins_from') == 'quartiles' else '')
+  counts = '; '.join(f'{value} ' + ', '.join(f'{c} {n}' for c, n in row['per_class'].items())
+                     for value, row in described['counts'].items())
+  return f'<p class="note">{_e(binned)}Class counts: {_e(counts)}.</p>'
 
 
 def _gaps_table(metrics: Mapping[str, Any], column: str) -> str:
@@ -495,8 +521,11 @@ def _other_sections(metrics: Mapping[str, Any]) -> str:
     if overlap:
       rows = [f'<tr><td><code>{_e(o["file"])}</code></td><td><code>{_e(o["training_file"])}</code></td>'
               f'<td>{_e(o["kind"])}</td><td class="num">{o["score"]:.3f}</td></tr>' for o in overlap]
+      table = _table(['file', 'training file', 'kind', 'r'], rows)
+      if len(overlap) > 10:  # Cohen's films: 98 copies, a page and a half of paths before the gallery; folded.
+        table = f'<details><summary>the {len(overlap)} copies and their training files</summary>{table}</details>'
       body = (f'<p>{len(overlap)} of these images are exact or near copies of training images: their predictions '
-              'say little about new patients.</p>' + _table(['file', 'training file', 'kind', 'r'], rows))
+              'say little about new patients.</p>' + table)
     else:
       body = '<p>None found: no image here is an exact or near copy of a training image.</p>'
     parts.append(_section('overlap', 'Copies of training images in this folder', body))
@@ -546,7 +575,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:
 h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
 nav a{margin-right:.8em}table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
-thead th{background:#f3f3f3}td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+thead th{background:#f3f3f3}td.num{font-variant-numeric:tabular-nums}td.num .ci{white-space:nowrap}
 td.na{color:#888}td.diag{background:#e6f2e6}.note{color:#555;font-size:.92em}
 .plots{display:flex;flex-wrap:wrap;gap:1em}img.plot{max-width:100%;height:auto;border:1px solid #eee}
 .filters{margin:.6em 0}.filters select{margin-right:1em}#image-check{font-size:.9em;color:#555}
@@ -710,8 +739,7 @@ def read_json(path: str) -> dict[str, Any] | None:
   """The JSON object at path, or None where there is no such file."""
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    value = json.load(f)
+  value = workdir_lib.read_json(path)  # CorruptFileError names a file cut short.
   return value if isinstance(value, dict) else None
 
 
@@ -730,10 +758,14 @@ def run_card(workdir: str, checkpoint_step: int | None) -> tuple[dict[str, Any] 
 
 def matching_shortcuts(workdir: str, folder: str, checkpoint_step: int | None) -> dict[str, Any] | None:
   """The shortcut check (shortcuts.json) of the same folder and checkpoint in workdir, or None."""
-  name = os.path.basename(os.path.normpath(folder)) if folder else ''
-  if not name:
+  if not folder or not os.path.basename(os.path.normpath(folder)):
     return None
-  summary = read_json(os.path.join(workdir, 'shortcuts', name, 'shortcuts.json'))
-  if not summary or os.path.abspath(summary.get('folder', '')) != os.path.abspath(folder):
-    return None
-  return summary if summary.get('checkpoint_step') == checkpoint_step else None
+  # Its folder-identity name, or the base name an older lungjax used (then only if it names this very folder).
+  for name in (workdir_lib.folder_identity([folder]), workdir_lib.legacy_folder_name([folder])):
+    out_dir = os.path.join(workdir, 'shortcuts', name)
+    if os.path.isdir(out_dir):
+      workdir_lib.check_unit(out_dir, 'the shortcut check')  # IncompleteFolderError: killed midway.
+    summary = read_json(os.path.join(out_dir, 'shortcuts.json'))
+    if summary and os.path.realpath(summary.get('folder', '')) == os.path.realpath(folder):
+      return summary if summary.get('checkpoint_step') == checkpoint_step else None
+  return None

@@ -1,11 +1,14 @@
 """Does the model look at the lungs? Scores with the lung region hidden or shown alone, and Grad-CAM's share in it.
 
---mode=shortcuts restores a run's checkpoint and predicts config.eval.dir three times: as is, with LUNG_BOX hidden
-(filled with each image's mean colour) and with everything but LUNG_BOX hidden. A model that keeps its score
+--mode=shortcuts restores a run's checkpoint and predicts config.eval.dir three times: as is, with the lungs hidden
+(filled with each image's mean colour) and with everything but the lungs hidden. The lungs are each film's own
+mask from the shipped lung U-Net (config.shortcuts.region='mask', the default: lungjax/lungs.py on the image the
+classifier sees) or, as a documented fallback, the fixed LUNG_BOX (region='box'); a film whose predicted mask
+covers less than MIN_MASK_SHARE of it gets the box, counted in the report. A model that keeps its score
 with the lungs hidden reads something else (laterality markers, text, the body's size and shape, the film's
 border: DeGrave, Janizek and Lee, Nature Machine Intelligence 2021). Grad-CAM of the predicted class adds where
-the heat lies: its share inside the box, against the box's share of the image (the share of an even spread).
-Writes workdir/shortcuts/<folder name>/shortcuts.json, shortcuts.md and shortcuts.png.
+the heat lies: its share inside the lungs, against the lungs' share of the image (the share of an even spread).
+Writes workdir/shortcuts/<folder name>/shortcuts.json, shortcuts.md and shortcuts.png (the lungs outlined).
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 # text, the neck, shoulders and abdomen lie. It is generous on purpose: hiding it must hide the lungs whole, or
 # their edges could keep a model's score and make it look like a shortcut. Top and bottom rows are exclusive.
 LUNG_BOX = {'top': 0.10, 'bottom': 0.85, 'left': 0.10, 'right': 0.90}
+REGIONS = ('mask', 'box')  # config.shortcuts.region.
+MIN_MASK_SHARE = 0.02  # A predicted lung mask below this share of the film is taken as a failure: the box instead.
 VIEWS = ('as_is', 'lungs_hidden', 'lungs_only')
 VIEW_TITLES = {'as_is': 'as is', 'lungs_hidden': 'lungs hidden', 'lungs_only': 'lungs only'}
 # The rule of the verdict. "Keeps its score": accuracy with the lungs hidden at most KEEPS_SCORE_DROP below the
@@ -68,29 +73,61 @@ def box_mask(height: int, width: int, box: dict[str, float] | None = None) -> np
   return mask_HW
 
 
-def mask_images(images_NHWC: np.ndarray, view: str, box: dict[str, float] | None = None) -> np.ndarray:
-  """Returns a copy of the images seen as `view`: 'as_is' unchanged, 'lungs_hidden' with the box filled,
-  'lungs_only' with everything outside the box filled. The fill is each image's own mean per channel (over the
-  whole image, before hiding), rounded to the images' dtype."""
+def lung_regions(images_NHWC: np.ndarray, region: str, lung_model: Any = None,
+                 box: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Bool regions_NHW (True inside the lungs) of each image and fallback_N (True where the box stands in).
+
+  region 'box': the box for every image. 'mask': the lung U-Net's mask of each image (lung_model, default the
+  shipped lungs.load_lungs()); an image whose mask covers less than MIN_MASK_SHARE of it gets the box."""
+  images_NHWC = np.asarray(images_NHWC)
+  n, height, width = images_NHWC.shape[:3]
+  box_HW = box_mask(height, width, box)
+  if region == 'box':
+    return np.broadcast_to(box_HW, (n, height, width)).copy(), np.ones(n, bool)
+  if region != 'mask':
+    raise ValueError(f'config.shortcuts.region={region!r} is not one of {REGIONS}')
+  from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
+  model = lung_model or lungs_lib.load_lungs()
+  regions = np.stack([np.asarray(m, bool) for m in model.masks(list(images_NHWC))]) if n else np.zeros(
+      (0, height, width), bool)
+  fallback_N = regions.mean(axis=(1, 2)) < MIN_MASK_SHARE if n else np.zeros(0, bool)
+  regions[fallback_N] = box_HW
+  return regions, fallback_N
+
+
+def mask_images(images_NHWC: np.ndarray, view: str, box: dict[str, float] | None = None,
+                regions_NHW: np.ndarray | None = None) -> np.ndarray:
+  """Returns a copy of the images seen as `view`: 'as_is' unchanged, 'lungs_hidden' with the lungs filled,
+  'lungs_only' with everything outside the lungs filled. The lungs: regions_NHW (each image's own, e.g.
+  lung_regions) or else the box. The fill is each image's own mean per channel (over the whole image, before
+  hiding), rounded to the images' dtype."""
   if view not in VIEWS:
     raise ValueError(f'view {view!r} is not one of {VIEWS}')
   images_NHWC = np.asarray(images_NHWC)
   if view == 'as_is':
     return images_NHWC.copy()
-  inside_HW = box_mask(images_NHWC.shape[1], images_NHWC.shape[2], box)
-  hidden_HW = inside_HW if view == 'lungs_hidden' else ~inside_HW
+  if regions_NHW is None:
+    inside_NHW = box_mask(images_NHWC.shape[1], images_NHWC.shape[2], box)[None]
+  else:
+    inside_NHW = np.asarray(regions_NHW, bool)
+    if inside_NHW.shape != images_NHWC.shape[:3]:
+      raise ValueError(f'lung regions of shape {inside_NHW.shape} for images of shape {images_NHWC.shape}')
+  hidden_NHW = inside_NHW if view == 'lungs_hidden' else ~inside_NHW
   means_N11C = images_NHWC.mean(axis=(1, 2), keepdims=True, dtype=np.float64)
   if np.issubdtype(images_NHWC.dtype, np.integer):
     means_N11C = np.rint(means_N11C)
-  return np.where(hidden_HW[None, :, :, None], means_N11C.astype(images_NHWC.dtype), images_NHWC)
+  return np.where(hidden_NHW[..., None], means_N11C.astype(images_NHWC.dtype), images_NHWC)
 
 
-def heat_share_in_box(heatmaps_NHW: np.ndarray, box: dict[str, float] | None = None) -> np.ndarray:
-  """Per image, the share of the heatmap's total inside the box; NaN for a map that is zero everywhere."""
+def heat_share_in_box(heatmaps_NHW: np.ndarray, box: dict[str, float] | None = None,
+                      regions_NHW: np.ndarray | None = None) -> np.ndarray:
+  """Per image, the share of the heatmap's total inside the lungs (regions_NHW, else the box); NaN for a map that
+  is zero everywhere."""
   heatmaps_NHW = np.asarray(heatmaps_NHW, np.float64)
-  inside_HW = box_mask(heatmaps_NHW.shape[1], heatmaps_NHW.shape[2], box)
+  inside = (box_mask(heatmaps_NHW.shape[1], heatmaps_NHW.shape[2], box)[None] if regions_NHW is None
+            else np.asarray(regions_NHW, bool))
   total_N = heatmaps_NHW.sum(axis=(1, 2))
-  inside_N = (heatmaps_NHW * inside_HW).sum(axis=(1, 2))
+  inside_N = (heatmaps_NHW * inside).sum(axis=(1, 2))
   return np.where(total_N > 0, inside_N / np.where(total_N > 0, total_N, 1.0), np.nan)
 
 
@@ -171,8 +208,8 @@ def verdict(views: dict[str, dict[str, Any]], chance: float) -> dict[str, str]:
             f'lies outside the lungs {against}.')
   else:
     code = 'needs_the_lungs'
-    text = (f'Without the lungs the model falls to chance: it needs what lies inside the lung box {against}. This '
-            'does not show that it reads the disease: a shortcut inside the box would pass too.')
+    text = (f'Without the lungs the model falls to chance: it needs what lies inside the lungs {against}. This '
+            'does not show that it reads the disease: a shortcut inside the lungs would pass too.')
   only_numbers = f'({numbers(only, "accuracy with only the lungs")} against {numbers(as_is, "as is")})'
   if not above_chance(only):
     only_code, only_text = 'chance', f'With only the lungs shown the model falls to chance {only_numbers}.'
@@ -190,13 +227,13 @@ def cam_verdicts(cam: dict[str, Any], area_share: float) -> dict[str, str]:
   out = {}
   for name, mean in cam['means'].items():
     low, high = cam['intervals'][name]
-    numbers = (f'{mean:.3f} [{low:.3f}, {high:.3f}] of its heat inside the box, which covers {area_share:.3f} of '
-               'the image')
+    numbers = (f'{mean:.3f} [{low:.3f}, {high:.3f}] of its heat inside the lung region, which covers '
+               f'{area_share:.3f} of the image')
     if mean < area_share:
-      sure = 'its interval lies wholly below' if high < area_share else 'its interval reaches the box\'s share'
+      sure = 'its interval lies wholly below' if high < area_share else 'its interval reaches the region\'s share'
       out[name] = f'{name}: looks outside the lungs ({numbers}; {sure}).'
     else:
-      sure = 'its interval lies wholly above' if low > area_share else 'its interval reaches the box\'s share'
+      sure = 'its interval lies wholly above' if low > area_share else 'its interval reaches the region\'s share'
       out[name] = f'{name}: looks inside the lungs ({numbers}; {sure}).'
   return out
 
@@ -221,17 +258,15 @@ def recall_changes(views: dict[str, dict[str, Any]]) -> list[str]:
 
 def shortcuts_markdown(summary: dict[str, Any], title: str) -> str:
   """The report: verdict in plain words, the views' scores with intervals, Grad-CAM shares, the rule, the figure."""
-  views, box = summary['views'], summary['box']
+  views = summary['views']
   classes = list(views['as_is']['recall'])
   counts = ', '.join(f'{name} {n}' for name, n in views['as_is']['support'].items())
   lines = [
       f'# Does the model look at the lungs? {title}', '',
       f'Checkpoint step {summary["checkpoint_step"]}; {summary["n_images"]} images ({counts}) of '
       f'`{summary["folder"]}` at {summary["image_size"]} px.',
-      f'Lung box: rows {box["top"]:.0%} to {box["bottom"]:.0%}, columns {box["left"]:.0%} to {box["right"]:.0%} of '
-      f'the resized image ({summary["box_area_share"]:.1%} of its area); a hidden part is filled with the image\'s '
-      'mean colour. Every interval is 95%: Wilson for accuracies and recalls, a bootstrap over images for heat '
-      'shares.', '',
+      region_line(summary) + ' A hidden part is filled with the image\'s mean colour. Every interval is 95%: '
+      'Wilson for accuracies and recalls, a bootstrap over images for heat shares.', '',
       '## Verdict', '',
       f'- **{summary["verdict"]["lungs_hidden_text"]}**',
       f'- {summary["verdict"]["lungs_only_text"]}',
@@ -250,9 +285,10 @@ def shortcuts_markdown(summary: dict[str, Any], title: str) -> str:
     lines.append(f'| {VIEW_TITLES[view]} | {_format(scores["accuracy"], scores["accuracy_interval"])} | {recalls} | '
                  f'{predicted} |')
   cam = summary['cam']
-  lines += ['', f'## Grad-CAM heat inside the lung box (layer {summary["layer"]}, map of the predicted class)', '',
-            f'An even spread puts {summary["box_area_share"]:.3f} of the heat in the box.', '',
-            '| true class | images | share of heat in the box | zero maps (left out) |', '|---|---|---|---|']
+  lines += ['', f'## Grad-CAM heat inside the lungs (layer {summary["layer"]}, map of the predicted class)', '',
+            f'An even spread puts {summary["region_area_share"]:.3f} of the heat in the lung region (its mean share '
+            'of the images).', '',
+            '| true class | images | share of heat in the lungs | zero maps (left out) |', '|---|---|---|---|']
   for name in cam['n']:
     share = _format(cam['means'][name], cam['intervals'][name]) if name in cam['means'] else 'n/a'
     lines.append(f'| {name} | {cam["n"][name]} | {share} | {cam["zero_maps"][name]} |')
@@ -265,21 +301,25 @@ def shortcuts_markdown(summary: dict[str, Any], title: str) -> str:
       f'- Chance accuracy is {summary["chance_accuracy"]:.3f}: the share of the commonest class, what always '
       'answering it scores. "Above chance" means the interval\'s lower end lies above it.',
       f'- "Keeps its score without the lungs": accuracy with the lungs hidden at most {KEEPS_SCORE_DROP:.2f} below '
-      'the accuracy as is, and above chance. Then the score comes from outside the box: markers, text, body size '
+      'the accuracy as is, and above chance. Then the score comes from outside the lungs: markers, text, body size '
       'and shape, the film\'s borders.',
-      '- "Looks outside the lungs": the mean share of a class\'s Grad-CAM heat inside the box is below the box\'s '
-      'share of the image.',
+      '- "Looks outside the lungs": the mean share of a class\'s Grad-CAM heat inside the lungs is below the lung '
+      'region\'s mean share of the image.',
       '- A flat fill is unlike any training image: part of a drop can be the model\'s reaction to the fill itself. '
       'A class whose recall rises with the lungs hidden is where the model\'s answers fall by default.',
-      '- The box is one rectangle for every film: it cuts badly framed films, and passing this check does not '
-      'show that the model reads the disease.',
+      ('- The lung masks come from the lung U-Net trained on adult films (results/lungs/): on children\'s films '
+       'they are less sure; passing this check does not show that the model reads the disease.'
+       if summary['region'] == 'mask' else
+       '- The box is one rectangle for every film: it cuts badly framed films, and passing this check does not '
+       'show that the model reads the disease.'),
   ]
   if summary['skipped_images']:
     lines += ['', f'## Skipped files ({len(summary["skipped_images"])})', '']
     lines += [f'- `{path}`: {reason}' for path, reason in summary['skipped_images']]
   lines += ['', '## Examples', '',
             f'Each row one true class, {EXAMPLES_PER_CLASS} images each seen as is, with the lungs hidden and with '
-            'only the lungs; Grad-CAM of the predicted class over it, the box dashed; green titles are right.', '',
+            'only the lungs; Grad-CAM of the predicted class over it, the lungs outlined (dashed); green titles are '
+            'right.', '',
             '![examples](shortcuts.png)', '']
   return '\n'.join(lines)
 
@@ -295,9 +335,23 @@ def example_indices(labels_N: np.ndarray, num_classes: int, per_class: int = EXA
   return chosen
 
 
+def region_line(summary: dict[str, Any]) -> str:
+  """The report's sentence on where 'the lungs' are (the lung U-Net's masks or the box)."""
+  box = summary['box']
+  box_text = (f'rows {box["top"]:.0%} to {box["bottom"]:.0%}, columns {box["left"]:.0%} to {box["right"]:.0%} of '
+              'the resized image')
+  if summary['region'] == 'box':
+    return f'Lung region: the fixed box, {box_text} ({summary["region_area_share"]:.1%} of its area).'
+  return (f'Lung region: each film\'s own mask from the lung U-Net (lungjax/lungs.py, weights '
+          f'{summary["lung_weights"].get("sha256") or "given"!s:.12}), {summary["region_area_share"]:.1%} of the '
+          f'image on average; {summary["box_fallback"]} of {summary["n_images"]} films whose mask covered under '
+          f'{MIN_MASK_SHARE:.0%} got the box ({box_text}) instead.')
+
+
 def plot_examples(tiles: Sequence[dict[str, Any]], rows: int, columns: int, box_bounds: tuple[int, int, int, int],
                   path: str, title: str) -> None:
-  """Draws the tiles ({'pixels', 'heatmap', 'title', 'colour', 'row', 'column'}) in a grid, the box dashed."""
+  """Draws the tiles ({'pixels', 'heatmap', 'title', 'colour', 'row', 'column', optional 'region': a bool H x W
+  lung mask}) in a grid, the lungs outlined dashed (the box where a tile has no region)."""
   fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows + 0.4), squeeze=False,
                            layout='constrained')
   for ax in axes.flat:
@@ -306,12 +360,21 @@ def plot_examples(tiles: Sequence[dict[str, Any]], rows: int, columns: int, box_
   for tile in tiles:
     ax = axes[tile['row'], tile['column']]
     ax.imshow(explain.overlay(tile['pixels'], tile['heatmap']), interpolation='nearest')
-    ax.add_patch(matplotlib.patches.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                                              edgecolor='white', linestyle='--', linewidth=0.8))
+    if tile.get('region') is not None:
+      ax.contour(np.asarray(tile['region'], np.float32), levels=[0.5], colors='white', linestyles='--',
+                 linewidths=0.8)
+    else:
+      ax.add_patch(matplotlib.patches.Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                                                edgecolor='white', linestyle='--', linewidth=0.8))
     ax.set_title(tile['title'], fontsize=7, color=tile['colour'])
   fig.suptitle(title, fontsize=9)
   workdir_lib.write_figure(path, fig, dpi=100, metadata=_PNG_METADATA)
   plt.close(fig)
+
+
+def _weights_record() -> dict[str, Any]:
+  from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
+  return lungs_lib.weights_record()
 
 
 def _check_out_dir(out_dir: str) -> None:
@@ -339,17 +402,23 @@ def _load(config: ml_collections.ConfigDict) -> tuple[str, loading.FolderImages]
     raise FileNotFoundError(f'config.eval.dir={folder!r} is not a folder')
   folder_names = folders.parse_folder_names(config.eval.class_names, config.data.classes)
   loaded = loading.load_folder(folder, config, require_all_classes=False, folder_names=folder_names)
-  return os.path.basename(os.path.normpath(folder)), loaded
+  return workdir_lib.folder_identity([folder]), loaded  # Same base name, other folder: its own output.
+
+
+def region_of(config: ml_collections.ConfigDict) -> str:
+  """config.shortcuts.region ('mask' for configs saved before the field existed)."""
+  return config.get('shortcuts', ml_collections.ConfigDict()).get('region', 'mask')
 
 
 def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
-                    overridden: Sequence[str] | None = None) -> dict[str, Any]:
+                    overridden: Sequence[str] | None = None, lung_model: Any = None) -> dict[str, Any]:
   """Restores workdir's best (or config.eval.step) checkpoint and checks whether it needs the lungs of
   config.eval.dir (class sub-folders, config.eval.class_names maps other names; '@validation' the run's split).
 
   The model, classes and image size come from the run's config.json (checkpoints.run_config_for_inference: an
-  `overridden` field outside INFERENCE_FIELDS that differs is a ValueError). Writes shortcuts.json, shortcuts.md
-  and shortcuts.png to workdir/shortcuts/<folder name>/ and returns the summary (with 'out_dir').
+  `overridden` field outside INFERENCE_FIELDS that differs is a ValueError). The lungs: config.shortcuts.region
+  (lung_regions; lung_model default the shipped U-Net). Writes shortcuts.json, shortcuts.md and shortcuts.png to
+  workdir/shortcuts/<folder name>-<hash of its path>/ and returns the summary (with 'out_dir').
   """
   config = checkpoints.run_config_for_inference(workdir, config, overridden)
   if not config.eval.dir:
@@ -368,7 +437,9 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   eval_step = steps.jit_eval_step(model.module, mesh)
 
   labels_N = decoded.labels_N
-  viewed = {view: mask_images(decoded.images_NHWC, view) for view in VIEWS}
+  region = region_of(config)
+  regions_NHW, fallback_N = lung_regions(decoded.images_NHWC, region, lung_model)
+  viewed = {view: mask_images(decoded.images_NHWC, view, regions_NHW=regions_NHW) for view in VIEWS}
   probabilities = {view: evaluate.predict_probabilities(eval_step, model.state,
                                                         dataclasses.replace(decoded, images_NHWC=x),
                                                         config.eval.batch_size, mesh)
@@ -376,10 +447,11 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   views = {view: view_scores(labels_N, probs_NC.argmax(axis=-1), classes) for view, probs_NC in probabilities.items()}
 
   _, heatmaps_NHW = model.explain_pixels(viewed['as_is'], np.full(len(decoded), -1, np.int32))
-  shares_N = heat_share_in_box(heatmaps_NHW)
+  shares_N = heat_share_in_box(heatmaps_NHW, regions_NHW=regions_NHW)
   cam = cam_shares(labels_N, shares_N, classes, config.eval.n_bootstrap, config.seed)
   height, width = decoded.images_NHWC.shape[1:3]
-  area_share = float(box_mask(height, width).mean())
+  region_shares_N = regions_NHW.mean(axis=(1, 2))
+  area_share = float(region_shares_N.mean())
   chance = float(np.bincount(labels_N, minlength=len(classes)).max() / len(labels_N))
 
   summary: dict[str, Any] = {
@@ -387,14 +459,19 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
       'checkpoint_step': step, 'n_images': len(decoded), 'image_size': int(height), 'classes': list(classes),
       'absent_classes': [c for c in classes if c not in views['as_is']['recall']],
       'box': dict(LUNG_BOX), 'box_pixels': dict(zip(('top', 'bottom', 'left', 'right'), box_pixels(height, width))),
-      'box_area_share': area_share, 'chance_accuracy': chance, 'keeps_score_drop': KEEPS_SCORE_DROP,
+      'box_area_share': float(box_mask(height, width).mean()), 'region': region, 'region_area_share': area_share,
+      'box_fallback': int(fallback_N.sum()) if region == 'mask' else None,
+      'lung_weights': None if region != 'mask' else (_weights_record() if lung_model is None else {
+          'file': 'the lung_model given', 'sha256': None, **dict(getattr(lung_model, 'meta', None) or {})}),
+      'chance_accuracy': chance, 'keeps_score_drop': KEEPS_SCORE_DROP,
       'views': views, 'layer': config.explain.layer,
       'cam_share_in_lungs': cam['means'], 'cam_share_in_lungs_interval': cam['intervals'], 'cam': cam,
       'verdict': verdict(views, chance), 'cam_verdicts': cam_verdicts(cam, area_share),
       'skipped_images': [list(item) for item in loaded.skipped_report()],
       'images': [{'file': path, 'true': classes[label],
                   **{view: classes[int(probabilities[view][i].argmax())] for view in VIEWS},
-                  'cam_share_in_lungs': None if np.isnan(shares_N[i]) else float(shares_N[i])}
+                  'cam_share_in_lungs': None if np.isnan(shares_N[i]) else float(shares_N[i]),
+                  'lung_share': float(region_shares_N[i]), 'box_fallback': bool(region == 'mask' and fallback_N[i])}
                  for i, (path, label) in enumerate(zip(decoded.paths, labels_N))],
   }
 
@@ -411,16 +488,19 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
       predicted = int(example_probs_NC[row_in_stack].argmax())
       caption = f'{classes[label]} · {VIEW_TITLES[view]}' if v == 0 else VIEW_TITLES[view]
       tiles.append({'pixels': stacked_NHWC[row_in_stack], 'heatmap': example_maps_NHW[row_in_stack],
+                    'region': regions_NHW[index],
                     'title': f'{caption}\npred {classes[predicted]} {example_probs_NC[row_in_stack, predicted]:.0%}',
                     'colour': 'tab:green' if predicted == label else 'tab:red',
                     'row': present.index(label), 'column': slot * len(VIEWS) + v})
-  os.makedirs(out_dir, exist_ok=True)
-  title = f'{config.name} on {name}'
+  workdir_lib.begin_unit(out_dir)  # One unit: its marker is written last (issue 26 High 3).
+  title = f'{config.name} on ' + ('validation' if name == 'validation' else
+                                  workdir_lib.legacy_folder_name([config.eval.dir]))
   plot_examples(tiles, len(present), EXAMPLES_PER_CLASS * len(VIEWS), box_pixels(height, width),
                 os.path.join(out_dir, 'shortcuts.png'),
                 f'{title}, checkpoint step {step}: as is, lungs hidden, lungs only (Grad-CAM of the predicted class)')
   workdir_lib.write_json(os.path.join(out_dir, 'shortcuts.json'), summary)
   workdir_lib.write_text(os.path.join(out_dir, 'shortcuts.md'), shortcuts_markdown(summary, title))
+  workdir_lib.finish_unit(out_dir, FILES)
   logging.info('%s: as is %.3f, lungs hidden %.3f, lungs only %.3f (%s) → %s', title, views['as_is']['accuracy'],
                views['lungs_hidden']['accuracy'], views['lungs_only']['accuracy'],
                summary['verdict']['lungs_hidden'], out_dir)

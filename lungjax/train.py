@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 
 from lungjax import augment, autoencoder, checkpoints, evaluate, final_evaluation, mesh as mesh_lib, steps
 from lungjax import distributed, fingerprint as fingerprint_lib, preemption, progress, warm_start
-from lungjax import event_writer, workdir as workdir_lib
+from lungjax import event_writer, run_fields, workdir as workdir_lib
 from lungjax.cpu import host_memory
 from lungjax.data import loading, pipeline, sources as sources_lib, splits
 from lungjax.models import create_model
@@ -59,7 +59,7 @@ def _merge(window: list[tuple[int, steps.TrainMetrics]]) -> dict[str, float]:
 
 def _example_weights(config: ml_collections.ConfigDict, train: Any, weights_C: np.ndarray) -> np.ndarray | None:
   """Per-image loss weights with config.train.source_weighting (logged per source and class), or None."""
-  if config.train.get('source_weighting', 'none') == 'none':
+  if config.train.source_weighting == 'none':
     return None
   classes = tuple(config.data.classes)
   sources_N, source_names = sources_lib.source_indices(train)
@@ -121,6 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   and raises preemption.Preempted. The run holds workdir's lock throughout, and refuses a non-empty folder that is
   not a lungjax run (lungjax/workdir.py).
   """
+  config = run_fields.with_defaults(config)  # A field an older config lacks reads its packaged default.
   with workdir_lib.owned(workdir), preemption.StopRequest() as stop:
     os.makedirs(workdir, exist_ok=True)
     classes = tuple(config.data.classes)
@@ -134,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     weights_C = class_weights(data.train.labels_N, config)
     logging.info('class weights: %s%s', dict(zip(classes, np.round(weights_C, 4).tolist())),
                  ' (not used: source_weighting within_source weighs each image, below)'
-                 if config.train.get('source_weighting', 'none') == 'within_source' else '')
+                 if config.train.source_weighting == 'within_source' else '')
     weights_N = _example_weights(config, data.train, weights_C)
     steps_per_epoch = len(data.train) // config.train.batch_size
     num_steps = steps_per_epoch * config.train.num_epochs
@@ -226,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         'config': config.name, 'model': config.model.name, 'n_params': n_params, 'best_step': best_step,
         'best_metric': config.checkpoint.best_metric, 'num_steps': num_steps, 'steps_per_epoch': steps_per_epoch,
         'n_train': len(data.train), 'n_val': len(data.val), 'class_weights': dict(zip(classes, weights_C.tolist())),
-        'source_weighting': config.train.get('source_weighting', 'none'),
+        'source_weighting': config.train.source_weighting,
         'train_seconds_this_run': round(train_seconds, 2), 'first_step_this_run': first_step,
         'skipped_images': [list(item) for item in data.train_folder.skipped_report()],
         'devices': [str(d) for d in jax.devices()], 'history': history}

@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import io
 import json
 import os
 import pathlib
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from absl import logging
@@ -205,6 +206,112 @@ def owned(workdir: str) -> Iterator[None]:
     yield
   finally:
     release_lock(workdir, fd)
+
+
+# ---- a report folder named by the folder it reports on (issue 26 High 2) -------------------------------------
+
+
+def folder_identity(folders: Sequence[str]) -> str:
+  """The name of the output folder for a report on these input folders: their base names joined by '+' and the
+  first 8 hex digits of the sha256 of their resolved paths ('test-1a2b3c4d'). Two folders of the same base name
+  (/a/test, /b/test) get different names, so neither report replaces the other; the same folder, however it is
+  spelled (a relative path, a trailing slash, a link to it), gets the same one."""
+  kept = [f.strip() for f in folders if f.strip()]
+  if not kept:
+    raise ValueError('folder_identity needs at least one folder')
+  resolved = [os.path.realpath(f) for f in kept]
+  digest = hashlib.sha256('\n'.join(resolved).encode('utf-8', 'surrogateescape')).hexdigest()[:8]
+  return '+'.join(os.path.basename(os.path.normpath(f)) for f in kept) + '-' + digest
+
+
+def legacy_folder_name(folders: Sequence[str]) -> str:
+  """The name an output folder had before folder_identity (base names only): readers still find those."""
+  return '+'.join(os.path.basename(os.path.normpath(f.strip())) for f in folders if f.strip())
+
+
+# ---- a folder's files as one unit (issue 26 High 3) --------------------------------------------------------------
+#
+# A report folder (eval/<name>, explain/<name>, shortcuts/<name>, a compare --out, the run's final outputs) is one
+# unit: begin_unit marks it incomplete (FOLDER/.complete says "complete": false) before its first file is written,
+# finish_unit writes the marker last, with the sha256 of every file of the unit. A reader (check_unit) that finds the
+# marker incomplete, or a file of the unit missing or changed, raises IncompleteFolderError naming the folder and the
+# files: a kill -9 midway, or a half-rewritten folder, is never read as a whole report. A folder without a marker was
+# written by a lungjax older than markers: check_unit says so (a warning) and returns False.
+
+COMPLETE = '.complete'
+
+
+class IncompleteFolderError(RuntimeError):
+  """A folder's files were not all written by one run (killed midway, or changed since): the message names them."""
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def begin_unit(folder: str, *, root: str | None = None) -> str:
+  """Marks folder incomplete (its .complete says so) before its files are written; returns the marker's path."""
+  os.makedirs(folder, exist_ok=True)
+  return write_json(os.path.join(folder, COMPLETE), {
+      'written_by': _WRITER, 'complete': False, 'pid': os.getpid(),
+      'started': time.strftime('%Y-%m-%dT%H:%M:%S%z')}, root=root)
+
+
+def finish_unit(folder: str, names: Iterable[str], *, root: str | None = None) -> str:
+  """Writes folder's completion marker last: the sha256 of each named file (relative to folder), which must exist."""
+  files = {}
+  for name in sorted(set(names)):
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      raise IncompleteFolderError(f'{folder}: {name} was not written, so the folder is not marked complete')
+    files[name] = _sha256(path)
+  return write_json(os.path.join(folder, COMPLETE), {
+      'written_by': _WRITER, 'complete': True, 'files': files,
+      'finished': time.strftime('%Y-%m-%dT%H:%M:%S%z')}, root=root)
+
+
+def unit_problems(folder: str) -> list[str] | None:
+  """What is wrong with folder as a unit ([] when whole); None where it has no marker (an older lungjax's folder)."""
+  marker = os.path.join(folder, COMPLETE)
+  if not os.path.lexists(marker):
+    return None
+  if os.path.islink(marker) or not os.path.isfile(marker):
+    return [f'{COMPLETE} is not a regular file']
+  try:
+    record = read_json(marker)
+  except CorruptFileError as error:
+    return [str(error)]
+  if not isinstance(record, dict) or record.get('written_by') != _WRITER:
+    return [f'{COMPLETE} is not a lungjax completion marker']
+  if record.get('complete') is not True:
+    return [f'its writer (process {record.get("pid", "?")}, started {record.get("started", "?")}) stopped before '
+            'finishing it (killed, or still running): some files may be from an earlier run, some missing']
+  problems = []
+  for name, digest in sorted(record.get('files', {}).items()):
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+      problems.append(f'{name} is missing')
+    elif _sha256(path) != digest:
+      problems.append(f'{name} changed after the folder was completed')
+  return problems
+
+
+def check_unit(folder: str, what: str = 'folder') -> bool:
+  """True when folder's completion marker vouches for its files; False (with a warning) when it has none (written by
+  a lungjax older than completion markers); IncompleteFolderError naming the folder and its files otherwise."""
+  problems = unit_problems(folder)
+  if problems is None:
+    logging.warning('%s %s has no %s marker (written by a lungjax older than completion markers, or never '
+                    'finished by one): not checked for completeness', what, folder, COMPLETE)
+    return False
+  if problems:
+    raise IncompleteFolderError(f'{what} {folder} is incomplete: ' + '; '.join(problems) +
+                                '. Rerun the command that writes it')
+  return True
 
 
 # ---- every file lungjax writes ----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def test_importing_lungjax_is_cheap_and_names_its_api():
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split()[-2:] == ['lungjax.inference', 'Model'], result.stdout
-  assert sorted(lungjax.__all__) == ['Model', '__version__', 'load']
+  assert sorted(lungjax.__all__) == ['Model', '__version__', 'load', 'load_lungs', 'lung_masks', 'segment']
   assert isinstance(lungjax.__version__, str) and lungjax.__version__
   assert lungjax.load is inference.load and lungjax.Model is inference.Model
   with pytest.raises(AttributeError, match='no attribute'):

@@ -55,3 +55,25 @@ def test_validation_metrics_are_of_the_images_as_they_are_not_augmented(augmente
                                rtol=1e-5, atol=1e-6, err_msg=f'step {row["step"]}')
     accuracy = float(np.mean(probabilities_NC.argmax(axis=1) == val.labels_N))
     assert abs(accuracy - row['val_accuracy']) < 1e-9, row
+
+
+def test_a_deleted_best_step_is_not_served_with_its_temperature(augmented_run, tmp_path, caplog):
+  """Issue 26, Medium 7: with the best step gone, lungjax.load restores another step and serves it at T = 1.0 (the
+  raw softmax), saying so, never the temperature fitted for the best step; the best step itself keeps its own."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from lungjax import calibration  # pylint: disable=g-import-not-at-top
+  _, workdir, summary = augmented_run
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  record = calibration.read(copy)
+  assert record['fitted_on']['checkpoint_step'] == summary['best_step']
+  calibration.write(copy, {**record, 'temperature': 2.0})  # A temperature other than 1.0 (whichever was served).
+  assert lungjax.load(copy).temperature == 2.0  # The best step: its own temperature.
+  shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(copy), str(summary['best_step'])))
+  with caplog.at_level('WARNING'):
+    model = lungjax.load(copy)
+    assert model.checkpoint_step != summary['best_step']
+    assert model.temperature == 1.0
+  assert f'fitted for checkpoint step {summary["best_step"]}, not step {model.checkpoint_step}' in caplog.text
+  images = [np.full((32, 32), 90, np.uint8), np.full((32, 32), 200, np.uint8)]
+  np.testing.assert_allclose(model.predict(images), model.predict(images, calibrated=False), rtol=1e-6)

@@ -85,9 +85,11 @@ def test_record_says_how_the_temperature_was_fitted_and_checks_it_out_of_fold(tm
   labels, probabilities = _overconfident()
   fit = calibration.cross_fit(labels, probabilities, n_folds=4, seed=7)
   record = calibration.record(fit, labels, probabilities, checkpoint_step=42)
-  assert set(record) == {'method', 'temperature', 'fitted_on', 'cross_fit', 'n_bins', 'ece_raw',
-                         'ece_calibrated_out_of_fold', 'note'}
+  assert set(record) == {'method', 'temperature', 'fitted_temperature', 'served', 'fitted_on', 'cross_fit', 'n_bins',
+                         'ece_raw', 'ece_calibrated_out_of_fold', 'note'}
   assert record['method'] == 'temperature scaling' and record['temperature'] == fit.temperature
+  assert record['fitted_temperature'] == fit.temperature and record['served'].startswith('the fitted T = ')
+  assert record['ece_calibrated_out_of_fold'] < record['ece_raw']  # Overconfident: the fit helps, and is served.
   assert record['fitted_on'] == {'split': 'validation', 'n_images': 60, 'checkpoint_step': 42}
   assert record['cross_fit'] == {'folds': 4, 'seed': 7, 'stratified_by': 'class',
                                  'fold_temperatures': list(fit.fold_temperatures)}
@@ -152,4 +154,41 @@ def test_the_fit_images_report_the_out_of_fold_ece_and_other_folders_the_served_
 
   # Predictions of another step than the one the temperature was fitted for: said so.
   served = calibration.served_summary(record, other_labels, other_probabilities, 15, checkpoint_step=50)
-  assert served['calibrated_how'].endswith('(it was fitted for step 42, not this step 50)')
+  assert 'it was fitted for step 42, not this step 50: T = 1.0' in served['calibrated_how']
+  assert served['temperature'] == 1.0  # Never paired with another step.
+  assert served['ece_calibrated'] == pytest.approx(metrics.expected_calibration_error(other_labels, other_probabilities,
+                                                                                  15), rel=1e-6)
+
+
+def test_a_temperature_that_worsens_its_own_out_of_fold_check_is_not_served(tmp_path, caplog):
+  """Low 6 of issue 26: 12 images already calibrated; the fitted T (0.765) doubles the out-of-fold ECE: T = 1.0 is
+  served, calibration.json keeps the fit and says why, and the validation report says so too."""
+  rng = np.random.default_rng(3)
+  probabilities = metrics.apply_temperature(rng.normal(size=(12, 3)), 1.0)
+  labels = np.array([rng.choice(3, p=row) for row in probabilities])
+  probabilities = probabilities.astype(np.float32)
+  fit = calibration.cross_fit(labels, probabilities, n_folds=4, seed=0)
+  with caplog.at_level('WARNING'):
+    record = calibration.record(fit, labels, probabilities, checkpoint_step=42)
+  assert record['ece_calibrated_out_of_fold'] > record['ece_raw']
+  assert record['temperature'] == 1.0 and record['fitted_temperature'] == fit.temperature != 1.0
+  assert 'made calibration worse on its own out-of-fold check' in record['served'] and 'T = 1.0' in record['served']
+  assert 'made calibration worse' in caplog.text
+  calibration.write(str(tmp_path), record)
+  assert calibration.served_temperature(str(tmp_path)) == 1.0
+  assert calibration.served_temperature(str(tmp_path), checkpoint_step=42) == 1.0
+  result, text = _evaluation(labels, probabilities, record, True, tmp_path)
+  assert 'Served: T = 1.0 (none): the fitted T = 0.765 made calibration worse' in text
+  assert result['calibration']['served'] == record['served']
+
+
+def test_a_temperature_is_never_served_with_another_step_than_it_was_fitted_for(tmp_path, caplog):
+  """Medium 7 of issue 26: the best step deleted (or another asked for): the raw softmax, with a warning."""
+  labels, probabilities = _overconfident()
+  fit = calibration.cross_fit(labels, probabilities, n_folds=4, seed=7)
+  calibration.write(str(tmp_path), calibration.record(fit, labels, probabilities, checkpoint_step=42))
+  assert calibration.served_temperature(str(tmp_path), checkpoint_step=42) == fit.temperature != 1.0
+  assert calibration.served_temperature(str(tmp_path)) == fit.temperature  # No step named: the record's.
+  with caplog.at_level('WARNING'):
+    assert calibration.served_temperature(str(tmp_path), checkpoint_step=30) == 1.0
+  assert 'fitted for checkpoint step 42, not step 30' in caplog.text

@@ -94,6 +94,18 @@ def test_module_argv_puts_the_mode_first_and_resolves_the_config():
                                                                                      '--workdir=W', 'a.png'])
   with pytest.raises(ValueError, match='sets --mode itself'):
     cli.module_argv('train', ['--mode=eval'])
+
+
+def test_mode_commands_without_a_config_get_cnn_and_train_does_not():
+  """`lungjax eval --workdir=W --config.eval.dir=D` (issue 25's command) works: the model comes from W/config.json."""
+  cnn = os.path.join(configs.CONFIG_DIR, 'cnn.py')
+  for name in ('eval', 'explain', 'shortcuts'):
+    _, argv = cli.module_argv(name, ['--workdir=W', '--config.eval.dir=D'])
+    assert argv == [f'lungjax {name}', f'--mode={name}', f'--config={cnn}', '--workdir=W', '--config.eval.dir=D']
+    _, argv = cli.module_argv(name, ['--workdir=W', '--config', 'tiny'])  # A given --config wins, either spelling.
+    assert [arg for arg in argv if arg.startswith('--config')] == ['--config']
+  _, argv = cli.module_argv('train', ['--workdir=W'])  # Training needs its config named.
+  assert not any(arg.startswith('--config') for arg in argv)
   with pytest.raises(ValueError, match='unknown command'):
     cli.module_argv('fit', [])
 

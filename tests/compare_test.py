@@ -134,7 +134,7 @@ def test_outputs_never_overwrite_files_compare_did_not_write(tmp_path):
   with open(os.path.join(out_dir, 'notes.txt'), 'w') as f:
     f.write('mine')
   paths = compare.write_outputs(_result(), out_dir)
-  assert sorted(os.listdir(out_dir)) == ['.lungjax-outputs.json', 'compare.json', 'compare.md', 'notes.txt']
+  assert sorted(os.listdir(out_dir)) == ['.complete', '.lungjax-outputs.json', 'compare.json', 'compare.md', 'notes.txt']
   assert open(os.path.join(out_dir, 'notes.txt')).read() == 'mine'
   written = json.load(open(paths['compare.json']))
   assert written['tool'] == 'lungjax.compare' and written['difference']['accuracy'][0] == 0.25
@@ -151,6 +151,20 @@ def test_outputs_never_overwrite_files_compare_did_not_write(tmp_path):
       compare.write_outputs(_result(), foreign)
     assert open(os.path.join(foreign, name)).read() == text
     assert os.listdir(foreign) == [name]
+
+
+def test_outputs_go_through_the_safe_writer_never_through_a_link(tmp_path):
+  """compare.json planted as a link to a file that looks like compare's own: workdir's writer refuses the link
+  (what _check_ours alone would let through) and the target is untouched."""
+  from lungjax import workdir as workdir_lib
+  precious = tmp_path / 'precious.json'
+  precious.write_text('{"tool": "lungjax.compare"}')
+  out_dir = tmp_path / 'out'
+  out_dir.mkdir()
+  (out_dir / 'compare.json').symlink_to(precious)
+  with pytest.raises(workdir_lib.ForeignFileError, match='compare.json'):
+    compare.write_outputs(_result(), str(out_dir))
+  assert precious.read_text() == '{"tool": "lungjax.compare"}'
 
 
 def test_verdict_says_whether_the_interval_excludes_zero():

@@ -6,10 +6,24 @@ from configs import autoencoder, cnn, cnn_augment, multisource, resnet, tiny, vg
 from lungjax import config_check
 
 
+def _image_folders(tmp_path):
+  """(eval_dir, explain_dir): a folder of class sub-folders and a flat folder of one image, neither decoded."""
+  for folder in ('eval/Covid', 'eval/Normal', 'loose'):
+    (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+  (tmp_path / 'eval' / 'Covid' / 'a.png').write_bytes(b'not decoded')
+  (tmp_path / 'loose' / 'b.jpg').write_bytes(b'not decoded')
+  return str(tmp_path / 'eval'), str(tmp_path / 'loose')
+
+
+def _with_folders(config, tmp_path):
+  config.eval.dir, config.explain.dir = _image_folders(tmp_path)
+  return config
+
+
 @pytest.mark.parametrize('module', [autoencoder, cnn, cnn_augment, resnet, tiny, vgg])
-def test_the_shipped_configs_pass_every_mode(module):
+def test_the_shipped_configs_pass_every_mode(module, tmp_path):
   for mode in config_check.MODES:
-    config = module.get_config()
+    config = _with_folders(module.get_config(), tmp_path)
     assert config_check.validate(config, mode) is None
     # validate really read this config in this mode: the same config with one field broken is refused, by name.
     config.eval.batch_size = 0
@@ -97,12 +111,48 @@ def test_keras_weights_for_a_model_keras_lacks_are_refused_in_validation():
     config_check.validate(config, 'train')
 
 
-def test_an_unknown_explain_class_is_refused_in_validation():
-  config = tiny.get_config()
+def test_an_unknown_explain_class_is_refused_in_validation(tmp_path):
+  config = _with_folders(tiny.get_config(), tmp_path)
   config.explain.class_name = 'Covid-19'
   config_check.validate(config, 'train')  # Only --mode=explain reads it.
   with pytest.raises(ValueError, match="config.explain.class_name='Covid-19'"):
     config_check.validate(config, 'explain')
+
+
+@pytest.mark.parametrize('mode, field, value, error, message', [
+    ('eval', 'eval.dir', '', ValueError, r'--mode=eval needs .*--config.eval.dir=FOLDER'),
+    ('shortcuts', 'eval.dir', '', ValueError, r'--mode=shortcuts needs .*--config.eval.dir=FOLDER'),
+    ('eval', 'eval.dir', '/no/such/folder', FileNotFoundError, r"'/no/such/folder' is not a folder"),
+    ('eval', 'eval.dir', '{tmp}/eval,/no/such', FileNotFoundError, r"'/no/such' is not a folder"),
+    ('eval', 'eval.dir', ',', ValueError, r"config.eval.dir=',' names no folder"),
+    ('eval', 'eval.dir', '{tmp}/eval,{tmp}/eval/', ValueError, r"basename, and \['eval', 'eval'\] repeat one"),
+    ('shortcuts', 'eval.dir', '{tmp}/eval,{tmp}/loose', ValueError, r'--mode=shortcuts checks one folder, not 2'),
+    ('eval', 'eval.class_names', 'COVID', ValueError, r'config.eval.class_names'),
+    ('shortcuts', 'eval.class_names', 'COVID=Flu', ValueError, r'config.eval.class_names'),
+    ('explain', 'explain.dir', '', ValueError, r'--config.explain.dir=FOLDER'),
+    ('explain', 'explain.dir', '/no/such/folder', FileNotFoundError, r"config.explain.dir='/no/such/folder' is not"),
+    ('explain', 'explain.dir', '{tmp}/empty', ValueError, r'has no .jpg/.jpeg/.png images and no class sub-folders'),
+    ('explain', 'explain.class_name', 'Flu', ValueError, r"config.explain.class_name='Flu' is not one of"),
+    ('train', 'autoencoder.extra_dirs', ('/no/such/folder',), FileNotFoundError, r'config.autoencoder.extra_dirs'),
+    ('train', 'autoencoder.extra_dirs', ('{tmp}/empty',), ValueError, r'config.autoencoder.extra_dirs .*no .jpg'),
+])
+def test_a_bad_folder_field_is_named_by_its_mode(tmp_path, mode, field, value, error, message):
+  """Each field a mode reads from the disk (listed, never decoded) is refused in validate, before any work."""
+  (tmp_path / 'empty').mkdir()
+  (tmp_path / 'empty' / 'notes.txt').write_text('no image')
+  config = _with_folders((autoencoder if field.startswith('autoencoder') else tiny).get_config(), tmp_path)
+  if field.startswith('autoencoder'):
+    config.autoencoder.extra_dirs = (config.explain.dir,)
+  assert config_check.validate(config, mode) is None  # The folders above pass: only the one field below is bad.
+  section, name = field.split('.')
+  fill = lambda v: v.replace('{tmp}', str(tmp_path)) if isinstance(v, str) else tuple(map(fill, v))
+  config[section][name] = fill(value)
+  with pytest.raises(error, match=message):
+    config_check.validate(config, mode)
+  for other in config_check.MODES:  # Only the modes that read the field refuse it.
+    if other != mode and (other, field) not in {('eval', 'eval.dir'), ('shortcuts', 'eval.dir'),
+                                                ('eval', 'eval.class_names'), ('shortcuts', 'eval.class_names')}:
+      config_check.validate(config, other)
 
 
 def test_folds_and_seeds_together_are_refused():
@@ -159,3 +209,25 @@ def test_main_refuses_a_bad_model_field_before_any_data_is_decoded(tmp_path, ove
                        timeout=600, check=False)
   assert run.returncode != 0 and field in run.stderr, run.stderr[-3000:]
   assert 'DATA WAS DECODED' not in run.stderr + run.stdout
+
+
+def test_a_binned_subgroup_column_holding_a_word_is_refused_before_any_work(tmp_path):
+  table = tmp_path / 'meta.csv'
+  table.write_text('file,age,sex\nCovid/a.png,34,F\nNormal/b.png,,M\n')
+  config = tiny.get_config()
+  config.eval.metadata, config.eval.subgroups = str(table), 'sex,age:0-40,40-'
+  assert config_check.validate(config, 'train') is None  # An empty value is UNKNOWN, not an error.
+  table.write_text('file,age,sex\nCovid/a.png,34,F\nNormal/b.png,adult,M\n')
+  for mode in config_check.MODES:
+    with pytest.raises(ValueError, match=r"config.eval.subgroups: column 'age' is binned but holds 'adult'"):
+      config_check.validate(_with_folders(config, tmp_path), mode)
+
+
+@pytest.mark.parametrize('mode', config_check.MODES)
+def test_a_classifier_may_not_choose_its_checkpoint_by_dice(mode):
+  config = cnn.get_config()
+  config.checkpoint.best_metric = 'dice'  # One of BEST_METRICS, but only the lung U-Net reports val_dice.
+  with pytest.raises(ValueError, match=r"config\.checkpoint\.best_metric='dice'.*config\.task='lungs'"):
+    config_check.validate(config, mode)
+  config.checkpoint.best_metric = 'macro_recall'
+  assert config_check.validate(config, mode) is None

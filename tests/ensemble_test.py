@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from lungjax import evaluate, train
+from lungjax import evaluate, train, workdir as workdir_lib
 from tests.conftest import CLASSES
 
 
@@ -24,7 +24,8 @@ def two_runs(tmp_path_factory, synthetic_root):
   return runs
 
 
-def _eval(config, workdir, folder, out_name='folder-test', **eval_fields):
+def _eval(config, workdir, folder, suffix='', **eval_fields):
+  out_name = 'folder-' + workdir_lib.folder_identity([folder]) + suffix
   config = copy.deepcopy(config)
   config.eval.dir = folder
   for key, value in eval_fields.items():
@@ -42,11 +43,11 @@ def test_ensemble_averages_member_probabilities_and_says_so(two_runs, synthetic_
   (config_a, workdir_a), (config_b, workdir_b) = two_runs
   _, labels, probs_a = _eval(config_a, workdir_a, folder)
   _, _, probs_b = _eval(config_b, workdir_b, folder)
-  metrics, ensemble_labels, probs = _eval(config_a, workdir_a, folder, 'folder-test_ensemble', ensemble=workdir_b)
+  metrics, ensemble_labels, probs = _eval(config_a, workdir_a, folder, '_ensemble', ensemble=workdir_b)
   assert (ensemble_labels == labels).all()
   np.testing.assert_allclose(probs, (probs_a + probs_b) / 2, atol=2e-6)
   assert [c['workdir'] for c in metrics['averaged']['checkpoints']] == [workdir_a, workdir_b]
-  report = open(os.path.join(workdir_a, 'eval', 'folder-test_ensemble', 'report.md')).read()
+  report = open(os.path.join(metrics['out_dir'], 'report.md')).read()
   assert 'mean probabilities of 2 checkpoint(s)' in report
 
 
@@ -55,8 +56,8 @@ def test_test_time_augmentation_averages_seeded_views(two_runs, synthetic_root):
   folder = os.path.join(synthetic_root, 'test')
   config, workdir = two_runs[0]
   _, _, plain = _eval(config, workdir, folder)
-  metrics, _, tta = _eval(config, workdir, folder, 'folder-test_tta3', tta_views=3)
-  _, _, again = _eval(config, workdir, folder, 'folder-test_tta3', tta_views=3)
+  metrics, _, tta = _eval(config, workdir, folder, '_tta3', tta_views=3)
+  _, _, again = _eval(config, workdir, folder, '_tta3', tta_views=3)
   assert metrics['averaged']['tta_views'] == 3
   assert not np.allclose(tta, plain, atol=1e-4)
   np.testing.assert_array_equal(tta, again)

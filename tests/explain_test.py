@@ -16,6 +16,7 @@ from PIL import Image
 from configs import tiny
 from lungjax import explain, gradcam, inference, steps, train, workdir
 from lungjax.models import MODELS, create_model
+from lungjax.data import images, loading
 from tests.conftest import CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,7 +243,7 @@ def _explain_config(synthetic_root, folder):
 def test_explain_folder_of_class_folders(trained_workdir, synthetic_root):
   folder = os.path.join(synthetic_root, 'test')
   summary = explain.explain_folder(_explain_config(synthetic_root, folder), trained_workdir)
-  out_dir = os.path.join(trained_workdir, 'explain', 'test')
+  out_dir = os.path.join(trained_workdir, 'explain', workdir.folder_identity([folder]))
   assert summary['out_dir'] == os.path.abspath(out_dir) and summary['n_images'] == 12 and summary['labelled']
   for name in CLASSES:
     for i in range(4):
@@ -271,8 +272,8 @@ def test_explain_flat_folder_with_a_chosen_class(trained_workdir, synthetic_root
   config.explain.class_name = 'Normal'
   config.data.skip_bad_images = True
   summary = explain.explain_folder(config, trained_workdir)
-  out_dir = os.path.join(trained_workdir, 'explain', 'loose images')
-  assert sorted(os.listdir(out_dir)) == [workdir.MANIFEST, 'explain.json', 'gallery.png', 'x.png.gradcam.png',
+  out_dir = os.path.join(trained_workdir, 'explain', workdir.folder_identity([str(folder)]))
+  assert sorted(os.listdir(out_dir)) == [workdir.COMPLETE, workdir.MANIFEST, 'explain.json', 'gallery.png', 'x.png.gradcam.png',
                                          'y.jpg.gradcam.png', 'z.png.gradcam.png']
   assert not summary['labelled'] and 'accuracy' not in summary
   assert [row['true'] for row in summary['images']] == [None] * 3
@@ -293,6 +294,22 @@ def test_explain_folder_names_the_bad_config_field(trained_workdir, synthetic_ro
     explain.explain_folder(config, trained_workdir)
 
 
+@pytest.mark.parametrize('field, value, message', [
+    ('layer', 'Conv_7', r"config.explain.layer='Conv_7' is not a module of model CNN"),
+    ('class_name', 'Flu', r"config.explain.class_name='Flu' is not one of config.data.classes"),
+])
+def test_a_bad_explain_field_is_refused_before_any_image_is_decoded(trained_workdir, synthetic_root, monkeypatch,
+                                                                   field, value, message):
+  def refuse(*args, **kwargs):
+    raise AssertionError('an image was decoded before the bad field was found')
+  monkeypatch.setattr(images, 'decode_records', refuse)
+  monkeypatch.setattr(loading.images, 'decode_records', refuse)
+  config = _explain_config(synthetic_root, os.path.join(synthetic_root, 'test'))
+  config.explain[field] = value
+  with pytest.raises(ValueError, match=message):
+    explain.explain_folder(config, trained_workdir)
+
+
 @pytest.mark.slow
 def test_main_explain_mode_prints_where_the_files_went(trained_workdir, synthetic_root):
   folder = os.path.join(synthetic_root, 'test', 'Covid')
@@ -302,8 +319,8 @@ def test_main_explain_mode_prints_where_the_files_went(trained_workdir, syntheti
       cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO), capture_output=True, text=True,
       timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  out_dir = os.path.join(trained_workdir, 'explain', 'Covid')
+  out_dir = os.path.join(trained_workdir, 'explain', workdir.folder_identity([folder]))
   assert f'overlays     {out_dir}' in result.stdout
   assert f'gallery      {os.path.join(out_dir, "gallery.png")}' in result.stdout
-  assert sorted(os.listdir(out_dir)) == [workdir.MANIFEST, *(f'{i:03d}.png.gradcam.png' for i in range(4)),
+  assert sorted(os.listdir(out_dir)) == [workdir.COMPLETE, workdir.MANIFEST, *(f'{i:03d}.png.gradcam.png' for i in range(4)),
                                          'explain.json', 'gallery.png']

@@ -8,6 +8,7 @@ import nbclient
 import nbformat
 import pytest
 
+from lungjax import workdir as workdir_lib
 from tests.conftest import write_image_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,8 @@ def test_colab_notebook_runs_on_cpu_with_the_tiny_config(tmp_path, monkeypatch):
   assert 'tiny on test' in report and 'accuracy' in report  # report.md of the evaluation, shown as markdown.
   assert report.count('image/png') == 4  # Curves, confusion matrix, ROC, reliability.
   assert os.path.exists(os.path.join(workdir, 'eval', 'test', 'metrics.json'))  # Training's test/ report.
-  assert os.path.exists(os.path.join(workdir, 'eval', 'folder-test', 'metrics.json'))  # The --mode=eval one.
+  assert os.path.exists(os.path.join(workdir, 'eval', 'folder-' + workdir_lib.folder_identity([os.path.join(root, 'test')]),
+                                     'metrics.json'))  # The --mode=eval one.
 
 
 def _pod_command(**env: str) -> list[str]:

@@ -158,3 +158,32 @@ def test_one_training_step_lowers_the_loss():
     state, metrics = segmentation.train_step(state, batch, model=model, tx=tx, augment=None, dice_weight=1.0)
     losses.append(float(metrics.compute()['loss']))
   assert losses[-1] < losses[0] - 0.1
+
+
+def test_report_bootstrap_and_mask_parts():
+  from lungjax.tools import lungs_report  # pylint: disable=g-import-not-at-top
+  values = np.array([0.8, 0.9, 1.0, 0.7])
+  found = lungs_report.bootstrap_mean(values, 500, 0)
+  assert found['mean'] == pytest.approx(0.85) and found['n'] == 4
+  assert 0.7 <= found['interval'][0] < 0.85 < found['interval'][1] <= 1.0
+  assert lungs_report.bootstrap_mean(np.array([]))['mean'] is None
+  mask = np.zeros((100, 100), bool)
+  mask[20:80, 10:40] = mask[20:80, 60:90] = True  # Two lungs.
+  mask[0, 0] = True  # A speck below 1% of the film: not a part.
+  assert lungs_report.mask_parts(mask) == 2
+  assert lungs_report.mask_parts(np.zeros((10, 10), bool)) == 0
+
+
+SHIPPED = os.path.isfile(lungs.WEIGHTS_PATH)
+
+
+@pytest.mark.skipif(not SHIPPED, reason='the lung weights are not in this checkout')
+def test_the_shipped_weights_load_and_are_float16_and_small():
+  model = lungs.load_lungs()
+  assert model.meta['dtype'] == 'float16' and model.size == 256
+  with np.load(lungs.WEIGHTS_PATH) as data:
+    assert all(data[k].dtype == np.float16 for k in data.files if k != lungs.META_KEY)
+  assert os.path.getsize(lungs.WEIGHTS_PATH) < 5e6
+  assert os.path.isfile(os.path.splitext(lungs.WEIGHTS_PATH)[0] + '.md')  # Its model card beside it.
+  record = lungs.weights_record()
+  assert len(record['sha256']) == 64 and record['features'] == list(model.module.features)

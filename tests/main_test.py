@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lungjax import workdir as workdir_lib
 from tests.conftest import write_image_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,13 +41,15 @@ def test_train_then_eval_from_the_command_line(tmp_path, synthetic_root):
   evaluated = _run(f'--workdir={workdir}', '--mode=eval', f'--config.eval.dir={folder}',
                    '--config.eval.class_names=COVID=Covid,NORMAL=Normal')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert os.path.join(os.path.abspath(workdir), 'eval', 'folder-external set', 'report.md') in evaluated.stdout
-  metrics = json.loads(open(os.path.join(workdir, 'eval', 'folder-external set', 'metrics.json')).read())
+  out_name = 'folder-' + workdir_lib.folder_identity([folder])
+  assert out_name.startswith('folder-external set-') and len(out_name) == len('folder-external set-') + 8
+  assert os.path.join(os.path.abspath(workdir), 'eval', out_name, 'report.md') in evaluated.stdout
+  metrics = json.loads(open(os.path.join(workdir, 'eval', out_name, 'metrics.json')).read())
   assert metrics['n_images'] == 7 and metrics['checkpoint_step'] == summary['best_step']
   assert metrics['per_class']['Viral Pneumonia']['support'] == 0
   assert metrics['per_class']['Normal']['support'] == 4
   assert [(os.path.basename(o['file']), o['kind']) for o in metrics['overlap_with_training']] == [('copy.png', 'exact')]
-  report_text = open(os.path.join(workdir, 'eval', 'folder-external set', 'report.md')).read()
+  report_text = open(os.path.join(workdir, 'eval', out_name, 'report.md')).read()
   assert 'adult radiographs' in report_text and 'copy.png' in report_text
   assert set(metrics) >= {'accuracy', 'macro_avg', 'weighted_avg', 'per_class', 'confusion_matrix', 'classes',
                           'n_images', 'checkpoint_step'}
@@ -74,3 +77,14 @@ def test_bad_config_value_names_the_field(tmp_path, synthetic_root):
   result = _run(f'--workdir={tmp_path}', f'--config.data.root={synthetic_root}', '--config.data.val_fraction=1.5')
   assert result.returncode != 0
   assert 'config.data.val_fraction' in result.stderr
+
+
+def test_the_console_does_not_claim_a_validation_choice_without_a_validation_split():
+  """Issue 26, Low 2: with config.data.val_fraction=0 the step reported is the latest, and the line says so."""
+  from lungjax import main  # pylint: disable=g-import-not-at-top
+  summary = {'num_steps': 18, 'best_step': 18, 'best_metric': 'macro_recall', 'n_val': 0}
+  line = main.trained_line(summary)
+  assert 'by validation' not in line and 'no validation split (config.data.val_fraction=0)' in line
+  assert 'best checkpoint step 18' in line
+  assert main.trained_line({**summary, 'best_step': 9, 'n_val': 12}) == (
+      'trained 18 steps; best checkpoint step 9 (by validation macro_recall)')

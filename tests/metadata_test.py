@@ -208,6 +208,53 @@ def test_parse_subgroups_reads_columns_and_bins():
       metadata.parse_subgroups(bad)
 
 
+def test_a_numeric_column_named_without_bins_is_cut_at_its_quartiles(tmp_path):
+  """'age' alone (issue 25's `--config.eval.subgroups=sex,view,age`) gives four groups, not one per year."""
+  paths = [str(tmp_path / f'{i:03d}.png') for i in range(44)]
+  # Ages 0..39 for films 0-39, film 40 empty, 41 and 42 'M'/'F' only, film 43 without a row.
+  rows = [{'file': f'{i:03d}.png', 'age': str(i), 'sex': 'FM'[i % 2], 'view': str(i % 3)} for i in range(40)]
+  rows += [{'file': '040.png', 'sex': 'F'}, {'file': '041.png', 'sex': 'M'}, {'file': '042.png', 'sex': 'F'}]
+  joined = metadata.join(metadata.read_table(write_table(tmp_path / 'meta.csv', rows)), paths, str(tmp_path))
+  age = metadata.with_bins(joined, metadata.Subgroup('age'))
+  # By hand: quartiles of 0..39 are 9.75, 19.5, 29.25 -> 10, 20 (half to even), 29; the first bin starts at the
+  # smallest value, the last is open.
+  assert age.bins == ((0, 10), (10, 20), (20, 29), (29, math.inf)) and age.bins_from == 'quartiles'
+  labels = metadata.subgroup_labels(joined, age)
+  assert collections.Counter(labels) == {'0-10': 10, '10-20': 10, '20-29': 9, '29-': 11, 'unknown': 3,
+                                         'no metadata row': 1}
+  assert metadata.ordered_values(labels, age) == ['0-10', '10-20', '20-29', '29-', 'unknown', 'no metadata row']
+  # Words, few distinct numbers (view: 0, 1, 2) and given bins stay as they are.
+  for kept in (metadata.Subgroup('sex'), metadata.Subgroup('view'), metadata.parse_subgroups('age:0-18,18-')[0]):
+    assert metadata.with_bins(joined, kept) == kept
+  # Eleven distinct numbers are binned; ten are not (AUTO_BIN_MIN_VALUES).
+  few = metadata.join(metadata.read_table(write_table(tmp_path / 'few.csv', rows[:metadata.AUTO_BIN_MIN_VALUES])),
+                      paths, str(tmp_path))
+  assert metadata.with_bins(few, metadata.Subgroup('age')).bins == ()
+  more = metadata.join(metadata.read_table(write_table(tmp_path / 'more.csv',
+                                                       rows[:metadata.AUTO_BIN_MIN_VALUES + 1])), paths, str(tmp_path))
+  assert metadata.with_bins(more, metadata.Subgroup('age')).bins_from == 'quartiles'
+
+
+def test_eval_and_audit_bin_a_numeric_column_named_without_bins(tmp_path):
+  from lungjax import audit, evaluate
+  folder = write_image_folder(str(tmp_path / 'eval'), 6, seed=2)
+  paths = sorted(os.path.join(folder, c, f) for c in CLASSES for f in os.listdir(os.path.join(folder, c)))
+  rows = [{'file': os.path.relpath(p, folder), 'age': str(20 + 3 * i), 'sex': 'FM'[i % 2]} for i, p in enumerate(paths)]
+  config = tiny.get_config()
+  config.eval.metadata, config.eval.subgroups = write_table(tmp_path / 'meta.csv', rows), 'sex,age'
+  joined = metadata.join(metadata.read_table(config.eval.metadata), paths, folder)
+  (sex, _), (age, labels) = evaluate.subgroup_values(joined, config)
+  # 18 ages 20, 23, ..., 71: quartiles 32.75, 45.5, 58.25 -> 33, 46 (half to even), 58.
+  assert sex.bins == () and age.labels == ['20-33', '33-46', '46-58', '58-'] and age.bins_from == 'quartiles'
+  assert collections.Counter(labels) == {'20-33': 5, '33-46': 4, '46-58': 4, '58-': 5}
+  _, columns = evaluate.subgroup_tables(np.zeros(18, int), np.eye(3)[np.zeros(18, int)], [(age, labels)],
+                                        tuple(CLASSES), 1, 10, 0)
+  assert columns['age']['bins_from'] == 'quartiles' and list(columns['age']['counts']) == age.labels
+  found = audit.metadata_report(config.eval.metadata, 'file', 'age', '', paths, [folder], np.zeros(18, int),
+                                np.arange(18))
+  assert list(found['subgroups']['age']['counts']) == age.labels
+
+
 def test_class_counts_per_subgroup_and_their_sentence():
   subgroup = metadata.Subgroup('view')
   counts = metadata.class_counts([0, 0, 0, 1, 1, 0], ['AP Supine', 'AP Supine', 'AP Supine', 'PA', 'PA', 'unknown'],

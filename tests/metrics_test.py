@@ -85,11 +85,38 @@ def test_mcc_brier_log_loss_and_pr_auc_match_scikit_learn():
                                sklearn_metrics.recall_score(labels != c, probabilities.argmax(1) != c), rtol=1e-12)
     np.testing.assert_allclose(result['per_class'][name]['npv'],
                                sklearn_metrics.precision_score(labels != c, probabilities.argmax(1) != c), rtol=1e-12)
-  # A class with no images has no PR AUC (sklearn would warn); MCC of one true class is 0, as in sklearn.
+  # A class with no images has no PR AUC (sklearn would warn); MCC of one true class is undefined: None, with why
+  # (sklearn returns 0, a number no reader can tell from a measured zero).
   two = metrics.classification_metrics(labels[labels < 2], probabilities[labels < 2], CLASSES)
   assert two['per_class']['Viral Pneumonia']['pr_auc'] is None and two['per_class']['Covid']['pr_auc'] is not None
   one = metrics.classification_metrics(labels[labels == 0], probabilities[labels == 0], CLASSES)
-  assert one['mcc'] == sklearn_metrics.matthews_corrcoef(labels[labels == 0], probabilities[labels == 0].argmax(1))
+  assert sklearn_metrics.matthews_corrcoef(labels[labels == 0], probabilities[labels == 0].argmax(1)) == 0.0
+  assert one['mcc'] is None and 'one class' in one['null_reasons']['mcc']
+  assert result['null_reasons'] == {}
+
+
+def test_undefined_scores_are_null_with_a_reason_not_zero():
+  """metrics.json says null (and why) where the report says n/a: recall, F1 and sensitivity of an absent class,
+  specificity of a class that is every image, NPV of a class every image is predicted as, an undefined MCC."""
+  import json  # pylint: disable=g-import-not-at-top
+  # Covid 2 (one predicted Normal), Normal 1, no Viral Pneumonia.
+  result = metrics.classification_metrics(np.array([0, 0, 1]), _one_hot(np.array([0, 1, 1])), CLASSES)
+  viral = result['per_class']['Viral Pneumonia']
+  assert viral['recall'] is viral['f1'] is viral['sensitivity'] is None
+  assert viral['specificity'] == 1.0 and viral['npv'] == 1.0 and viral['precision'] == 0.0  # These are defined.
+  assert set(result['null_reasons']) == {f'per_class.Viral Pneumonia.{k}' for k in ('recall', 'f1', 'sensitivity')}
+  assert all('no Viral Pneumonia image' in why for why in result['null_reasons'].values())
+  assert result['per_class']['Normal']['recall'] == 1.0 and result['mcc'] is not None
+  assert result['macro_avg']['recall'] == 0.75  # Over the classes present; the absent class's None is not a 0.
+  # Every image Covid, every prediction Covid: Covid's specificity and NPV and the MCC have no denominator.
+  alone = metrics.classification_metrics(np.array([0, 0]), _one_hot(np.array([0, 0])), CLASSES)
+  covid = alone['per_class']['Covid']
+  assert covid['recall'] == 1.0 and covid['specificity'] is None and covid['npv'] is None and alone['mcc'] is None
+  assert {'per_class.Covid.specificity', 'per_class.Covid.npv', 'mcc'} <= set(alone['null_reasons'])
+  assert json.loads(json.dumps(alone))['per_class']['Covid']['specificity'] is None  # null in metrics.json.
+  # Defined zeros stay zeros: Normal present, never predicted right.
+  wrong = metrics.classification_metrics(np.array([0, 1]), _one_hot(np.array([0, 0])), CLASSES)
+  assert wrong['per_class']['Normal']['recall'] == 0.0 and wrong['per_class']['Normal']['f1'] == 0.0
 
 
 def test_absent_class_has_support_zero_and_is_left_out_of_macro():
@@ -232,15 +259,16 @@ def test_resampled_metrics_match_recomputing_each_resample():
       for name in ('precision', 'recall', 'f1'):
         np.testing.assert_allclose(samples[f'macro_{name}'][b], expected['macro_avg'][name])
         np.testing.assert_allclose(samples[f'weighted_{name}'][b], expected['weighted_avg'][name])
-        np.testing.assert_allclose(samples[name][b], [expected['per_class'][c][name] for c in CLASSES])
+        # An absent class's recall / F1 is None in classification_metrics and 0 in the resamples' arrays.
+        np.testing.assert_allclose(samples[name][b], [expected['per_class'][c][name] or 0.0 for c in CLASSES])
       np.testing.assert_allclose(samples['roc_auc'][b], [np.nan if v is None else v for v in auc['per_class']])
       np.testing.assert_allclose(samples['macro_roc_auc'][b], np.nan if auc['macro'] is None else auc['macro'])
       np.testing.assert_allclose(samples['pr_auc'][b], [np.nan if expected['per_class'][c]['pr_auc'] is None
                                                         else expected['per_class'][c]['pr_auc'] for c in CLASSES])
       for name in ('brier', 'log_loss'):
         np.testing.assert_allclose(samples[name][b], expected[name])
-      # An undefined MCC (one class left) is NaN here and 0 (sklearn's convention) in classification_metrics.
-      np.testing.assert_allclose(np.nan_to_num(samples['mcc'][b]), expected['mcc'], atol=1e-12)
+      # An undefined MCC (one class left) is NaN here and None in classification_metrics.
+      np.testing.assert_allclose(samples['mcc'][b], np.nan if expected['mcc'] is None else expected['mcc'], atol=1e-12)
 
 
 def test_bootstrap_intervals_are_seeded():

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from lungjax import checkpoints, evaluate, model_card
+from lungjax import checkpoints, evaluate, model_card, workdir as workdir_lib
 from tests.conftest import CLASSES
 from tests.predict_test import trained_workdir  # pylint: disable=unused-import  (a fixture)
 
@@ -67,12 +67,13 @@ def test_eval_appends_its_figures_and_keeps_the_rest(trained_workdir, synthetic_
       k: v for k, v in before_json.items() if k != 'evaluations'}
   entry = after['evaluations'][-1]
   assert len(after['evaluations']) == len(before_json['evaluations']) + 1
-  assert entry['name'] == 'folder-test' and entry['n_images'] == metrics['n_images'] == 12
+  name = 'folder-' + workdir_lib.folder_identity([config.eval.dir])
+  assert entry['name'] == name and entry['n_images'] == metrics['n_images'] == 12
   assert entry['accuracy']['value'] == metrics['accuracy']
   assert entry['accuracy']['interval'] == metrics['intervals']['accuracy']['wilson']
   assert entry['macro_recall']['value'] == metrics['macro_avg']['recall']
   markdown = open(markdown_path).read()
-  assert markdown.startswith(before_markdown) and '## Evaluation: folder-test' in markdown[len(before_markdown):]
+  assert markdown.startswith(before_markdown) and f'## Evaluation: {name}' in markdown[len(before_markdown):]
   assert f'{metrics["accuracy"]:.3f}' in markdown[len(before_markdown):]
 
 

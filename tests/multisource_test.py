@@ -263,6 +263,8 @@ def test_two_source_training_and_eval_of_two_folders(two_sources, tmp_path):
     two_sources.train.source_weighting = 'balanced'
     two_sources.checkpoint.best_metric = 'worst_source_macro_recall'
     two_sources.checkpoint.keep_latest = 10
+    two_sources.train.num_epochs = 4
+    two_sources.train.learning_rate = 1e-2  # Learnable within 4 epochs: the epochs' scores differ (issue 26).
   summary = train.train_and_evaluate(two_sources, workdir)
   assert summary['n_train'] + summary['n_val'] == 77
   # Every epoch's validation row has each source's macro recall; the best checkpoint is ranked by the lower one.
@@ -270,6 +272,8 @@ def test_two_source_training_and_eval_of_two_folders(two_sources, tmp_path):
   for row in history:
     assert row['val_worst_source_macro_recall'] == min(row['val_macro_recall/kids'], row['val_macro_recall/adult'])
   top = max(row['val_worst_source_macro_recall'] for row in history)
+  # Epochs that do not all score chance: a best step picked by the lowest (or any other) score is caught.
+  assert top > min(row['val_worst_source_macro_recall'] for row in history), history
   assert summary['best_step'] in [row['step'] for row in history if row['val_worst_source_macro_recall'] == top]
   val = json.loads(open(os.path.join(workdir, 'eval', 'val', 'metrics.json')).read())
   assert set(val['per_source']) == {'kids', 'adult'}
@@ -315,3 +319,39 @@ def test_per_image_weights_reach_the_loss():
   np.testing.assert_allclose(same[0], same[1], rtol=1e-5)
   other = loss({**plain, 'weight': weights_N * np.asarray([1, 1, 1, 3, 3, 3], np.float32)})
   assert abs(other - same[0]) > 1e-3
+
+
+def _source_row(n_images: int, accuracy: float, macro_recall: float, recalls: dict[str, float | None]) -> dict:
+  """A per-source metrics row as evaluate writes it (no intervals): accuracy, macro recall, each class's recall."""
+  return {'n_images': n_images, 'accuracy': accuracy, 'macro_avg': {'recall': macro_recall},
+          'per_class': {c: {'recall': r, 'support': 0 if r is None else 3} for c, r in recalls.items()}}
+
+
+def test_each_per_source_row_shows_that_sources_own_numbers():
+  """Every cell of a source's row is its own value, never the pooled one (issue 26: a table showing the pooled
+  accuracy in every row passed the suite)."""
+  kids = _source_row(9, 0.111, 0.222, {'Covid': 0.333, 'Normal': 0.444, 'Viral Pneumonia': 0.555})
+  adult = _source_row(10, 0.666, 0.777, {'Covid': 0.888, 'Normal': 0.999, 'Viral Pneumonia': None})
+  pooled = {**_source_row(19, 0.5, 0.6, {'Covid': 0.7, 'Normal': 0.8, 'Viral Pneumonia': 0.9}),
+            'classes': list(CLASSES), 'per_source': {'kids': kids, 'adult': adult}}
+  rows = {line.split('|')[1].strip(): [cell.strip() for cell in line.split('|')[2:-1]]
+          for line in report._per_source_markdown(pooled) if line.startswith('| ') and '---' not in line}
+  assert rows['kids'] == ['9', '0.111', '0.222', '0.333', '0.444', '0.555']
+  assert rows['adult'] == ['10', '0.666', '0.777', '0.888', '0.999', 'n/a (none)']
+  assert rows['pooled'] == ['19', '0.500', '0.600', '0.700', '0.800', '0.900']
+
+
+def test_within_source_weighting_gives_training_per_image_weights(two_sources):
+  """train._example_weights hands the pipeline splits.example_weights' per-image weights under 'within_source' (and
+  'balanced'), None under 'none' (issue 26: returning None for 'within_source' trained on class weights silently)."""
+  data = loading.load_training_data(two_sources)
+  weights_C = train.class_weights(data.train.labels_N, two_sources)
+  assert train._example_weights(two_sources, data.train, weights_C) is None  # 'none', the default.
+  for weighting in ('within_source', 'balanced'):
+    two_sources.train.source_weighting = weighting
+    weights_N = train._example_weights(two_sources, data.train, weights_C)
+    assert weights_N is not None and weights_N.shape == (len(data.train),), weighting
+    np.testing.assert_allclose(weights_N, splits.example_weights(data.train.labels_N, data.train.sources_N, weights_C,
+                                                                 weighting), rtol=1e-6)
+    # Not the class weights alone: adult (no Viral Pneumonia) and kids weigh the same class differently.
+    assert not np.allclose(weights_N, weights_C[data.train.labels_N]), weighting

@@ -113,3 +113,29 @@ def test_training_from_prepared_data_matches_training_from_the_folders(tmp_path,
   for a, b in zip(raw['history'], summary['history']):
     assert {k: v for k, v in a.items() if k != 'wall_s'} == {k: v for k, v in b.items() if k != 'wall_s'}
   assert summary['evaluations']['test']['accuracy'] == raw['evaluations']['test']['accuracy']
+
+
+def test_a_changed_root_is_refused_at_prepare_and_at_training(tmp_path, tiny_config, synthetic_root):
+  """Issue 26 High 5: images deleted, added or changed in the root after it was prepared are named, never reused."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  config = copy.deepcopy(tiny_config)
+  config.data.root = str(tmp_path / 'root')
+  shutil.copytree(synthetic_root, config.data.root)
+  config = _prepared_config(config, tmp_path)
+  listing = os.path.join(os.fspath(prepared.builder(config).data_dir), prepared.LISTING)
+  assert len(json.load(open(listing))['files']) == 48  # 36 train + 12 test images.
+  assert prepared.prepare(config)['reused'] is True  # Unchanged: reused.
+  gone = os.path.join(config.data.root, 'train', 'Normal', '003.png')
+  os.remove(gone)
+  for run in (lambda: prepared.prepare(config), lambda: loading.load_training_data(config)):
+    with pytest.raises(prepared.PreparedRootChangedError, match=r'1 removed \(train/Normal/003.png\)'):
+      run()
+  shutil.copy(os.path.join(synthetic_root, 'train', 'Normal', '003.png'), gone)  # Back, but a new mtime.
+  os.utime(gone, ns=(1, 1))
+  with open(os.path.join(config.data.root, 'test', 'Covid', 'new.png'), 'wb') as f:
+    f.write(open(os.path.join(synthetic_root, 'test', 'Covid', '000.png'), 'rb').read())
+  with pytest.raises(prepared.PreparedRootChangedError,
+                     match=r'1 added \(test/Covid/new.png\); 1 changed \(train/Normal/003.png\)'):
+    prepared.prepare(config)
+  with pytest.raises(prepared.PreparedRootChangedError, match='the prepared train split'):
+    loading.load_training_data(config)

@@ -136,8 +136,49 @@ def test_lungs_crop_and_fill_given_a_mask():
   settings = dataclasses_replace(OFF, lungs='crop', lung_margin=0.0)
   out = preprocess.preprocess_image(Image.fromarray(grey), settings, 40, lung_mask_HW=mask)
   np.testing.assert_array_equal(out[..., 0], np.asarray(Image.fromarray(grey[30:70, 20:60])))
-  with pytest.raises(ValueError, match='lung mask'):
-    preprocess.preprocess_image(Image.fromarray(grey), settings, 40)
+
+
+class _DarkLungs:
+  """A fake lung model: the film's pixels darker than 100 are the lungs (lungs.LungModel's `masks`)."""
+
+  def masks(self, films):
+    return [np.asarray(f)[..., :3].mean(axis=-1) < 100 if np.asarray(f).ndim == 3 else np.asarray(f) < 100
+            for f in films]
+
+
+def _two_lungs(side: int = 96) -> tuple[np.ndarray, np.ndarray]:
+  """A bright film with two dark 'lungs' (rectangles) and a bright marker in a corner; the lungs' mask."""
+  grey = np.full((side, side), 200, np.uint8)
+  lungs = np.zeros((side, side), bool)
+  lungs[24:72, 16:40] = lungs[24:72, 56:80] = True
+  grey[lungs] = 60
+  grey[2:8, 2:8] = 255  # A marker outside the lungs.
+  return grey, lungs
+
+
+def test_lungs_fill_and_crop_use_the_lung_model_when_no_mask_is_given():
+  grey, lungs = _two_lungs()
+  image = Image.fromarray(grey)
+  fill = dataclasses_replace(OFF, lungs='fill')
+  out = preprocess.preprocess_image(image, fill, 96, lung_model=_DarkLungs())[..., 0]
+  assert (out[~lungs] == 0).all() and (out[lungs] == 60).all()  # Outside the lungs (the marker too) filled.
+  np.testing.assert_array_equal(out, preprocess.preprocess_image(image, fill, 96, lung_mask_HW=lungs)[..., 0])
+  crop = dataclasses_replace(OFF, lungs='crop', lung_margin=0.0)
+  cropped = preprocess.preprocess_image(image, crop, 48, lung_model=_DarkLungs())[..., 0]
+  np.testing.assert_array_equal(cropped, np.asarray(preprocess.area_resize(Image.fromarray(grey[24:72, 16:80]), 48)))
+
+
+def test_lungs_default_to_the_shipped_model_everywhere(monkeypatch, tmp_path):
+  """Train's decoder (images.load_image) and the API (inference.to_pixels) both mask by lungs.load_lungs()."""
+  from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(lungs_lib, 'load_lungs', lambda path=None: _DarkLungs())
+  grey, lungs = _two_lungs()
+  path = tmp_path / 'film.png'
+  Image.fromarray(grey).save(path)
+  settings = dataclasses_replace(OFF, lungs='fill')
+  expected = np.where(lungs, 60, 0)
+  np.testing.assert_array_equal(inference.to_pixels(Image.fromarray(grey), 96, settings)[..., 0], expected)
+  np.testing.assert_array_equal(inference.to_pixels(str(path), 96, settings)[..., 0], expected)
 
 
 def dataclasses_replace(settings, **fields):
@@ -151,7 +192,7 @@ def dataclasses_replace(settings, **fields):
     ('intensity', 'gamma', 'intensity'),
     ('window_percentiles', (99.0, 1.0), 'window_percentiles'),
     ('border_max_fraction', 0.6, 'border_max_fraction'),
-    ('lungs', 'crop', 'lung-segmentation helper'),
+    ('lungs', 'box', 'lungs'),
 ])
 def test_bad_fields_are_named(field, value, message):
   config = tiny.get_config()

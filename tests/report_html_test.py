@@ -237,7 +237,16 @@ def test_build_gallery_draws_the_predicted_class_map_and_says_when_it_cannot():
   first = gallery.items[0]
   assert first.file == os.path.join(CLASSES[labels_N[wrong[0]]], f'{wrong[0]}.png')
   assert first.why == 'misclassified' and first.overlay_jpeg != first.film_jpeg
-  assert 'Grad-CAM of Conv_2' in gallery.note
+  assert 'Grad-CAM of Conv_2' in gallery.note and 'empty' not in gallery.note
+
+  def half_empty(films_KHWC, classes_K):  # The first two maps all zero: the note counts them.
+    heatmaps = np.ones(films_KHWC.shape[:3], np.float32)
+    heatmaps[:2] = 0.0
+    return None, heatmaps
+
+  gallery = report_html.build_gallery(images_NHWC, labels_N, probabilities_NC, paths, CLASSES, '/data', half_empty,
+                                      'Grad-CAM of Conv_2')
+  assert f' 2 of these {len(wrong) + len(unsure)} maps are empty' in gallery.note
 
   def broken(films_KHWC, classes_K):
     raise ValueError("config.explain.layer='nope' is not a module")
@@ -339,6 +348,10 @@ def _check_subgroup_tables(metrics, parsed):
   small = metrics['subgroups']['columns']['sex']['too_small']
   assert small == [{'value': 'no metadata row', 'n_images': 1}]
   assert 'Too small to say anything (under 2 images, no numbers): no metadata row (1).' in ''.join(parsed.text)
+  counts = metrics['subgroups']['columns']['sex']['counts']  # The class counts per group, as metrics.json holds them.
+  assert sum(row['n_images'] for row in counts.values()) == metrics['n_images']
+  assert 'Class counts: ' + '; '.join(f'{v} ' + ', '.join(f'{c} {n}' for c, n in row['per_class'].items())
+                                      for v, row in counts.items()) + '.' in ''.join(parsed.text)
 
 
 def _chromium(*args, timeout=120):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import shortcuts, train
+from lungjax import shortcuts, train, workdir as workdir_lib
 from tests.conftest import CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,64 @@ def test_cam_verdicts_compare_with_the_box_area():
   cam = {'means': {'Covid': 0.2, 'Normal': 0.7}, 'intervals': {'Covid': [0.1, 0.3], 'Normal': [0.5, 0.9]}}
   texts = shortcuts.cam_verdicts(cam, area_share=0.6)
   assert texts['Covid'].startswith('Covid: looks outside the lungs') and 'wholly below' in texts['Covid']
-  assert texts['Normal'].startswith('Normal: looks inside the lungs') and "reaches the box's share" in texts['Normal']
+  assert texts['Normal'].startswith('Normal: looks inside the lungs') and "reaches the region's share" in texts['Normal']
+
+
+class _FakeLungs:
+  """A fake lung model (lungs.LungModel's `masks`): two 'lungs', each an ellipse, on every film; an all-black film
+  gets no lungs."""
+
+  meta = {'features': [1], 'size': 0}
+
+  def masks(self, films):
+    out = []
+    for film in films:
+      height, width = np.asarray(film).shape[:2]
+      rows, cols = np.mgrid[0:height, 0:width]
+      lungs = ((rows - 0.5 * height) / (0.3 * height))**2 + ((np.abs(cols - 0.5 * width) - 0.22 * width) /
+                                                            (0.14 * width))**2 < 1
+      out.append(lungs if np.asarray(film).any() else np.zeros((height, width), bool))
+    return out
+
+
+def test_lung_regions_use_each_films_mask_and_the_box_where_it_fails():
+  rng = np.random.default_rng(0)
+  images_NHWC = rng.integers(1, 256, (3, SIZE, SIZE, 3)).astype(np.uint8)
+  images_NHWC[2] = 0  # The fake model finds no lungs here: the box stands in, counted.
+  regions_NHW, fallback_N = shortcuts.lung_regions(images_NHWC, 'mask', _FakeLungs())
+  lungs_HW = _FakeLungs().masks([images_NHWC[0]])[0]
+  np.testing.assert_array_equal(regions_NHW[0], lungs_HW)
+  np.testing.assert_array_equal(regions_NHW[2], shortcuts.box_mask(SIZE, SIZE))
+  assert fallback_N.tolist() == [False, False, True]
+  box_regions, box_fallback = shortcuts.lung_regions(images_NHWC, 'box')
+  assert box_fallback.all() and (box_regions == shortcuts.box_mask(SIZE, SIZE)).all()
+  # Lungs hidden fills exactly the mask (not the box); lungs only everything outside it.
+  hidden = shortcuts.mask_images(images_NHWC, 'lungs_hidden', regions_NHW=regions_NHW)
+  only = shortcuts.mask_images(images_NHWC, 'lungs_only', regions_NHW=regions_NHW)
+  mean_C = np.rint(images_NHWC[0].astype(np.float64).mean(axis=(0, 1))).astype(np.uint8)
+  np.testing.assert_array_equal(hidden[0][lungs_HW], np.broadcast_to(mean_C, (lungs_HW.sum(), 3)))
+  np.testing.assert_array_equal(hidden[0][~lungs_HW], images_NHWC[0][~lungs_HW])
+  np.testing.assert_array_equal(only[0][lungs_HW], images_NHWC[0][lungs_HW])
+  np.testing.assert_array_equal(only[0][~lungs_HW], np.broadcast_to(mean_C, ((~lungs_HW).sum(), 3)))
+  # Grad-CAM's share is measured inside the mask: heat between the lungs (inside the box) counts as outside.
+  heat_NHW = np.zeros((3, SIZE, SIZE))
+  heat_NHW[:, SIZE // 2, SIZE // 2] = 1.0  # The mediastinum: inside the box, between the lungs.
+  assert not lungs_HW[SIZE // 2, SIZE // 2] and shortcuts.box_mask(SIZE, SIZE)[SIZE // 2, SIZE // 2]
+  np.testing.assert_allclose(shortcuts.heat_share_in_box(heat_NHW, regions_NHW=regions_NHW), [0.0, 0.0, 1.0])
+  with pytest.raises(ValueError, match='shortcuts.region'):
+    shortcuts.lung_regions(images_NHWC, 'circle')
+
+
+def test_the_figure_outlines_the_mask(tmp_path):
+  images_NHWC = np.random.default_rng(0).integers(1, 256, (1, SIZE, SIZE, 3)).astype(np.uint8)
+  regions_NHW, _ = shortcuts.lung_regions(images_NHWC, 'mask', _FakeLungs())
+  tile = {'pixels': images_NHWC[0], 'heatmap': np.zeros((SIZE, SIZE)), 'title': 't', 'colour': 'k', 'row': 0,
+          'column': 0}
+  outlined, boxed = str(tmp_path / 'mask.png'), str(tmp_path / 'box.png')
+  shortcuts.plot_examples([{**tile, 'region': regions_NHW[0]}], 1, 1, shortcuts.box_pixels(SIZE, SIZE), outlined, 'm')
+  shortcuts.plot_examples([tile], 1, 1, shortcuts.box_pixels(SIZE, SIZE), boxed, 'b')
+  with Image.open(outlined) as a, Image.open(boxed) as b:
+    assert not np.array_equal(np.asarray(a), np.asarray(b))  # The outline is the mask's, not the box.
 
 
 def _trained(tmp_path_factory, places, name):
@@ -137,6 +194,7 @@ def _trained(tmp_path_factory, places, name):
   config.train.batch_size = 8
   config.train.learning_rate = 3e-3
   config.eval.batch_size = 8
+  config.shortcuts.region = 'box'  # These tasks are drawn against LUNG_BOX; the mask test gives its own lungs.
   workdir = os.path.join(root, 'run')
   train.train_and_evaluate(config, workdir)
   config.eval.dir = test_dir
@@ -157,7 +215,7 @@ def centre_run(tmp_path_factory):
 def test_a_model_that_reads_a_corner_is_flagged(corner_run):
   config, workdir, test_dir = corner_run
   summary = shortcuts.check_shortcuts(config, workdir)
-  out_dir = os.path.join(workdir, 'shortcuts', 'held out')
+  out_dir = os.path.join(workdir, 'shortcuts', workdir_lib.folder_identity([test_dir]))
   assert summary['out_dir'] == os.path.abspath(out_dir)
   with open(os.path.join(out_dir, 'shortcuts.json')) as f:
     saved = json.load(f)
@@ -214,13 +272,14 @@ def test_the_mode_runs_from_the_command_line_and_keeps_files_it_did_not_write(ce
   with pytest.raises(ValueError, match='config.model.conv_features'):
     shortcuts.check_shortcuts(changed, workdir, overridden=['model.conv_features', 'eval.dir'])
   foreign = tmp_path / 'run'
-  (foreign / 'shortcuts' / 'held out').mkdir(parents=True)
+  held_out = workdir_lib.folder_identity([config.eval.dir])
+  (foreign / 'shortcuts' / held_out).mkdir(parents=True)
   for name in ('config.json', 'checkpoints'):
     os.symlink(os.path.join(workdir, name), foreign / name)
-  (foreign / 'shortcuts' / 'held out' / 'shortcuts.md').write_text('my notes')
+  (foreign / 'shortcuts' / held_out / 'shortcuts.md').write_text('my notes')
   with pytest.raises(FileExistsError, match='did not write'):
     shortcuts.check_shortcuts(config, str(foreign))
-  assert (foreign / 'shortcuts' / 'held out' / 'shortcuts.md').read_text() == 'my notes'
+  assert (foreign / 'shortcuts' / held_out / 'shortcuts.md').read_text() == 'my notes'
 
 
 @pytest.mark.slow
@@ -233,3 +292,19 @@ def test_the_runs_own_validation_split(centre_run):
   with open(os.path.join(workdir, 'summary.json')) as f:
     assert summary['n_images'] == json.load(f)['n_val'] == 24
   assert os.path.exists(os.path.join(summary['out_dir'], 'shortcuts.png'))
+
+
+@pytest.mark.slow
+def test_the_check_on_each_films_lung_mask(corner_run):
+  """region='mask' (the default): the fake lungs (two ellipses, the corners outside) replace the box."""
+  config, workdir, _ = corner_run
+  config = config.copy_and_resolve_references()
+  config.shortcuts.region = 'mask'
+  summary = shortcuts.check_shortcuts(config, workdir, lung_model=_FakeLungs())
+  assert summary['region'] == 'mask' and summary['box_fallback'] == 0
+  lungs_share = float(_FakeLungs().masks([np.ones((SIZE, SIZE), np.uint8)])[0].mean())
+  assert summary['region_area_share'] == pytest.approx(lungs_share)
+  assert summary['verdict']['lungs_hidden'] == 'uses_something_else'
+  assert all(share < lungs_share for share in summary['cam_share_in_lungs'].values())
+  with open(os.path.join(summary['out_dir'], 'shortcuts.md')) as f:
+    assert "each film's own mask from the lung U-Net" in f.read()

@@ -126,7 +126,7 @@ def test_explain_keeps_extensions_and_refuses_a_foreign_file_in_its_folder(train
   explain.explain_folder(config, run, ['explain.dir'])  # Its own files it may write again.
   os.rename(folder, tmp_path / 'other')
   config.explain.dir = str(tmp_path / 'other')
-  theirs = os.path.join(run, 'explain', 'other', 'gallery.png')  # Put there by someone else.
+  theirs = os.path.join(run, 'explain', workdir.folder_identity([str(tmp_path / 'other')]), 'gallery.png')  # Put there by someone else.
   os.makedirs(os.path.dirname(theirs))
   with open(theirs, 'wb') as f:
     f.write(b'theirs')
@@ -229,7 +229,7 @@ def test_eval_of_a_folder_named_val_or_test_keeps_the_training_reports(trained, 
     eval_config.data.root = config.data.root
     eval_config.eval.dir = folder
     metrics = evaluate.evaluate_checkpoint(eval_config, run, ['eval.dir'])
-    assert metrics['out_dir'] == os.path.join(run, 'eval', f'folder-{split}') and metrics['n_images'] == 6
+    assert metrics['out_dir'] == os.path.join(run, 'eval', 'folder-' + workdir.folder_identity([folder])) and metrics['n_images'] == 6
   assert {split: _tree_digests(os.path.join(run, 'eval', split)) for split in ('val', 'test')} == reports
 
 
@@ -380,7 +380,7 @@ def test_eval_never_writes_through_a_planted_link(trained, tmp_path):
   folder = write_image_folder(str(tmp_path / 'planted'), 2, seed=5)
   precious = tmp_path / 'precious.txt'
   precious.write_text('precious')
-  out_dir = os.path.join(run, 'eval', 'folder-planted')
+  out_dir = os.path.join(run, 'eval', 'folder-' + workdir.folder_identity([folder]))
   os.makedirs(out_dir, exist_ok=True)
   link = os.path.join(out_dir, 'metrics.json')
   os.symlink(precious, link)

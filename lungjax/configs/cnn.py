@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.preprocess.window_percentiles = (0.0, 100.0)  # E.g. (1, 99): stretch to 0-255 and clip. (0, 100): off.
   config.data.preprocess.intensity = 'none'  # 'none', 'equalize' (histogram) or 'clahe' (equalize_adapthist).
   config.data.preprocess.clahe_clip_limit = 0.01
-  # 'crop' / 'fill' with lung masks (lung-segmentation helper, branch `lungs`): refused until it lands.
+  # 'crop' (to the lungs' box) / 'fill' (zeros outside the lungs) by the shipped lung U-Net's mask (lungjax/lungs.py).
   config.data.preprocess.lungs = 'none'
   config.data.preprocess.lung_margin = 0.05  # 'crop': the lungs' box grown by this fraction on each side.
   # Fill burned-in markers (L, R, AP, PORTABLE, arrows; lungjax/data/markers.py) before the model sees the film.
@@ -217,6 +217,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.cpu_collectives = 'gloo'  # Cross-process collectives of the CPU backend: 'gloo' or 'mpi'.
   config.distributed.initialization_timeout_s = 300  # How long to wait for every process to join.
 
+  # --mode=shortcuts (lungjax/shortcuts.py): where 'the lungs' are. 'mask': each film's mask from the shipped lung
+  # U-Net (lungjax/lungs.py); 'box': the fixed rows 10-85% x columns 10-90% (the fallback without the weights).
+  config.shortcuts = ml_collections.ConfigDict()
+  config.shortcuts.region = 'mask'
   config.explain = ml_collections.ConfigDict()
   config.explain.dir = ''  # --mode=explain: the folder of images to explain.
   config.explain.layer = 'Conv_2'  # The module whose activations Grad-CAM weighs: the CNN's last conv.

@@ -133,6 +133,14 @@ def accelerator_platform() -> str | None:
   return 'tpu (libtpu)' if importlib.util.find_spec('libtpu') is not None else None
 
 
+def setting(train_config) -> float:
+  """config.train.keep_freed_host_memory_gb (0.0 when absent), or ValueError naming it: config_check's hook."""
+  value = train_config.get('keep_freed_host_memory_gb', 0.0)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    raise ValueError(f'config.train.keep_freed_host_memory_gb={value!r} must be a number of GB >= 0 (0: off)')
+  return float(value)
+
+
 def apply(train_config) -> list[float] | None:
   """Applies config.train.keep_freed_host_memory_gb (0: glibc defaults) to a CPU-backend process, logging it.
 
@@ -140,9 +148,7 @@ def apply(train_config) -> list[float] | None:
   the backend; GPU / TPU runs are recognised by an installed JAX plugin or libtpu, or by $JAX_PLATFORMS.
   Returns the watcher's list of trim times (it grows as the process runs), or None when nothing was changed.
   """
-  value = train_config.get('keep_freed_host_memory_gb', 0.0)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-    raise ValueError(f'config.train.keep_freed_host_memory_gb={value!r} must be a number of GB >= 0 (0: off)')
+  value = setting(train_config)
   if value == 0:
     return None
   if (accelerator := accelerator_platform()) is not None:  # Device buffers do not live in glibc's heap there.

@@ -66,6 +66,9 @@ def missing_data_message(dataset: str, reason: str) -> str:
 def resolve_data_root(root: str, kaggle_dataset: str, *, kaggle_url: str | None = None) -> str:
   """Returns a folder that holds train/: `root` itself, else a cached or freshly downloaded Kaggle copy."""
   if root:
+    if os.path.exists(root) and not os.path.isdir(root):
+      raise NotADirectoryError(f'config.data.root={root!r} is a file, not a folder: pass the folder that holds '
+                               'train/ (and test/)')
     if not os.path.isdir(root):
       raise FileNotFoundError(f'config.data.root={root!r} does not exist')
     if not os.path.isdir(os.path.join(root, 'train')):

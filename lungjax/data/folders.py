@@ -64,7 +64,11 @@ def file_problem(path: str) -> str | None:
       return 'a symbolic link loop'
     return error.strerror or type(error).__name__
   if not stat.S_ISREG(mode):
-    return 'a folder, not a file' if stat.S_ISDIR(mode) else 'not a regular file'
+    if stat.S_ISDIR(mode):
+      return 'a folder, not a file'
+    kind = ('a FIFO (named pipe)' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode) else
+            'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'something')
+    return f'{kind}, not a regular file'
   if not os.access(path, os.R_OK):
     return 'no permission to read it'
   return None

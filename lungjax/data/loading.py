@@ -135,16 +135,39 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
   return root, FolderImages(loaded.folder, decoded, sum((part.ignored_files for part in parts), ()))
 
 
-def load_folders(text: str, config: ml_collections.ConfigDict,
-                 folder_names: dict[str, str] | None = None) -> FolderImages:
-  """Decodes config.eval.dir: one folder, or several comma-separated ('A,B'), each its own source named by its
-  basename (a repeated basename is a ValueError); `folder_names` applies to every folder."""
+# config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
+VALIDATION = '@validation'
+
+
+def eval_folders(text: str) -> list[str]:
+  """The folders of config.eval.dir ('A' or 'A,B'), listed, not decoded: config_check's hook.
+
+  FileNotFoundError for one that is not a folder; ValueError for none, or for two with the same basename (each
+  folder is a source named by its basename; for one folder whose own path holds a comma, which cannot be told from
+  two: rename it, or link it under a name without one)."""
+  if ',' in text and os.path.isdir(text.strip()):
+    raise ValueError(f'config.eval.dir={text!r} is one folder whose path holds a comma, but commas separate folders '
+                     'in config.eval.dir: rename it, or pass a link to it whose path has no comma')
   paths = [p.strip() for p in text.split(',') if p.strip()]
-  if len(paths) == 1:
-    return load_folder(paths[0], config, require_all_classes=False, folder_names=folder_names)
+  if not paths:
+    raise ValueError(f'config.eval.dir={text!r} names no folder')
+  for path in paths:
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f'config.eval.dir={text!r}: {path!r} is not a folder')
   names = [os.path.basename(os.path.normpath(p)) for p in paths]
   if len(set(names)) != len(names):
     raise ValueError(f'config.eval.dir={text!r}: each folder is a source named by its basename, and {names} repeat one')
+  return paths
+
+
+def load_folders(text: str, config: ml_collections.ConfigDict,
+                 folder_names: dict[str, str] | None = None) -> FolderImages:
+  """Decodes config.eval.dir: one folder, or several comma-separated ('A,B'), each its own source named by its
+  basename (eval_folders' errors); `folder_names` applies to every folder."""
+  paths = eval_folders(text)
+  if len(paths) == 1:
+    return load_folder(paths[0], config, require_all_classes=False, folder_names=folder_names)
+  names = [os.path.basename(os.path.normpath(p)) for p in paths]
   parts = [load_folder(p, config, require_all_classes=False, folder_names=folder_names) for p in paths]
   decoded = sources_lib.concatenate([part.decoded for part in parts], names)
   return FolderImages(','.join(paths), decoded, sum((part.ignored_files for part in parts), ()))

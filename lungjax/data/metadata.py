@@ -198,6 +198,8 @@ class Subgroup:
 
   column: str
   bins: tuple[tuple[float, float], ...] = ()  # (low, high); high math.inf for an open 'LOW-' bin.
+  # How the bins came: 'given' (COLUMN:BINS) or, for a numeric column named without bins, 'quartiles' (with_bins).
+  bins_from: str = 'given'
 
   def label(self, value: str) -> str:
     """The subgroup of one value: itself, UNKNOWN when empty, or its bin's label ('18-40', '65-')."""
@@ -281,6 +283,29 @@ def _parse_bin(item: str, text: str, field: str) -> tuple[float, float]:
   if not high > low:
     raise ValueError(f'{field}={text!r}: bin {item!r} is empty (HIGH must exceed LOW)')
   return low, high
+
+
+AUTO_BIN_MIN_VALUES = 10  # A numeric column named without bins, with more distinct values than this, is binned.
+
+
+def with_bins(join_: Join, subgroup: Subgroup) -> Subgroup:
+  """`subgroup` itself, or, where it has no bins and the joined rows' non-empty values of its column are all numbers
+  with more than AUTO_BIN_MIN_VALUES distinct ones (ages, days), the same column in four bins cut at the values'
+  quartiles (rounded to whole numbers; ties merge bins): 'age' alone means 'age:12-47,47-60,60-71,71-' on Cohen's
+  films, four groups of about equal size instead of one group per year. bins_from='quartiles' records it."""
+  if subgroup.bins:
+    return subgroup
+  texts = [row.get(subgroup.column, '') for row in join_.rows_N if row is not None]
+  try:
+    numbers = np.asarray([float(t) for t in texts if t], np.float64)
+  except ValueError:
+    return subgroup  # A column of words (sex, view): its values are the groups.
+  if len(np.unique(numbers)) <= AUTO_BIN_MIN_VALUES or not np.all(np.isfinite(numbers)):
+    return subgroup
+  low = float(np.floor(numbers.min()))
+  cuts = sorted({float(np.round(q)) for q in np.quantile(numbers, (0.25, 0.5, 0.75))} - {low})
+  edges = [low, *(c for c in cuts if c > low), math.inf]
+  return Subgroup(subgroup.column, tuple(zip(edges[:-1], edges[1:])), 'quartiles')
 
 
 def subgroup_labels(join_: Join, subgroup: Subgroup) -> list[str]:

@@ -24,7 +24,8 @@ loading.require_prepare_extra('prepared data (config.data.prepared_dir, lungjax 
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lungjax.data import images, tfds_builders  # pylint: disable=wrong-import-position
+from lungjax import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from lungjax.data import folders, images, tfds_builders  # pylint: disable=wrong-import-position
 
 
 def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -47,8 +48,84 @@ def _prepared_root(prepared: tfds.core.DatasetBuilder) -> str:
   return _metadata(prepared).get('root', '')
 
 
+# ---- the root a prepared dataset was built from, as it was (issue 26 High 5) ----------------------------------------
+
+LISTING = 'lungjax-root-listing.json'  # Beside the prepared files: every image file of the root, size and mtime.
+_SHOWN = 5
+
+
+class PreparedRootChangedError(ValueError):
+  """The data root changed after it was prepared: the prepared data no longer holds its images."""
+
+
+def root_listing(split_folders: dict[str, str]) -> dict[str, list[int]]:
+  """{'<split>/<relative path>': [size, mtime_ns]} of every image file (folders.is_image_file; not dot-files)
+  under each split's folder: what check_root compares a prepared dataset's root against."""
+  listing = {}
+  for split, folder in sorted(split_folders.items()):
+    for parent, dirs, names in os.walk(folder):
+      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+      for name in sorted(names):
+        if name.startswith('.') or not folders.is_image_file(name):
+          continue
+        path = os.path.join(parent, name)
+        try:
+          status = os.stat(path)
+        except OSError:  # A dangling link, a loop: listed as unreadable (-1), as the scan skips or refuses it.
+          listing[f'{split}/{os.path.relpath(path, folder)}'] = [-1, -1]
+          continue
+        listing[f'{split}/{os.path.relpath(path, folder)}'] = [status.st_size, status.st_mtime_ns]
+  return listing
+
+
+def _split_folders(prepared: tfds.core.DatasetBuilder) -> dict[str, str]:
+  return {name: split['folder'] for name, split in _metadata(prepared).get('splits', {}).items()}
+
+
+def _listing_path(prepared: tfds.core.DatasetBuilder) -> str:
+  return os.path.join(os.fspath(prepared.data_dir), LISTING)
+
+
+def write_root_listing(prepared: tfds.core.DatasetBuilder) -> str:
+  """Records the prepared root's image files (root_listing of its splits' folders) beside the prepared data."""
+  return workdir_lib.write_json(_listing_path(prepared), {
+      'written_by': 'lungjax', 'root': _prepared_root(prepared), 'files': root_listing(_split_folders(prepared))})
+
+
+def _shown(names: Sequence[str]) -> str:
+  return ', '.join(names[:_SHOWN]) + (f' ... ({len(names)} in all)' if len(names) > _SHOWN else '')
+
+
+def root_changes(recorded: dict[str, list[int]], current: dict[str, list[int]]) -> dict[str, list[str]]:
+  """{'added', 'removed', 'changed'}: the files of current not in recorded, the reverse, and those whose size or
+  modification time differ."""
+  return {'added': sorted(set(current) - set(recorded)), 'removed': sorted(set(recorded) - set(current)),
+          'changed': sorted(k for k in set(recorded) & set(current) if list(recorded[k]) != list(current[k]))}
+
+
+def check_root(prepared: tfds.core.DatasetBuilder, what: str) -> None:
+  """PreparedRootChangedError naming the files added, removed or changed in the prepared root since it was
+  prepared (LISTING); a warning for data prepared by a lungjax before listings (nothing to compare with)."""
+  listing = _listing_path(prepared)
+  if not os.path.isfile(listing):
+    logging.warning('%s: %s has no %s (prepared by an older lungjax): cannot check that the root %r still holds '
+                    'the prepared images; prepare again into an empty config.data.prepared_dir to be sure', what,
+                    prepared.data_dir, LISTING, _prepared_root(prepared))
+    return
+  recorded = workdir_lib.read_json(listing)
+  changes = root_changes(recorded.get('files', {}), root_listing(_split_folders(prepared)))
+  if any(changes.values()):
+    parts = [f'{len(files)} {kind} ({_shown(files)})' for kind, files in changes.items() if files]
+    raise PreparedRootChangedError(
+        f'{what}: config.data.prepared_dir={os.fspath(prepared.data_dir)!r} was prepared from '
+        f'{_prepared_root(prepared)!r} ({len(recorded.get("files", {}))} image files), which has changed since: '
+        + '; '.join(parts) + '. The prepared data no longer holds the root\'s images: prepare again into an empty '
+        'config.data.prepared_dir (or restore the files)')
+
+
 def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Decodes config's data root once into array_record files (reuses them if already prepared); returns a summary."""
+  """Decodes config's data root once into array_record files (reuses them if already prepared, once the root's
+  files are checked against the listing written when it was prepared); returns a summary."""
   prepared = builder(config)
   root = os.path.abspath(config.data.root) if config.data.root else ''
   if root and not os.path.isdir(root):
@@ -57,9 +134,12 @@ def prepare(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if reused and root and _prepared_root(prepared) != root:
     raise ValueError(f'{prepared.data_dir} was prepared from {_prepared_root(prepared)!r}, not config.data.root='
                      f'{root!r}: choose another config.data.prepared_dir')
+  if reused:
+    check_root(prepared, 'lungjax prepare')  # PreparedRootChangedError: images added, removed or changed since.
   start = time.perf_counter()
   if not reused:
     prepared.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=root or None))
+    write_root_listing(prepared)
   seconds = time.perf_counter() - start
   metadata = _metadata(prepared)
   return {
@@ -130,6 +210,7 @@ def read_split(config: ml_collections.ConfigDict,
   if root and _prepared_root(prepared) != root:
     logging.warning('%s was prepared from %r, config.data.root is %r: reading the prepared data', prepared.data_dir,
                     _prepared_root(prepared), root)
+  check_root(prepared, f'the prepared {split} split')  # Training on deleted or changed files: refused.
   source = tfds.data_source(prepared.name, split=split, data_dir=config.data.prepared_dir, download=False,
                             builder_kwargs={'config': prepared.builder_config})
   index_path = os.path.join(os.fspath(prepared.data_dir), tfds_builders.index_file_name(split))

@@ -18,9 +18,10 @@ steps, each a field of config.data.preprocess and off by default, in the order t
    'clahe' (contrast-limited adaptive histogram equalisation, scikit-image `equalize_adapthist`, clip limit
    `clahe_clip_limit`); 'none' is off.
 5. the lungs (`lungs`): 'crop' (to the lungs' bounding box plus `lung_margin` of its size) or 'fill' (everything
-   outside the lungs set to 0), from a lung mask. apply_lungs does it given a mask; the masks will come from the
-   lung-segmentation helper (`lung_masks(images_NHWC) -> masks_NHW`, branch `lungs`): until that lands the config
-   check refuses anything but 'none', and preprocess_image takes the mask as `lung_mask_HW`.
+   outside the lungs set to 0), by apply_lungs. The mask is the shipped lung U-Net's (lungjax/lungs.py
+   `lung_mask_of`, weights lungjax/models/weights/lungs_unet.npz) of the decoded full-size film, made inside
+   preprocess_image itself, so training, --mode=eval / explain / shortcuts, predict and the API mask alike; the
+   weights' sha256 is in `record` (the fingerprint and the model card).
 
 0. burned-in markers (config.data.mask_markers, a field of config.data beside this group): before every step above,
    on the full-size grey film, the marker regions that data/markers.py finds (L, R, AP, PORTABLE, arrows, labels)
@@ -130,8 +131,11 @@ def settings_of(config: ml_collections.ConfigDict) -> PreprocessSettings:
   if values['lungs'] not in LUNGS:
     refuse('lungs', f'one of {LUNGS}')
   if values['lungs'] != 'none':
-    refuse('lungs', 'it needs lung masks from the lung-segmentation helper (lung_masks, branch `lungs`), which has '
-           'not landed: use \'none\'')
+    from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top  (lungs imports this module lazily)
+    import os  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(lungs_lib.WEIGHTS_PATH):
+      refuse('lungs', f'it needs the shipped lung U-Net weights {lungs_lib.WEIGHTS_PATH}, which are missing '
+             '(bash results/lungs/regenerate.sh trains and exports them)')
   if not 0 <= float(values['lung_margin']) <= 1:
     refuse('lung_margin', 'a fraction of the lungs\' box in [0, 1]')
   mask_markers = config.data.get('mask_markers', False)
@@ -231,23 +235,25 @@ def apply_lungs(grey_HW: np.ndarray, mask_HW: np.ndarray, mode: str, margin: flo
 
 
 def preprocess_image(image: Image.Image, settings: PreprocessSettings, size: int,
-                     lung_mask_HW: np.ndarray | None = None) -> np.ndarray:
+                     lung_mask_HW: np.ndarray | None = None, lung_model: Any = None) -> np.ndarray:
   """The one preprocessing of a decoded image (PIL, any 8-bit mode; full size) to size x size x 3 uint8.
 
   Every step off: a bilinear resize of the image as it is (what lungjax always did). Otherwise the steps of the
   module docstring, in order, on the grey image. lung_mask_HW: the lungs of the image at its own size (settings.lungs
-  'crop' / 'fill'; resized with the image).
+  'crop' / 'fill'; resized with the image); None: the lung U-Net's mask of `image` (lung_model, default the shipped
+  lungs.load_lungs()).
   """
   if not settings.active:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR).convert('RGB'), np.uint8)
   grey = image.convert('L')
+  if settings.lungs != 'none' and lung_mask_HW is None:  # The U-Net reads the film as decoded, before any step.
+    from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
+    lung_mask_HW = lungs_lib.lung_mask_of(image, lung_model)
   if settings.mask_markers:
     from lungjax.data import markers  # pylint: disable=g-import-not-at-top  (markers imports scikit-image lazily)
     grey = Image.fromarray(markers.mask_markers(np.asarray(grey, np.uint8), lung_mask_HW)[0])
   mask = None
   if settings.lungs != 'none':
-    if lung_mask_HW is None:
-      raise ValueError(f'config.data.preprocess.lungs={settings.lungs!r} needs the image\'s lung mask')
     mask = Image.fromarray((np.asarray(lung_mask_HW) > 0).astype(np.uint8) * 255)
   if settings.working_size:
     grey = working_resolution(grey, settings.working_size, settings.acquisition_size)
@@ -274,4 +280,7 @@ def record(settings: PreprocessSettings) -> dict[str, Any]:
            'steps': settings.describe()}
   if not settings.mask_markers:  # Off: the record (and old runs' fingerprints) as before the field existed.
     del found['mask_markers']
+  if settings.lungs != 'none':  # Which lung model made the masks: other weights, other images.
+    from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
+    found['lung_weights'] = lungs_lib.weights_record()
   return found

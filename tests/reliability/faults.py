@@ -767,14 +767,14 @@ def row_overwrite(ctx: Context) -> Row:
   own = sha256_tree(os.path.join(workdir, 'eval', 'test'))
   eval_rc = finish(eval_command(workdir, other), log)
   kept = bool(own) and sha256_tree(os.path.join(workdir, 'eval', 'test')) == own
-  written = os.path.isfile(os.path.join(workdir, 'eval', 'folder-test', 'report.md'))
+  written = os.path.isfile(os.path.join(workdir, 'eval', 'folder-' + workdir_lib.folder_identity([other]), 'report.md'))
   row.add(rc == 0 and eval_rc == 0 and kept and written,
           f'eval of a folder named test: train exit {rc}, eval exit {eval_rc}, eval/test kept {kept} '
-          f'({len(own)} files), eval/folder-test written {written}: {tail(log, 600)}')
+          f'({len(own)} files), eval/folder-test-<hash> written {written}: {tail(log, 600)}')
   row.outcome = (f'{row.passed}/{row.trials}: --gradcam_dir=. beside scan.png, and beside x.jpg and an unrelated '
                  'x.png, left every input byte-identical (overlays x.jpg.gradcam.png, x.png.gradcam.png), and again '
                  'over its own overlays; a foreign file where an overlay goes: refused naming it, nothing written; '
-                 'eval of a folder named test wrote eval/folder-test and left the run\'s eval/test byte-identical')
+                 'eval of a folder named test wrote eval/folder-test-<hash> and left the run\'s eval/test byte-identical')
   return row
 
 

@@ -1,0 +1,161 @@
+"""Issue 26 High 2 and 3: a report folder is named by the folder it reports on (two folders called test: two
+reports), and its files are written as one unit (a completion marker last, with their hashes) that readers check."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from configs import tiny
+from lungjax import evaluate, explain, inference, model_card, report_html, workdir
+from tests.conftest import write_image_folder
+from tests.predict_test import trained_workdir  # pylint: disable=unused-import  (a fixture)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tree_digests(folder):
+  return {os.path.relpath(os.path.join(p, n), folder): hashlib.sha256(open(os.path.join(p, n), 'rb').read()).hexdigest()
+          for p, _, names in os.walk(folder) for n in names}
+
+
+def _eval_config(folder, synthetic_root):
+  config = tiny.get_config()
+  config.data.root = synthetic_root
+  config.eval.dir = folder
+  config.eval.n_bootstrap = 20
+  return config
+
+
+# ---- High 2: the folder's identity names its report ----------------------------------------------------------
+
+
+def test_folder_identity_tells_same_named_folders_apart_and_not_spellings(tmp_path):
+  (tmp_path / 'a' / 'test').mkdir(parents=True)
+  (tmp_path / 'b' / 'test').mkdir(parents=True)
+  (tmp_path / 'link').symlink_to(tmp_path / 'a' / 'test', target_is_directory=True)
+  a = workdir.folder_identity([str(tmp_path / 'a' / 'test')])
+  assert a.startswith('test-') and len(a) == len('test-') + 8
+  assert a != workdir.folder_identity([str(tmp_path / 'b' / 'test')])
+  for spelling in (str(tmp_path / 'a' / 'test') + '/', str(tmp_path / 'a' / '..' / 'a' / 'test'),
+                   str(tmp_path / 'link')):
+    assert workdir.folder_identity([spelling]).endswith(a[-8:])
+  two = workdir.folder_identity([str(tmp_path / 'a' / 'test'), str(tmp_path / 'b' / 'test')])
+  assert two.startswith('test+test-')
+
+
+def test_two_eval_folders_of_one_name_keep_two_reports(trained_workdir, synthetic_root, tmp_path):
+  first = write_image_folder(str(tmp_path / 'site-a' / 'test'), 3, seed=4)
+  second = write_image_folder(str(tmp_path / 'site-b' / 'test'), 1, seed=6)
+  one = evaluate.evaluate_checkpoint(_eval_config(first, synthetic_root), trained_workdir, ['eval.dir'])
+  before = _tree_digests(one['out_dir'])
+  two = evaluate.evaluate_checkpoint(_eval_config(second, synthetic_root), trained_workdir, ['eval.dir'])
+  assert one['out_dir'] != two['out_dir']
+  assert os.path.basename(one['out_dir']).startswith('folder-test-')
+  assert (one['n_images'], two['n_images']) == (9, 3)
+  assert _tree_digests(one['out_dir']) == before  # The 9-image report is not replaced by the 3-image one.
+  assert json.load(open(os.path.join(one['out_dir'], 'metrics.json')))['n_images'] == 9
+  assert 'tiny on test' in open(os.path.join(two['out_dir'], 'report.md')).read()  # The folder's own name.
+  names = [e['name'] for e in json.load(open(os.path.join(trained_workdir, 'model_card.json')))['evaluations']]
+  assert os.path.basename(one['out_dir']) in names and os.path.basename(two['out_dir']) in names
+
+
+def test_two_explain_folders_of_one_name_are_not_mixed(trained_workdir, synthetic_root, tmp_path):
+  summaries = []
+  for site, per_class in (('site-a', 2), ('site-b', 1)):
+    folder = write_image_folder(str(tmp_path / site / 'scans'), per_class, seed=per_class)
+    config = _eval_config('', synthetic_root)
+    config.explain.dir = folder
+    summaries.append(explain.explain_folder(config, trained_workdir))
+  a, b = summaries
+  assert a['out_dir'] != b['out_dir'] and (a['n_images'], b['n_images']) == (6, 3)
+  kept = json.load(open(os.path.join(a['out_dir'], 'explain.json')))
+  assert kept['n_images'] == 6 and all(r['overlay'].startswith(a['out_dir']) for r in kept['images'])
+
+
+# ---- High 3: a folder's files as one unit ----------------------------------------------------------------------
+
+
+def test_begin_finish_check_a_unit(tmp_path, caplog):
+  folder = str(tmp_path / 'report')
+  assert workdir.unit_problems(folder) is None
+  assert workdir.check_unit(folder) is False and 'no .complete marker' in caplog.text
+  workdir.begin_unit(folder)
+  workdir.write_text(os.path.join(folder, 'metrics.json'), '{}')
+  with pytest.raises(workdir.IncompleteFolderError, match=r'report is incomplete: its writer .* stopped before'):
+    workdir.check_unit(folder)
+  workdir.write_text(os.path.join(folder, 'report.md'), 'report')
+  workdir.finish_unit(folder, ['metrics.json', 'report.md'])
+  assert workdir.check_unit(folder) is True
+  workdir.write_text(os.path.join(folder, 'report.md'), 'another run')
+  with pytest.raises(workdir.IncompleteFolderError, match='report.md changed after'):
+    workdir.check_unit(folder)
+  os.remove(os.path.join(folder, 'metrics.json'))
+  with pytest.raises(workdir.IncompleteFolderError, match='metrics.json is missing'):
+    workdir.check_unit(folder)
+  with pytest.raises(workdir.IncompleteFolderError, match='predictions.csv was not written'):
+    workdir.finish_unit(folder, ['predictions.csv'])
+
+
+def test_kill_9_midway_leaves_a_folder_readers_call_incomplete(tmp_path):
+  folder = str(tmp_path / 'eval' / 'val')
+  workdir.begin_unit(folder)
+  for name in ('metrics.json', 'report.md', 'predictions.csv'):  # The previous run's, complete.
+    workdir.write_text(os.path.join(folder, name), f'old {name}')
+  workdir.finish_unit(folder, ['metrics.json', 'report.md', 'predictions.csv'])
+  script = ('import os, signal, sys\nfrom lungjax import workdir\n'
+            f'folder = {folder!r}\nworkdir.begin_unit(folder)\n'
+            'workdir.write_json(os.path.join(folder, "metrics.json"), {"n_images": 2})\n'
+            'os.kill(os.getpid(), signal.SIGKILL)\n')
+  killed = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True, check=False)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  assert open(os.path.join(folder, 'report.md')).read() == 'old report.md'  # Looks complete, is not:
+  with pytest.raises(workdir.IncompleteFolderError, match='stopped before finishing it'):
+    workdir.check_unit(folder)
+  with pytest.raises(workdir.IncompleteFolderError, match='validation report .*eval/val is incomplete'):
+    model_card.model_card(str(tmp_path), tiny.get_config(), {}, {}, None)
+
+
+def test_eval_writes_its_folder_as_a_unit_and_a_half_rewrite_is_caught(trained_workdir, synthetic_root, tmp_path,
+                                                                      monkeypatch):
+  folder = write_image_folder(str(tmp_path / 'unit'), 1, seed=8)
+  metrics = evaluate.evaluate_checkpoint(_eval_config(folder, synthetic_root), trained_workdir, ['eval.dir'])
+  out_dir = metrics['out_dir']
+  marker = json.load(open(os.path.join(out_dir, workdir.COMPLETE)))
+  assert marker['complete'] is True and {'metrics.json', 'report.md', 'report.html', 'predictions.csv',
+                                         'confusion_matrix.png'} <= set(marker['files'])
+  assert workdir.check_unit(out_dir) is True
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt('killed after metrics.json')
+  monkeypatch.setattr(report_html, 'write_report_html', killed)
+  with pytest.raises(KeyboardInterrupt):
+    evaluate.evaluate_checkpoint(_eval_config(folder, synthetic_root), trained_workdir, ['eval.dir'])
+  with pytest.raises(workdir.IncompleteFolderError, match='stopped before finishing'):
+    workdir.check_unit(out_dir)
+
+
+def test_load_refuses_a_run_whose_final_outputs_are_incomplete(trained_workdir, tmp_path):
+  assert workdir.check_unit(trained_workdir) is True  # Training wrote summary.json ... and the marker last.
+  run = str(tmp_path / 'copy')
+  shutil.copytree(trained_workdir, run)
+  inference.load(run)
+  summary = os.path.join(run, 'summary.json')
+  workdir.write_text(summary, open(summary).read().replace('"best_step"', '"best_step" ', 1))
+  with pytest.raises(workdir.IncompleteFolderError, match=r'summary.json changed.*Rerun its training'):
+    inference.load(run)
+  workdir.begin_unit(run)  # A training killed while it wrote them.
+  with pytest.raises(workdir.IncompleteFolderError, match='stopped before finishing'):
+    inference.load(run)
+
+
+def test_a_corrupt_json_in_a_workdir_names_the_file(tmp_path):
+  card = tmp_path / 'model_card.json'
+  card.write_text('{"model": {"best_step": 3}, "evalu')  # Cut short (a full disk in an older lungjax).
+  with pytest.raises(workdir.CorruptFileError, match='model_card.json is not valid JSON'):
+    report_html.run_card(str(tmp_path), 3)
