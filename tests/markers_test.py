@@ -116,3 +116,17 @@ def test_only_the_border_band_holds_markers():
   far = plant(far_HW, 'R', 150, 70, 20, 250)
   assert covered(near, markers.find_markers(near_HW)) >= 0.5
   assert 70 > markers.EDGE_BAND * 400 and markers.find_markers(far_HW) == []
+
+
+@needs_font
+def test_the_lung_overlap_benchmark_counts_marker_pixels_on_the_lungs():
+  from benchmarks import markers_lungs  # pylint: disable=g-import-not-at-top
+  grey_HW = film()
+  box = plant(grey_HW, 'R', 20, 20, 20, 250)
+  lungs_HW = np.zeros(grey_HW.shape, bool)
+  lungs_HW[box[0]:box[0] + 10, box[1]:box[1] + 10] = True  # A "lung" under part of the letter.
+  row = markers_lungs.film_overlap(grey_HW, lungs_HW)
+  assert row['n_markers'] == 1 and row['lung_pixels'] == 100 == row['markers'][0]['lung_pixels']
+  given = markers_lungs.film_overlap(grey_HW, lungs_HW, predicted_HW=lungs_HW)  # The detector told of the lungs.
+  assert given['lung_pixels'] == 0
+  assert markers_lungs.summarise([row, given])['films_with_lung_pixels'] == 1
