@@ -157,10 +157,13 @@ class Model:
     state: the restored steps.TrainState, every array verified against the checkpoint's checksums.
     checkpoint_step: the training step of the restored checkpoint.
     workdir: the folder the run trained in.
+    run_fingerprint: the run fingerprint the checkpoint was saved with (its 'run' fields: model, classes, the
+      training and validation files' digests ...), None for a model not read from a checkpoint.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, module: nn.Module, state: steps.TrainState,
-               checkpoint_step: int, workdir: str):
+               checkpoint_step: int, workdir: str, run_fingerprint: dict[str, Any] | None = None):
+    self.run_fingerprint = run_fingerprint
     self.config = config
     self.module = module
     self.state = state
@@ -319,4 +322,4 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
                                           config=config)
   finally:
     manager.close()
-  return Model(config, module, restored.state, restored.step, workdir)
+  return Model(config, module, restored.state, restored.step, workdir, restored.fingerprint)
