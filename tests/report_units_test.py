@@ -159,3 +159,41 @@ def test_a_corrupt_json_in_a_workdir_names_the_file(tmp_path):
   card.write_text('{"model": {"best_step": 3}, "evalu')  # Cut short (a full disk in an older lungjax).
   with pytest.raises(workdir.CorruptFileError, match='model_card.json is not valid JSON'):
     report_html.run_card(str(tmp_path), 3)
+
+
+# ---- Low 3: on_mismatch=fresh sets the old run's reports aside --------------------------------------------------
+
+
+def test_set_aside_moves_only_lungjaxs_report_folders(tmp_path):
+  run = str(tmp_path / 'run')
+  ours = os.path.join(run, 'eval', 'folder-x-12345678')
+  workdir.write_text(os.path.join(ours, 'metrics.json'), '{}')
+  workdir.write_json(os.path.join(run, 'calibration.json'), {'temperature': 2.0})
+  theirs = os.path.join(run, 'eval', 'my notes')
+  os.makedirs(theirs)
+  open(os.path.join(theirs, 'n.txt'), 'w').write('mine')
+  moved = workdir.set_aside_reports(run, os.path.join(run, 'reports.replaced-1'))
+  assert moved == [os.path.join('eval', 'folder-x-12345678'), 'calibration.json']
+  assert os.listdir(os.path.join(run, 'eval')) == ['my notes'] and not os.path.exists(os.path.join(run, 'calibration.json'))
+  assert os.path.isfile(os.path.join(run, 'reports.replaced-1', 'eval', 'folder-x-12345678', 'metrics.json'))
+
+
+def test_a_fresh_start_leaves_no_old_report_beside_the_new_run(trained_workdir, synthetic_root, tmp_path):
+  from lungjax import train  # pylint: disable=g-import-not-at-top
+  run = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, run)
+  folder = write_image_folder(str(tmp_path / 'ext'), 1, seed=11)
+  old = evaluate.evaluate_checkpoint(_eval_config(folder, synthetic_root), run, ['eval.dir'])['out_dir']
+  config = tiny.get_config()
+  config.data.root = synthetic_root
+  config.seed = 5  # Another run: refused unless on_mismatch=fresh.
+  config.train.num_epochs = 1
+  config.checkpoint.on_mismatch = 'fresh'
+  train.train_and_evaluate(config, run)
+  assert not os.path.exists(old)  # The old model's report is not beside the new run ...
+  aside = [n for n in os.listdir(run) if n.startswith('reports.replaced-')]
+  assert len(aside) == 1  # ... but set aside, whole.
+  assert os.path.isfile(os.path.join(run, aside[0], 'eval', os.path.basename(old), 'metrics.json'))
+  assert workdir.check_unit(os.path.join(run, aside[0], 'eval', os.path.basename(old))) is True
+  assert sorted(os.listdir(os.path.join(run, 'eval'))) == ['test', 'val']  # The new run's own.
+  assert workdir.check_unit(run) is True and inference.load(run).checkpoint_step == 6
