@@ -197,3 +197,41 @@ def test_a_fresh_start_leaves_no_old_report_beside_the_new_run(trained_workdir, 
   assert workdir.check_unit(os.path.join(run, aside[0], 'eval', os.path.basename(old))) is True
   assert sorted(os.listdir(os.path.join(run, 'eval'))) == ['test', 'val']  # The new run's own.
   assert workdir.check_unit(run) is True and inference.load(run).checkpoint_step == 6
+
+
+# ---- Low 4: kill -9 during predict --gradcam_dir ---------------------------------------------------------------
+
+
+def test_kill_9_mid_overlay_lists_no_truncated_overlay(trained_workdir, tmp_path):
+  scans = write_image_folder(str(tmp_path / 'scans'), 1, seed=12)
+  out = str(tmp_path / 'overlays')
+  # Killed after the second overlay's bytes are written to its temporary file, before the rename.
+  script = ('import os, signal, sys\nfrom lungjax import predict\n'
+            'real, count = os.replace, [0]\n'
+            'def replace(src, dst, **kwargs):\n'
+            '  if str(dst).endswith(".gradcam.png"):\n'
+            '    count[0] += 1\n'
+            '    if count[0] == 2:\n'
+            '      os.kill(os.getpid(), signal.SIGKILL)\n'
+            '  return real(src, dst, **kwargs)\n'
+            'os.replace = replace\n'
+            f'predict.predict_cli({trained_workdir!r}, [{scans!r}], {out!r})\n')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  killed = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=False, timeout=600)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  manifest = json.load(open(os.path.join(out, workdir.MANIFEST)))
+  assert len(manifest['files']) == 1 and len(manifest['pending']) >= 1  # The killed one: claimed, not listed.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in manifest['files']:  # Every listed overlay is whole.
+    with Image.open(os.path.join(out, name)) as image:
+      image.load()
+  for name in manifest['pending']:
+    assert not os.path.exists(os.path.join(out, name))  # Never half a file at a listed or claimed name.
+  # The rerun writes them all (its own claimed names), and lists each once whole.
+  again = subprocess.run([sys.executable, '-m', 'lungjax.predict', f'--workdir={trained_workdir}',
+                          f'--gradcam_dir={out}', scans], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=False, timeout=600)
+  assert again.returncode == 0, again.stderr[-2000:]
+  manifest = json.load(open(os.path.join(out, workdir.MANIFEST)))
+  assert len(manifest['files']) == 3 and manifest['pending'] == []
