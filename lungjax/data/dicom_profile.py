@@ -45,7 +45,8 @@ def table() -> tuple[dict[tuple[int, int], str], tuple[tuple[int, int, int, int,
   try:
     from dicomanonymizer import dicomfields_selector  # pylint: disable=g-import-not-at-top
   except ImportError as error:
-    raise ProfileUnavailableError(f'the DICOM confidentiality profile needs dicom-anonymizer: {INSTALL_HINT}') from error
+    raise ProfileUnavailableError(
+        f'the DICOM confidentiality profile needs dicom-anonymizer: {INSTALL_HINT}') from error
   categories = dicomfields_selector.dicom_anonymization_database_selector(PROFILE_EDITION)
   strictest = {'D_TAGS': 'D', 'Z_TAGS': 'Z', 'X_TAGS': 'X', 'U_TAGS': 'U', 'Z_D_TAGS': 'Z', 'X_Z_TAGS': 'X',
                'X_D_TAGS': 'X', 'X_Z_D_TAGS': 'X', 'X_Z_U_STAR_TAGS': 'X'}
