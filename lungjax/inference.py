@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 from PIL import Image
 
@@ -306,7 +307,11 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
   workdir = os.fspath(workdir)
   # The run's final outputs (summary.json, calibration.json: the served temperature) as one unit: a training killed
   # while writing them left a temperature that may be another checkpoint's (issue 26 High 3).
-  if problems := workdir_lib.unit_problems(workdir):
+  problems = workdir_lib.unit_problems(workdir) or []
+  for problem in [p for p in problems if p.endswith(' is missing')]:  # Deleted by hand after the run: as if never
+    logging.warning('%s: %s since the run finished (deleted by hand?): served without it', workdir, problem)
+    problems.remove(problem)  # written (no calibration.json: temperature 1.0).
+  if problems:
     raise workdir_lib.IncompleteFolderError(
         f'{workdir}: the run\'s final outputs (summary.json, calibration.json) are incomplete: ' + '; '.join(problems) +
         '. Rerun its training command: it resumes from the last checkpoint and writes them again')

@@ -149,6 +149,12 @@ def test_load_refuses_a_run_whose_final_outputs_are_incomplete(trained_workdir, 
   workdir.write_text(summary, open(summary).read().replace('"best_step"', '"best_step" ', 1))
   with pytest.raises(workdir.IncompleteFolderError, match=r'summary.json changed.*Rerun its training'):
     inference.load(run)
+  os.remove(os.path.join(run, 'summary.json'))  # Deleted by hand after the run: served, with a warning.
+  workdir.write_text(summary, '{}')
+  with pytest.raises(workdir.IncompleteFolderError, match='summary.json changed'):
+    inference.load(run)
+  os.remove(summary)
+  inference.load(run)
   workdir.begin_unit(run)  # A training killed while it wrote them.
   with pytest.raises(workdir.IncompleteFolderError, match='stopped before finishing'):
     inference.load(run)
