@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -165,8 +164,7 @@ def _check_settings(config: ml_collections.ConfigDict, workdir: str, has_checkpo
   path = os.path.join(stage_dir(workdir), 'settings.json')
   current = _settings(config)
   if has_checkpoint and os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = workdir_lib.read_json(path)  # CorruptFileError names a settings.json cut short.
     changed = [f'{field} was {saved.get(field)!r}, now {value!r}' for field, value in current.items()
                if saved.get(field) != value]
     if changed:

@@ -465,9 +465,12 @@ def resume(manager: ocp.CheckpointManager, workdir: str, checkpoint_config: ml_c
   data_iter.set_state(initial_iter_state)
   if manager.all_steps():  # Another run's checkpoints, set aside on request.
     manager.close()
-    aside = f'{checkpoint_dir(workdir)}.replaced-{time.strftime("%Y%m%dT%H%M%S")}'
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = f'{checkpoint_dir(workdir)}.replaced-{stamp}'
     shutil.move(checkpoint_dir(workdir), aside)
     logging.warning('moved the other run\'s checkpoints to %s', aside)
+    # Its reports (eval/, explain/ ...) and temperature too: none is read as the new run's (issue 26 Low 3).
+    workdir_lib.set_aside_reports(workdir, os.path.join(workdir, f'reports.replaced-{stamp}'))
     manager = create_manager(workdir, checkpoint_config)
   return manager, None
 

@@ -155,9 +155,12 @@ def read_subgroups(table_path: str, subgroups: str, file_column: str = metadata_
 
 
 def default_out_dir(workdir_a: str, workdir_b: str, folder: str) -> str:
-  """WORKDIR_A/compare/<basename of B>-<basename of FOLDER>."""
-  folder_name = 'validation' if folder == evaluate.VALIDATION else os.path.basename(os.path.normpath(folder))
-  name = f'{os.path.basename(os.path.normpath(workdir_b))}-{folder_name}'
+  """WORKDIR_A/compare/<basename of B>-<basename of FOLDER>-<hash of both resolved paths>: another run B or another
+  folder of the same base names gets its own folder (issue 26 High 2; workdir.folder_identity)."""
+  validation = folder == evaluate.VALIDATION
+  folder_name = 'validation' if validation else os.path.basename(os.path.normpath(folder))
+  digest = workdir_lib.folder_identity([workdir_b] if validation else [workdir_b, folder])[-8:]
+  name = f'{os.path.basename(os.path.normpath(workdir_b))}-{folder_name}-{digest}'
   return os.path.join(workdir_a, 'compare', name)
 
 

@@ -18,7 +18,8 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, report_html, steps
-from lungjax import calibration as calibration_lib, distributed, inference, model_card, progress
+from lungjax import calibration as calibration_lib, distributed, fingerprint as fingerprint_lib, inference
+from lungjax import model_card, progress
 from lungjax import workdir as workdir_lib
 from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, preprocess, sources as sources_lib
 
@@ -322,6 +323,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         sized.data.mask_markers = run_config.data.get('mask_markers', False)
       if folder == VALIDATION:
         data = loading.load_training_data(sized)
+        check_validation_split(data, model, f'{member}')  # Another root re-splits: refused (issue 26 High 4).
         decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())
       else:
         decoded_by_size[size] = loading.load_folders(folder, sized, folder_names)  # 'A,B': one source each.
@@ -358,6 +360,30 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   if distributed.is_main_process():
     model_card.append_evaluation(workdir, metrics, name)
   return {**metrics, 'out_dir': out_dir}
+
+
+class ValidationMismatchError(ValueError):
+  """config.eval.dir=@validation split other images than the run's validation split (another config.data.root)."""
+
+
+def check_validation_split(data: loading.TrainingData, model: inference.Model, where: str) -> None:
+  """ValidationMismatchError unless the validation split made now is the one the checkpoint's run validated on: the
+  same number of images and the same sha256 over (relative path, label, pixel hash) its fingerprint recorded
+  (`val_files`). A checkpoint without that record (an older lungjax) gets a warning."""
+  recorded = (model.run_fingerprint or {}).get('run', {}).get('val_files')
+  if not recorded:
+    logging.warning('%s: checkpoint step %d records no validation files (an older lungjax): cannot check that '
+                    'config.eval.dir=@validation gives the run\'s validation images', where, model.checkpoint_step)
+    return
+  current = fingerprint_lib.files_digest(data.val, data.train_folder.folder)
+  if current != recorded:
+    raise ValidationMismatchError(
+        f'config.eval.dir={VALIDATION} with config.data.root={data.root!r}: the split made now holds '
+        f'{current["n"]} validation images, but the run of {where} (checkpoint step {model.checkpoint_step}) '
+        f'validated on {recorded["n"]} other ones (validation files\' sha256 {current["sha256"][:12]} != '
+        f'{recorded["sha256"][:12]}): they would be reported as validation while some may be training images. '
+        'Pass the run\'s own config.data.root (or none: config.json\'s), or evaluate another folder with '
+        'config.eval.dir=FOLDER')
 
 
 def training_images(config: ml_collections.ConfigDict, workdir: str

@@ -121,7 +121,8 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
 
   The folder holds class sub-folders (true labels known) or images directly (labels unknown). Output goes to
   workdir/explain/<folder name>-<hash of its resolved path>/ (workdir.folder_identity), mirroring the class
-  sub-folders ('Covid/x.jpg' → 'Covid/x.jpg.gradcam.png'), written as one unit (its .complete last); a file there that lungjax did not write, or that is one of the inputs, is an error (workdir.claim_outputs).
+  sub-folders ('Covid/x.jpg' → 'Covid/x.jpg.gradcam.png'), written as one unit (its .complete last); a file there
+  that lungjax did not write, or that is one of the inputs, is an error (workdir.claim_outputs).
   The model, classes and image size come from the run's config.json: `config` may change only
   checkpoints.INFERENCE_FIELDS, and an `overridden` field (None: any field) that differs is a ValueError
   (checkpoints.run_config_for_inference).
@@ -165,7 +166,8 @@ def explain_folder(config: ml_collections.ConfigDict, workdir: str,
   shown = min(len(rows), GALLERY_MAX_IMAGES)
   overlays_NHWC = np.stack([overlay(decoded.images_NHWC[i], heatmaps_NHW[i]) for i in range(shown)])
   gallery = os.path.join(out_dir, 'gallery.png')
-  caption = f'Grad-CAM of {config.explain.layer} on {workdir_lib.legacy_folder_name([folder])}, checkpoint step {model.checkpoint_step}'
+  caption = (f'Grad-CAM of {config.explain.layer} on {workdir_lib.legacy_folder_name([folder])}, checkpoint step '
+             f'{model.checkpoint_step}')
   if shown < len(rows):
     caption += f' (first {shown} of {len(rows)} images)'
   plot_gallery(overlays_NHWC, titles[:shown], colours[:shown], gallery, caption)

@@ -27,7 +27,7 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def _files_digest(decoded: images.DecodedImages, folder: str) -> dict[str, Any]:
+def files_digest(decoded: images.DecodedImages, folder: str) -> dict[str, Any]:
   """The number of images and one sha256 over (relative path, label, pixel hash) in order."""
   digest = hashlib.sha256()
   for path, label, pixel_hash in zip(decoded.paths, decoded.labels_N.tolist(), decoded.pixel_hashes):
@@ -47,7 +47,7 @@ def _sources(config: ml_collections.ConfigDict, data: Any) -> dict[str, Any]:
   described = []
   for s, (name, folder, mapping) in enumerate(zip(names, folders, mappings)):
     described.append({'name': name, 'folder': os.path.abspath(folder), 'class_names': mapping,
-                      'files': _files_digest(decoded.subset(np.flatnonzero(sources_N == s)), folder)})
+                      'files': files_digest(decoded.subset(np.flatnonzero(sources_N == s)), folder)})
   return {'sources': described, 'source_weighting': run_fields.value(config, 'train.source_weighting')}
 
 
@@ -81,8 +81,8 @@ def run_fingerprint(config: ml_collections.ConfigDict, data: Any, abstract_state
       'run': {
           **record,
           'param_dtypes': dtypes,
-          'train_files': _files_digest(data.train, folder),
-          'val_files': _files_digest(data.val, folder),
+          'train_files': files_digest(data.train, folder),
+          'val_files': files_digest(data.val, folder),
           'process_count': jax.process_count(),
           'loader_threads': loader_threads,
           **extra,  # Only with several sources or preprocessing: the study's fingerprints are unchanged.

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 from PIL import Image
 
@@ -159,10 +160,13 @@ class Model:
     state: the restored steps.TrainState, every array verified against the checkpoint's checksums.
     checkpoint_step: the training step of the restored checkpoint.
     workdir: the folder the run trained in.
+    run_fingerprint: the run fingerprint the checkpoint was saved with (its 'run' fields: model, classes, the
+      training and validation files' digests ...), None for a model not read from a checkpoint.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, module: nn.Module, state: steps.TrainState,
-               checkpoint_step: int, workdir: str):
+               checkpoint_step: int, workdir: str, run_fingerprint: dict[str, Any] | None = None):
+    self.run_fingerprint = run_fingerprint
     self.config = config
     self.module = module
     self.state = state
@@ -306,7 +310,11 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
   workdir = os.fspath(workdir)
   # The run's final outputs (summary.json, calibration.json: the served temperature) as one unit: a training killed
   # while writing them left a temperature that may be another checkpoint's (issue 26 High 3).
-  if problems := workdir_lib.unit_problems(workdir):
+  problems = workdir_lib.unit_problems(workdir) or []
+  for problem in [p for p in problems if p.endswith(' is missing')]:  # Deleted by hand after the run: as if never
+    logging.warning('%s: %s since the run finished (deleted by hand?): served without it', workdir, problem)
+    problems.remove(problem)  # written (no calibration.json: temperature 1.0).
+  if problems:
     raise workdir_lib.IncompleteFolderError(
         f'{workdir}: the run\'s final outputs (summary.json, calibration.json) are incomplete: ' + '; '.join(problems) +
         '. Rerun its training command: it resumes from the last checkpoint and writes them again')
@@ -321,4 +329,4 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
                                    fallback=config.checkpoint.get('fallback_to_good_step', False), config=config)
   finally:
     manager.close()
-  return Model(config, module, restored.state, restored.step, workdir)
+  return Model(config, module, restored.state, restored.step, workdir, restored.fingerprint)

@@ -99,7 +99,8 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
   report (workdir.check_unit), unless the caller drops the card's validation entry."""
   classes = tuple(config.data.classes)
   run = run_fingerprint.get('run', {})
-  if check_validation and os.path.isdir(os.path.join(workdir, 'eval', 'val')):  # IncompleteFolderError: a report half rewritten.
+  # IncompleteFolderError: a validation report half rewritten (a kill -9 while it was written).
+  if check_validation and os.path.isdir(os.path.join(workdir, 'eval', 'val')):
     workdir_lib.check_unit(os.path.join(workdir, 'eval', 'val'), 'the validation report')
   validation = _read_json(os.path.join(workdir, 'eval', 'val', 'metrics.json'))
   calibration = _read_json(os.path.join(workdir, 'calibration.json'))

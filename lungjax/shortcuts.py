@@ -392,17 +392,18 @@ def _check_out_dir(out_dir: str) -> None:
     raise FileExistsError(f'{out_dir!r} holds {present} that --mode=shortcuts did not write: move them away first')
 
 
-def _load(config: ml_collections.ConfigDict) -> tuple[str, loading.FolderImages]:
-  """The folder's name and its decoded images (config.eval.dir; '@validation': the run's validation split)."""
+def _load(config: ml_collections.ConfigDict) -> tuple[str, loading.FolderImages, loading.TrainingData | None]:
+  """The folder's name, its decoded images (config.eval.dir; '@validation': the run's validation split) and, for
+  '@validation', the training data it was split from."""
   folder = config.eval.dir
   if folder == evaluate.VALIDATION:
     data = loading.load_training_data(config)
-    return 'validation', loading.FolderImages(data.train_folder.folder, data.val, ())
+    return 'validation', loading.FolderImages(data.train_folder.folder, data.val, ()), data
   if not os.path.isdir(folder):
     raise FileNotFoundError(f'config.eval.dir={folder!r} is not a folder')
   folder_names = folders.parse_folder_names(config.eval.class_names, config.data.classes)
   loaded = loading.load_folder(folder, config, require_all_classes=False, folder_names=folder_names)
-  return workdir_lib.folder_identity([folder]), loaded  # Same base name, other folder: its own output.
+  return workdir_lib.folder_identity([folder]), loaded, None  # Same base name, other folder: its own output.
 
 
 def region_of(config: ml_collections.ConfigDict) -> str:
@@ -423,7 +424,7 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   config = checkpoints.run_config_for_inference(workdir, config, overridden)
   if not config.eval.dir:
     raise ValueError('--mode=shortcuts needs a folder of class sub-folders: pass --config.eval.dir=FOLDER')
-  name, loaded = _load(config)
+  name, loaded, split_from = _load(config)
   out_dir = os.path.join(workdir, 'shortcuts', name)
   _check_out_dir(out_dir)
   decoded = loaded.decoded
@@ -433,6 +434,8 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.eval.batch_size, mesh, 'config.eval.batch_size')
   model = inference.load(workdir, config=config, mesh=mesh)
+  if split_from is not None:  # '@validation' of another root: refused (issue 26 High 4).
+    evaluate.check_validation_split(split_from, model, workdir)
   step = model.checkpoint_step
   eval_step = steps.jit_eval_step(model.module, mesh)
 

@@ -229,6 +229,46 @@ def legacy_folder_name(folders: Sequence[str]) -> str:
   return '+'.join(os.path.basename(os.path.normpath(f.strip())) for f in folders if f.strip())
 
 
+# ---- a replaced run's reports (issue 26 Low 3) ---------------------------------------------------------------
+
+REPORT_FOLDERS = ('eval', 'explain', 'shortcuts', 'compare')  # WORKDIR/<kind>/<name>/: reports on one checkpoint.
+_OLD_RUN_FILES = ('calibration.json',)  # Fitted for the old run's checkpoint: never served with a new one.
+
+
+def set_aside_reports(workdir: str, aside: str) -> list[str]:
+  """Moves the reports of a replaced run (on_mismatch=fresh) out of workdir into `aside`, keeping their paths
+  ('eval/folder-x-1a2b3c4d' → aside/eval/folder-x-1a2b3c4d), so none is read as the new run's: every folder of
+  REPORT_FOLDERS lungjax wrote (its manifest or completion marker says so) and the old calibration.json. A folder
+  lungjax did not write is left where it is, with a warning. Returns the moved paths (relative to workdir)."""
+  moved = []
+  if not distributed.is_main_process():
+    return moved
+  for kind in REPORT_FOLDERS:
+    parent = os.path.join(workdir, kind)
+    if not os.path.isdir(parent) or os.path.islink(parent):
+      continue
+    for name in sorted(os.listdir(parent)):
+      folder = os.path.join(parent, name)
+      if os.path.islink(folder) or not os.path.isdir(folder):
+        continue
+      if not (os.path.isfile(os.path.join(folder, MANIFEST)) or os.path.isfile(os.path.join(folder, COMPLETE))):
+        logging.warning('%s: not set aside with the replaced run (lungjax did not write it: no %s)', folder,
+                        MANIFEST)
+        continue
+      os.makedirs(os.path.join(aside, kind), exist_ok=True)
+      os.replace(folder, os.path.join(aside, kind, name))  # A rename: the folder moves whole, or not at all.
+      moved.append(os.path.join(kind, name))
+  for name in _OLD_RUN_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) and not os.path.islink(path) and name in _read_manifest(workdir):
+      os.makedirs(aside, exist_ok=True)
+      os.replace(path, os.path.join(aside, name))
+      moved.append(name)
+  if moved:
+    logging.warning('set the replaced run\'s reports aside in %s: %s', aside, ', '.join(moved))
+  return moved
+
+
 # ---- a folder's files as one unit (issue 26 High 3) --------------------------------------------------------------
 #
 # A report folder (eval/<name>, explain/<name>, shortcuts/<name>, a compare --out, the run's final outputs) is one

@@ -118,7 +118,11 @@ def test_runs_trained_on_different_classes_are_refused_naming_both(tmp_path):
 
 
 def test_default_out_dir_is_under_workdir_a():
-  assert compare.default_out_dir('/runs/a', '/runs/b/', '/data/external set/') == '/runs/a/compare/b-external set'
+  out_dir = compare.default_out_dir('/runs/a', '/runs/b/', '/data/external set/')
+  assert out_dir.startswith('/runs/a/compare/b-external set-') and len(os.path.basename(out_dir)) == len('b-external set-') + 8
+  assert compare.default_out_dir('/runs/a', '/runs/b', '/data/external set') == out_dir
+  assert compare.default_out_dir('/runs/a', '/other/b', '/data/external set') != out_dir  # Another run named b.
+  assert compare.default_out_dir('/runs/a', '/runs/b', '/site2/external set') != out_dir  # Another folder.
 
 
 def _result():
@@ -179,7 +183,7 @@ def test_a_run_compared_with_itself(two_runs, synthetic_root):
   _, workdir = two_runs[0]
   folder = os.path.join(synthetic_root, 'test')
   result = compare.compare_runs(workdir, workdir, folder, n_bootstrap=100)
-  assert result['out_dir'] == os.path.join(workdir, 'compare', f'{os.path.basename(workdir)}-test')
+  assert result['out_dir'] == compare.default_out_dir(workdir, workdir, folder)
   assert result['difference'] == {'accuracy': [0.0, 0.0, 0.0], 'macro_recall': [0.0, 0.0, 0.0]}
   assert result['mcnemar_p'] == 1.0 and result['n_images'] == 12
   assert result['a']['checkpoint_step'] == json.load(open(os.path.join(workdir, 'summary.json')))['best_step']
@@ -190,7 +194,8 @@ def test_a_run_compared_with_itself(two_runs, synthetic_root):
 def test_two_runs_compared_on_their_validation_split(two_runs):
   (_, workdir_a), (_, workdir_b) = two_runs
   result = compare.compare_runs(workdir_a, workdir_b, '@validation', n_bootstrap=100)
-  assert result['out_dir'] == os.path.join(workdir_a, 'compare', f'{os.path.basename(workdir_b)}-validation')
+  assert result['out_dir'] == compare.default_out_dir(workdir_a, workdir_b, '@validation')
+  assert os.path.basename(result['out_dir']).startswith(f'{os.path.basename(workdir_b)}-validation-')
   for key, workdir in (('a', workdir_a), ('b', workdir_b)):
     validated = json.load(open(os.path.join(workdir, 'eval', 'val', 'metrics.json')))
     assert result['n_images'] == validated['n_images']

@@ -238,3 +238,58 @@ def test_an_8_bit_dicom_is_read_as_the_same_png_is_not_stretched(tmp_path):
   np.testing.assert_array_equal(images.load_image(path, 32).pixels_HWC, images.load_image(png, 32).pixels_HWC)
   twelve = decoded(write_dicom(tmp_path / 'twelve.dcm', stored_HW * 16, bits_stored=12))
   assert (twelve.min(), twelve.max()) == (0, 255)  # Deeper than 8 bits and no window: its full range, as before.
+
+
+def test_strip_applies_the_confidentiality_profile_at_every_depth(tmp_path):
+  """Issue 26 High 7: attributes beyond the old list, and a PersonName inside ContentSequence, are listed by the
+  audit and gone from the copy that says PatientIdentityRemoved=YES."""
+  folder = tmp_path / 'scans'
+  folder.mkdir()
+  person = Dataset()
+  person.RelationshipType, person.ValueType, person.PersonName = 'CONTAINS', 'PNAME', 'Nurse^Ratched'
+  region = Dataset()  # A sequence the profile keeps: its items are cleaned all the same.
+  region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning = 'T-D3000', 'SRT', 'Chest'
+  region.PatientName = 'Doe^Nested'
+  request = Dataset()
+  request.RequestedProcedureID = 'RP-NESTED'
+  identifying = {
+      'AdmissionID': 'ADM-991', 'PlacerOrderNumberImagingServiceRequest': 'PLACER-17',
+      'FillerOrderNumberImagingServiceRequest': 'FILLER-18', 'RequestedProcedureID': 'RP-7',
+      'CurrentPatientLocation': 'Ward 9 bed 4', 'ContentCreatorName': 'Smith^John',
+      'InstanceCreationDate': '20200304', 'StudyDate': '20200304', 'ContentDate': '20200305'}
+  path = write_dicom(folder / 'a.dcm', picture().astype(np.uint16) * 16, **identifying,
+                     ContentSequence=pydicom.Sequence([person]), AnatomicRegionSequence=pydicom.Sequence([region]),
+                     RequestAttributesSequence=pydicom.Sequence([request]))
+  ds = pydicom.dcmread(path)
+  ds.add_new(0x60003000, 'OW', b'\x01\x00' * 8)  # Overlay data (a repeating group of the profile).
+  ds.add_new(0x60004000, 'LT', 'burnt-in name: Jane Doe')  # Overlay comments.
+  ds.save_as(path)
+  report = audit.run_audit([str(folder)], str(tmp_path / 'out'), strip_dir=str(tmp_path / 'clean'))
+  found = set(report['metadata'][0]['found'])
+  expected = {f'DICOM {k}' for k in (*identifying, 'PersonName', 'PatientName', 'RequestAttributesSequence',
+                                     'OverlayComments', 'OverlayData')}
+  assert expected <= found, expected - found
+  clean_path = tmp_path / 'clean' / 'scans' / 'a.dcm'
+  clean = pydicom.dcmread(clean_path)
+  raw = clean_path.read_bytes()
+  for value in (*identifying.values(), 'Nurse', 'Ratched', 'Doe', 'RP-NESTED', 'Jane'):
+    assert value.encode() not in raw, value
+  assert clean.PatientIdentityRemoved == 'YES'
+  assert clean.DeidentificationMethodCodeSequence[0].CodeValue == '113100'
+  assert dicom.identifying_tags(clean) == ()
+  assert clean.ContentSequence[0].PersonName == 'ANONYMIZED'  # D: a dummy; its sequence kept.
+  assert clean.AnatomicRegionSequence[0].CodeMeaning == 'Chest' and clean.AnatomicRegionSequence[0].PatientName == ''
+  assert 'RequestAttributesSequence' not in clean and 'AdmissionID' not in clean and 0x60003000 not in clean
+  assert clean.PixelData == pydicom.dcmread(path).PixelData
+
+
+def test_the_profile_table_is_the_standards(tmp_path):
+  from pydicom.tag import Tag  # pylint: disable=g-import-not-at-top
+  from lungjax.data import dicom_profile  # pylint: disable=g-import-not-at-top
+  exact, patterns = dicom_profile.table()
+  assert len(exact) > 600 and len(patterns) == 3
+  for keyword, action in (('PatientName', 'Z'), ('AdmissionID', 'X'), ('StudyInstanceUID', 'U'),
+                          ('PersonName', 'D'), ('InstitutionName', 'X'), ('Modality', None), ('Rows', None)):
+    assert dicom_profile.action_for(Tag(keyword)) == action, keyword
+  assert dicom_profile.action_for(Tag(0x0009, 0x1010)) == 'X'  # Private.
+  assert dicom_profile.action_for(Tag(0x6002, 0x3000)) == 'X'  # Overlay data of any overlay group.

@@ -68,7 +68,7 @@ def test_test_time_augmentation_averages_seeded_views(two_runs, synthetic_root):
 @pytest.mark.slow
 def test_validation_split_is_evaluated_as_training_made_it(two_runs):
   config, workdir = two_runs[0]
-  metrics, _, probabilities = _eval(config, workdir, evaluate.VALIDATION, 'validation')
+  metrics, _, probabilities = _eval(config, workdir, evaluate.VALIDATION)
   _, _, at_training_end = evaluate.read_predictions(os.path.join(workdir, 'eval', 'val', 'predictions.csv'), CLASSES)
   np.testing.assert_allclose(probabilities, at_training_end, atol=2e-6)
   assert metrics['n_images'] == len(at_training_end)

@@ -149,6 +149,12 @@ def test_load_refuses_a_run_whose_final_outputs_are_incomplete(trained_workdir, 
   workdir.write_text(summary, open(summary).read().replace('"best_step"', '"best_step" ', 1))
   with pytest.raises(workdir.IncompleteFolderError, match=r'summary.json changed.*Rerun its training'):
     inference.load(run)
+  os.remove(os.path.join(run, 'summary.json'))  # Deleted by hand after the run: served, with a warning.
+  workdir.write_text(summary, '{}')
+  with pytest.raises(workdir.IncompleteFolderError, match='summary.json changed'):
+    inference.load(run)
+  os.remove(summary)
+  inference.load(run)
   workdir.begin_unit(run)  # A training killed while it wrote them.
   with pytest.raises(workdir.IncompleteFolderError, match='stopped before finishing'):
     inference.load(run)
@@ -159,3 +165,79 @@ def test_a_corrupt_json_in_a_workdir_names_the_file(tmp_path):
   card.write_text('{"model": {"best_step": 3}, "evalu')  # Cut short (a full disk in an older lungjax).
   with pytest.raises(workdir.CorruptFileError, match='model_card.json is not valid JSON'):
     report_html.run_card(str(tmp_path), 3)
+
+
+# ---- Low 3: on_mismatch=fresh sets the old run's reports aside --------------------------------------------------
+
+
+def test_set_aside_moves_only_lungjaxs_report_folders(tmp_path):
+  run = str(tmp_path / 'run')
+  ours = os.path.join(run, 'eval', 'folder-x-12345678')
+  workdir.write_text(os.path.join(ours, 'metrics.json'), '{}')
+  workdir.write_json(os.path.join(run, 'calibration.json'), {'temperature': 2.0})
+  theirs = os.path.join(run, 'eval', 'my notes')
+  os.makedirs(theirs)
+  open(os.path.join(theirs, 'n.txt'), 'w').write('mine')
+  moved = workdir.set_aside_reports(run, os.path.join(run, 'reports.replaced-1'))
+  assert moved == [os.path.join('eval', 'folder-x-12345678'), 'calibration.json']
+  assert os.listdir(os.path.join(run, 'eval')) == ['my notes'] and not os.path.exists(os.path.join(run, 'calibration.json'))
+  assert os.path.isfile(os.path.join(run, 'reports.replaced-1', 'eval', 'folder-x-12345678', 'metrics.json'))
+
+
+def test_a_fresh_start_leaves_no_old_report_beside_the_new_run(trained_workdir, synthetic_root, tmp_path):
+  from lungjax import train  # pylint: disable=g-import-not-at-top
+  run = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, run)
+  folder = write_image_folder(str(tmp_path / 'ext'), 1, seed=11)
+  old = evaluate.evaluate_checkpoint(_eval_config(folder, synthetic_root), run, ['eval.dir'])['out_dir']
+  config = tiny.get_config()
+  config.data.root = synthetic_root
+  config.seed = 5  # Another run: refused unless on_mismatch=fresh.
+  config.train.num_epochs = 1
+  config.checkpoint.on_mismatch = 'fresh'
+  train.train_and_evaluate(config, run)
+  assert not os.path.exists(old)  # The old model's report is not beside the new run ...
+  aside = [n for n in os.listdir(run) if n.startswith('reports.replaced-')]
+  assert len(aside) == 1  # ... but set aside, whole.
+  assert os.path.isfile(os.path.join(run, aside[0], 'eval', os.path.basename(old), 'metrics.json'))
+  assert workdir.check_unit(os.path.join(run, aside[0], 'eval', os.path.basename(old))) is True
+  assert sorted(os.listdir(os.path.join(run, 'eval'))) == ['test', 'val']  # The new run's own.
+  assert workdir.check_unit(run) is True and inference.load(run).checkpoint_step == 6
+
+
+# ---- Low 4: kill -9 during predict --gradcam_dir ---------------------------------------------------------------
+
+
+def test_kill_9_mid_overlay_lists_no_truncated_overlay(trained_workdir, tmp_path):
+  scans = write_image_folder(str(tmp_path / 'scans'), 1, seed=12)
+  out = str(tmp_path / 'overlays')
+  # Killed after the second overlay's bytes are written to its temporary file, before the rename.
+  script = ('import os, signal, sys\nfrom lungjax import predict\n'
+            'real, count = os.replace, [0]\n'
+            'def replace(src, dst, **kwargs):\n'
+            '  if str(dst).endswith(".gradcam.png"):\n'
+            '    count[0] += 1\n'
+            '    if count[0] == 2:\n'
+            '      os.kill(os.getpid(), signal.SIGKILL)\n'
+            '  return real(src, dst, **kwargs)\n'
+            'os.replace = replace\n'
+            f'predict.predict_cli({trained_workdir!r}, [{scans!r}], {out!r})\n')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  killed = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True,
+                          check=False, timeout=600)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  manifest = json.load(open(os.path.join(out, workdir.MANIFEST)))
+  assert len(manifest['files']) == 1 and len(manifest['pending']) >= 1  # The killed one: claimed, not listed.
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for name in manifest['files']:  # Every listed overlay is whole.
+    with Image.open(os.path.join(out, name)) as image:
+      image.load()
+  for name in manifest['pending']:
+    assert not os.path.exists(os.path.join(out, name))  # Never half a file at a listed or claimed name.
+  # The rerun writes them all (its own claimed names), and lists each once whole.
+  again = subprocess.run([sys.executable, '-m', 'lungjax.predict', f'--workdir={trained_workdir}',
+                          f'--gradcam_dir={out}', scans], cwd=REPO, env=env, capture_output=True, text=True,
+                         check=False, timeout=600)
+  assert again.returncode == 0, again.stderr[-2000:]
+  manifest = json.load(open(os.path.join(out, workdir.MANIFEST)))
+  assert len(manifest['files']) == 3 and manifest['pending'] == []

@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lungjax.data import images
+from lungjax.data import dicom_profile, images
 
 DICOM_EXTENSIONS = ('.dcm', '.dicom')
 INSTALL_HINT = "pip install 'lungjax[dicom]'"
-# The attributes that identify a patient, taken from the most common of the DICOM basic application level
-# confidentiality profile (PS3.15 Annex E, table E.1-1): names, IDs, dates and places of the patient, the people and
-# institution that made the image, and free text about the patient. The audit lists those a file holds (never their
-# values) and --strip removes them, with every private tag; the instance UIDs are replaced instead (see UID_TAGS).
+# The most common attributes that identify a patient (names, IDs, dates and places of the patient, the people and
+# institution that made the image, free text). The audit and --strip go by the whole DICOM basic application level
+# confidentiality profile (PS3.15 Annex E, table E.1-1; data/dicom_profile.py), which holds all of these: this list
+# is checked as well, so that nothing here is ever left in a copy.
 IDENTIFYING_TAGS = (
     'PatientName', 'PatientID', 'IssuerOfPatientID', 'OtherPatientIDs', 'OtherPatientIDsSequence', 'OtherPatientNames',
     'PatientBirthName', 'PatientMotherBirthName', 'PatientBirthDate', 'PatientBirthTime', 'PatientAge', 'PatientSex',
@@ -288,37 +288,46 @@ def _walk(ds: Any) -> Any:
 
 
 def identifying_tags(ds: Any) -> tuple[str, ...]:
-  """The findings for the audit: 'DICOM <keyword>' of each IDENTIFYING_TAGS attribute present with a value (at any
-  depth), and 'DICOM private tags' when there are any; never their values."""
-  found, private = set(), False
+  """The findings for the audit: 'DICOM <keyword>' of every attribute of the PS3.15 basic confidentiality profile
+  (data/dicom_profile.py; and of IDENTIFYING_TAGS) present with a real value at any depth, and 'DICOM private tags'
+  when there are any; never their values."""
+  found = set(dicom_profile.findings(ds))
+  private = 'DICOM private tags' in found
+  found.discard('DICOM private tags')
   for dataset in _walk(ds):
-    found.update(k for k in IDENTIFYING_TAGS if k in dataset and dataset[k].value not in (None, '', b''))
-    private = private or any(element.tag.is_private for element in dataset)
-  return tuple(sorted(f'DICOM {k}' for k in found)) + (('DICOM private tags',) if private else ())
+    found.update(f'DICOM {k}' for k in IDENTIFYING_TAGS
+                 if k in dataset and dataset[k].VR != 'SQ' and dicom_profile.has_real_value(dataset[k]))
+    found.update(f'DICOM {k}' for k in IDENTIFYING_TAGS if k in dataset and dataset[k].VR == 'SQ' and
+                 dataset[k].value and dicom_profile.action_for(dataset[k].tag) != 'D')
+  return tuple(sorted(found)) + (('DICOM private tags',) if private else ())
 
 
 def write_stripped_copy(path: str, copy_path: str, root: str | None = None) -> list[str]:
-  """Writes `path` to the new file `copy_path` without IDENTIFYING_TAGS and private tags (at any depth), with
-  UID_TAGS replaced by one-way hashes of themselves and PatientIdentityRemoved set; the pixel data is not touched.
+  """Writes `path` to the new file `copy_path` de-identified by the DICOM PS3.15 Basic Application Level
+  Confidentiality Profile at every depth (data/dicom_profile.apply: its attributes removed, emptied or given dummy
+  values, UIDs replaced by one-way hashes of themselves, private tags removed), IDENTIFYING_TAGS removed too, and
+  PatientIdentityRemoved / DeidentificationMethod(CodeSequence) set; the pixel data is not touched. A copy in which
+  the audit still finds an identifying attribute is never written (ValueError naming them).
 
-  Returns what was removed. Never overwrites: FileExistsError names an existing copy_path.
+  Returns what was found (identifying_tags of the original). Never overwrites: FileExistsError names copy_path.
   """
   pydicom = _pydicom(path)
   ds = read(path)
   removed = list(identifying_tags(ds))
+  dicom_profile.apply(ds)
   for dataset in _walk(ds):
     for keyword in IDENTIFYING_TAGS:
-      if keyword in dataset:
+      if keyword in dataset and dicom_profile.action_for(dataset[keyword].tag) is None:  # Beyond the profile.
         delattr(dataset, keyword)
-  ds.remove_private_tags()
   for dataset in _walk(ds):
     for keyword in UID_TAGS:
-      if keyword in dataset:
+      if keyword in dataset and dicom_profile.action_for(dataset[keyword].tag) is None:  # Not hashed twice.
         setattr(dataset, keyword, pydicom.uid.generate_uid(entropy_srcs=[str(dataset[keyword].value)]))
   if 'SOPInstanceUID' in ds and getattr(ds, 'file_meta', None) is not None:
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-  ds.PatientIdentityRemoved = 'YES'
-  ds.DeidentificationMethod = 'lungjax audit --strip (basic profile tags)'  # LO: 64 characters at most.
+  dicom_profile.mark_deidentified(ds)
+  if left := identifying_tags(ds):  # The profile was applied: nothing may be left that the audit calls identifying.
+    raise ValueError(f'{path}: after the confidentiality profile its copy still holds {list(left)}: not written')
   buffer = io.BytesIO()
   ds.save_as(buffer)
   from lungjax import workdir  # pylint: disable=g-import-not-at-top

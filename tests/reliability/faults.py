@@ -912,6 +912,90 @@ def row_bounded_decoding(ctx: Context) -> Row:
   return row
 
 
+_KILL_AT = (  # python -c: runs lungjax.main with argv, kill -9 itself when the file named by argv[1] is renamed in.
+    'import os, runpy, signal, sys\n'
+    'target, real = sys.argv[1], os.replace\n'
+    'def replace(src, dst, **kwargs):\n'
+    '  real(src, dst, **kwargs)\n'
+    '  if os.path.basename(str(dst)) == target:\n'
+    '    os.kill(os.getpid(), signal.SIGKILL)\n'
+    'os.replace = replace\n'
+    'sys.argv = ["lungjax.main", *sys.argv[2:]]\n'
+    'runpy.run_module("lungjax.main", run_name="__main__")\n')
+
+
+def row_reports(ctx: Context) -> Row:
+  """Issue 26: a planted symlink in a report folder, two eval folders of one name, kill -9 between a report's files,
+  and a prepared root changed after `lungjax prepare`: never written through, never replaced, never read as whole,
+  never reused."""
+  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  row = Row('report folders: planted links, name collisions, kill -9 mid-report, a changed prepared root')
+  here, log = ctx.fresh('reports')
+  workdir = os.path.join(here, 'run')
+  shutil.copytree(ctx.reference, workdir)
+  sites = []
+  for site, drop in (('site-a', 0), ('site-b', 2)):
+    folder = os.path.join(here, site, 'test')
+    for name in os.listdir(os.path.join(ctx.root, 'train')):
+      shutil.copytree(os.path.join(ctx.root, 'train', name), os.path.join(folder, name))
+      for image in sorted(os.listdir(os.path.join(folder, name)))[:drop]:
+        os.remove(os.path.join(folder, name, image))
+    sites.append(folder)
+  out_dir = lambda folder: os.path.join(workdir, 'eval', 'folder-' + workdir_lib.folder_identity([folder]))
+  # 1. A symbolic link planted where metrics.json goes: eval refuses, the linked file is untouched.
+  precious = os.path.join(here, 'precious.txt')
+  with open(precious, 'w') as f:
+    f.write('precious')
+  os.makedirs(out_dir(sites[0]))
+  os.symlink(precious, os.path.join(out_dir(sites[0]), 'metrics.json'))
+  rc, _, output = capture(eval_command(workdir, sites[0]))
+  kept = open(precious).read() == 'precious'
+  row.add(rc != 0 and kept and 'symbolic link' in output,
+          f'planted link: exit {rc}, target kept {kept}: {output[-600:]}')
+  os.remove(os.path.join(out_dir(sites[0]), 'metrics.json'))
+  # 2. Two folders named test: two reports, the first unchanged by the second.
+  rc_a = finish(eval_command(workdir, sites[0]), log)
+  first = sha256_tree(out_dir(sites[0]))
+  rc_b = finish(eval_command(workdir, sites[1]), log)
+  counts = [json.load(open(os.path.join(out_dir(f), 'metrics.json')))['n_images'] for f in sites]
+  row.add(rc_a == rc_b == 0 and out_dir(sites[0]) != out_dir(sites[1]) and sha256_tree(out_dir(sites[0])) == first
+          and counts[0] > counts[1], f'collision: exits {rc_a} {rc_b}, images {counts}: {tail(log, 600)}')
+  # 3. kill -9 right after metrics.json of a rewrite is in place: the folder is not read as whole.
+  rc = finish([sys.executable, '-c', _KILL_AT, 'metrics.json', *eval_command(workdir, sites[1])[3:]], log)
+  try:
+    workdir_lib.check_unit(out_dir(sites[1]))
+    caught = False
+  except workdir_lib.IncompleteFolderError:
+    caught = True
+  rerun = finish(eval_command(workdir, sites[1]), log)
+  whole = workdir_lib.unit_problems(out_dir(sites[1])) == []
+  row.add(rc == -signal.SIGKILL and caught and rerun == 0 and whole,
+          f'kill -9 mid-report: exit {rc}, incomplete caught {caught}, rerun exit {rerun}, whole after {whole}: '
+          f'{tail(log, 600)}')
+  # 4. A prepared root with an image deleted after prepare: prepare and training refuse, naming it.
+  root = os.path.join(here, 'prepared-root')
+  shutil.copytree(ctx.root, root)
+  prepared_dir = os.path.join(here, 'prepared')
+  prepare = [sys.executable, '-m', 'lungjax.prepare', f'--config={os.path.join(REPO, "configs", "tiny.py")}',
+             f'--config.data.root={root}', f'--config.data.prepared_dir={prepared_dir}']
+  rc_prepare = finish(prepare, log)
+  gone = sorted(os.listdir(os.path.join(root, 'train', 'Normal')))[0]
+  os.remove(os.path.join(root, 'train', 'Normal', gone))
+  rc_reuse, _, reuse_output = capture(prepare)
+  rc_train, _, train_output = capture(run_command(root, os.path.join(here, 'prepared-run'),
+                                                  f'--config.data.prepared_dir={prepared_dir}'))
+  named = f'1 removed (train/Normal/{gone})'
+  row.add(rc_prepare == 0 and rc_reuse != 0 and rc_train != 0 and named in reuse_output and named in train_output,
+          f'changed prepared root: prepare {rc_prepare}, reuse {rc_reuse}, train {rc_train}: '
+          f'{reuse_output[-400:]} {train_output[-400:]}')
+  row.outcome = (f'{row.passed}/{row.trials}: a link planted at eval/folder-*/metrics.json: eval exited non-zero '
+                 'naming it, its target unchanged; two folders named test (different images): two reports '
+                 f'(eval/folder-test-<hash>, {counts[0]} and {counts[1]} images), the first byte-identical; kill -9 '
+                 'after metrics.json of a rewrite: check_unit reports the folder incomplete, the rerun completes it; '
+                 f'an image deleted from a prepared root: prepare and training from prepared_dir refused naming it')
+  return row
+
+
 def unprivileged_prefix() -> tuple[str, ...] | None:
   """A command prefix under which chmod 000 makes a file unreadable: none needed for a non-root user; for root,
   setpriv dropping the capabilities that bypass file permissions; None where neither works."""
@@ -1013,7 +1097,7 @@ def row_filesystem(ctx: Context) -> Row:
 
 ROWS = ('kill', 'save_kill', 'chain', 'sigterm', 'sigint', 'disk', 'flip', 'truncate', 'dtype', 'fingerprint', 'nan',
         'images', 'iterator', 'determinism', 'workdir', 'overwrite', 'class_mismatch', 'read_while_training',
-        'bounded_decoding', 'filesystem')
+        'bounded_decoding', 'filesystem', 'reports')
 
 
 def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_trials: int, sigterm_trials: int,
@@ -1046,7 +1130,8 @@ def run_matrix(work: str, *, kill_trials: int, save_kill_trials: int, chain_tria
       'workdir': (lambda c, n: row_workdir(c), 1), 'sigint': (row_sigint, sigint_trials),
       'overwrite': (lambda c, n: row_overwrite(c), 1), 'class_mismatch': (lambda c, n: row_class_mismatch(c), 1),
       'read_while_training': (row_read_while_training, read_trials),
-      'bounded_decoding': (lambda c, n: row_bounded_decoding(c), 1), 'filesystem': (lambda c, n: row_filesystem(c), 1)}
+      'bounded_decoding': (lambda c, n: row_bounded_decoding(c), 1), 'filesystem': (lambda c, n: row_filesystem(c), 1),
+      'reports': (lambda c, n: row_reports(c), 1)}
   done = []
   for name in ROWS:
     fn, n = plan[name]
