@@ -442,8 +442,8 @@ def _adopted(folder: str) -> set[str]:
   return found
 
 
-def _replace_atomically(path: str, data: bytes) -> None:
-  """Writes data to a new temporary file beside path (exclusive, never following a link), fsyncs, renames it."""
+def _write_temporary(path: str, data: bytes) -> str:
+  """data in a new, fsynced temporary file beside path (created exclusively, never following a link); its path."""
   folder, name = os.path.split(os.path.abspath(path))
   temporary = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}')
   fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -452,6 +452,17 @@ def _replace_atomically(path: str, data: bytes) -> None:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+  except BaseException:  # A full disk midway: no half temporary file left behind.
+    with contextlib.suppress(OSError):
+      os.unlink(temporary)
+    raise
+  return temporary
+
+
+def _replace_atomically(path: str, data: bytes) -> None:
+  """Writes data to a new temporary file beside path (exclusive, never following a link), fsyncs, renames it."""
+  temporary = _write_temporary(path, data)
+  try:
     os.replace(temporary, path)
   except BaseException:
     with contextlib.suppress(OSError):
@@ -461,19 +472,12 @@ def _replace_atomically(path: str, data: bytes) -> None:
 
 def _link_new(path: str, data: bytes) -> None:
   """Writes a whole temporary file and hard-links it at path: FileExistsError when anything is there already."""
-  folder, name = os.path.split(os.path.abspath(path))
-  temporary = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{os.urandom(4).hex()}')
-  fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+  temporary = _write_temporary(path, data)
   try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    try:
-      os.link(temporary, path, follow_symlinks=False)
-    except FileExistsError as error:
-      raise FileExistsError(f'{path!r} already exists: lungjax writes only a new file there and never overwrites '
-                            'one') from error
+    os.link(temporary, path, follow_symlinks=False)
+  except FileExistsError as error:
+    raise FileExistsError(f'{path!r} already exists: lungjax writes only a new file there and never overwrites '
+                          'one') from error
   finally:
     with contextlib.suppress(OSError):
       os.unlink(temporary)
