@@ -86,12 +86,12 @@ def stage_dir(workdir: str) -> str:
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
   """True when the config asks for stage 1 (config.autoencoder.enabled) before the classifier trains."""
-  return 'autoencoder' in config and bool(config.autoencoder.enabled)
+  return bool(config.autoencoder.enabled)
 
 
 def create_model(config: ml_collections.ConfigDict) -> ConvAutoencoder:
   """The autoencoder whose encoder is config.model's conv stack."""
-  return ConvAutoencoder(conv_features=tuple(config.model.conv_features), dtype=config.model.get('dtype', 'float32'))
+  return ConvAutoencoder(conv_features=tuple(config.model.conv_features), dtype=config.model.dtype)
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -197,7 +197,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str) -> Any:
     model, tx = create_model(config), create_optimizer(config)
     abstract = abstract_state(model, tx, config.data.image_size, mesh_lib.make_mesh())
     return checkpoints.restore_chosen(manager, abstract, stage_dir(workdir), requested=step,
-                                      fallback=config.checkpoint.get('fallback_to_good_step', False)).state.params
+                                      fallback=config.checkpoint.fallback_to_good_step).state.params
   finally:
     manager.close()
 

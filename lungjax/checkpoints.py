@@ -89,14 +89,19 @@ INFERENCE_FIELDS = run_fields.RUNTIME_FIELDS  # Declared with the fields that de
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """Returns the config a training run saved in workdir/config.json, as saved (run_config_for_inference merges)."""
+  """Returns the config a training run saved in workdir/config.json, upgraded to this lungjax's format
+  (run_fields.upgrade: fields an older lungjax did not write get their packaged defaults); run_config_for_inference
+  merges."""
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f'--workdir={workdir!r} is a file, not a folder: --workdir must be a folder that '
                              'lungjax.main trained in')
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path!r} not found: --workdir must be a folder that lungjax.main trained in')
-  return ml_collections.ConfigDict(workdir_lib.read_json(path))  # CorruptFileError names a cut config.json.
+  saved = workdir_lib.read_json(path)  # CorruptFileError names a cut config.json.
+  if not isinstance(saved, dict):
+    raise workdir_lib.CorruptFileError(f'{path!r} holds {type(saved).__name__}, not a config (a JSON object)')
+  return ml_collections.ConfigDict(run_fields.upgrade(saved, path))
 
 
 def _covers(paths: Sequence[str], field: str) -> bool:
@@ -117,8 +122,8 @@ def run_config_for_inference(workdir: str, given: ml_collections.ConfigDict | No
   (config_flags.get_override_values); None means every field of `given` counts as set explicitly (a Python caller).
   An explicitly set field of INFERENCE_FIELDS is taken from `given`; any other explicitly set field that differs
   from the saved value raises ValueError naming the field, the saved value and the given one. Fields that only
-  differ because another config file was given are taken from config.json (logged); fields config.json lacks (an
-  older lungjax) from `given`. With `given` None: config.json as is.
+  differ because another config file was given are taken from config.json (logged); sections config.json lacks
+  even after its upgrade (load_run_config) from `given`. With `given` None: config.json as upgraded.
   """
   saved = load_run_config(workdir)
   if given is None:
@@ -156,7 +161,7 @@ def run_config_for_inference(workdir: str, given: ml_collections.ConfigDict | No
     logging.info('taken from %s, not from the given config (they differ but were not overridden): %s', where,
                  ', '.join(from_saved))
   if added:
-    logging.info('not in %s (an older lungjax), taken from the given config: %s', where, ', '.join(added))
+    logging.info('not in %s, taken from the given config: %s', where, ', '.join(added))
   config = ml_collections.ConfigDict(merged)
   config.lock()
   return config
@@ -453,7 +458,7 @@ def resume(manager: ocp.CheckpointManager, workdir: str, checkpoint_config: ml_c
   new manager is returned.
   """
   initial_iter_state = data_iter.get_state()
-  on_mismatch = checkpoint_config.get('on_mismatch', 'error')  # One of MISMATCH_CHOICES (config_check.validate).
+  on_mismatch = checkpoint_config.on_mismatch  # One of MISMATCH_CHOICES (config_check.validate).
 
   def accept(integrity: dict[str, Any], step: int) -> bool:
     return fingerprint_lib.check_resume(integrity.get('fingerprint'), fingerprint, on_mismatch,

@@ -52,24 +52,24 @@ def _is_int(value: Any) -> bool:
 def check_runtime(config: ml_collections.ConfigDict) -> None:
   """Fields every mode reads: how the process runs (host memory, multi-host) and how checkpoints are chosen."""
   host_memory.setting(config.train)  # config.train.keep_freed_host_memory_gb.
-  if 'distributed' in config and config.distributed.enabled:
+  if config.distributed.enabled:
     distributed.check_config(config.distributed)
   metric = config.checkpoint.best_metric
   if metric not in checkpoints.BEST_METRICS:
     raise ValueError(f'config.checkpoint.best_metric={metric!r} is not one of {sorted(checkpoints.BEST_METRICS)}')
-  if metric == 'dice' and config.get('task', 'classify') != 'lungs':
+  if metric == 'dice' and config.task != 'lungs':
     raise ValueError("config.checkpoint.best_metric='dice' is the lung U-Net's (config.task='lungs'): a classifier "
                      'reports no val_dice, so no checkpoint would ever be best; choose one of '
                      f"{sorted(set(checkpoints.BEST_METRICS) - {'dice'})}")
-  on_mismatch = config.checkpoint.get('on_mismatch', 'error')
+  on_mismatch = config.checkpoint.on_mismatch
   if on_mismatch not in fingerprint_lib.MISMATCH_CHOICES:
     raise ValueError(f'config.checkpoint.on_mismatch={on_mismatch!r} is not one of '
                      f'{list(fingerprint_lib.MISMATCH_CHOICES)}')
-  tta_views = config.eval.get('tta_views', 0)
+  tta_views = config.eval.tta_views
   if tta_views < 0:
     raise ValueError(f'config.eval.tta_views={tta_views} must be >= 0')
   check_subgroups(config)
-  steps.parse_compiler_options(config.train.get('cpu_compiler_options', ''))  # Names a malformed value's field.
+  steps.parse_compiler_options(config.train.cpu_compiler_options)  # Names a malformed value's field.
   _refuse_failed([
       ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
       ('config.eval.batch_size', config.eval.batch_size, config.eval.batch_size >= 1),
@@ -78,8 +78,8 @@ def check_runtime(config: ml_collections.ConfigDict) -> None:
 
 def check_subgroups(config: ml_collections.ConfigDict) -> None:
   """config.eval.metadata, metadata_file_column, subgroups and subgroup_min_images (data/metadata.py)."""
-  table, column = config.eval.get('metadata', ''), config.eval.get('metadata_file_column', 'file')
-  text, minimum = config.eval.get('subgroups', ''), config.eval.get('subgroup_min_images', 10)
+  table, column = config.eval.metadata, config.eval.metadata_file_column
+  text, minimum = config.eval.subgroups, config.eval.subgroup_min_images
   if not _is_int(minimum) or minimum < 1:
     raise ValueError(f'config.eval.subgroup_min_images={minimum!r} must be an integer >= 1')
   if not isinstance(column, str) or not column:
@@ -118,7 +118,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
       ('config.checkpoint.keep_latest', config.checkpoint.keep_latest, config.checkpoint.keep_latest >= 1),
       ('config.checkpoint.keep_best', config.checkpoint.keep_best, config.checkpoint.keep_best >= 0),
   ])
-  if 'autoencoder' in config and config.autoencoder.enabled:  # First: it names config.model.name for a non-CNN.
+  if config.autoencoder.enabled:  # First: it names config.model.name for a non-CNN.
     check_autoencoder(config)
   models.check(config.model, len(classes))  # The registry's hook: name, fields, the module's own checks.
   folds, seeds = config.cv.folds, config.seeds
@@ -127,7 +127,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
                      '1, not both')
   if folds == 1 or seeds < 1:
     raise ValueError(f'config.cv.folds={folds} and config.seeds={seeds}: folds must be 0 or >= 2, seeds >= 1')
-  by_source = config.cv.get('by_source', False)
+  by_source = config.cv.by_source
   if not isinstance(by_source, bool):
     raise ValueError(f'config.cv.by_source={by_source!r} must be True or False')
   if by_source and folds > 1:
@@ -263,7 +263,7 @@ def validate(config: ml_collections.ConfigDict, mode: str = 'train') -> None:
     raise ValueError(f'--mode={mode!r} is not one of {list(MODES)}')
   config = run_fields.with_defaults(config)  # What a config lacks is checked at its packaged default.
   check_runtime(config)
-  if config.get('task', 'classify') == 'lungs':
+  if config.task == 'lungs':
     check_lungs(config, mode)
   elif mode == 'train':
     check_training(config)

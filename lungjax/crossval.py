@@ -30,7 +30,7 @@ _PER_CLASS = ('precision', 'recall', 'f1', 'specificity', 'npv')
 def is_repeated(config: ml_collections.ConfigDict) -> bool:
   """True when the config asks for several runs: folds (config.cv.folds > 1), seeds (config.seeds > 1) or leave one
   source out (config.cv.by_source, lungjax/loso.py)."""
-  return config.cv.folds > 1 or config.seeds > 1 or bool(config.cv.get('by_source', False))
+  return config.cv.folds > 1 or config.seeds > 1 or bool(config.cv.by_source)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """
   assert is_repeated(config), 'crossval.run needs config.cv.folds > 1, config.seeds > 1 or config.cv.by_source'
   with workdir_lib.owned(workdir):  # Each run's folder under it is claimed and locked too.
-    if config.cv.get('by_source', False):  # Leave one source out (over config.seeds seeds).
+    if config.cv.by_source:  # Leave one source out (over config.seeds seeds).
       from lungjax import loso  # pylint: disable=g-import-not-at-top  (loso uses this module's summaries)
       return loso.leave_one_source_out(config, workdir)
     return cross_validate(config, workdir) if config.cv.folds > 1 else repeat_over_seeds(config, workdir)

@@ -72,7 +72,7 @@ def per_source_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarr
 def eval_join(decoded: images.DecodedImages, folder: str, config: ml_collections.ConfigDict) -> metadata_lib.Join:
   """config.eval.metadata joined to the evaluated images (rows by config.eval.metadata_file_column; paths relative
   to the table's folder or to any evaluated folder, 'A,B'), its unmatched rows and images logged."""
-  table = metadata_lib.read_table(config.eval.metadata, config.eval.get('metadata_file_column', 'file'),
+  table = metadata_lib.read_table(config.eval.metadata, config.eval.metadata_file_column,
                                   'config.eval.metadata')
   folders_ = tuple(f.strip() for f in folder.split(',') if f.strip())
   joined = metadata_lib.join(table, decoded.paths, folders_, 'config.eval.metadata')
@@ -90,7 +90,7 @@ def subgroup_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray
   """(per_subgroup, subgroups) for config.eval.subgroups: config.eval.metadata joined to the images (eval_join),
   then subgroup_tables; subgroups also holds the join's summary and config.eval.subgroup_min_images."""
   joined = eval_join(decoded, folder, config)
-  minimum = config.eval.get('subgroup_min_images', 10)
+  minimum = config.eval.subgroup_min_images
   per_subgroup, columns = subgroup_tables(decoded.labels_N, probabilities_NC, subgroup_values(joined, config),
                                           tuple(config.data.classes), minimum, config.eval.n_bootstrap, config.seed)
   return per_subgroup, {'metadata': joined.summary(), 'min_images': minimum, 'columns': columns}
@@ -320,7 +320,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         sized.data.image_size = size[0]
         if 'preprocess' in run_config.data:
           sized.data.preprocess = ml_collections.ConfigDict(run_config.data.preprocess.to_dict())
-        sized.data.mask_markers = run_config.data.get('mask_markers', False)
+        sized.data.mask_markers = run_config.data.mask_markers
       if folder == VALIDATION:
         data = loading.load_training_data(sized)
         check_validation_split(data, model, f'{member}')  # Another root re-splits: refused (issue 26 High 4).

@@ -326,7 +326,7 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
   manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
   try:
     restored = checkpoints.restore(manager, 'best' if requested < 0 else requested, abstract, workdir=workdir,
-                                   fallback=config.checkpoint.get('fallback_to_good_step', False), config=config)
+                                   fallback=config.checkpoint.fallback_to_good_step, config=config)
   finally:
     manager.close()
   return Model(config, module, restored.state, restored.step, workdir, restored.fingerprint)

@@ -91,7 +91,7 @@ def _add_subgroups(metrics: dict[str, Any], labels_N: np.ndarray, probabilities_
   if found is None:
     return
   values, summary = found
-  minimum = config.eval.get('subgroup_min_images', 10)
+  minimum = config.eval.subgroup_min_images
   if not summary['n_matched']:
     metrics['subgroups'] = {'metadata': summary, 'min_images': minimum, 'columns': {},
                             'note': 'no row of config.eval.metadata names an image here: no subgroups'}
@@ -135,7 +135,7 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
   labels_N = np.asarray(decoded.labels_N)
   table = None
   if config.eval.get('metadata') and config.eval.get('subgroups'):
-    table = metadata_lib.read_table(config.eval.metadata, config.eval.get('metadata_file_column', 'file'),
+    table = metadata_lib.read_table(config.eval.metadata, config.eval.metadata_file_column,
                                     'config.eval.metadata')
   source_folders = (loaded.folder, *(source.folder for source in sources_lib.extra_sources(config)))
   pooled_paths: list[str] = []  # Every held-out image, in the pooled rows' order (each seed's block).

@@ -21,6 +21,7 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-mu
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
 from lungjax import config_check, crossval, distributed, preemption  # pylint: disable=g-import-not-at-top
+from lungjax import run_fields  # pylint: disable=g-import-not-at-top
 from lungjax import evaluate as evaluate_lib, explain as explain_lib  # pylint: disable=g-import-not-at-top
 from lungjax import shortcuts as shortcuts_lib, train as train_lib  # pylint: disable=g-import-not-at-top
 from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
@@ -77,7 +78,7 @@ def trained_line(summary: dict[str, Any]) -> str:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """--mode=train: one run (train.train_and_evaluate), or folds / seeds (crossval.run); prints where results went."""
-  if config.get('task', 'classify') == 'lungs':  # The lung U-Net (configs/lungs.py, lungjax/segmentation.py).
+  if config.task == 'lungs':  # The lung U-Net (configs/lungs.py, lungjax/segmentation.py).
     from lungjax import segmentation  # pylint: disable=g-import-not-at-top
     summary = segmentation.train_and_evaluate(config, workdir)
     print(f'\ntrained the lung U-Net {summary["num_steps"]} steps; best step {summary["best_step"]} (validation '
@@ -147,6 +148,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config, mode = FLAGS.config, FLAGS.mode
   config_check.validate(config, mode)  # Every field, once, before any work.
+  config = run_fields.with_defaults(config)  # The one upgrade: fields the config file lacks at their defaults.
   trims = host_memory.apply(config.train)  # Before XLA's threads start and the first large allocation.
   distributed.initialize(config)  # Multi-host: joins the other processes before anything touches a device.
   workdir = FLAGS.workdir or os.path.join('workdirs', config.name)

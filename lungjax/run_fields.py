@@ -9,8 +9,9 @@ config is listed in DIGESTED_FIELDS (the fingerprint records the data they selec
 (they may change on resume: how long to train, what to keep), so a field added to lungjax/configs/cnn.py must be
 placed in one of them (run_fields_test).
 
-Defaults: the packaged default config (lungjax/configs/cnn.py), which fills what a config saved by an older lungjax
-lacks (with_defaults); a field added since defaults to the behaviour that came before it. This module imports nothing
+Defaults: the packaged default config (lungjax/configs/cnn.py), in one upgrade step (upgrade, at config.format_version:
+checkpoints.load_run_config runs it on every config.json it reads, main on the config it is given) that fills what a
+config saved by an older lungjax lacks; a field added since defaults to the behaviour that came before it. This module imports nothing
 of lungjax beyond the configs, so fingerprint, checkpoints and config_check all read it without an import cycle.
 """
 
@@ -71,7 +72,7 @@ DIGESTED_FIELDS: tuple[str, ...] = (
 # Neither: a resume may change them (train longer, keep more checkpoints, name the run) or they choose which runs
 # happen (cv, seeds) or belong to stage 1 outside STAGE1_FIELDS (autoencoder.enabled, num_epochs, freeze_encoder).
 OTHER_FIELDS: tuple[str, ...] = (
-    'name', 'seeds', 'cv', 'train.num_epochs', 'train.log_every_steps', 'checkpoint.best_metric',
+    'format_version', 'task', 'name', 'seeds', 'cv', 'train.num_epochs', 'train.log_every_steps', 'checkpoint.best_metric',
     'checkpoint.keep_best', 'checkpoint.keep_latest', 'checkpoint.on_mismatch', 'autoencoder',
 )
 
@@ -120,20 +121,78 @@ def value(config: ml_collections.ConfigDict, field: str) -> Any:
   return node
 
 
+# config.format_version of what this lungjax writes (config.json holds it). 0: a config.json without the field,
+# written before it existed. upgrade() brings any older one to this version.
+FORMAT_VERSION = 1
+
+# Which packaged config holds each model's (and each task's) defaults: config.model's fields belong to its model, so a
+# model's missing fields come from its own packaged config, never from the CNN's.
+_MODEL_CONFIGS = {'cnn': 'cnn', 'resnet': 'resnet', 'vgg': 'vgg', 'unet': 'lungs'}
+_TASK_CONFIGS = {'lungs': 'lungs'}  # Sections only a task has (config.lungs), from that task's packaged config.
+# Fields whose packaged default is not what lungjax did before they existed: a config of format 0 (no
+# format_version) that lacks one gets the value lungjax ran with then (glibc's malloc defaults, no XLA options).
+_BEFORE_IT_EXISTED = {'train.keep_freed_host_memory_gb': 0.0, 'train.cpu_compiler_options': ''}
+
+
+@functools.cache
+def _packaged(name: str) -> dict[str, Any]:
+  import importlib  # pylint: disable=g-import-not-at-top
+  return importlib.import_module(f'lungjax.configs.{name}').get_config().to_dict()
+
+
+def _fill(given: dict[str, Any], default_tree: dict[str, Any]) -> dict[str, Any]:
+  """given with every key of default_tree it lacks added (recursively; given's own values and extra keys kept)."""
+  out = dict(given)
+  for key, default_value in default_tree.items():
+    if key not in out:
+      out[key] = copy.deepcopy(default_value)
+    elif isinstance(out[key], dict) and isinstance(default_value, dict):
+      out[key] = _fill(out[key], default_value)
+  return out
+
+
+def upgrade(config_dict: dict[str, Any], where: str = 'the config') -> dict[str, Any]:
+  """The one upgrade step: a config (a config.json's dict, or a config file's) of any older format, as this lungjax
+  reads it, at config.format_version=FORMAT_VERSION. Returns a new dict; config_dict is not changed.
+
+  Every field of the packaged default config (lungjax/configs/cnn.py) the dict lacks is filled with its default (a
+  field added since defaults to the behaviour that came before it: _BEFORE_IT_EXISTED where the default is not that
+  behaviour); config.model's missing fields come from the
+  packaged config of that model (configs/resnet.py for 'resnet', ...), config.lungs's from configs/lungs.py when
+  config.task='lungs'. Sections and fields the defaults lack are kept. After it, read fields directly: no
+  `.get(field, default)`. ValueError naming config.format_version (and `where`) for a format newer than this lungjax.
+  """
+  version = config_dict.get('format_version', 0)
+  if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= FORMAT_VERSION:
+    raise ValueError(f'{where}: config.format_version={version!r} is not one this lungjax reads (0 to '
+                     f'{FORMAT_VERSION}; a newer lungjax wrote it?)')
+  model = config_dict.get('model')
+  if version == 0:
+    config_dict = copy.deepcopy(config_dict)
+    for field, before in _BEFORE_IT_EXISTED.items():
+      section, name = field.split('.')
+      if isinstance(config_dict.get(section), dict) and name not in config_dict[section]:
+        config_dict[section][name] = before
+  out = _fill({k: v for k, v in config_dict.items() if k != 'model'}, {
+      k: v for k, v in defaults().items() if k != 'model'})
+  if isinstance(model, dict):
+    packaged_model = _MODEL_CONFIGS.get(model.get('name'))
+    out['model'] = _fill(model, _packaged(packaged_model)['model']) if packaged_model else dict(model)
+  elif model is not None:
+    out['model'] = model
+  else:
+    out['model'] = defaults()['model']
+  task_config = _TASK_CONFIGS.get(out['task'])
+  if task_config:
+    out = _fill(out, {k: v for k, v in _packaged(task_config).items() if k not in defaults()})
+  out['format_version'] = FORMAT_VERSION
+  return out
+
+
 def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy of config with every field of the packaged default config it lacks filled in (sections it has that the
-  default lacks, e.g. config.lungs, are kept as they are). Read the copy's fields directly: no `.get(field, default)`."""
-
-  def fill(given: dict[str, Any], default_tree: dict[str, Any]) -> dict[str, Any]:
-    out = dict(given)
-    for key, default_value in default_tree.items():
-      if key not in out:
-        out[key] = default_value
-      elif isinstance(out[key], dict) and isinstance(default_value, dict) and key != 'model':
-        out[key] = fill(out[key], default_value)  # config.model's fields belong to its model: not filled from cnn's.
-    return out
-
-  filled = ml_collections.ConfigDict(fill(config.to_dict(), defaults()))
+  """A copy of config upgraded (upgrade: every field it lacks filled with its packaged default), locked if config
+  was. Read the copy's fields directly: no `.get(field, default)`."""
+  filled = ml_collections.ConfigDict(upgrade(config.to_dict()))
   if config.is_locked:
     filled.lock()
   return filled

@@ -314,7 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with workdir_lib.owned(workdir):
     os.makedirs(workdir, exist_ok=True)
     size = config.data.image_size
-    films, skipped = load_masked_films(config.lungs.metadata, size, config.lungs.get('limit', 0))
+    films, skipped = load_masked_films(config.lungs.metadata, size, config.lungs.limit)
     split = patient_split(films.patients, config.lungs.test_fraction, config.data.val_fraction,
                           config.data.split_seed)
     train, val, test = (films.subset(split[k]) for k in ('train', 'val', 'test'))

@@ -407,8 +407,8 @@ def _load(config: ml_collections.ConfigDict) -> tuple[str, loading.FolderImages,
 
 
 def region_of(config: ml_collections.ConfigDict) -> str:
-  """config.shortcuts.region ('mask' for configs saved before the field existed)."""
-  return config.get('shortcuts', ml_collections.ConfigDict()).get('region', 'mask')
+  """config.shortcuts.region ('mask' in a config.json saved before the field existed: run_fields.upgrade)."""
+  return config.shortcuts.region
 
 
 def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,

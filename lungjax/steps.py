@@ -41,7 +41,7 @@ class TrainMetrics(metrics.Collection):
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict, num_steps: int) -> optax.ScalarOrSchedule:
   """config.train.learning_rate held ('constant', the study's) or decayed to 0 over num_steps ('cosine')."""
-  if train_config.get('lr_schedule', 'constant') == 'cosine':
+  if train_config.lr_schedule == 'cosine':
     return optax.cosine_decay_schedule(train_config.learning_rate, decay_steps=max(num_steps, 1))
   return train_config.learning_rate
 

@@ -175,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # Steps: the jitted, sharded train step (loss in steps.py) and eval step.
     frozen_mask, freeze_steps = warm_start.frozen_parameters(config, state.params, steps_per_epoch)
-    options = steps.compiler_options(config.train.get('cpu_compiler_options', ''))
+    options = steps.compiler_options(config.train.cpu_compiler_options)
     train_step = steps.jit_train_step(model, tx, weights_C, mesh, augment_fn=augment.make_augment_fn(config.augment),
                                       frozen_mask=frozen_mask, freeze_steps=freeze_steps, compiler_options=options)
     eval_step = steps.jit_eval_step(model, mesh, compiler_options=options)

@@ -10,6 +10,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   """Returns the study's configuration; variants import it and change a few fields."""
   config = ml_collections.ConfigDict()
+  config.format_version = 1  # Of the config.json a run writes (run_fields.FORMAT_VERSION; older ones: upgrade).
+  config.task = 'classify'  # 'classify' (these classifiers) or 'lungs' (the lung U-Net: configs/lungs.py).
   config.name = 'cnn'
   config.seed = 0
 

@@ -134,8 +134,8 @@ def accelerator_platform() -> str | None:
 
 
 def setting(train_config) -> float:
-  """config.train.keep_freed_host_memory_gb (0.0 when absent), or ValueError naming it: config_check's hook."""
-  value = train_config.get('keep_freed_host_memory_gb', 0.0)
+  """config.train.keep_freed_host_memory_gb, or ValueError naming it: config_check's hook."""
+  value = train_config.keep_freed_host_memory_gb
   if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
     raise ValueError(f'config.train.keep_freed_host_memory_gb={value!r} must be a number of GB >= 0 (0: off)')
   return float(value)

@@ -92,9 +92,9 @@ class PreprocessSettings:
 
 
 def settings_of(config: ml_collections.ConfigDict) -> PreprocessSettings:
-  """config.data.preprocess validated into PreprocessSettings (all off for configs saved before it existed);
-  ValueError names the field."""
-  given = dict(config.data.get('preprocess', ml_collections.ConfigDict()).items())
+  """config.data.preprocess validated into PreprocessSettings (all off in a config.json saved before it existed:
+  run_fields.upgrade fills the defaults); ValueError names the field."""
+  given = dict(config.data.preprocess.items())
   unknown = sorted(set(given) - set(_DEFAULTS))
   if unknown:
     raise ValueError(f'config.data.preprocess has unknown fields {unknown} (it takes {", ".join(_DEFAULTS)})')
@@ -138,7 +138,7 @@ def settings_of(config: ml_collections.ConfigDict) -> PreprocessSettings:
              '(bash results/lungs/regenerate.sh trains and exports them)')
   if not 0 <= float(values['lung_margin']) <= 1:
     refuse('lung_margin', 'a fraction of the lungs\' box in [0, 1]')
-  mask_markers = config.data.get('mask_markers', False)
+  mask_markers = config.data.mask_markers
   if not isinstance(mask_markers, bool):
     raise ValueError(f'config.data.mask_markers={mask_markers!r} is not allowed: True or False')
   return PreprocessSettings(

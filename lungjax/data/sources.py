@@ -47,14 +47,9 @@ class Source:
     return dict(self.folder_names)
 
 
-def _data(config: ml_collections.ConfigDict, key: str, default):
-  """config.data.<key>, or `default` for configs saved before the field existed."""
-  return config.data.get(key, default)
-
-
 def main_source_name(config: ml_collections.ConfigDict) -> str:
   """config.data.source_name, else the basename of config.data.root, else the Kaggle dataset's name."""
-  name = _data(config, 'source_name', '')
+  name = config.data.source_name
   if name:
     return name
   if config.data.root:
@@ -95,7 +90,7 @@ def _source_options(parts: Sequence[str], entry: str, field: str) -> tuple[dict[
 
 def main_source(config: ml_collections.ConfigDict, folder: str) -> Source:
   """The main source (its train/ folder `folder`) with its metadata table (config.data.metadata)."""
-  return Source(main_source_name(config), folder, (), 'config.data.root', _data(config, 'metadata', ''))
+  return Source(main_source_name(config), folder, (), 'config.data.root', config.data.metadata)
 
 
 def grouping_column(source: Source, config: ml_collections.ConfigDict) -> str:
@@ -103,12 +98,12 @@ def grouping_column(source: Source, config: ml_collections.ConfigDict) -> str:
   has a table."""
   if not source.metadata:
     return ''
-  return _data(config, 'group_by', '') if source.group_by is None else source.group_by
+  return config.data.group_by if source.group_by is None else source.group_by
 
 
 def file_column(source: Source, config: ml_collections.ConfigDict) -> str:
   """The column of a source's table that names its images."""
-  return source.file_column or _data(config, 'metadata_file_column', '') or 'file'
+  return source.file_column or config.data.metadata_file_column or 'file'
 
 
 def extra_sources(config: ml_collections.ConfigDict) -> list[Source]:
@@ -119,17 +114,17 @@ def extra_sources(config: ml_collections.ConfigDict) -> list[Source]:
   """
   classes = tuple(config.data.classes)
   found = []
-  extra_root = _data(config, 'extra_root', '')
-  extra_names, extra_name = _data(config, 'extra_class_names', ''), _data(config, 'extra_source_name', '')
+  extra_root = config.data.extra_root
+  extra_names, extra_name = config.data.extra_class_names, config.data.extra_source_name
   if extra_root:
     name = extra_name or os.path.basename(os.path.normpath(extra_root))
     found.append(Source(name, extra_root, _parse_mapping(extra_names, classes, 'config.data.extra_class_names'),
-                        'config.data.extra_root', _data(config, 'extra_metadata', '')))
-  elif extra_names or extra_name or _data(config, 'extra_metadata', ''):
+                        'config.data.extra_root', config.data.extra_metadata))
+  elif extra_names or extra_name or config.data.extra_metadata:
     raise ValueError(f'config.data.extra_class_names={extra_names!r} / config.data.extra_source_name={extra_name!r} '
-                     f'/ config.data.extra_metadata={_data(config, "extra_metadata", "")!r} given without '
+                     f'/ config.data.extra_metadata={config.data.extra_metadata!r} given without '
                      'config.data.extra_root: set the extra folder too')
-  listed = _data(config, 'extra_sources', ())
+  listed = config.data.extra_sources
   if isinstance(listed, str):
     raise ValueError(f'config.data.extra_sources={listed!r} must be a tuple of \'NAME=DIR[;FOLDER=Class,...]\' '
                      'strings, e.g. "(\'adult=/data/adult;COVID=Covid\',)"')
@@ -156,12 +151,12 @@ def extra_sources(config: ml_collections.ConfigDict) -> list[Source]:
 def check_tables(config: ml_collections.ConfigDict) -> None:
   """Every training metadata table readable, with its file column and its grouping column; config.data.group_by
   refused where no source has a table. Errors name the field and the file."""
-  group_by, column = _data(config, 'group_by', ''), _data(config, 'metadata_file_column', 'file')
+  group_by, column = config.data.group_by, config.data.metadata_file_column
   if not isinstance(group_by, str):
     raise ValueError(f'config.data.group_by={group_by!r} must be a column name or \'\'')
   if not isinstance(column, str) or not column:
     raise ValueError(f'config.data.metadata_file_column={column!r} must name a column')
-  if _data(config, 'metadata', '') and config.data.get('prepared_dir', ''):
+  if config.data.metadata and config.data.prepared_dir:
     raise ValueError(f'config.data.metadata={config.data.metadata!r} is joined to decoded folders; not with '
                      f'config.data.prepared_dir={config.data.prepared_dir!r}')
   with_tables = [s for s in [main_source(config, '')] + extra_sources(config) if s.metadata]
