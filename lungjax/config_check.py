@@ -34,6 +34,15 @@ _ALLOWED = {
     'config.train.class_weighting': "'balanced' or 'none'",
     'config.train.source_weighting': f'one of {list(splits.SOURCE_WEIGHTINGS)}',
     'config.checkpoint.keep_latest': 'an integer >= 1', 'config.checkpoint.keep_best': 'an integer >= 0',
+    'config.task': "'classify' or 'lungs'", 'config.name': 'a non-empty name (workdirs/<name> by default)',
+    'config.eval.step': 'an integer: a checkpoint step, or -1 for the best', 'config.seed': 'an integer >= 0',
+    'config.data.split_seed': 'an integer >= 0',
+    'config.data.decode_threads': 'an integer >= 0 (0: one per CPU core)',
+    'config.data.near_copy_threshold': 'a correlation in (0, 1]',
+    'config.data.metadata_file_column': 'a column name', 'config.train.batch_size': 'an integer >= 1',
+    'config.train.adam_b1': 'a number in [0, 1)', 'config.train.adam_b2': 'a number in [0, 1)',
+    'config.train.adam_eps': 'a number > 0', 'config.train.freeze_backbone_epochs': 'an integer >= 0',
+    'config.cv.folds': 'an integer: 0 (off) or >= 2',
 }
 
 
@@ -47,6 +56,10 @@ def _refuse_failed(checks: list[tuple[str, Any, bool]]) -> None:
 
 def _is_int(value: Any) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_runtime(config: ml_collections.ConfigDict) -> None:
@@ -71,8 +84,12 @@ def check_runtime(config: ml_collections.ConfigDict) -> None:
   check_subgroups(config)
   steps.parse_compiler_options(config.train.cpu_compiler_options)  # Names a malformed value's field.
   _refuse_failed([
+      ('config.task', config.task, config.task in ('classify', 'lungs')),
       ('config.eval.n_bootstrap', config.eval.n_bootstrap, config.eval.n_bootstrap >= 1),
       ('config.eval.batch_size', config.eval.batch_size, config.eval.batch_size >= 1),
+      ('config.eval.step', config.eval.step, _is_int(config.eval.step) and config.eval.step >= -1),
+      ('config.data.decode_threads', config.data.decode_threads,
+       _is_int(config.data.decode_threads) and config.data.decode_threads >= 0),
   ])
 
 
@@ -105,8 +122,24 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   val_fraction = config.data.val_fraction
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f'config.data.val_fraction must be in [0, 1), got {val_fraction}')
+  train, data = config.train, config.data
   _refuse_failed([
+      ('config.name', config.name, isinstance(config.name, str) and bool(config.name.strip())),
+      ('config.seed', config.seed, _is_int(config.seed) and config.seed >= 0),
+      ('config.data.split_seed', data.split_seed, _is_int(data.split_seed) and data.split_seed >= 0),
+      ('config.data.near_copy_threshold', data.near_copy_threshold,
+       _is_number(data.near_copy_threshold) and 0 < data.near_copy_threshold <= 1),
+      ('config.data.metadata_file_column', data.metadata_file_column,
+       isinstance(data.metadata_file_column, str) and bool(data.metadata_file_column)),
       ('config.data.image_size', config.data.image_size, config.data.image_size >= 8),
+      ('config.train.batch_size', train.batch_size, _is_int(train.batch_size) and train.batch_size >= 1),
+      ('config.train.adam_b1', train.adam_b1, _is_number(train.adam_b1) and 0 <= train.adam_b1 < 1),
+      ('config.train.adam_b2', train.adam_b2, _is_number(train.adam_b2) and 0 <= train.adam_b2 < 1),
+      ('config.train.adam_eps', train.adam_eps, _is_number(train.adam_eps) and train.adam_eps > 0),
+      ('config.train.freeze_backbone_epochs', train.freeze_backbone_epochs,
+       _is_int(train.freeze_backbone_epochs) and train.freeze_backbone_epochs >= 0),
+      ('config.cv.folds', config.cv.folds, _is_int(config.cv.folds) and (config.cv.folds == 0 or
+                                                                        config.cv.folds >= 2)),
       ('config.train.num_epochs', config.train.num_epochs, config.train.num_epochs >= 1),
       ('config.train.learning_rate', config.train.learning_rate, config.train.learning_rate > 0),
       ('config.train.lr_schedule', config.train.lr_schedule, config.train.lr_schedule in ('constant', 'cosine')),
@@ -224,11 +257,17 @@ def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
 
 def check_eval_dir(config: ml_collections.ConfigDict, mode: str) -> None:
   """config.eval.dir and config.eval.class_names of --mode=eval ('A' or 'A,B') and --mode=shortcuts (one folder):
-  given, each a folder ('@validation': the run's validation split), no two with the same basename."""
+  given, each a folder ('@validation': the run's validation split), no two with the same basename; and each run of
+  config.eval.ensemble (--mode=eval) a folder with a config.json."""
   text = config.eval.dir
   if not text:
     raise ValueError(f'--mode={mode} needs a folder of class sub-folders: pass --config.eval.dir=FOLDER')
   folders.parse_folder_names(config.eval.class_names, config.data.classes)  # Names config.eval.class_names.
+  if mode == 'eval':  # Each more run of config.eval.ensemble ('W1,W2'): a folder lungjax trained in.
+    for member in (w.strip() for w in config.eval.ensemble.split(',') if w.strip()):
+      if not os.path.isfile(os.path.join(member, 'config.json')):
+        raise FileNotFoundError(f'config.eval.ensemble={config.eval.ensemble!r}: {member!r} is not a folder that '
+                                'lungjax.main trained in (no config.json there)')
   if text == loading.VALIDATION:
     return
   paths = loading.eval_folders(text)

@@ -318,8 +318,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         sized = config.copy_and_resolve_references()
       with sized.unlocked():
         sized.data.image_size = size[0]
-        if 'preprocess' in run_config.data:
-          sized.data.preprocess = ml_collections.ConfigDict(run_config.data.preprocess.to_dict())
+        sized.data.preprocess = ml_collections.ConfigDict(run_config.data.preprocess.to_dict())
         sized.data.mask_markers = run_config.data.mask_markers
       if folder == VALIDATION:
         data = loading.load_training_data(sized)

@@ -61,6 +61,23 @@ def test_the_shipped_configs_pass_every_mode(module, tmp_path):
     ('model.dtype', 'float16', 'config.model.dtype=.float16'),
     ('model.typo_field', 1, r"config.model has fields \['typo_field'\]"),
     ('train.cpu_compiler_options', 'no_equals_sign', 'config.train.cpu_compiler_options'),
+    ('name', '', "config.name=''"),
+    ('seed', -1, 'config.seed=-1'),
+    ('data.split_seed', -2, 'config.data.split_seed=-2'),
+    ('data.near_copy_threshold', 0.0, 'config.data.near_copy_threshold=0.0'),
+    ('data.near_copy_threshold', 1.5, 'config.data.near_copy_threshold=1.5'),
+    ('data.metadata_file_column', '', "config.data.metadata_file_column=''"),
+    ('train.batch_size', 0, 'config.train.batch_size=0'),
+    ('train.adam_b1', 1.0, 'config.train.adam_b1=1.0'),
+    ('train.adam_b2', -0.1, 'config.train.adam_b2=-0.1'),
+    ('train.adam_eps', 0.0, 'config.train.adam_eps=0.0'),
+    ('train.freeze_backbone_epochs', -1, 'config.train.freeze_backbone_epochs=-1'),
+    ('cv.folds', -3, 'config.cv.folds=-3'),
+    ('model.conv_features', (), r'config.model.conv_features=\(\)'),
+    ('model.conv_features', (8, 0), r'config.model.conv_features=\(8, 0\)'),
+    ('model.dense_features', (16, -1), r'config.model.dense_features=\(16, -1\)'),
+    ('model.dropout_rate', 1.0, 'config.model.dropout_rate=1.0'),
+    ('model.dropout_rate', -0.1, 'config.model.dropout_rate=-0.1'),
 ])
 def test_a_bad_training_field_is_named(field, value, message):
   config = tiny.get_config()
@@ -80,11 +97,18 @@ def test_a_bad_training_field_is_named(field, value, message):
     ('eval.tta_views', -1, 'config.eval.tta_views'),
     ('eval.n_bootstrap', 0, 'config.eval.n_bootstrap=0'),
     ('train.keep_freed_host_memory_gb', -1.0, 'config.train.keep_freed_host_memory_gb'),
+    ('eval.step', -2, 'config.eval.step=-2'),
+    ('data.decode_threads', -1, 'config.data.decode_threads=-1'),
+    ('task', 'segment', "config.task='segment'"),
+    ('format_version', 99, 'config.format_version=99'),
 ])
 def test_a_bad_field_of_every_mode_is_named(mode, field, value, message):
   config = tiny.get_config()
-  section, name = field.split('.')
-  config[section][name] = value
+  *sections, name = field.split('.')
+  node = config
+  for section in sections:
+    node = node[section]
+  node[name] = value
   with pytest.raises(ValueError, match=message):
     config_check.validate(config, mode)
 
@@ -95,6 +119,10 @@ def test_a_bad_field_of_every_mode_is_named(mode, field, value, message):
     (resnet, 'bn_momentum', 1.0, 'config.model.bn_momentum=1.0'),
     (vgg, 'depth', 12, 'config.model.depth=12 is not a VGG depth'),
     (vgg, 'pooling', 'max', 'config.model.pooling=.max'),
+    (vgg, 'width', 0, 'config.model.width=0'),
+    (vgg, 'dense_features', (8, 0), r'config.model.dense_features=\(8, 0\)'),
+    (resnet, 'width', -4, 'config.model.width=-4'),
+    (resnet, 'dropout_rate', 1.5, 'config.model.dropout_rate=1.5'),
 ])
 def test_the_model_registry_check_names_a_bad_field_of_each_model(module, field, value, message):
   config = module.get_config()
@@ -102,6 +130,28 @@ def test_the_model_registry_check_names_a_bad_field_of_each_model(module, field,
   config.model[field] = value
   with pytest.raises(ValueError, match=message):
     config_check.validate(config, 'train')
+
+
+def test_the_gap_head_needs_a_dense_layer():
+  config = tiny.get_config()
+  config.model.head, config.model.dense_features = 'gap', ()
+  with pytest.raises(ValueError, match=r"config.model.dense_features=\(\) and config.model.head='gap'"):
+    config_check.validate(config, 'train')
+  config.model.head = 'flatten'  # The flatten head feeds the logits straight from the last conv map.
+  assert config_check.validate(config, 'train') is None
+
+
+def test_each_ensemble_run_must_be_a_workdir(tmp_path):
+  config = _with_folders(tiny.get_config(), tmp_path)
+  run = tmp_path / 'run_b'
+  run.mkdir()
+  config.eval.ensemble = f' {run} '
+  for mode in ('train', 'explain', 'shortcuts'):  # Only --mode=eval reads it.
+    config_check.validate(config, mode)
+  with pytest.raises(FileNotFoundError, match=r"config.eval.ensemble=.*run_b' is not a folder that lungjax.main "):
+    config_check.validate(config, 'eval')
+  (run / 'config.json').write_text('{}')
+  assert config_check.validate(config, 'eval') is None
 
 
 def test_keras_weights_for_a_model_keras_lacks_are_refused_in_validation():

@@ -10,6 +10,7 @@ imports the kernels; the model receives their functions as a layers.KernelOps.
 import dataclasses
 import functools
 import os
+from typing import Any
 
 from absl import logging
 import flax.linen as nn
@@ -133,12 +134,33 @@ def _module_fields(model_config: ml_collections.ConfigDict) -> tuple[type[nn.Mod
   return module_class, fields
 
 
+def _is_count(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# Fields several models share, checked by the registry's hook for whichever model takes them: (what it must be, test).
+_SHARED_FIELDS = {
+    'dropout_rate': ('a number in [0, 1)', lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and
+                     0 <= v < 1),
+    'width': ('an integer >= 1', _is_count),
+    'conv_features': ('a non-empty tuple of integers >= 1', lambda v: isinstance(v, (tuple, list)) and len(v) >= 1
+                      and all(map(_is_count, v))),
+    'dense_features': ('a tuple of integers >= 1', lambda v: isinstance(v, (tuple, list)) and all(map(_is_count, v))),
+}
+
+
 def check(model_config: ml_collections.ConfigDict, num_classes: int) -> None:
   """config.model's check hook (config_check.validate calls it before any data is read): the name, the fields the
   model takes, and the module's own field checks (its __post_init__: depth, norm, head, lowering names, ...), by
   constructing it, without choosing a lowering, building kernels or initialising parameters; with
   config.model.init_from, whether Keras has weights for it."""
   module_class, fields = _module_fields(model_config)
+  for field, (allowed, ok) in _SHARED_FIELDS.items():
+    if field in fields and not ok(fields[field]):
+      raise ValueError(f'config.model.{field}={fields[field]!r} is not allowed: it must be {allowed}')
+  if fields.get('head') == 'gap' and not fields.get('dense_features', (1,)):
+    raise ValueError("config.model.dense_features=() and config.model.head='gap': the gap head's dense layer is "
+                     'dense_features[-1], so it needs at least one')
   if 'kernels' in module_class.__dataclass_fields__:
     defaults = {k: module_class.__dataclass_fields__[k].default for k in ('conv_impl', 'pool_impl', 'dtype')}
     layers.check_impls(*(str(fields.get(k, default)) for k, default in defaults.items()))
