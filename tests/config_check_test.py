@@ -244,16 +244,20 @@ runpy.run_module('lungjax.main', run_name='__main__', alter_sys=True)
 '''
 
 
-@pytest.mark.parametrize('override, field', [('--config.model.name=resnt', 'config.model.name'),
-                                             ('--config.model.head=max', 'config.model.head')])
-def test_main_refuses_a_bad_model_field_before_any_data_is_decoded(tmp_path, override, field):
+@pytest.mark.parametrize('config_file, override, field', [
+    ('configs/cnn.py', '--config.model.name=resnt', 'config.model.name'),
+    ('configs/tiny.py', '--config.model.name=resnt', 'config.model.name'),
+    ('configs/tiny.py', '--config.model.head=max', 'config.model.head'),
+    ('configs/cnn.py', '--config.train.adam_eps=0.0', 'config.train.adam_eps'),
+])
+def test_main_refuses_a_bad_model_field_before_any_data_is_decoded(tmp_path, config_file, override, field):
   """lungjax.main with a data root whose decoding would stop the process: the error names the field instead."""
   import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   from tests.conftest import write_image_folder  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'data'
   write_image_folder(str(root / 'train'), per_class=2, seed=0)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  run = subprocess.run([sys.executable, '-c', _MAIN_WITHOUT_DECODING, '--config=configs/tiny.py',
+  run = subprocess.run([sys.executable, '-c', _MAIN_WITHOUT_DECODING, f'--config={config_file}',
                         f'--config.data.root={root}', f'--workdir={tmp_path / "w"}', override], cwd=repo,
                        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': repo}, capture_output=True, text=True,
                        timeout=600, check=False)
