@@ -114,3 +114,58 @@ def test_stage1_settings_are_the_declared_fields():
   assert list(settings) == [f'config.{field}' for field in run_fields.STAGE1_FIELDS]
   assert settings['config.model.conv_features'] == list(config.model.conv_features)
   assert settings['config.seed'] == config.seed
+
+
+def _format_0(module) -> dict:
+  """module's config as a config.json of a lungjax before format_version (and several later fields) existed."""
+  saved = json.loads(json.dumps(module.get_config().to_dict()))
+  for section, name in (('', 'format_version'), ('', 'task'), ('', 'shortcuts'), ('train', 'lr_schedule'),
+                        ('train', 'keep_freed_host_memory_gb'), ('train', 'cpu_compiler_options'),
+                        ('data', 'preprocess'), ('data', 'mask_markers'), ('cv', 'by_source'),
+                        ('checkpoint', 'fallback_to_good_step'), ('model', 'head'), ('model', 'dtype')):
+    (saved[section] if section else saved).pop(name, None)  # A VGG has no head.
+  return saved
+
+
+def test_a_format_0_config_json_is_upgraded_once_on_read(tmp_path):
+  (tmp_path / 'config.json').write_text(json.dumps(_format_0(tiny)))
+  config = checkpoints.load_run_config(str(tmp_path))
+  assert config.format_version == run_fields.FORMAT_VERSION == 1 and config.task == 'classify'
+  assert config.shortcuts.region == 'mask' and config.train.lr_schedule == 'constant' and not config.cv.by_source
+  assert config.data.preprocess.to_dict() == cnn.get_config().data.preprocess.to_dict()
+  assert config.data.mask_markers is False and config.checkpoint.fallback_to_good_step is False
+  # What lungjax ran with before these fields existed, not today's packaged defaults (2.2 GB, the YNNPACK option).
+  assert config.train.keep_freed_host_memory_gb == 0.0 and config.train.cpu_compiler_options == ''
+  assert config.model.head == 'flatten' and config.model.dtype == 'float32'  # From the CNN's packaged config.
+  assert list(config.model.conv_features) == [4, 8, 8] and config.name == 'tiny'  # Saved values kept.
+  # The upgraded config restores against the same fingerprint record as the config it was saved from.
+  assert run_fields.fingerprint_record(config) == json.loads(json.dumps(run_fields.fingerprint_record(
+      tiny.get_config())))
+
+
+def test_an_upgrade_fills_a_model_from_its_own_packaged_config():
+  saved = _format_0(vgg)
+  del saved['model']['pooling'], saved['model']['init_from']
+  upgraded = run_fields.upgrade(saved)
+  assert upgraded['model'] == json.loads(json.dumps(vgg.get_config().model.to_dict()))
+  assert 'conv_features' not in upgraded['model']  # Never the CNN's fields.
+  lungs_saved = json.loads(json.dumps(__import__('configs.lungs').lungs.get_config().to_dict()))
+  del lungs_saved['format_version'], lungs_saved['lungs']['limit'], lungs_saved['model']['downsample']
+  upgraded = run_fields.upgrade(lungs_saved)
+  assert upgraded['lungs']['limit'] == 0 and upgraded['model']['downsample'] == 2 and upgraded['task'] == 'lungs'
+
+
+def test_a_current_config_is_unchanged_by_the_upgrade():
+  for module in (cnn, tiny, resnet, vgg, multisource, autoencoder_config):
+    saved = json.loads(json.dumps(module.get_config().to_dict()))
+    assert run_fields.upgrade(saved) == saved
+    assert run_fields.upgrade(run_fields.upgrade(_format_0(module))) == run_fields.upgrade(_format_0(module))
+
+
+@pytest.mark.parametrize('version', [2, -1, '1', True])
+def test_a_format_this_lungjax_cannot_read_is_refused_naming_the_file(tmp_path, version):
+  saved = json.loads(json.dumps(tiny.get_config().to_dict()))
+  saved['format_version'] = version
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match=rf"config.json'?: config.format_version={version!r} is not one"):
+    checkpoints.load_run_config(str(tmp_path))
