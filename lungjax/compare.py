@@ -311,7 +311,7 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
     predictions[key] = (loaded, evaluate.predict_probabilities(steps.jit_eval_step(model.module, mesh), model.state,
                                                                loaded.decoded, run_config.eval.batch_size, mesh))
     runs[key] = {'workdir': workdir, 'checkpoint_step': int(step), 'model': run_config.model.name,
-                 'config': run_config.get('name', ''), 'image_size': int(size)}
+                 'config': run_config.name, 'image_size': int(size)}
   (loaded_a, probabilities_a_NC), (loaded_b, probabilities_b_NC) = predictions['A'], predictions['B']
   if loaded_a.decoded.paths != loaded_b.decoded.paths:
     only = sorted(set(loaded_a.decoded.paths) ^ set(loaded_b.decoded.paths))

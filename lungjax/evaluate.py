@@ -234,10 +234,10 @@ def report_predictions(probabilities_NC: np.ndarray, loaded: loading.FolderImage
   if per_source := per_source_metrics(loaded.decoded, probabilities_NC, config):
     metrics['per_source'] = per_source
     metrics['source_missing_classes'] = sources_lib.missing_classes(loaded.decoded, config.data.classes)
-  if config.eval.get('metadata') and config.eval.get('subgroups'):
+  if config.eval.metadata and config.eval.subgroups:
     metrics['per_subgroup'], metrics['subgroups'] = subgroup_metrics(loaded.decoded, probabilities_NC, config,
                                                                      loaded.folder)
-  elif config.eval.get('metadata'):  # A table without subgroups: the join is still reported.
+  elif config.eval.metadata:  # A table without subgroups: the join is still reported.
     metrics['subgroups'] = {'metadata': eval_join(loaded.decoded, loaded.folder, config).summary(), 'columns': {}}
   page = page or report_html.PageInputs()
   sources_N, source_names = sources_lib.source_indices(loaded.decoded)

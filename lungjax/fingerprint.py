@@ -48,7 +48,7 @@ def _sources(config: ml_collections.ConfigDict, data: Any) -> dict[str, Any]:
   for s, (name, folder, mapping) in enumerate(zip(names, folders, mappings)):
     described.append({'name': name, 'folder': os.path.abspath(folder), 'class_names': mapping,
                       'files': files_digest(decoded.subset(np.flatnonzero(sources_N == s)), folder)})
-  return {'sources': described, 'source_weighting': run_fields.value(config, 'train.source_weighting')}
+  return {'sources': described, 'source_weighting': config.train.source_weighting}
 
 
 def _grouping(data: Any) -> dict[str, Any]:

@@ -134,7 +134,7 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
   seeds = [config.seed + offset for offset in range(config.seeds)]
   labels_N = np.asarray(decoded.labels_N)
   table = None
-  if config.eval.get('metadata') and config.eval.get('subgroups'):
+  if config.eval.metadata and config.eval.subgroups:
     table = metadata_lib.read_table(config.eval.metadata, config.eval.metadata_file_column,
                                     'config.eval.metadata')
   source_folders = (loaded.folder, *(source.folder for source in sources_lib.extra_sources(config)))

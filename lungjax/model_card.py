@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lungjax import run_fields, workdir as workdir_lib
+from lungjax import workdir as workdir_lib
 from lungjax.data import preprocess
 
 JSON_NAME = 'model_card.json'
@@ -130,11 +130,11 @@ def model_card(workdir: str, config: ml_collections.ConfigDict, summary: dict[st
           # config.data.preprocess (data/preprocess.py): the steps between decoding and the model.
           'steps': preprocess.record(preprocess.settings_of(config))},
       'recipe': {'optimizer': 'adam', 'learning_rate': config.train.learning_rate,
-                 'lr_schedule': run_fields.value(config, 'train.lr_schedule'),
+                 'lr_schedule': config.train.lr_schedule,
                  'adam': [config.train.adam_b1, config.train.adam_b2, config.train.adam_eps],
                  'epochs': config.train.num_epochs, 'batch_size': config.train.batch_size,
                  'steps': summary.get('num_steps'), 'class_weighting': config.train.class_weighting,
-                 'source_weighting': run_fields.value(config, 'train.source_weighting'),
+                 'source_weighting': config.train.source_weighting,
                  'augmentation': bool(config.augment.enabled), 'seed': config.seed,
                  'val_fraction': config.data.val_fraction},
       'validation': headline(validation) if validation else None,

@@ -112,11 +112,9 @@ def default(field: str) -> Any:
 
 
 def value(config: ml_collections.ConfigDict, field: str) -> Any:
-  """config's value of `field` ('a.b'), or its packaged default where config (saved by an older lungjax) lacks it."""
+  """config's value of `field` ('a.b'); config is upgraded (upgrade / with_defaults), so every field is there."""
   node: Any = config
   for name in field.split('.'):
-    if name not in node:
-      return default(field)
     node = node[name]
   return node
 
@@ -201,6 +199,7 @@ def with_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 def fingerprint_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config part of the fingerprint's 'run' record: each RUN_FIELDS value at its key (nested by '.'), as JSON
   holds it; an omit_default field only where it is not its default."""
+  config = with_defaults(config)  # A caller's config of an older format reads as its upgrade.
   record: dict[str, Any] = {}
   for run_field in RUN_FIELDS:
     found = value(config, run_field.field)

@@ -98,8 +98,8 @@ def test_an_older_config_reads_the_packaged_defaults():
     del config.train['source_weighting']
     del config.train['lr_schedule']
     del config['autoencoder']
-  assert run_fields.value(config, 'train.source_weighting') == 'none'
   filled = run_fields.with_defaults(config)
+  assert run_fields.value(filled, 'train.source_weighting') == 'none'
   assert filled.train.source_weighting == 'none' and filled.train.lr_schedule == 'constant'
   assert filled.autoencoder.to_dict() == cnn.get_config().autoencoder.to_dict()
   assert filled.train.num_epochs == tiny.get_config().train.num_epochs  # Given values are kept.
