@@ -43,16 +43,6 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 PIXEL_MAX = 255.0  # uint8 and float images alike are on the [0, 255] scale the models rescale themselves.
 _PROBABILITIES = ('rotation_prob', 'zoom_prob', 'shift_prob', 'hflip_prob', 'brightness_prob', 'contrast_prob',
                   'crop_prob', 'gamma_prob', 'resolution_prob', 'blur_prob', 'noise_prob', 'pad_prob', 'jpeg_prob')
-# The source-aimed ops' fields, off by default: a config saved before them (or one that leaves them out) reads these.
-SOURCE_DEFAULTS = {
-    'crop_prob': 0.0, 'crop_scale': (0.6, 1.0), 'crop_ratio': (0.8, 1.25),
-    'gamma_prob': 0.0, 'gamma_range': (0.7, 1.5),
-    'resolution_prob': 0.0, 'resolution_factors': (0.25, 0.5, 0.75),
-    'blur_prob': 0.0, 'blur_sigma': (0.3, 1.5),
-    'noise_prob': 0.0, 'noise_std': (0.0, 0.04),
-    'pad_prob': 0.0, 'pad_fraction': (0.0, 0.12),
-    'jpeg_prob': 0.0, 'jpeg_quality': (20.0, 95.0),
-}
 MAX_BLUR_SIGMA = 4.0  # Pixels: the blur kernel's radius (3 sigma) is fixed when the step is compiled.
 # Each (low, high) range field: which pairs are allowed, and what they mean.
 _RANGES = {
@@ -130,7 +120,7 @@ def _pair(value: Sequence[float], field: str) -> tuple[float, float]:
 
 def augment_settings(augment_config: ml_collections.ConfigDict) -> AugmentSettings:
   """Validates config.augment into AugmentSettings; errors name the field."""
-  given = {**SOURCE_DEFAULTS, **dict(augment_config.items())}
+  given = dict(augment_config.items())  # A config.json saved before the source-aimed ops: run_fields.upgrade.
   names = [f.name for f in dataclasses.fields(AugmentSettings)]
   missing = [n for n in names if n not in given]
   unknown = sorted(set(given) - set(names))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import cnn
-from lungjax import augment
+from lungjax import augment, run_fields
 from lungjax.data import pipeline
 
 
@@ -35,8 +35,17 @@ def test_source_ops_are_off_by_default_and_old_configs_read_them_as_off():
   config.enabled = True
   settings = augment.augment_settings(config)
   assert all(getattr(settings, f) == 0.0 for _, f in augment.OP_ROWS if f not in ('rotation_prob', 'contrast_prob'))
-  old = {k: v for k, v in config.items() if k not in augment.SOURCE_DEFAULTS}
-  assert augment.augment_settings(augment.ml_collections.ConfigDict(old)).crop_prob == 0.0
+  source_fields = ('crop_prob', 'crop_scale', 'crop_ratio', 'gamma_prob', 'gamma_range', 'resolution_prob',
+                   'resolution_factors', 'blur_prob', 'blur_sigma', 'noise_prob', 'noise_std', 'pad_prob',
+                   'pad_fraction', 'jpeg_prob', 'jpeg_quality')
+  old = cnn.get_config().to_dict()  # A config.json saved before the source-aimed ops existed ...
+  for field in source_fields:
+    del old['augment'][field]
+  with pytest.raises(ValueError, match=r'config.augment: missing fields \[.crop_prob'):
+    augment.augment_settings(augment.ml_collections.ConfigDict(old['augment']))
+  upgraded = augment.ml_collections.ConfigDict(run_fields.upgrade(old))  # ... reads them as off once upgraded.
+  settings = augment.augment_settings(upgraded.augment)
+  assert all(getattr(settings, f) == 0.0 for f in source_fields if f.endswith('_prob'))
 
 
 def test_random_resized_crop_zooms_into_part_of_the_image():
