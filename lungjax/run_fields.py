@@ -9,10 +9,11 @@ config is listed in DIGESTED_FIELDS (the fingerprint records the data they selec
 (they may change on resume: how long to train, what to keep), so a field added to lungjax/configs/cnn.py must be
 placed in one of them (run_fields_test).
 
-Defaults: the packaged default config (lungjax/configs/cnn.py), in one upgrade step (upgrade, at config.format_version:
-checkpoints.load_run_config runs it on every config.json it reads, main on the config it is given) that fills what a
-config saved by an older lungjax lacks; a field added since defaults to the behaviour that came before it. This module imports nothing
-of lungjax beyond the configs, so fingerprint, checkpoints and config_check all read it without an import cycle.
+Defaults: the packaged default config (lungjax/configs/cnn.py), in one upgrade step (upgrade, by
+config.format_version: checkpoints.load_run_config runs it on every config.json it reads, main and train on the
+config they are given) that fills what a config saved by an older lungjax lacks; a field added since defaults to the
+behaviour that came before it (docs/config.md). This module imports nothing of lungjax beyond the configs, so
+fingerprint, checkpoints and config_check all read it without an import cycle.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ DIGESTED_FIELDS: tuple[str, ...] = (
 # Neither: a resume may change them (train longer, keep more checkpoints, name the run) or they choose which runs
 # happen (cv, seeds) or belong to stage 1 outside STAGE1_FIELDS (autoencoder.enabled, num_epochs, freeze_encoder).
 OTHER_FIELDS: tuple[str, ...] = (
-    'format_version', 'task', 'name', 'seeds', 'cv', 'train.num_epochs', 'train.log_every_steps', 'checkpoint.best_metric',
-    'checkpoint.keep_best', 'checkpoint.keep_latest', 'checkpoint.on_mismatch', 'autoencoder',
+    'format_version', 'task', 'name', 'seeds', 'cv', 'train.num_epochs', 'train.log_every_steps',
+    'checkpoint.best_metric', 'checkpoint.keep_best', 'checkpoint.keep_latest', 'checkpoint.on_mismatch', 'autoencoder',
 )
 
 
@@ -155,10 +156,10 @@ def upgrade(config_dict: dict[str, Any], where: str = 'the config') -> dict[str,
 
   Every field of the packaged default config (lungjax/configs/cnn.py) the dict lacks is filled with its default (a
   field added since defaults to the behaviour that came before it: _BEFORE_IT_EXISTED where the default is not that
-  behaviour); config.model's missing fields come from the
-  packaged config of that model (configs/resnet.py for 'resnet', ...), config.lungs's from configs/lungs.py when
-  config.task='lungs'. Sections and fields the defaults lack are kept. After it, read fields directly: no
-  `.get(field, default)`. ValueError naming config.format_version (and `where`) for a format newer than this lungjax.
+  behaviour); config.model's missing fields come from the packaged config of that model (configs/resnet.py for
+  'resnet', ...), config.lungs's from configs/lungs.py when config.task='lungs'. Sections and fields the defaults
+  lack are kept. After it, read fields directly: no `.get(field, default)`. ValueError naming config.format_version
+  (and `where`) for a format this lungjax does not know (a newer lungjax wrote it).
   """
   version = config_dict.get('format_version', 0)
   if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= FORMAT_VERSION:
