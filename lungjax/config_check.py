@@ -228,8 +228,9 @@ def check_lungs(config: ml_collections.ConfigDict, mode: str) -> None:
           _is_int(f) and f >= 1 for f in model.features)),
       ('config.model.downsample', model.downsample, _is_int(model.downsample) and model.downsample >= 1),
       ('config.model.dtype', model.dtype, model.dtype in ('float32', 'bfloat16')),
-      ('config.data.image_size', config.data.image_size, _is_int(config.data.image_size) and
-       config.data.image_size % (2**(len(model.features) - 1) * model.downsample) == 0),
+      ('config.data.image_size', config.data.image_size, _is_int(config.data.image_size) and (
+          not _is_int(model.downsample) or model.downsample < 1 or  # Named by its own row above.
+          config.data.image_size % (2**(len(model.features) - 1) * model.downsample) == 0)),
       ('config.data.val_fraction', config.data.val_fraction, 0.0 <= config.data.val_fraction < 1.0),
       ('config.lungs.test_fraction', lungs.test_fraction, 0.0 <= lungs.test_fraction < 1.0),
       ('config.lungs.dice_weight', lungs.dice_weight, lungs.dice_weight >= 0),

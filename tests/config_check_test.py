@@ -1,8 +1,9 @@
 """config_check.validate: every field refused in one place, naming the field, before any work."""
 
+import ml_collections
 import pytest
 
-from configs import autoencoder, cnn, cnn_augment, multisource, resnet, tiny, vgg
+from configs import autoencoder, cnn, cnn_augment, lungs as lungs_config, multisource, resnet, tiny, vgg
 from lungjax import config_check
 
 
@@ -203,6 +204,55 @@ def test_a_bad_folder_field_is_named_by_its_mode(tmp_path, mode, field, value, e
     if other != mode and (other, field) not in {('eval', 'eval.dir'), ('shortcuts', 'eval.dir'),
                                                 ('eval', 'eval.class_names'), ('shortcuts', 'eval.class_names')}:
       config_check.validate(config, other)
+
+
+def _lungs_table(tmp_path):
+  table = tmp_path / 'lungs.csv'
+  table.write_text('file,lung_mask,patientid,view\na.png,a_mask.png,1,PA\n')
+  return str(table)
+
+
+@pytest.mark.parametrize('base, mode, fields, message', [
+    # (a packaged config, the mode, {field: value} set on it, what the error must say). Checks of one field that
+    # hold only together with another (or a mode), one row each.
+    (tiny, 'train', {'eval.subgroups': 'sex'}, r"config.eval.subgroups='sex' needs config.eval.metadata"),
+    (tiny, 'eval', {'eval.subgroup_min_images': 0}, 'config.eval.subgroup_min_images=0'),
+    (tiny, 'eval', {'eval.metadata_file_column': ''}, "config.eval.metadata_file_column=''"),
+    (autoencoder, 'train', {'model.name': 'resnet'}, r"config.autoencoder.enabled .* config.model.name must be"),
+    (autoencoder, 'train', {'model.init_from': '/w.h5'}, r"config.model.init_from='/w.h5' and config.autoencoder"),
+    (autoencoder, 'train', {'data.image_size': 36}, r'config.data.image_size=36 must be divisible by 8'),
+    (autoencoder, 'train', {'model.conv_features': ()}, r'config.model.conv_features=\(\)'),
+    (tiny, 'train', {'cv.by_source': 1}, 'config.cv.by_source=1 must be True or False'),
+    (tiny, 'train', {'cv.by_source': True}, 'config.cv.by_source=True needs at least two training sources'),
+    (tiny, 'train', {'data.preprocess.crop_borders': True, 'data.prepared_dir': '{tmp}/prepared'},
+     r'config.data.preprocess is on and config.data.prepared_dir='),
+    (tiny, 'shortcuts', {'shortcuts.region': 'lobes'}, r"config.shortcuts.region='lobes' is not one of"),
+    (lungs_config, 'eval', {}, r"config.task='lungs' trains the lung U-Net: --mode='eval'"),
+    (lungs_config, 'train', {'model.name': 'cnn'}, r"config.model.name='cnn' is not allowed"),
+    (lungs_config, 'train', {'model.features': (16,)}, r'config.model.features=\(16,\)'),
+    (lungs_config, 'train', {'model.downsample': 0}, 'config.model.downsample=0'),
+    (lungs_config, 'train', {'data.image_size': 100}, 'config.data.image_size=100'),
+    (lungs_config, 'train', {'lungs.test_fraction': 1.0}, 'config.lungs.test_fraction=1.0'),
+    (lungs_config, 'train', {'lungs.dice_weight': -1.0}, 'config.lungs.dice_weight=-1.0'),
+    (lungs_config, 'train', {'lungs.limit': -1}, 'config.lungs.limit=-1'),
+    (lungs_config, 'train', {'checkpoint.best_metric': 'accuracy'}, "config.checkpoint.best_metric='accuracy'"),
+    (lungs_config, 'train', {'lungs.metadata': '{tmp}/none.csv'}, r"config.lungs.metadata='.*none.csv' is not a"),
+    (lungs_config, 'train', {'lungs.augment.gamma': (1.2, 0.8)}, r'config.lungs.augment.gamma=\(1.2, 0.8\)'),
+    (lungs_config, 'train', {'lungs.augment.scale': (0.0, 1.1)}, r'config.lungs.augment.scale=\(0.0, 1.1\)'),
+])
+def test_a_field_refused_with_another_or_in_a_mode_is_named(tmp_path, base, mode, fields, message):
+  config = _with_folders(base.get_config(), tmp_path)
+  if base is lungs_config:
+    config.lungs.metadata = _lungs_table(tmp_path)
+  assert config_check.validate(config, mode if base is not lungs_config else 'train') is None
+  for field, value in fields.items():
+    section, name = field.rsplit('.', 1)
+    parent, key = (config, section) if '.' not in section else (config[section.split('.')[0]], section.split('.')[1])
+    value = value.replace('{tmp}', str(tmp_path)) if isinstance(value, str) else value
+    # As a config.json may hold it: a value of another type than the packaged one (ConfigDict refuses to cast it).
+    parent[key] = ml_collections.ConfigDict({**parent[key].to_dict(), name: value})
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    config_check.validate(config, mode)
 
 
 def test_folds_and_seeds_together_are_refused():
