@@ -335,3 +335,20 @@ def test_a_classifier_may_not_choose_its_checkpoint_by_dice(mode, tmp_path):
     config_check.validate(config, mode)
   config.checkpoint.best_metric = 'macro_recall'
   assert config_check.validate(config, mode) is None
+
+
+def test_a_problem_only_the_data_shows_names_the_field_and_the_folder(tmp_path):
+  """Not a config check (validate passes): found when the folder is read, but named by the field that chose it."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from lungjax.data import loading  # pylint: disable=g-import-not-at-top
+  from tests.conftest import write_image_folder  # pylint: disable=g-import-not-at-top
+  write_image_folder(str(tmp_path / 'train'), per_class=1, seed=0)
+  shutil.rmtree(tmp_path / 'train' / 'Normal')
+  config = tiny.get_config()
+  config.data.root = str(tmp_path)
+  assert config_check.validate(config, 'train') is None
+  with pytest.raises(FileNotFoundError, match=rf"config.data.root='{tmp_path}': class folder missing: .*Normal"):
+    loading.load_training_folder(config)
+  (tmp_path / 'eval' / 'Normal').mkdir(parents=True)  # Class folders, but not one image in them.
+  with pytest.raises(ValueError, match=rf"config.eval.dir='{tmp_path}/eval': no .jpg/.jpeg/.png images under"):
+    loading.load_folders(str(tmp_path / 'eval'), config)

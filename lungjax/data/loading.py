@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -105,6 +106,19 @@ class TrainingData:
     return load_folder(self.test_dir, config, require_all_classes=False) if self.test_dir else None
 
 
+@contextlib.contextmanager
+def naming_field(field: str) -> Iterator[None]:
+  """A ValueError / FileNotFoundError a folder's decoding raises (a class folder missing or empty, no images) gets
+  the config field that named the folder in front ('config.data.root=...: class folder missing: ...'): it is a
+  problem of the data, found only when the folder is read, but the user fixes it in that field."""
+  try:
+    yield
+  except (ValueError, FileNotFoundError) as error:
+    if type(error) not in (ValueError, FileNotFoundError) or str(error).startswith('config.'):
+      raise  # Its own kind (UnreadableError, ...) or already naming a field.
+    raise type(error)(f'{field}: {error}') from error
+
+
 def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, FolderImages]:
   """Resolves the data root and decodes its train/ folder once (or reads config.data.prepared_dir's train split),
   then every extra source (config.data.extra_root, config.data.extra_sources; data/sources.py): the images come back
@@ -116,10 +130,12 @@ def load_training_folder(config: ml_collections.ConfigDict) -> tuple[str, Folder
     root = os.path.dirname(loaded.folder)
   else:
     root = download.resolve_data_root(config.data.root, config.data.kaggle_dataset)
-    loaded = load_folder(os.path.join(root, 'train'), config, require_all_classes=True)
+    with naming_field(f'config.data.root={root!r}'):
+      loaded = load_folder(os.path.join(root, 'train'), config, require_all_classes=True)
   missing = [c for i, c in enumerate(config.data.classes) if not np.any(loaded.decoded.labels_N == i)]
   if missing:
-    raise ValueError(f'no decodable training images left for classes {missing}')
+    raise ValueError(f'config.data.root={root!r}: no decodable training images left in {loaded.folder!r} for '
+                     f'classes {missing} of config.data.classes')
   parts = [loaded]
   for source in extras:
     try:
@@ -176,10 +192,11 @@ def load_folders(text: str, config: ml_collections.ConfigDict,
   """Decodes config.eval.dir: one folder, or several comma-separated ('A,B'), each its own source named by its
   basename (eval_folders' errors); `folder_names` applies to every folder."""
   paths = eval_folders(text)
+  with naming_field(f'config.eval.dir={text!r}'):
+    parts = [load_folder(p, config, require_all_classes=False, folder_names=folder_names) for p in paths]
   if len(paths) == 1:
-    return load_folder(paths[0], config, require_all_classes=False, folder_names=folder_names)
+    return parts[0]
   names = [os.path.basename(os.path.normpath(p)) for p in paths]
-  parts = [load_folder(p, config, require_all_classes=False, folder_names=folder_names) for p in paths]
   shared = shared_images([part.decoded.pixel_hashes for part in parts])
   if shared:
     logging.warning('config.eval.dir=%r: %d images (identical pixels) are in more than one of its folders; pooled, '
