@@ -13,9 +13,11 @@ were looked at; test: the planted benchmark's scored half). The optional sheet s
 touches the lungs (the lung mask outlined in green, the box in red).
 
 --predicted_lungs: the same with the shipped lung U-Net's mask of each film handed to the detector
-(markers.find_markers / marker_mask with lung_mask_HW = lungjax.segment(film)), as a lungs-aware caller would run
-it; the overlap is still counted against the HUMAN mask. The U-Net was trained on about 80% of these patients'
-masks (its held-out 20% are not listed in the weights), so this figure is optimistic for unseen films.
+(markers.find_markers / marker_mask with lung_mask_HW = lungjax.segment(film)), as `lungjax audit --markers` and
+`config.data.mask_markers` run it; the overlap is still counted against the HUMAN mask, once per guard of
+--lung_guards (the predicted lungs grown by that fraction of the short side, markers.grown_lungs). Each guard's
+figures are also split by the U-Net's own split (results/lungs/report.json lists its 60 held-out test films):
+`unet_trained` (films whose masks it trained or was validated on: optimistic) and `unet_test` (never seen).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def _define_flags() -> None:
   flags.DEFINE_string('out', None, 'Where the JSON report goes (a new file or one this script wrote).')
   flags.DEFINE_string('sheet', '', 'Optional PNG: crops of every detected box that touches a lung mask.')
   flags.DEFINE_bool('predicted_lungs', False, 'Hand the shipped lung U-Net\'s mask of each film to the detector.')
+  flags.DEFINE_list('lung_guards', [], 'With --predicted_lungs: the guards (fractions of the short side) to score, '
+                    'e.g. 0,0.01,0.02; empty: markers.LUNG_GUARD alone.')
+  flags.DEFINE_string('lungs_report', 'results/lungs/report.json', 'The lung U-Net\'s report (its test films).')
 
 
 def films_with_masks(data: str) -> list[tuple[str, str]]:
@@ -54,14 +59,15 @@ def films_with_masks(data: str) -> list[tuple[str, str]]:
             for row in csv.DictReader(f) if row.get('lung_mask')]
 
 
-def film_overlap(grey_HW: np.ndarray, lungs_HW: np.ndarray, predicted_HW: np.ndarray | None = None
-                 ) -> dict[str, Any]:
+def film_overlap(grey_HW: np.ndarray, lungs_HW: np.ndarray, predicted_HW: np.ndarray | None = None,
+                 lung_guard: float = markers.LUNG_GUARD) -> dict[str, Any]:
   """Marker boxes of one film and how many of their marker-mask pixels lie inside its (human) lung mask, total and
-  per box; predicted_HW: a lung mask handed to the detector (markers.find_markers / marker_mask), or None."""
-  found = markers.find_markers(grey_HW, predicted_HW)
+  per box; predicted_HW: a lung mask handed to the detector (markers.find_markers / marker_mask, grown by
+  lung_guard), or None."""
+  found = markers.find_markers(grey_HW, predicted_HW, lung_guard)
   mask_HW = markers.boxes_mask([m.box for m in found], grey_HW.shape)
-  if predicted_HW is not None:
-    mask_HW &= ~predicted_HW  # What markers.marker_mask / mask_markers fill when given the lungs.
+  if predicted_HW is not None:  # What markers.marker_mask / mask_markers fill when given the lungs.
+    mask_HW &= ~markers.grown_lungs(predicted_HW, grey_HW.shape, lung_guard)
   boxes = []
   for m in found:
     t, l, b, r = m.box
@@ -78,13 +84,35 @@ def summarise(films: Sequence[dict[str, Any]]) -> dict[str, Any]:
           'films_with_markers': sum(f['n_markers'] > 0 for f in films)}
 
 
-def run(data: str, predicted_lungs: bool = False) -> tuple[dict[str, Any], list]:
+def unet_test_films(lungs_report: str) -> set[str]:
+  """Paths (relative to the data folder) of the lung U-Net's held-out test films, from its report."""
+  with open(lungs_report) as f:
+    report = json.load(f)
+  return {os.path.join('cohen-covid-chestxray', film['file']) for film in report['test']['films']}
+
+
+def _report(films: Sequence[dict[str, Any]], unet_test: set[str] | None) -> dict[str, Any]:
+  report = {'all': summarise(films),
+            'halves': {h: summarise([f for f in films if f['half'] == h]) for h in ('dev', 'test')}}
+  if unet_test is not None:
+    report['unet_split'] = {'unet_trained': summarise([f for f in films if f['path'] not in unet_test]),
+                            'unet_test': summarise([f for f in films if f['path'] in unet_test])}
+  return {**report, 'films_with_lung_pixels': [f for f in films if f['lung_pixels']],
+          'per_film_lung_pixels': {f['path']: f['lung_pixels'] for f in films}}
+
+
+def run(data: str, predicted_lungs: bool = False, lung_guards: Sequence[float] = (),
+        lungs_report: str = 'results/lungs/report.json') -> tuple[dict[str, Any], list]:
+  """The overlap report (with --predicted_lungs, one per guard) and the crops of the first guard's boxes."""
   start = time.time()
-  segment = None
+  segment, unet_test = None, None
+  guards = list(lung_guards) or [markers.LUNG_GUARD]
   if predicted_lungs:
     import lungjax  # pylint: disable=g-import-not-at-top  (JAX only when the U-Net is asked for)
     segment = lungjax.segment
-  films, crops = [], []
+    unet_test = unet_test_films(lungs_report)
+  films = {guard: [] for guard in guards}
+  crops = []
   for path, mask_path in films_with_masks(data):
     grey_HW = np.asarray(Image.open(path).convert('L'))
     lungs_HW = np.asarray(Image.open(mask_path).convert('L')) > 0
@@ -92,18 +120,19 @@ def run(data: str, predicted_lungs: bool = False) -> tuple[dict[str, Any], list]
       raise ValueError(f'{mask_path}: mask of shape {lungs_HW.shape} for a film of shape {grey_HW.shape}')
     relative = os.path.relpath(path, data)
     predicted_HW = np.asarray(segment(grey_HW), bool) if segment else None
-    film = {'path': relative, 'half': markers_planted.half_of(relative),
-            **film_overlap(grey_HW, lungs_HW, predicted_HW)}
-    films.append(film)
-    for m in film['markers']:
-      if m['lung_pixels']:
-        crops.append((relative, grey_HW, lungs_HW, m))
-  report = {'lungs_given_to_detector': 'lungjax.segment (shipped U-Net)' if predicted_lungs else 'none',
-            'all': summarise(films),
-            'halves': {h: summarise([f for f in films if f['half'] == h]) for h in ('dev', 'test')},
-            'films_with_lung_pixels': [f for f in films if f['lung_pixels']],
-            'per_film_lung_pixels': {f['path']: f['lung_pixels'] for f in films},
-            'seconds': round(time.time() - start, 1)}
+    for guard in guards:
+      film = {'path': relative, 'half': markers_planted.half_of(relative),
+              **film_overlap(grey_HW, lungs_HW, predicted_HW, guard)}
+      films[guard].append(film)
+      if guard == guards[0]:
+        crops += [(relative, grey_HW, lungs_HW, m) for m in film['markers'] if m['lung_pixels']]
+  if not predicted_lungs:
+    report = {'lungs_given_to_detector': 'none', **_report(films[guards[0]], None)}
+  else:
+    report = {'lungs_given_to_detector': 'lungjax.segment (shipped U-Net)', 'lung_guards': guards,
+              'unet_test_films': len(unet_test),
+              'by_guard': {f'{guard:g}': _report(films[guard], unet_test) for guard in guards}}
+  report['seconds'] = round(time.time() - start, 1)
   return report, crops
 
 
@@ -139,14 +168,17 @@ def crop_sheet(crops: Sequence[tuple[str, np.ndarray, np.ndarray, dict[str, Any]
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  report, crops = run(FLAGS.data, FLAGS.predicted_lungs)
+  report, crops = run(FLAGS.data, FLAGS.predicted_lungs, [float(g) for g in FLAGS.lung_guards], FLAGS.lungs_report)
   report['command'] = 'python -m benchmarks.markers_lungs ' + ' '.join(sys.argv[1:])
   workdir_lib.write_text(FLAGS.out, json.dumps(report, indent=1) + '\n')
   if FLAGS.sheet:
     crop_sheet(crops, FLAGS.sheet)
-  for name, row in [('all', report['all']), *report['halves'].items()]:
-    print(f'{name:<5} films {row["n_films"]:>4} lung pixels {row["lung_pixels"]:>7} on {row["films_with_lung_pixels"]} '
-          f'films ({row["boxes_touching_lungs"]} boxes); films with markers {row["films_with_markers"]}')
+  for guard, part in report.get('by_guard', {'none': report}).items():
+    rows = [('all', part['all']), *part['halves'].items(), *part.get('unet_split', {}).items()]
+    for name, row in rows:
+      print(f'guard {guard:<5} {name:<12} films {row["n_films"]:>4} lung pixels {row["lung_pixels"]:>7} on '
+            f'{row["films_with_lung_pixels"]} films ({row["boxes_touching_lungs"]} boxes); films with markers '
+            f'{row["films_with_markers"]}')
 
 
 if __name__ == '__main__':

@@ -66,6 +66,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'Picks the films and the plants.')
   flags.DEFINE_string('out', None, 'Where the JSON report goes (a new file or one this script wrote).')
   flags.DEFINE_string('sheet', '', 'Optional PNG: a contact sheet of planted films with their detections.')
+  flags.DEFINE_bool('predicted_lungs', False, 'Hand the shipped lung U-Net\'s mask of each film (plain and planted) '
+                    'to the detector, grown by --lung_guard, as `lungjax audit --markers` and '
+                    'config.data.mask_markers run it.')
+  flags.DEFINE_float('lung_guard', markers.LUNG_GUARD, 'With --predicted_lungs: the guard (markers.grown_lungs).')
 
 
 def half_of(relative_path: str) -> str:
@@ -177,10 +181,18 @@ def plant(grey_HW: np.ndarray, forbidden_HW: np.ndarray, rng: np.random.Generato
   return np.clip(np.rint(out), 0, 255).astype(np.uint8), plants
 
 
-def evaluate_film(grey_HW: np.ndarray, lungs_HW: np.ndarray | None, rng: np.random.Generator) -> dict[str, Any]:
-  """Plants on one film and scores the detector on it (module docstring's rules)."""
+def evaluate_film(grey_HW: np.ndarray, lungs_HW: np.ndarray | None, rng: np.random.Generator,
+                  segment: Any = None, lung_guard: float = markers.LUNG_GUARD) -> dict[str, Any]:
+  """Plants on one film and scores the detector on it (module docstring's rules); segment: a function of a film
+  returning its lung mask, handed to the detector (grown by lung_guard), or None."""
   shape = grey_HW.shape
-  before = markers.find_markers(grey_HW)
+
+  def detect(film_HW: np.ndarray) -> list[markers.Marker]:
+    if segment is None:
+      return markers.find_markers(film_HW)
+    return markers.find_markers(film_HW, np.asarray(segment(film_HW), bool), lung_guard)
+
+  before = detect(grey_HW)
   before_HW = markers.boxes_mask([m.box for m in before], shape)
   if lungs_HW is not None:
     grow = int(0.02 * min(shape)) | 1
@@ -189,7 +201,7 @@ def evaluate_film(grey_HW: np.ndarray, lungs_HW: np.ndarray | None, rng: np.rand
   else:
     forbidden_HW = markers.boxes_mask([central_box(shape)], shape) | before_HW
   planted_HW, plants = plant(grey_HW, forbidden_HW, rng, PLANTS_PER_FILM)
-  after = markers.find_markers(planted_HW)
+  after = detect(planted_HW)
   after_HW = markers.boxes_mask([m.box for m in after], shape)
   new = [m.box for m in after if _covered(m.box, before_HW) < 0.5]
   new_HW = markers.boxes_mask(new, shape)
@@ -269,10 +281,16 @@ def contact_sheet(rows: Sequence[tuple[str, np.ndarray, list, list]], path: str)
   os.replace(path + '.tmp.png', path)
 
 
-def run(data: str, split: str, per_source: int, seed: int) -> tuple[dict[str, Any], list]:
+def run(data: str, split: str, per_source: int, seed: int, predicted_lungs: bool = False,
+        lung_guard: float = markers.LUNG_GUARD) -> tuple[dict[str, Any], list]:
   """Plants on up to per_source films of each source's `split` half; returns the report and sheet rows."""
   rng = np.random.default_rng(seed)
   report: dict[str, Any] = {'split': split, 'seed': seed, 'per_source': per_source, 'sources': {}}
+  segment = None
+  if predicted_lungs:
+    import lungjax  # pylint: disable=g-import-not-at-top  (JAX only when the U-Net is asked for)
+    segment = lungjax.segment
+    report['lungs_given_to_detector'] = {'model': 'lungjax.segment (shipped U-Net)', 'lung_guard': lung_guard}
   every, sheet = [], []
   start = time.time()
   for source, films in list_films(data).items():
@@ -287,7 +305,7 @@ def run(data: str, split: str, per_source: int, seed: int) -> tuple[dict[str, An
         lungs_HW = np.asarray(Image.open(mask_path).convert('L')) > 0
         if lungs_HW.shape != grey_HW.shape:
           raise ValueError(f'{mask_path}: mask of shape {lungs_HW.shape} for a film of shape {grey_HW.shape}')
-      film = evaluate_film(grey_HW, lungs_HW, rng)
+      film = evaluate_film(grey_HW, lungs_HW, rng, segment, lung_guard)
       planted_HW, found, plants = film.pop('_images')
       film['path'] = os.path.relpath(path, data)
       scored.append(film)
@@ -303,7 +321,7 @@ def run(data: str, split: str, per_source: int, seed: int) -> tuple[dict[str, An
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  report, sheet = run(FLAGS.data, FLAGS.split, FLAGS.per_source, FLAGS.seed)
+  report, sheet = run(FLAGS.data, FLAGS.split, FLAGS.per_source, FLAGS.seed, FLAGS.predicted_lungs, FLAGS.lung_guard)
   report['command'] = 'python -m benchmarks.markers_planted ' + ' '.join(sys.argv[1:])
   workdir_lib.write_atomic(FLAGS.out, json.dumps(report, indent=1) + '\n')
   if FLAGS.sheet:

@@ -54,6 +54,9 @@ def _define_flags() -> None:
                     'of films with markers in each corner and along each edge).')
   flags.DEFINE_bool('strip_markers', False, 'With --strip: the copies are PNGs of the decoded grey film with its '
                     'burned-in markers filled (markers.mask_markers), at OUT_DIR/<folder name>/<path>.png.')
+  flags.DEFINE_bool('marker_lungs', True, 'With --markers / --strip_markers: hand the shipped lung U-Net\'s mask of '
+                    'each film to the detector, so nothing within markers.LUNG_GUARD of the lungs is reported or '
+                    'filled (--nomarker_lungs: the film alone).')
   flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
                       'image in another FOLDER.')
 
@@ -556,10 +559,19 @@ def _grey_film(path: str) -> np.ndarray:
     return np.asarray(Image.fromarray(images.to_rgb_uint8(image)).convert('L'), np.uint8)
 
 
-def find_file_markers(path: str) -> dict[str, Any]:
-  """One decodable file's markers: count, boxes (top, left, bottom, right in its pixels), polarity and place."""
+def _film_lungs(grey_HW: np.ndarray, lungs: bool) -> np.ndarray | None:
+  """The shipped lung U-Net's mask of a grey film (what the marker detector never touches), or None."""
+  if not lungs:
+    return None
+  from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top  (JAX only when markers are asked for)
+  return lungs_lib.lung_mask_of(grey_HW)
+
+
+def find_file_markers(path: str, lungs: bool = True) -> dict[str, Any]:
+  """One decodable file's markers: count, boxes (top, left, bottom, right in its pixels), polarity and place;
+  lungs: hand the shipped lung U-Net's mask to the detector (markers inside the grown lungs are never reported)."""
   grey_HW = _grey_film(path)
-  found = markers_lib.find_markers(grey_HW)
+  found = markers_lib.find_markers(grey_HW, _film_lungs(grey_HW, lungs))
   height, width = grey_HW.shape
   return {'path': display_path(path), 'height': height, 'width': width, 'n_markers': len(found),
           'markers': [{'box': list(m.box), 'polarity': m.polarity, 'place': place_of(m.box, height, width)}
@@ -594,25 +606,34 @@ def marker_markdown(table: dict[str, Any]) -> str:
 
 
 def marker_report(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray, out_dir: str,
-                  threads: int = 0) -> dict[str, Any]:
+                  threads: int = 0, lungs: bool = True) -> dict[str, Any]:
   """Finds the markers of every decodable file; writes out_dir/markers.json and markers.md; returns the summary."""
   decodable = [(a, f) for a, f in zip(audits, folder_N.tolist()) if a.error is None]
   with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-    rows = list(progress.progress(pool.map(lambda af: find_file_markers(af[0].path), decodable), len(decodable),
+    rows = list(progress.progress(pool.map(lambda af: find_file_markers(af[0].path, lungs), decodable), len(decodable),
                                   'markers'))
   keys = [(os.path.basename(os.path.realpath(folder_paths[f])), os.path.relpath(os.path.dirname(a.path),
                                                                                  folder_paths[f]))
           for a, f in decodable]
   table = marker_table(rows, keys)
   summary = {'n_images': len(rows), 'n_with_markers': sum(r['n_markers'] > 0 for r in rows),
-             'n_skipped_undecodable': len(audits) - len(rows), 'detector': 'lungjax/data/markers.py', 'table': table}
+             'n_skipped_undecodable': len(audits) - len(rows), 'detector': 'lungjax/data/markers.py',
+             'lungs_given_to_detector': _lungs_record(lungs), 'table': table}
   workdir_lib.write_json(os.path.join(out_dir, 'markers.json'), {**summary, 'images': rows}, indent=1)
   workdir_lib.write_text(os.path.join(out_dir, 'markers.md'), marker_markdown(table))
   return summary
 
 
+def _lungs_record(lungs: bool) -> dict[str, Any] | None:
+  """Which lung mask the detector was given: the shipped U-Net's weights and the guard, or None."""
+  if not lungs:
+    return None
+  from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
+  return {'model': lungs_lib.weights_record(), 'lung_guard': markers_lib.LUNG_GUARD}
+
+
 def write_marker_masked_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray,
-                               strip_dir: str) -> dict[str, Any]:
+                               strip_dir: str, lungs: bool = True) -> dict[str, Any]:
   """--strip --strip_markers: a metadata-free grey PNG of every decodable file with its markers filled, at
   strip_dir/<folder name>/<path in folder>.png (new files only); returns a summary."""
   written, n_regions = 0, 0
@@ -620,13 +641,15 @@ def write_marker_masked_copies(audits: Sequence[FileAudit], folder_paths: Sequen
     if audit.error is not None:
       continue
     _, png_path = copy_targets(audit.path, folder_paths[folder_index], strip_dir)
-    masked_HW, found = markers_lib.mask_markers(_grey_film(audit.path))
+    grey_HW = _grey_film(audit.path)
+    masked_HW, found = markers_lib.mask_markers(grey_HW, _film_lungs(grey_HW, lungs))
     buffer = io.BytesIO()
     Image.fromarray(masked_HW).save(buffer, format='PNG')
     workdir_lib.write_bytes(png_path, buffer.getvalue(), root=strip_dir, exclusive=True)
     written, n_regions = written + 1, n_regions + found
   return {'out_dir': display_path(strip_dir), 'methods': {'marker-masked png': written},
-          'n_marker_regions_filled': n_regions, 'n_skipped_undecodable': sum(a.error is not None for a in audits)}
+          'n_marker_regions_filled': n_regions, 'lungs_given_to_detector': _lungs_record(lungs),
+          'n_skipped_undecodable': sum(a.error is not None for a in audits)}
 
 
 def metadata_report(table_path: str, file_column: str, subgroups: str, group_by: str, paths: Sequence[str],
@@ -665,10 +688,12 @@ def metadata_report(table_path: str, file_column: str, subgroups: str, group_by:
 def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: float = NEAR_THRESHOLD,
               strip_dir: str | None = None, drop_from: str | None = None, threads: int = 0, metadata: str = '',
               metadata_file_column: str = metadata_lib.DEFAULT_FILE_COLUMN, subgroups: str = '',
-              group_by: str = '', markers: bool = False, strip_markers: bool = False) -> dict[str, Any]:
+              group_by: str = '', markers: bool = False, strip_markers: bool = False,
+              marker_lungs: bool = True) -> dict[str, Any]:
   """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report.
   With `metadata` (a CSV), the report's 'metadata_table' (metadata_report); with `markers`, markers.json / .md
-  (marker_report); with `strip_markers`, the --strip copies are marker-masked PNGs."""
+  (marker_report); with `strip_markers`, the --strip copies are marker-masked PNGs; marker_lungs: the marker
+  detector is given the shipped lung U-Net's mask of each film."""
   drop_index = _check_arguments(folder_paths, out_dir, near_threshold, strip_dir, drop_from)
   if strip_markers and strip_dir is None:
     raise ValueError('--strip_markers writes marker-masked copies under --strip=OUT_DIR: name it')
@@ -713,10 +738,11 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
     report['drop_list'] = dropped
     workdir_lib.write_text(os.path.join(out_dir, 'drop_list.txt'), ''.join(path + '\n' for path in dropped))
   if markers:
-    report['markers'] = {k: v for k, v in marker_report(audits, folder_paths, folder_N, out_dir, threads).items()
+    report['markers'] = {k: v for k, v in marker_report(audits, folder_paths, folder_N, out_dir, threads,
+                                                             marker_lungs).items()
                          if k != 'table'}
   if strip_dir is not None and strip_markers:
-    report['strip'] = write_marker_masked_copies(audits, folder_paths, folder_N, strip_dir)
+    report['strip'] = write_marker_masked_copies(audits, folder_paths, folder_N, strip_dir, marker_lungs)
   elif strip_dir is not None:
     report['strip'] = write_clean_copies(audits, folder_paths, folder_N, strip_dir)
   n_unreadable = sum(len(stats['unreadable']) for stats in report['folders'])
@@ -740,7 +766,7 @@ def main(argv: Sequence[str]) -> None:
   report = run_audit(argv[1:], FLAGS.out, near_threshold=FLAGS.near_threshold, strip_dir=FLAGS.strip,
                      drop_from=FLAGS.drop_from, metadata=FLAGS.metadata,
                      metadata_file_column=FLAGS.metadata_file_column, subgroups=FLAGS.subgroups, group_by=FLAGS.group_by,
-                     markers=FLAGS.markers, strip_markers=FLAGS.strip_markers)
+                     markers=FLAGS.markers, strip_markers=FLAGS.strip_markers, marker_lungs=FLAGS.marker_lungs)
   summary = report['summary']
   print(f'{summary["n_images"]} images ({summary["n_undecodable"]} undecodable, {summary["n_unreadable"]} '
         f'unreadable): {summary["n_exact_pairs"]} exact and {summary["n_near_pairs"]} near copy pairs, '

@@ -96,9 +96,42 @@ def test_mask_markers_changes_the_model_input_only_where_markers_are():
   changed_HW = (masked_SSC != plain_SSC).any(-1)
   t, l, b, r = box
   assert changed_HW[t:b, l:r].mean() > 0.3  # The letter is gone ...
-  region_HW = markers.marker_mask(grey_HW)
+  from lungjax import lungs  # pylint: disable=g-import-not-at-top
+  region_HW = markers.marker_mask(grey_HW, lungs.lung_mask_of(grey_HW))  # The step is handed the U-Net's lungs.
   assert not changed_HW[~region_HW].any()  # ... and nothing else changed.
   assert masked_SSC[t:b, l:r, 0].max() < 200
+  # Given lungs that cover the letter, the step leaves it alone: it never fills the (grown) lungs.
+  over_HW = np.zeros(grey_HW.shape, bool)
+  over_HW[t:b, l:r] = True
+  kept_SSC = preprocess.preprocess_image(image, on, 400, lung_mask_HW=over_HW)
+  assert (kept_SSC == plain_SSC).all()
+
+
+def test_grown_lungs_reach_the_guard_distance_and_no_further():
+  lungs_HW = np.zeros((400, 400), bool)
+  lungs_HW[100:300, 100:300] = True
+  assert (markers.grown_lungs(lungs_HW, lungs_HW.shape, 0.0) == lungs_HW).all()
+  grown_HW = markers.grown_lungs(lungs_HW, lungs_HW.shape, 0.05)  # 20 px of the 400 px side.
+  assert grown_HW[100:300, 100:300].all() and grown_HW[200, 82] and grown_HW[318, 200]
+  assert not grown_HW[200, 76] and not grown_HW[324, 200] and not grown_HW[:70].any()
+  small_HW = markers.grown_lungs(lungs_HW, (200, 200), 0.05)  # Resized first: 10 px of the 200 px side.
+  assert small_HW[100, 41] and not small_HW[100, 37]
+  with pytest.raises(ValueError, match='lung_guard'):
+    markers.grown_lungs(lungs_HW, lungs_HW.shape, -0.1)
+
+
+@needs_font
+def test_the_guard_drops_a_marker_at_the_lungs_edge():
+  """A letter 6 px outside a (predicted) lung edge is a marker with no guard, and not with a 3% guard (12 px)."""
+  grey_HW = film()
+  box = plant(grey_HW, 'R', 150, 30, 20, 250)
+  t, l, b, r = box
+  lungs_HW = np.zeros(grey_HW.shape, bool)
+  lungs_HW[100:300, r + 6:200] = True
+  assert covered(box, markers.find_markers(grey_HW, lungs_HW, lung_guard=0.0)) >= 0.5
+  assert covered(box, markers.find_markers(grey_HW, lungs_HW, lung_guard=0.03)) == 0
+  guarded_HW = markers.marker_mask(grey_HW, lungs_HW, lung_guard=0.03)
+  assert not (guarded_HW & markers.grown_lungs(lungs_HW, grey_HW.shape, 0.03)).any()
 
 
 def test_mask_markers_must_be_a_bool():

@@ -27,8 +27,11 @@ WORK_SIDE pixels (boxes are mapped back to the film's own pixels):
    2) and overlapping in rows, are merged into one box (PORTABLE, AP SUPINE); every box is grown by PAD of its
    height on each side, clipped to the image.
 
-A `lung_mask_HW` (the lung-segmentation model's, when it exists) removes every component that touches it: the
-lungs are never masked. Boxes are (top, left, bottom, right), bottom/right exclusive, in the film's pixels.
+A `lung_mask_HW` (the shipped lung U-Net's: `lungjax audit --markers` and `config.data.mask_markers` pass it) is
+first grown by `lung_guard` (default LUNG_GUARD) of the short side, since a predicted mask's edge can fall a few
+pixels inside the lungs' true edge; every component that touches the grown lungs is dropped and no pixel of them is
+ever filled. LUNG_GUARD was chosen by the rule in results/markers/README.md ("Lung guard"). Boxes are (top, left,
+bottom, right), bottom/right exclusive, in the film's pixels.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ EDGE_BAND = 0.12
 MIN_SHARPNESS = 0.3
 WORD_GAP, PAD = 1.0, 0.15
 MIN_PIXELS = 12
+LUNG_GUARD = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +154,36 @@ def _words(boxes: Sequence[tuple[int, int, int, int]]) -> list[tuple[tuple[int, 
   return [(tuple(box), n) for box, n in groups]
 
 
-def find_markers(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None) -> list[Marker]:
+def grown_lungs(lung_mask_HW: np.ndarray, shape: tuple[int, int], lung_guard: float = LUNG_GUARD) -> np.ndarray:
+  """Bool mask of `shape`: the lungs (nonzero pixels of lung_mask_HW, resized to `shape`) grown by lung_guard of
+  the short side (Euclidean distance), OR the lungs as given when `shape` is their own."""
+  if not 0 <= lung_guard <= 0.5:
+    raise ValueError(f'lung_guard={lung_guard!r}: a fraction of the short side in [0, 0.5]')
+  lung_mask_HW = np.asarray(lung_mask_HW) > 0
+  if lung_mask_HW.shape != tuple(shape):
+    resized = Image.fromarray(lung_mask_HW.astype(np.uint8) * 255).resize(shape[::-1], Image.Resampling.BILINEAR)
+    lungs_HW = np.asarray(resized) > 0
+  else:
+    lungs_HW = lung_mask_HW
+  radius = lung_guard * min(shape)
+  if radius > 0 and lungs_HW.any():
+    # Work at a side of at most WORK_SIDE (the distance transform of a 3,000 px film is slow), then back up.
+    scale = min(1.0, WORK_SIDE / min(shape))
+    small_shape = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
+    small_HW = np.asarray(Image.fromarray(lungs_HW.astype(np.uint8) * 255).resize(
+        small_shape[::-1], Image.Resampling.BILINEAR)) > 0
+    near_HW = ndimage.distance_transform_edt(~small_HW) <= radius * scale + 1.0
+    lungs_HW = lungs_HW | (np.asarray(Image.fromarray(near_HW.astype(np.uint8) * 255).resize(
+        shape[::-1], Image.Resampling.NEAREST)) > 0)
+  return lungs_HW
+
+
+def find_markers(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None,
+                 lung_guard: float = LUNG_GUARD) -> list[Marker]:
   """The burned-in marker regions of one grey film (H x W, uint8 or anything 0-255), sorted by position.
 
-  lung_mask_HW: optional H x W lungs (nonzero inside); a component touching them is never a marker.
+  lung_mask_HW: optional H x W lungs (nonzero inside), grown by lung_guard of the short side (grown_lungs); a
+  component touching them is never a marker.
   """
   grey_HW = np.asarray(grey_HW)
   if grey_HW.ndim != 2:
@@ -166,8 +196,7 @@ def find_markers(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None) ->
   if lung_mask_HW is not None:
     if np.shape(lung_mask_HW) != grey_HW.shape:
       raise ValueError(f'lung mask of shape {np.shape(lung_mask_HW)} for an image of shape {grey_HW.shape}')
-    lungs = Image.fromarray((np.asarray(lung_mask_HW) > 0).astype(np.uint8) * 255)
-    lungs_HW = np.asarray(lungs.resize(work_HW.shape[::-1], Image.Resampling.BILINEAR)) > 0
+    lungs_HW = grown_lungs(lung_mask_HW, work_HW.shape, lung_guard)
   k = max(3, int(round(TOPHAT_FRACTION * min(work_HW.shape)))) | 1
   # Grey levels per film pixel: an upsampled film's edges are as sharp as they were in its own pixels.
   gradient_HW = np.hypot(ndimage.sobel(work_HW, 0), ndimage.sobel(work_HW, 1)) / 8.0 * max(1.0, 1.0 / film_per_work)
@@ -217,13 +246,20 @@ def boxes_mask(boxes: Sequence[tuple[int, int, int, int]], shape: tuple[int, int
   return mask_HW
 
 
-def marker_mask(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None) -> np.ndarray:
-  """Bool H x W: True inside every marker region of find_markers (minus the lungs when lung_mask_HW is given)."""
-  grey_HW = np.asarray(grey_HW)
-  mask_HW = boxes_mask([m.box for m in find_markers(grey_HW, lung_mask_HW)], grey_HW.shape)
+def _regions(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None, lung_guard: float
+             ) -> tuple[np.ndarray, int]:
+  """(the bool H x W mask of find_markers' boxes minus the grown lungs, the number of boxes)."""
+  found = find_markers(grey_HW, lung_mask_HW, lung_guard)
+  mask_HW = boxes_mask([m.box for m in found], grey_HW.shape)
   if lung_mask_HW is not None:
-    mask_HW &= ~(np.asarray(lung_mask_HW) > 0)
-  return mask_HW
+    mask_HW &= ~grown_lungs(lung_mask_HW, grey_HW.shape, lung_guard)
+  return mask_HW, len(found)
+
+
+def marker_mask(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None,
+                lung_guard: float = LUNG_GUARD) -> np.ndarray:
+  """Bool H x W: True inside every marker region of find_markers (minus the grown lungs when lung_mask_HW is given)."""
+  return _regions(np.asarray(grey_HW), lung_mask_HW, lung_guard)[0]
 
 
 def fill(grey_HW: np.ndarray, mask_HW: np.ndarray) -> np.ndarray:
@@ -245,11 +281,9 @@ def fill(grey_HW: np.ndarray, mask_HW: np.ndarray) -> np.ndarray:
   return out_HW
 
 
-def mask_markers(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-  """The film with its marker regions filled (fill), and how many regions were found."""
+def mask_markers(grey_HW: np.ndarray, lung_mask_HW: np.ndarray | None = None,
+                 lung_guard: float = LUNG_GUARD) -> tuple[np.ndarray, int]:
+  """The film with its marker regions filled (fill; never a pixel of the grown lungs), and how many were found."""
   grey_HW = np.asarray(grey_HW)
-  found = find_markers(grey_HW, lung_mask_HW)
-  mask_HW = boxes_mask([m.box for m in found], grey_HW.shape)
-  if lung_mask_HW is not None:
-    mask_HW &= ~(np.asarray(lung_mask_HW) > 0)
-  return fill(grey_HW, mask_HW), len(found)
+  mask_HW, n = _regions(grey_HW, lung_mask_HW, lung_guard)
+  return fill(grey_HW, mask_HW), n
