@@ -166,7 +166,7 @@ def check(model_config: ml_collections.ConfigDict, num_classes: int) -> None:
     layers.check_impls(*(str(fields.get(k, default)) for k, default in defaults.items()))
     fields.update(conv_impl='xla', pool_impl='reshape')  # Names checked above; create_model resolves them.
   module_class(num_classes=num_classes, **fields)
-  if model_config.get('init_from', ''):
+  if model_config.init_from:  # Every classifier's packaged config has it (run_fields.upgrade fills it).
     keras_weights.check_model_config(model_config)
 
 
