@@ -632,3 +632,13 @@ def test_fit_temperature_equals_the_old_golden_section_search(seed):
   labels = rng.integers(0, 3, 120)
   labels[:60] = logits[:60].argmax(-1)
   np.testing.assert_allclose(metrics.fit_temperature(labels, logits), old, rtol=1e-6)
+
+
+def test_mean_and_std_over_runs():
+  def run(accuracy):
+    row = {'precision': accuracy, 'recall': accuracy, 'f1': accuracy}
+    return {'accuracy': accuracy, 'macro_avg': row, 'weighted_avg': row, 'per_class': {'a': row}}
+  summary = metrics.mean_and_std([run(0.8), run(0.9), run(1.0)], ['a'])
+  assert summary['accuracy']['values'] == [0.8, 0.9, 1.0]
+  np.testing.assert_allclose(summary['accuracy']['mean'], 0.9)
+  np.testing.assert_allclose(summary['a.f1']['std'], 0.1)
