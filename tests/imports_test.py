@@ -167,9 +167,7 @@ _TESTED_ELSEWHERE = {
     # NOT YET (issue 27): these still need their own file; tested today only through the files named.
     'lungjax/evaluate.py': ('main_test.py', 'NOT YET: tested through --mode=eval and train end to end'),
     'lungjax/final_evaluation.py': ('best_step_test.py', 'NOT YET: tested through train_and_evaluate'),
-    'lungjax/mesh.py': ('sharding_test.py', 'NOT YET: tested through the sharded steps'),
     'lungjax/prepare.py': ('prepared_test.py', 'NOT YET: tested through cli_test and prepared_test'),
-    'lungjax/report.py': ('report_units_test.py', 'NOT YET: tested through every evaluation'),
     'lungjax/train.py': ('main_test.py', 'NOT YET: tested through every training test'),
     'lungjax/data/loading.py': ('validation_split_test.py', 'NOT YET: tested through every training test'),
     'lungjax/data/sources.py': ('multisource_test.py', 'NOT YET: tested through the multi-source runs'),
