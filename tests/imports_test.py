@@ -204,6 +204,7 @@ def test_every_module_has_its_own_test_file_or_a_listed_reason():
 
 
 def test_the_own_test_file_names(tmp_path):
+  _write(tmp_path, {'lungjax/train.py': '', 'lungjax/data/images.py': '', 'lungjax/models/cnn.py': '',
                     'lungjax/configs/cnn.py': ''})
   root = tmp_path / 'lungjax'
   assert own_test_files(root / 'train.py', root) == ['train_test.py', 'train_test.py']
