@@ -169,7 +169,6 @@ _TESTED_ELSEWHERE = {
     'lungjax/final_evaluation.py': ('best_step_test.py', 'NOT YET: tested through train_and_evaluate'),
     'lungjax/prepare.py': ('prepared_test.py', 'NOT YET: tested through cli_test and prepared_test'),
     'lungjax/train.py': ('main_test.py', 'NOT YET: tested through every training test'),
-    'lungjax/data/sources.py': ('multisource_test.py', 'NOT YET: tested through the multi-source runs'),
 }
 
 
