@@ -165,7 +165,6 @@ _TESTED_ELSEWHERE = {
     'lungjax/models/resnet.py': ('resnet_vgg_test.py', 'ResNet and VGG share one file of parametrized cases'),
     'lungjax/models/vgg.py': ('resnet_vgg_test.py', 'ResNet and VGG share one file of parametrized cases'),
     # NOT YET (issue 27): these still need their own file; tested today only through the files named.
-    'lungjax/evaluate.py': ('main_test.py', 'NOT YET: tested through --mode=eval and train end to end'),
     'lungjax/final_evaluation.py': ('best_step_test.py', 'NOT YET: tested through train_and_evaluate'),
     'lungjax/prepare.py': ('prepared_test.py', 'NOT YET: tested through cli_test and prepared_test'),
     'lungjax/train.py': ('main_test.py', 'NOT YET: tested through every training test'),
