@@ -164,8 +164,6 @@ _TESTED_ELSEWHERE = {
     'lungjax/models/__init__.py': ('models_test.py', 'the model registry: names, fields, dtypes'),
     'lungjax/models/resnet.py': ('resnet_vgg_test.py', 'ResNet and VGG share one file of parametrized cases'),
     'lungjax/models/vgg.py': ('resnet_vgg_test.py', 'ResNet and VGG share one file of parametrized cases'),
-    # NOT YET (issue 27): these still need their own file; tested today only through the files named.
-    'lungjax/prepare.py': ('prepared_test.py', 'NOT YET: tested through cli_test and prepared_test'),
 }
 
 
