@@ -150,20 +150,15 @@ def test_a_name_imported_from_a_package_is_an_edge_to_its_init(tmp_path):
 _TESTED_ELSEWHERE = {
     'lungjax/__init__.py': ('api_test.py', 'the public API: lungjax.load, Model, segment, __version__'),
     'lungjax/configs/__init__.py': ('config_check_test.py', 'the packaged configs, loaded by path'),
-    'lungjax/configs/autoencoder.py': ('config_check_test.py', 'a config (data): every shipped config passes '
-                                       'every mode in test_the_shipped_configs_pass_every_mode'),
-    'lungjax/configs/cnn.py': ('config_check_test.py', 'a config (data), as above'),
-    'lungjax/configs/cnn_augment.py': ('config_check_test.py', 'a config (data), as above'),
-    'lungjax/configs/lungs.py': ('config_check_test.py', 'a config (data), as above'),
-    'lungjax/configs/resnet.py': ('config_check_test.py', 'a config (data), as above'),
-    'lungjax/configs/tiny.py': ('config_check_test.py', 'a config (data), as above'),
-    'lungjax/configs/vgg.py': ('config_check_test.py', 'a config (data), as above'),
     'lungjax/cpu/__init__.py': ('kernels_test.py', 'an empty package docstring'),
     'lungjax/data/__init__.py': ('imports_test.py', 'an empty package'),
     'lungjax/tools/__init__.py': ('imports_test.py', 'an empty package'),
     'lungjax/models/__init__.py': ('models_test.py', 'the model registry: names, fields, dtypes'),
     'lungjax/models/resnet.py': ('resnet_vgg_test.py', 'ResNet and VGG share one file of parametrized cases'),
     'lungjax/models/vgg.py': ('resnet_vgg_test.py', 'ResNet and VGG share one file of parametrized cases'),
+    **{f'lungjax/configs/{name}.py': ('config_check_test.py', 'a config (data): every shipped config passes every '
+                                      'mode in test_the_shipped_configs_pass_every_mode')
+       for name in ('autoencoder', 'cnn', 'cnn_augment', 'lungs', 'resnet', 'tiny', 'vgg')},
 }
 
 
