@@ -525,3 +525,6 @@ def test_mean_and_std_over_runs():
   assert summary['accuracy']['values'] == [0.8, 0.9, 1.0]
   np.testing.assert_allclose(summary['accuracy']['mean'], 0.9)
   np.testing.assert_allclose(summary['a.f1']['std'], 0.1)
+  one = metrics.mean_and_std([run(0.8)], ['a'])
+  assert one['accuracy'] == {'mean': 0.8, 'std': 0.0, 'values': [0.8]}
+  assert 'mcc' not in one and 'roc_auc.macro' not in one  # Absent from the runs' metrics: left out, not zero.
