@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from lungjax import checkpoints, evaluate, explain, inference, mesh as mesh_lib, metrics as metrics_lib
-from lungjax import steps, workdir as workdir_lib
+from lungjax import config_check, steps, workdir as workdir_lib
 from lungjax.data import folders, loading
 
 matplotlib.use('Agg')
@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 # text, the neck, shoulders and abdomen lie. It is generous on purpose: hiding it must hide the lungs whole, or
 # their edges could keep a model's score and make it look like a shortcut. Top and bottom rows are exclusive.
 LUNG_BOX = {'top': 0.10, 'bottom': 0.85, 'left': 0.10, 'right': 0.90}
-REGIONS = ('mask', 'box')  # config.shortcuts.region.
+REGIONS = config_check.SHORTCUTS_REGIONS  # config.shortcuts.region (config_check owns it: no import cycle).
 MIN_MASK_SHARE = 0.02  # A predicted lung mask below this share of the film is taken as a failure: the box instead.
 VIEWS = ('as_is', 'lungs_hidden', 'lungs_only')
 VIEW_TITLES = {'as_is': 'as is', 'lungs_hidden': 'lungs hidden', 'lungs_only': 'lungs only'}
@@ -406,9 +406,7 @@ def _load(config: ml_collections.ConfigDict) -> tuple[str, loading.FolderImages,
   return workdir_lib.folder_identity([folder]), loaded, None  # Same base name, other folder: its own output.
 
 
-def region_of(config: ml_collections.ConfigDict) -> str:
-  """config.shortcuts.region ('mask' for configs saved before the field existed)."""
-  return config.get('shortcuts', ml_collections.ConfigDict()).get('region', 'mask')
+region_of = config_check.shortcuts_region  # config.shortcuts.region ('mask' when absent).
 
 
 def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,

@@ -231,3 +231,21 @@ def test_a_classifier_may_not_choose_its_checkpoint_by_dice(mode, tmp_path):
     config_check.validate(config, mode)
   config.checkpoint.best_metric = 'macro_recall'
   assert config_check.validate(config, mode) is None
+
+
+def test_the_shortcuts_region_is_read_and_checked_by_config_check_and_shared_by_shortcuts(tmp_path, monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from lungjax import lungs, shortcuts  # pylint: disable=g-import-not-at-top
+  config = cnn.get_config()
+  assert shortcuts.REGIONS == config_check.SHORTCUTS_REGIONS == ('mask', 'box')
+  assert shortcuts.region_of(ml_collections.ConfigDict({'name': 'old'})) == 'mask'  # Saved before the field.
+  config.shortcuts = ml_collections.ConfigDict({'region': 'box'})
+  assert config_check.shortcuts_region(config) == 'box'
+  config_check.check_shortcuts_region(config)
+  config.shortcuts.region = 'lobes'
+  with pytest.raises(ValueError, match=r"config.shortcuts.region='lobes' is not one of \['mask', 'box'\]"):
+    config_check.check_shortcuts_region(config)
+  config.shortcuts.region = 'mask'
+  monkeypatch.setattr(lungs, 'WEIGHTS_PATH', str(tmp_path / 'missing.npz'))
+  with pytest.raises(ValueError, match='region=box'):
+    config_check.check_shortcuts_region(config)
