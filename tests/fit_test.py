@@ -5,14 +5,19 @@ import csv
 import json
 import os
 import signal
+from typing import Any
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import autoencoder, checkpoints, preemption, segmentation, steps, train
+from lungjax import autoencoder, checkpoints, fit as fit_lib, mesh as mesh_lib, preemption, segmentation, steps, train
+from lungjax.data import pipeline
 from lungjax.configs import lungs as lungs_config
 from tests.conftest import striped_image, write_image_folder
 
@@ -136,3 +141,164 @@ def test_every_model_trains_with_the_golden_per_step_losses(tmp_path, monkeypatc
     assert len(found[name]) == len(golden[name]) > 0, name
     assert found[name] == golden[name], (name, [float.fromhex(v) for v in found[name]],
                                          [float.fromhex(v) for v in golden[name]])
+
+
+# --- fit.fit itself, on a two-parameter least-squares model: cadence, NaN, preemption. ---
+
+class _FakeManager:
+  directory = '/nowhere/checkpoints'
+
+  def __init__(self):
+    self.closed = False
+
+  def wait_until_finished(self):
+    pass
+
+  def close(self):
+    self.closed = True
+
+
+def _least_squares(params, model_state, batch, key):
+  del key
+  loss = jnp.mean(jnp.square(batch['x'] @ params['w'] - batch['y']))
+  return loss, (steps.LossMetrics.single_from_model_output(loss=loss), model_state)
+
+
+def _fit(batches, num_steps, *, stop, step_hook=None, writer=None, log_every_steps=2):
+  mesh = mesh_lib.make_mesh()
+  tx = optax.sgd(0.1)
+  params = {'w': jnp.zeros(2)}
+  state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={}, opt_state=tx.init(params),
+                           dropout_key=jax.random.PRNGKey(0))
+  jitted = steps.make_train_step(_least_squares, tx, mesh)
+
+  def train_step(state, batch):
+    state, metrics = jitted(state, batch)
+    if step_hook is not None:
+      step_hook(int(state.step))
+    return state, metrics
+
+  saved, ends = [], []
+  manager = _FakeManager()
+  final = fit_lib.fit(state, iter(batches), manager, stop, train_step=train_step,
+                      batch_sharding=mesh_lib.batch_sharded(mesh), num_steps=num_steps, steps_per_epoch=3,
+                      save=lambda s, m: saved.append((int(s.step), m)),
+                      end_epoch=lambda s, step, row: ends.append((step, row)) or {'val': float(step)},
+                      log_every_steps=log_every_steps, writer=writer)
+  return final, saved, ends, manager
+
+
+def _batches(n, nan_at=None):
+  rng = np.random.default_rng(0)
+  out = []
+  for i in range(1, n + 1):
+    x = rng.normal(size=(4, 2)).astype(np.float32)
+    out.append({'x': x * np.float32(np.nan) if i == nan_at else x, 'y': x @ np.array([1.0, -2.0], np.float32)})
+  return out
+
+
+class _Writer:
+  def __init__(self):
+    self.rows = []
+
+  def write_scalars(self, step, scalars):
+    self.rows.append((step, scalars))
+
+
+def test_fit_saves_each_epoch_and_writes_merged_metrics_at_log_points():
+  writer = _Writer()
+  with preemption.StopRequest() as stop:
+    final, saved, ends, _ = _fit(_batches(6), 6, stop=stop, writer=writer)
+  assert int(final.step) == 6
+  assert saved == [(3, {'val': 3.0}), (6, {'val': 6.0})]
+  assert [step for step, _ in writer.rows] == [2, 3, 4, 6]  # Every 2 steps and at each epoch end.
+  assert [step for step, _ in ends] == [3, 6] and set(ends[0][1]) == {'train_loss'}
+  assert ends[1][1]['train_loss'] < ends[0][1]['train_loss']
+
+
+def test_fit_names_the_first_non_finite_step_at_the_next_log_point():
+  with preemption.StopRequest() as stop, pytest.raises(FloatingPointError, match='at step 5:'):
+    _fit(_batches(6, nan_at=5), 6, stop=stop, log_every_steps=0)
+
+
+def test_sigterm_stops_fit_within_one_step_with_a_checkpoint():
+  with preemption.StopRequest() as stop:
+    hook = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 4 else None
+    with pytest.raises(preemption.Preempted, match='saved checkpoint step 4') as stopped:
+      _fit(_batches(6), 6, stop=stop, step_hook=hook)
+  assert stopped.value.step == 4 and stopped.value.exit_code == 0
+
+
+# --- SIGTERM during the autoencoder's stage 1. ---
+
+def _sigterm_at(monkeypatch, at_step):
+  """Makes stage 1's jitted step send this process SIGTERM right after step `at_step`."""
+  real = autoencoder.jit_train_step
+
+  def jit_train_step(*args, **kwargs):
+    jitted = real(*args, **kwargs)
+
+    def step(state, batch):
+      state, metrics = jitted(state, batch)
+      if int(state.step) == at_step:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return state, metrics
+    return step
+
+  monkeypatch.setattr(autoencoder, 'jit_train_step', jit_train_step)
+
+
+def test_sigterm_during_stage1_saves_within_one_step_and_resumes_to_the_same_params(tmp_path, monkeypatch):
+  config, images_NHWC = _ae_config(), _ae_images()  # 3 steps an epoch, 6 in all.
+  straight = autoencoder.train_autoencoder(config, str(tmp_path / 'straight'), images_NHWC)
+  workdir = str(tmp_path / 'stopped')
+  with monkeypatch.context() as patch:
+    _sigterm_at(patch, 4)
+    with pytest.raises(preemption.Preempted, match='saved checkpoint step 4') as stopped:
+      autoencoder.train_autoencoder(config, workdir, images_NHWC)
+  assert stopped.value.step == 4
+  assert os.listdir(os.path.join(autoencoder.stage_dir(workdir), 'checkpoints')) == ['4']
+  resumed = autoencoder.train_autoencoder(config, workdir, images_NHWC)
+  assert (resumed.first_step, resumed.num_steps, resumed.reused) == (4, 6, False)
+  assert [row['epoch'] for row in resumed.history] == [1, 2] and resumed.history[0] == straight.history[0]
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params), jax.device_get(straight.params))
+
+
+def test_sigterm_in_stage1_of_a_training_run_stops_the_run_there(tmp_path, monkeypatch, tiny_config):
+  tiny_config.autoencoder.enabled = True
+  tiny_config.autoencoder.batch_size = 4
+  workdir = str(tmp_path / 'run')
+  _sigterm_at(monkeypatch, 1)
+  with pytest.raises(preemption.Preempted, match='saved checkpoint step 1') as stopped:
+    train.train_and_evaluate(tiny_config, workdir)
+  assert os.path.join('autoencoder', 'checkpoints') in str(stopped.value)
+  assert os.listdir(os.path.join(autoencoder.stage_dir(workdir), 'checkpoints')) == ['1']
+  assert not os.path.isdir(checkpoints.checkpoint_dir(workdir)) or not [
+      n for n in os.listdir(checkpoints.checkpoint_dir(workdir)) if n.isdigit()]
+
+
+@flax.struct.dataclass
+class _OldAutoencoderState:
+  """Stage 1's state class before fit.fit (autoencoder.AutoencoderState at 4c58985)."""
+
+  step: Any
+  params: Any
+  opt_state: Any
+
+
+def test_a_stage1_checkpoint_of_the_old_state_class_gets_a_clear_error(tmp_path):
+  config, images_NHWC = _ae_config(), _ae_images()
+  workdir = str(tmp_path / 'old')
+  autoencoder.train_autoencoder(config, workdir, images_NHWC)
+  manager = autoencoder.create_manager(workdir)
+  restored = checkpoints.restore_verified(manager, 6, autoencoder.abstract_state(
+      autoencoder.create_model(config), autoencoder.create_optimizer(config), 32, mesh_lib.make_mesh()))
+  old = _OldAutoencoderState(restored.state.step, restored.state.params, restored.state.opt_state)
+  data_iter = iter(pipeline.train_dataset(images_NHWC, np.zeros(12, np.int32), global_batch_size=4, num_epochs=1,
+                                          seed=0).to_iter_dataset())
+  checkpoints.save_items(manager, 7, old, data_iter, {'epochs': restored.history['epochs'][:1], 'n_images': 12},
+                         None)
+  checkpoints.wait(manager)
+  manager.close()
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='older lungjax'):
+    autoencoder.train_autoencoder(config, workdir, images_NHWC)
