@@ -1,7 +1,9 @@
 """Stage 1 of the autoencoder variant: pretrain the CNN's conv stack on reconstruction (pretrain), before the
 classifier trains (train.train_and_evaluate calls it on a fresh run; warm_start loads the encoder it returns).
 
-Everything lives under workdir/autoencoder/: checkpoints/ (latest epoch, resumable), settings.json, history.json
+It trains through the classifier's pieces: steps.TrainState, steps.make_train_step on `autoencoder_loss`, and the
+one loop fit.fit (NaN check, epoch checkpoints, SIGTERM / Ctrl-C asked every step). Everything lives under
+workdir/autoencoder/: checkpoints/ (latest epoch, or the step a stop saved; resumable), settings.json, history.json
 (per-epoch MSE) and reconstructions.png (also copied to workdir/reconstructions.png).
 """
 
