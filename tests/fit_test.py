@@ -302,3 +302,33 @@ def test_a_stage1_checkpoint_of_the_old_state_class_gets_a_clear_error(tmp_path)
   manager.close()
   with pytest.raises(checkpoints.CheckpointMismatchError, match='older lungjax'):
     autoencoder.train_autoencoder(config, workdir, images_NHWC)
+
+
+def test_sigterm_during_the_unet_run_saves_that_step_and_the_rerun_resumes_there(tmp_path, monkeypatch):
+  config = _lungs_config(_lungs_metadata(str(tmp_path / 'films')))
+  workdir = str(tmp_path / 'unet')
+  real, seen, kill_at = steps.make_train_step, [], [1]
+
+  def make_train_step(*args, **kwargs):
+    jitted = real(*args, **kwargs)
+
+    def step(state, batch):
+      seen.append(int(state.step))
+      state, metrics = jitted(state, batch)
+      if int(state.step) in kill_at:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return state, metrics
+    return step
+
+  with monkeypatch.context() as patch:
+    patch.setattr(steps, 'make_train_step', make_train_step)
+    with pytest.raises(preemption.Preempted, match='saved checkpoint step 1'):
+      segmentation.train_and_evaluate(config, workdir)
+  assert [n for n in os.listdir(checkpoints.checkpoint_dir(workdir)) if n.isdigit()] == ['1']
+  seen.clear()
+  kill_at.clear()  # The rerun is not stopped.
+  with monkeypatch.context() as patch:
+    patch.setattr(steps, 'make_train_step', make_train_step)
+    summary = segmentation.train_and_evaluate(config, workdir)
+  assert seen[0] == 1 and seen[-1] == summary['num_steps'] - 1  # Resumed after step 1, ran to the end.
+  assert [row['epoch'] for row in summary['history']] == [1, 2]
