@@ -95,12 +95,9 @@ def _describe(component: list[str], graph: dict[str, dict[str, int]], modules) -
                    for a in component for b, line in sorted(graph[a].items()) if b in inside)
 
 
-# NOT YET BROKEN (issue 27): images -> preprocess (module level); preprocess -> lungs (inside preprocess_image, the
-# settings check and record: the U-Net's mask, weights path and record); lungs -> preprocess (area_resize) and
-# lungs -> images (segment() of paths / PIL images). Breaking it splits lungs.py: the U-Net on decoded arrays below
-# preprocess, segment() of files above images. Listed so that any other cycle fails now; remove the entry when fixed
-# (the test then fails if the cycle is still there).
-_KNOWN_CYCLES = [['lungjax.data.images', 'lungjax.data.preprocess', 'lungjax.lungs']]
+# None: the last one (images -> preprocess -> lungs -> images) went when the U-Net on decoded pixels moved to
+# models/lung_unet.py (below data/preprocess.py) and area_resize to data/resize.py.
+_KNOWN_CYCLES: list[list[str]] = []
 
 
 def test_the_package_has_no_import_cycle():
