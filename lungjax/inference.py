@@ -115,10 +115,10 @@ def predict_batches(eval_step: Callable[..., jax.Array], state: steps.TrainState
   """N x C probabilities of N images (uint8 N x S x S x 3, or prepared images read per batch), one row per image
   in order: lungjax's one prediction path (Model.probabilities and evaluate.predict_probabilities both call it).
 
-  eval_step is steps.jit_eval_step(module, mesh) (a Model's `eval_step`); batches of `batch_size` rows (a multiple of
-  the mesh's 'data' axis) in file order come from pipeline.eval_dataset, the last padded and masked: every image is
-  counted once and no padding row comes back. labels_N only rides along (None: zeros); `desc` labels the progress
-  bar (empty: none).
+  eval_step: a Model's `eval_step` (steps.jit_eval_step for the mesh) or training's own. Batches of `batch_size`
+  rows (a multiple of the mesh's 'data' axis) in file order come from pipeline.eval_dataset, the last padded and
+  masked: every image is counted once and no padding row comes back. labels_N only rides along (None: zeros);
+  `desc` labels the progress bar (empty: none).
   """
   n = len(images_NHWC)
   labels_N = np.zeros(n, np.int32) if labels_N is None else labels_N
@@ -203,12 +203,13 @@ class Model:
       training and validation files' digests ...), None for a model not read from a checkpoint.
     mesh: the devices its batches are sharded over ('data' axis; default every local device, mesh.make_mesh()):
       `state` must be placed on it (replicated), as load() places it.
-    eval_step: steps.jit_eval_step for `mesh`, built once: every probability of this Model comes from it.
+    eval_step: steps.jit_eval_step for `mesh`, built once (or the one given: training passes its own, so that the
+      run compiles the step once): every probability of this Model comes from it.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, module: nn.Module, state: steps.TrainState,
                checkpoint_step: int, workdir: str, run_fingerprint: dict[str, Any] | None = None,
-               mesh: Mesh | None = None):
+               mesh: Mesh | None = None, eval_step: Callable[..., jax.Array] | None = None):
     self.run_fingerprint = run_fingerprint
     self.config = config
     self.module = module
@@ -218,7 +219,7 @@ class Model:
     self.mesh = mesh if mesh is not None else mesh_lib.make_mesh()
     # The one jitted eval step of this Model (predict_batches pads every batch to one shape: one compile), the step
     # --mode=eval, explain, shortcuts, compare and predict all predict through.
-    self.eval_step = steps.jit_eval_step(module, self.mesh)
+    self.eval_step = eval_step if eval_step is not None else steps.jit_eval_step(module, self.mesh)
     self._explain_fns: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {}
 
   def __repr__(self) -> str:
@@ -312,13 +313,20 @@ class Model:
     """(probabilities_NC, heatmaps_NHW): the softmax (from `probabilities`: this Model's one eval step, the numbers
     --mode=eval has) and the Grad-CAM of `layer` (default config.explain.layer) of N x S x S x 3 uint8 pixels, each
     map for its class index (below 0: the predicted class), in [0, 1]."""
+    images_NHWC = np.asarray(images_NHWC)
+    return self.probabilities(images_NHWC), self.heatmaps(images_NHWC, class_indices_N, layer=layer, desc=desc)
+
+  def heatmaps(self, images_NHWC: np.ndarray, class_indices_N: np.ndarray, *, layer: str = '',
+               desc: str = '') -> np.ndarray:
+    """N x S x S float32 in [0, 1]: the Grad-CAM of `layer` (default config.explain.layer) of N x S x S x 3 uint8
+    pixels, each map for its class index (below 0: the predicted class); batch_size images at a time (map_batches:
+    the last zero-padded, one compile per layer)."""
     layer = layer or self.config.explain.layer
     if layer not in self._explain_fns:
       self._explain_fns[layer] = gradcam.jit_explain(self.module, layer)
-    images_NHWC = np.asarray(images_NHWC)
-    _, heatmaps_NHW = map_batches(self._explain_fns[layer], self.variables, self.batch_size, images_NHWC,
+    _, heatmaps_NHW = map_batches(self._explain_fns[layer], self.variables, self.batch_size, np.asarray(images_NHWC),
                                   np.asarray(class_indices_N, np.int32), desc=desc)
-    return self.probabilities(images_NHWC), heatmaps_NHW
+    return heatmaps_NHW
 
   def explain(self, image: ImageInput, class_name: str | None = None, *, layer: str = '') -> np.ndarray:
     """The Grad-CAM heat map of one image, H x W float32 in [0, 1] at the image's own height and width (the map
@@ -332,7 +340,7 @@ class Model:
     if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
       raise ValueError(f'explain takes one image, not {len(image)}')
     pixels_HWC, (height, width) = pixels_and_size(image, self.image_size, self.preprocess)
-    _, heatmaps_NHW = self.explain_pixels(pixels_HWC[None], np.full(1, target, np.int32), layer=layer)
+    heatmaps_NHW = self.heatmaps(pixels_HWC[None], np.full(1, target, np.int32), layer=layer)
     heatmap_SS = np.asarray(heatmaps_NHW[0], np.float32)
     if (height, width) == heatmap_SS.shape:
       return heatmap_SS

@@ -445,7 +445,7 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
                    for view, x in viewed.items()}
   views = {view: view_scores(labels_N, probs_NC.argmax(axis=-1), classes) for view, probs_NC in probabilities.items()}
 
-  _, heatmaps_NHW = model.explain_pixels(viewed['as_is'], np.full(len(decoded), -1, np.int32))
+  heatmaps_NHW = model.heatmaps(viewed['as_is'], np.full(len(decoded), -1, np.int32))
   shares_N = heat_share_in_box(heatmaps_NHW, regions_NHW=regions_NHW)
   cam = cam_shares(labels_N, shares_N, classes, config.eval.n_bootstrap, config.seed)
   height, width = decoded.images_NHWC.shape[1:3]
