@@ -36,8 +36,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib, report
-from lungjax import steps, train, workdir as workdir_lib
+from lungjax import distributed, evaluate, inference, metrics as metrics_lib, report
+from lungjax import train, workdir as workdir_lib
 from lungjax.data import images, loading, metadata as metadata_lib, sources as sources_lib, splits
 
 SELECTION_MEASURE = 'worst_held_out_macro_recall'
@@ -106,9 +106,7 @@ def _predict_held_out(run_dir: str, held_out: images.DecodedImages, config: ml_c
                       ) -> np.ndarray:
   """The run's best checkpoint (restored and verified as --mode=eval restores it) on the held-out images."""
   model = inference.load(run_dir)
-  mesh = mesh_lib.make_mesh()
-  return evaluate.predict_probabilities(steps.jit_eval_step(model.module, mesh), model.state, held_out,
-                                        config.eval.batch_size, mesh)
+  return model.probabilities(held_out.images_NHWC, desc='evaluating', batch_size=config.eval.batch_size)
 
 
 def _recall_summary(per_seed: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, dict[str, float]]:
