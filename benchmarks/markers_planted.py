@@ -19,6 +19,9 @@ The rules (fixed before any run on the test half):
   and finds a plate's edge with its text), else a false positive; precision = true new boxes / new boxes;
 - lungs: pixels of the planted film's marker mask inside the human lung mask (cohen films that have one), and
   inside CENTRAL_LUNGS (every film); the unplanted film's too.
+- with --predicted_lungs the detector is handed the lung U-Net's mask of the (plain, then planted) film, and the
+  plants avoid the lungs on EVERY source: the human mask where one exists, else the U-Net's mask of the plain film,
+  each grown by 2% of the side (a marker printed on the lungs is one the detector must leave: it never masks lung);
 - films are split by a hash of their path into a dev half (where the detector's thresholds were set) and a test
   half (reported); the seed picks the films and the plants.
 """
@@ -194,7 +197,13 @@ def evaluate_film(grey_HW: np.ndarray, lungs_HW: np.ndarray | None, rng: np.rand
 
   before = detect(grey_HW)
   before_HW = markers.boxes_mask([m.box for m in before], shape)
-  if lungs_HW is not None:
+  if lungs_HW is None and segment is not None:  # Off the lungs as the lung model sees them (no human mask here).
+    predicted_HW = markers.grown_lungs(np.asarray(segment(grey_HW), bool), shape, 0.0)
+    grow = int(0.02 * min(shape)) | 1
+    from scipy import ndimage  # pylint: disable=g-import-not-at-top
+    forbidden_HW = (ndimage.maximum_filter(predicted_HW, size=grow) | before_HW |
+                    markers.boxes_mask([central_box(shape)], shape))
+  elif lungs_HW is not None:
     grow = int(0.02 * min(shape)) | 1
     from scipy import ndimage  # pylint: disable=g-import-not-at-top
     forbidden_HW = ndimage.maximum_filter(lungs_HW, size=grow) | before_HW

@@ -1,7 +1,9 @@
 """Stage 1 of the autoencoder variant: pretrain the CNN's conv stack on reconstruction (pretrain), before the
 classifier trains (train.train_and_evaluate calls it on a fresh run; warm_start loads the encoder it returns).
 
-Everything lives under workdir/autoencoder/: checkpoints/ (latest epoch, resumable), settings.json, history.json
+It trains through the classifier's pieces: steps.TrainState, steps.make_train_step on `autoencoder_loss`, and the
+one loop fit.fit (NaN check, epoch checkpoints, SIGTERM / Ctrl-C asked every step). Everything lives under
+workdir/autoencoder/: checkpoints/ (latest epoch, or the step a stop saved; resumable), settings.json, history.json
 (per-epoch MSE) and reconstructions.png (also copied to workdir/reconstructions.png).
 """
 
@@ -10,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import flax
 import grain
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,8 @@ from jax.sharding import Mesh
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import checkpoints, mesh as mesh_lib, run_fields, workdir as workdir_lib
+from lungjax import checkpoints, fit as fit_lib, mesh as mesh_lib, preemption, run_fields, steps
+from lungjax import workdir as workdir_lib
 from lungjax.data import folders, images, loading, pipeline, preprocess
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
 
@@ -48,15 +50,6 @@ def _settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 _PNG_METADATA = {'Software': None}  # PNGs carry no metadata at all.
-
-
-@flax.struct.dataclass
-class AutoencoderState:
-  """Everything stage 1 changes: step, autoencoder parameters, optimizer state."""
-
-  step: jax.Array
-  params: Any
-  opt_state: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +94,12 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def create_state(model: ConvAutoencoder, tx: optax.GradientTransformation, image_size: int,
-                 rng: jax.Array) -> AutoencoderState:
-  """Initialises the autoencoder on a dummy uint8 batch and the optimizer on its parameters."""
+                 rng: jax.Array) -> steps.TrainState:
+  """The shared steps.TrainState of stage 1: the autoencoder initialised on a dummy uint8 batch with `rng`, the
+  optimizer on its parameters, no other variables; the dropout key (unused: no dropout) is folded from rng."""
   params = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.uint8))['params']
-  return AutoencoderState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={}, opt_state=tx.init(params),
+                          dropout_key=jax.random.fold_in(rng, 1))
 
 
 def reconstruction_loss(reconstructions_BHWC: jax.Array, images_BHWC: jax.Array) -> jax.Array:
@@ -113,34 +108,26 @@ def reconstruction_loss(reconstructions_BHWC: jax.Array, images_BHWC: jax.Array)
   return jnp.mean(jnp.square(reconstructions_BHWC.astype(jnp.float32) - targets_BHWC))
 
 
-def train_step(state: AutoencoderState, images_BHWC: jax.Array, *, model: ConvAutoencoder,
-               tx: optax.GradientTransformation) -> tuple[AutoencoderState, jax.Array]:
-  """One Adam step on the reconstruction MSE of a batch; returns the new state and the batch's loss."""
+def autoencoder_loss(model: ConvAutoencoder) -> steps.LossFn:
+  """Stage 1's steps.LossFn: the reconstruction MSE of batch['image'] (labels unused)."""
 
-  def loss_fn(params):
-    return reconstruction_loss(model.apply({'params': params}, images_BHWC), images_BHWC)
+  def loss_fn(params, model_state, batch, key):
+    del key  # No dropout, no augmentation.
+    loss = reconstruction_loss(model.apply({'params': params}, batch['image']), batch['image'])
+    return loss, (steps.LossMetrics.single_from_model_output(loss=loss), model_state)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state), loss
+  return loss_fn
 
 
-def jit_train_step(model: ConvAutoencoder, tx: optax.GradientTransformation,
-                   mesh: Mesh) -> Callable[..., tuple[AutoencoderState, jax.Array]]:
-  """Returns train_step jitted for the mesh: images sharded, state replicated and donated."""
-  replicated = mesh_lib.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model=model, tx=tx),
-                 in_shardings=(replicated, mesh_lib.batch_sharded(mesh)), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+def jit_train_step(model: ConvAutoencoder, tx: optax.GradientTransformation, mesh: Mesh):
+  """Stage 1's train step: steps.make_train_step on autoencoder_loss (state donated, batch sharded)."""
+  return steps.make_train_step(autoencoder_loss(model), tx, mesh)
 
 
 def abstract_state(model: ConvAutoencoder, tx: optax.GradientTransformation, image_size: int,
-                   mesh: Mesh) -> AutoencoderState:
+                   mesh: Mesh) -> steps.TrainState:
   """The state's shapes, dtypes and shardings, to restore a checkpoint without initialising."""
-  shapes = jax.eval_shape(functools.partial(create_state, model, tx, image_size), jax.random.PRNGKey(0))
-  replicated = mesh_lib.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
+  return steps.abstract_state(functools.partial(create_state, model, tx, image_size), mesh)
 
 
 def create_manager(workdir: str, *, read_only: bool = False) -> ocp.CheckpointManager:
@@ -196,27 +183,35 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str) -> Any:
       raise FileNotFoundError(f'no stage-1 checkpoint in {os.path.join(stage_dir(workdir), "checkpoints")!r}')
     model, tx = create_model(config), create_optimizer(config)
     abstract = abstract_state(model, tx, config.data.image_size, mesh_lib.make_mesh())
-    return checkpoints.restore_chosen(manager, abstract, stage_dir(workdir), requested=step,
-                                      fallback=config.checkpoint.fallback_to_good_step).state.params
+    try:
+      return checkpoints.restore_chosen(manager, abstract, stage_dir(workdir), requested=step,
+                                        fallback=config.checkpoint.fallback_to_good_step).state.params
+    except checkpoints.CheckpointMismatchError as error:
+      raise _old_layout_hint(error, workdir) from error
   finally:
     manager.close()
 
 
-def _check_finite(step_losses: list[tuple[int, jax.Array]]) -> list[float]:
-  """Fetches the losses; raises FloatingPointError naming the first step whose loss is NaN or inf."""
-  losses = [float(v) for v in jax.device_get([loss for _, loss in step_losses])]
-  for (step, _), loss in zip(step_losses, losses):
-    if not np.isfinite(loss):
-      raise FloatingPointError(f'autoencoder reconstruction loss is {loss} at stage-1 step {step}: stopping '
-                               '(this epoch is not saved); lower config.autoencoder.learning_rate')
-  return losses
+def _old_layout_hint(error: checkpoints.CheckpointMismatchError, workdir: str) -> checkpoints.CheckpointMismatchError:
+  """The mismatch error of a stage-1 checkpoint saved before stage 1 trained through fit.fit (its state had no
+  dropout_key nor model_state), with what to do."""
+  if 'dropout_key' not in str(error):
+    return error
+  return checkpoints.CheckpointMismatchError(
+      f'{error}. It is a stage 1 saved by an older lungjax (its own state class, before the shared trainer): delete '
+      f'{stage_dir(workdir)!r} to retrain stage 1, or finish that run with the lungjax that started it')
 
 
-def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NHWC: np.ndarray) -> Stage1Result:
-  """Trains (or resumes, or reuses when finished) stage 1 on images_NHWC, checkpointing every epoch.
+def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NHWC: np.ndarray,
+                      stop: preemption.StopRequest | None = None) -> Stage1Result:
+  """Trains (or resumes, or reuses when finished) stage 1 on images_NHWC through fit.fit, checkpointing every epoch.
 
-  The stage-1 fields are assumed valid (config_check.validate).
+  The stage-1 fields are assumed valid (config_check.validate). `stop` (the training run's StopRequest; a new one
+  when None) is asked every step: on SIGTERM / Ctrl-C the step is saved and preemption.Preempted raised.
   """
+  if stop is None:
+    with preemption.StopRequest() as own_stop:
+      return train_autoencoder(config, workdir, images_NHWC, own_stop)
   ae = config.autoencoder
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(ae.batch_size, mesh, 'config.autoencoder.batch_size')
@@ -226,7 +221,10 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NH
     latest = manager.latest_step()
     _check_settings(config, workdir, latest is not None)
     abstract = abstract_state(model, tx, config.data.image_size, mesh)
-    good = checkpoints.restore_latest_good(manager, abstract, None) if latest is not None else None
+    try:
+      good = checkpoints.restore_latest_good(manager, abstract, None) if latest is not None else None
+    except checkpoints.CheckpointMismatchError as error:
+      raise _old_layout_hint(error, workdir) from error
     if good is not None:
       saved, latest = good.history, good.step
       if len(saved['epochs']) >= ae.num_epochs:
@@ -251,20 +249,21 @@ def train_autoencoder(config: ml_collections.ConfigDict, workdir: str, images_NH
     first_step = int(state.step)
     logging.info('stage 1: %d images, %d steps (%d epochs x %d), from step %d', len(images_NHWC), num_steps,
                  ae.num_epochs, steps_per_epoch, first_step)
-    step_fn = jit_train_step(model, tx, mesh)
-    sharding = mesh_lib.batch_sharded(mesh)
-    window: list[tuple[int, jax.Array]] = []
-    for step in range(first_step + 1, num_steps + 1):
-      images_BHWC = mesh_lib.to_global_batch({'image': next(data_iter)['image']}, sharding)['image']
-      state, loss = step_fn(state, images_BHWC)
-      window.append((step, loss))
-      if step % steps_per_epoch == 0:
-        history.append({'epoch': step // steps_per_epoch, 'step': step, 'mse': float(np.mean(_check_finite(window)))})
-        window = []
-        logging.info('stage 1 epoch %d: reconstruction MSE %.5f', history[-1]['epoch'], history[-1]['mse'])
-        checkpoints.save_items(manager, step, state, data_iter, {'epochs': history, 'n_images': len(images_NHWC)},
-                               None)
-    checkpoints.wait(manager)
+
+    def end_epoch(state: steps.TrainState, step: int, train_row: dict[str, float]) -> None:
+      del state
+      history.append({'epoch': step // steps_per_epoch, 'step': step, 'mse': train_row['train_loss']})
+      logging.info('stage 1 epoch %d: reconstruction MSE %.5f', history[-1]['epoch'], history[-1]['mse'])
+
+    def save(state: steps.TrainState, metrics: dict[str, float] | None) -> None:
+      checkpoints.save_items(manager, int(state.step), state, data_iter,
+                             {'epochs': history, 'n_images': len(images_NHWC)}, metrics)
+
+    state = fit_lib.fit(state, data_iter, manager, stop, train_step=jit_train_step(model, tx, mesh),
+                        batch_sharding=mesh_lib.batch_sharded(mesh), num_steps=num_steps,
+                        steps_per_epoch=steps_per_epoch, save=save, end_epoch=end_epoch,
+                        what='autoencoder reconstruction', hint='; lower config.autoencoder.learning_rate',
+                        step_label='stage-1 step')
     return Stage1Result(state.params, history, len(images_NHWC), first_step, num_steps, False)
   finally:
     manager.close()
@@ -374,7 +373,8 @@ def grid_images(images_NHWC: np.ndarray) -> np.ndarray:
   return images_NHWC[indices]
 
 
-def pretrain(config: ml_collections.ConfigDict, workdir: str, data: loading.TrainingData) -> PretrainedEncoder:
+def pretrain(config: ml_collections.ConfigDict, workdir: str, data: loading.TrainingData,
+             stop: preemption.StopRequest | None = None) -> PretrainedEncoder:
   """Stage 1: trains (or resumes, or reuses when finished) the autoencoder on the train split (+ extra_dirs).
 
   Writes workdir/autoencoder/ (checkpoints, settings.json, history.json, reconstructions.png) and
@@ -386,7 +386,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, data: loading.Trai
     extra = load_extra_images(config, exclude_hashes=data.val.pixel_hashes)
     images_NHWC = np.concatenate([data.train.images_NHWC, extra.images_NHWC])
     n_extra = len(extra)
-  result = train_autoencoder(config, workdir, images_NHWC)
+  result = train_autoencoder(config, workdir, images_NHWC, stop)
   write_outputs(config, workdir, result, grid_images(data.train.images_NHWC))
   names = encoder_layer_names(config.model.conv_features)
   n_params = sum(int(np.prod(x.shape)) for name in names for x in jax.tree.leaves(result.params[name]))

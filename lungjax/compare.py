@@ -27,7 +27,7 @@ import scipy.stats
 from absl import app, flags  # pylint: disable=g-multiple-import
 
 from lungjax import checkpoints, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib
-from lungjax import steps, workdir as workdir_lib
+from lungjax import workdir as workdir_lib
 from lungjax.data import folders, loading, metadata as metadata_lib, preprocess
 
 CONFIDENCE = 0.95
@@ -308,8 +308,8 @@ def compare_runs(workdir_a: str, workdir_b: str, folder: str, *, out_dir: str = 
       loaded_by_size[prepared] = loading.load_folder(folder, run_config, require_all_classes=False,
                                                      folder_names=folder_names)
     loaded = loaded_by_size[prepared]
-    predictions[key] = (loaded, evaluate.predict_probabilities(steps.jit_eval_step(model.module, mesh), model.state,
-                                                               loaded.decoded, run_config.eval.batch_size, mesh))
+    predictions[key] = (loaded, model.probabilities(loaded.decoded.images_NHWC, desc='evaluating',
+                                                    batch_size=run_config.eval.batch_size))
     runs[key] = {'workdir': workdir, 'checkpoint_step': int(step), 'model': run_config.model.name,
                  'config': run_config.name, 'image_size': int(size)}
   (loaded_a, probabilities_a_NC), (loaded_b, probabilities_b_NC) = predictions['A'], predictions['B']

@@ -203,13 +203,21 @@ def check_autoencoder(config: ml_collections.ConfigDict) -> None:
   autoencoder.extra_image_paths(config)  # Each config.autoencoder.extra_dirs folder there and holding images.
 
 
+SHORTCUTS_REGIONS = ('mask', 'box')  # config.shortcuts.region (shortcuts.REGIONS).
+
+
+def shortcuts_region(config: ml_collections.ConfigDict) -> str:
+  """config.shortcuts.region ('mask' in a config.json saved before the field existed: run_fields.upgrade fills it);
+  shortcuts.region_of."""
+  return config.shortcuts.region
+
+
 def check_shortcuts_region(config: ml_collections.ConfigDict) -> None:
   """config.shortcuts.region: 'mask' (needs the shipped lung weights) or 'box'."""
-  from lungjax import lungs, shortcuts  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  region = shortcuts.region_of(config)
-  if region not in shortcuts.REGIONS:
-    raise ValueError(f'config.shortcuts.region={region!r} is not one of {list(shortcuts.REGIONS)}')
+  from lungjax import lungs  # pylint: disable=g-import-not-at-top
+  region = shortcuts_region(config)
+  if region not in SHORTCUTS_REGIONS:
+    raise ValueError(f'config.shortcuts.region={region!r} is not one of {list(SHORTCUTS_REGIONS)}')
   if region == 'mask' and not os.path.isfile(lungs.WEIGHTS_PATH):
     raise ValueError(f"config.shortcuts.region='mask' needs the lung U-Net's weights {lungs.WEIGHTS_PATH}, which "
                      "are missing: pass --config.shortcuts.region=box (the fixed box)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -18,13 +17,8 @@ import numpy as np
 from absl import logging
 
 from lungjax import evaluate, final_evaluation, metrics as metrics_lib, report, report_html, train
-from lungjax import distributed, workdir as workdir_lib
+from lungjax import distributed, loso, workdir as workdir_lib
 from lungjax.data import loading, splits
-
-# The headline numbers summarised over runs, as paths into metrics.json.
-_HEADLINE = ([('accuracy',)] + [(avg, m) for avg in ('macro_avg', 'weighted_avg') for m in ('precision', 'recall', 'f1')]
-             + [('roc_auc', 'macro'), ('mcc',), ('brier',), ('log_loss',)])
-_PER_CLASS = ('precision', 'recall', 'f1', 'specificity', 'npv')
 
 
 def is_repeated(config: ml_collections.ConfigDict) -> bool:
@@ -41,7 +35,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   assert is_repeated(config), 'crossval.run needs config.cv.folds > 1, config.seeds > 1 or config.cv.by_source'
   with workdir_lib.owned(workdir):  # Each run's folder under it is claimed and locked too.
     if config.cv.by_source:  # Leave one source out (over config.seeds seeds).
-      from lungjax import loso  # pylint: disable=g-import-not-at-top  (loso uses this module's summaries)
       return loso.leave_one_source_out(config, workdir)
     return cross_validate(config, workdir) if config.cv.folds > 1 else repeat_over_seeds(config, workdir)
 
@@ -87,25 +80,6 @@ def _validation(summary: final_evaluation.RunSummary, run_dir: str) -> final_eva
   return dataclasses.replace(validation, probabilities_NC=as_written_NC)
 
 
-def _value(metrics: dict[str, Any], path: Sequence[str]) -> float:
-  for key in path:
-    metrics = metrics[key]
-  return float(metrics)
-
-
-def mean_and_std(per_run: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, dict[str, float]]:
-  """Returns {metric name: {'mean', 'std', 'values'}} over runs (std with ddof=1; 0 for one run)."""
-  paths = [(p, '.'.join(p)) for p in _HEADLINE]
-  paths += [(('per_class', c, m), f'{c}.{m}') for c in classes for m in _PER_CLASS]
-  summary = {}
-  for path, name in paths:
-    try:
-      values = np.asarray([_value(m, path) for m in per_run])
-    except (KeyError, TypeError):  # A metric that an older run's metrics.json lacks, or undefined (None) in a run.
-      continue
-    summary[name] = {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                     'values': values.tolist()}
-  return summary
 
 
 def summarise_runs(config: ml_collections.ConfigDict, runs: dict[str, final_evaluation.Validation], out_dir: str,
@@ -119,7 +93,7 @@ def summarise_runs(config: ml_collections.ConfigDict, runs: dict[str, final_eval
   """
   classes = tuple(config.data.classes)
   result: dict[str, Any] = {'runs': list(runs), 'n_runs': len(runs),
-                            'summary': mean_and_std([run.metrics for run in runs.values()], classes)}
+                            'summary': metrics_lib.mean_and_std([run.metrics for run in runs.values()], classes)}
   os.makedirs(out_dir, exist_ok=True)
   if pool:
     pooled_labels = np.concatenate([run.labels_N for run in runs.values()])

@@ -9,7 +9,6 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,9 +18,9 @@ from jax.sharding import Mesh
 
 from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, report_html, steps
 from lungjax import calibration as calibration_lib, distributed, fingerprint as fingerprint_lib, inference
-from lungjax import model_card, progress
+from lungjax import model_card
 from lungjax import workdir as workdir_lib
-from lungjax.data import folders, images, loading, metadata as metadata_lib, pipeline, preprocess, sources as sources_lib
+from lungjax.data import folders, images, loading, metadata as metadata_lib, preprocess, sources as sources_lib
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).
@@ -30,17 +29,9 @@ VALIDATION = loading.VALIDATION
 
 def predict_probabilities(eval_step: Callable[..., jax.Array], state: steps.TrainState,
                           decoded: images.DecodedImages, batch_size: int, mesh: Mesh) -> np.ndarray:
-  """Returns N x C probabilities, one row per image in order: padded rows are masked out."""
-  dataset = pipeline.eval_dataset(decoded.images_NHWC, decoded.labels_N, global_batch_size=batch_size)
-  sharding = mesh_lib.batch_sharded(mesh)
-  outputs = []
-  batches = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
-  for batch in progress.progress(batches, -(-len(decoded) // batch_size), 'evaluating'):
-    batch = mesh_lib.to_global_batch(batch, sharding)  # The mask too: gathered below in the rows' global order.
-    mask_B = batch.pop('mask')
-    outputs.append((eval_step(state, batch), mask_B))
-  rows = [np.asarray(probs_BC)[mask_B > 0] for probs_BC, mask_B in distributed.fetch(outputs)]
-  return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+  """Returns N x C probabilities, one row per image in order: padded rows are masked out (inference.predict_batches,
+  the one prediction path; training's validation calls it with its own state, a Model through Model.probabilities)."""
+  return inference.predict_batches(eval_step, state, decoded.images_NHWC, batch_size, mesh, labels_N=decoded.labels_N)
 
 
 def evaluation_metrics(labels_N: np.ndarray, probabilities_NC: np.ndarray,
@@ -265,10 +256,11 @@ def view_keys(seed: int, tta_views: int) -> list[jax.Array | None]:
   return [None] + [jax.random.fold_in(jax.random.PRNGKey(seed), view) for view in range(1, tta_views + 1)]
 
 
-def predict_with_views(eval_step: Callable[..., jax.Array], state: steps.TrainState, decoded: images.DecodedImages,
-                       run_config: ml_collections.ConfigDict, keys: list[jax.Array | None], batch_size: int,
-                       mesh: Mesh) -> np.ndarray:
-  """Mean probabilities over the plain view and views augmented with the run's config.augment ranges."""
+def predict_with_views(model: inference.Model, decoded: images.DecodedImages, keys: list[jax.Array | None],
+                       batch_size: int) -> np.ndarray:
+  """Mean probabilities (model.probabilities: its one eval step, batch_size rows at a time) over the plain view and
+  views augmented with the run's config.augment ranges."""
+  run_config = model.config
   with run_config.unlocked():
     augment_config = run_config.augment.copy_and_resolve_references()
   with augment_config.unlocked():
@@ -278,7 +270,7 @@ def predict_with_views(eval_step: Callable[..., jax.Array], state: steps.TrainSt
   for key in keys:
     view = decoded if key is None else dataclasses.replace(
         decoded, images_NHWC=np.asarray(augment_fn(jnp.asarray(decoded.images_NHWC), key)))
-    total_NC = total_NC + predict_probabilities(eval_step, state, view, batch_size, mesh)
+    total_NC = total_NC + model.probabilities(view.images_NHWC, desc='evaluating', batch_size=batch_size)
   return total_NC / len(keys)
 
 
@@ -326,9 +318,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
         decoded_by_size[size] = loading.FolderImages(data.train_folder.folder, data.val, ())
       else:
         decoded_by_size[size] = loading.load_folders(folder, sized, folder_names)  # 'A,B': one source each.
-    total_NC = total_NC + predict_with_views(steps.jit_eval_step(model.module, mesh), model.state,
-                                             decoded_by_size[size].decoded, run_config, keys, config.eval.batch_size,
-                                             mesh)
+    total_NC = total_NC + predict_with_views(model, decoded_by_size[size].decoded, keys, config.eval.batch_size)
     steps_used.append({'workdir': member, 'step': model.checkpoint_step, 'model': run_config.model.name})
   loaded = next(iter(decoded_by_size.values()))
   # 'folder-<name>-<hash of its resolved path>': never training's own eval/val and eval/test, whatever the evaluated

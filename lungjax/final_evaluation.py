@@ -52,14 +52,15 @@ def _evaluation_entry(metrics: dict[str, Any], out_dir: str) -> dict[str, Any]:
 
 def _page_inputs(config: ml_collections.ConfigDict, workdir: str, summary: dict[str, Any],
                  best_state: steps.TrainState, best_step: int, run_fingerprint: dict[str, Any],
-                 data: loading.TrainingData) -> report_html.PageInputs:
+                 data: loading.TrainingData, mesh: Mesh | None = None,
+                 eval_step: Callable[..., jax.Array] | None = None) -> report_html.PageInputs:
   """report.html's inputs after training: the best checkpoint's Grad-CAM, and the model card as it is about to be
   written (its validation headline left out: the page shows the validation metrics themselves, and before the
   evaluations eval/val/metrics.json may still be an earlier run's)."""
   card = model_card.model_card(workdir, config, summary, run_fingerprint, data, check_validation=False)
   card.pop('validation', None)
   model = inference.Model(config, create_model(config.model, len(config.data.classes)), best_state, best_step,
-                          workdir)
+                          workdir, mesh=mesh, eval_step=eval_step)  # Training's step: compiled once.
   return report_html.PageInputs(model.explain_pixels, f'Grad-CAM of {config.explain.layer}', card,
                                 'The model card of this run (the workdir\'s MODEL_CARD.md).')
 
@@ -101,7 +102,7 @@ def report_best_checkpoint(config: ml_collections.ConfigDict, workdir: str, summ
     logging.warning('%d validation images: no temperature fitted (cross-fitting needs 2)', len(data.val))
   if (test := data.load_test(config)) is not None:
     split_folders['test'] = test
-  page = _page_inputs(config, workdir, summary, best_state, best_step, run_fingerprint, data)
+  page = _page_inputs(config, workdir, summary, best_state, best_step, run_fingerprint, data, mesh, eval_step)
   for name, loaded in split_folders.items():
     out_dir = os.path.join(workdir, 'eval', name)
     title = f'{config.name} on {name}'

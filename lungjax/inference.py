@@ -7,9 +7,12 @@ other classes, another model or image size than the config is refused.
 
 Model.predict decodes each image exactly as --mode=eval decodes a folder's files (data/images.py load_image: 8-bit
 RGB, EXIF rotation, DICOM through data/dicom.py, the run's config.data.preprocess through data/preprocess.py, as
-training's images went, and a resize to the run's image size), runs the same jitted eval step config.eval.batch_size
-images at a time (the last batch zero-padded: one compile per batch shape), and
-scales the probabilities by the run's served temperature (calibration.json).
+training's images went, and a resize to the run's image size), runs them through the ONE prediction path of lungjax,
+predict_batches: the Model's eval step (steps.jit_eval_step, jitted once per Model for its mesh: batch sharded over
+the mesh's 'data' axis, state replicated), batch_size images at a time, the last batch zero-padded and the padding
+masked away (one compile), and scales the probabilities by the run's served temperature (calibration.json).
+--mode=eval (evaluate.py, TTA views and ensembles included), explain, shortcuts, compare, loso and predict all get
+their probabilities from a Model this way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import flax.linen as nn
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -28,8 +32,9 @@ from absl import logging
 from jax.sharding import Mesh
 from PIL import Image
 
-from lungjax import calibration, checkpoints, gradcam, mesh as mesh_lib, progress, steps, workdir as workdir_lib
-from lungjax.data import folders, images, preprocess as preprocess_lib
+from lungjax import calibration, checkpoints, distributed, gradcam, mesh as mesh_lib, progress, steps
+from lungjax import workdir as workdir_lib
+from lungjax.data import folders, images, pipeline, preprocess as preprocess_lib
 from lungjax.models import create_model
 
 # One image as Model.predict and Model.explain take it: a file path (JPEG, PNG or DICOM), a PIL image, or a uint8
@@ -104,6 +109,40 @@ def describe(image: Any) -> str:
   return repr(image)
 
 
+def predict_batches(eval_step: Callable[..., jax.Array], state: steps.TrainState, images_NHWC: Any,
+                    batch_size: int, mesh: Mesh, *, labels_N: np.ndarray | None = None,
+                    desc: str = 'evaluating') -> np.ndarray:
+  """N x C probabilities of N images (uint8 N x S x S x 3, or prepared images read per batch), one row per image
+  in order: lungjax's one prediction path (Model.probabilities and evaluate.predict_probabilities both call it).
+
+  eval_step: a Model's `eval_step` (steps.jit_eval_step for the mesh) or training's own. Batches of `batch_size`
+  rows (a multiple of the mesh's 'data' axis) in file order come from pipeline.eval_dataset, the last padded and
+  masked: every image is counted once and no padding row comes back. labels_N only rides along (None: zeros);
+  `desc` labels the progress bar (empty: none).
+  """
+  n = len(images_NHWC)
+  labels_N = np.zeros(n, np.int32) if labels_N is None else labels_N
+  dataset = pipeline.eval_dataset(images_NHWC, labels_N, global_batch_size=batch_size)
+  sharding = mesh_lib.batch_sharded(mesh)
+  outputs = []
+  batches = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+  total = -(-n // batch_size)
+  for batch in progress.progress(batches, total, desc) if desc else batches:
+    batch = mesh_lib.to_global_batch(batch, sharding)  # The mask too: gathered below in the rows' global order.
+    mask_B = batch.pop('mask')
+    outputs.append((eval_step(state, batch), mask_B))
+  rows = [np.asarray(probs_BC)[mask_B > 0] for probs_BC, mask_B in distributed.fetch(outputs)]
+  return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+
+def padded_batch_size(batch_size: int, mesh: Mesh) -> int:
+  """batch_size rounded up to a multiple of the mesh's 'data' axis (every device gets as many rows)."""
+  if batch_size <= 0:
+    raise ValueError(f'config.eval.batch_size={batch_size} must be positive')
+  devices = int(mesh.shape['data'])
+  return -(-batch_size // devices) * devices
+
+
 def map_batches(fn: Callable[..., Any], variables: dict[str, Any], batch_size: int, *arrays_N: np.ndarray,
                 desc: str = '') -> Any:
   """Applies fn(variables, *batch) over batches of `batch_size` rows (the last zero-padded: one compile); with
@@ -162,19 +201,25 @@ class Model:
     workdir: the folder the run trained in.
     run_fingerprint: the run fingerprint the checkpoint was saved with (its 'run' fields: model, classes, the
       training and validation files' digests ...), None for a model not read from a checkpoint.
+    mesh: the devices its batches are sharded over ('data' axis; default every local device, mesh.make_mesh()):
+      `state` must be placed on it (replicated), as load() places it.
+    eval_step: steps.jit_eval_step for `mesh`, built once (or the one given: training passes its own, so that the
+      run compiles the step once): every probability of this Model comes from it.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, module: nn.Module, state: steps.TrainState,
-               checkpoint_step: int, workdir: str, run_fingerprint: dict[str, Any] | None = None):
+               checkpoint_step: int, workdir: str, run_fingerprint: dict[str, Any] | None = None,
+               mesh: Mesh | None = None, eval_step: Callable[..., jax.Array] | None = None):
     self.run_fingerprint = run_fingerprint
     self.config = config
     self.module = module
     self.state = state
     self.checkpoint_step = int(checkpoint_step)
     self.workdir = workdir
-    # eval's own step, jitted once here: jax compiles it once per batch shape (map_batches pads to one).
-    self._probabilities_fn = jax.jit(
-        lambda state, images_BHWC: steps.eval_step(state, {'image': images_BHWC}, model=module))
+    self.mesh = mesh if mesh is not None else mesh_lib.make_mesh()
+    # The one jitted eval step of this Model (predict_batches pads every batch to one shape: one compile), the step
+    # --mode=eval, explain, shortcuts, compare and predict all predict through.
+    self.eval_step = eval_step if eval_step is not None else steps.jit_eval_step(module, self.mesh)
     self._explain_fns: dict[str, Callable[..., tuple[jax.Array, jax.Array]]] = {}
 
   def __repr__(self) -> str:
@@ -198,8 +243,9 @@ class Model:
 
   @property
   def batch_size(self) -> int:
-    """How many images run through the model at a time (config.eval.batch_size)."""
-    return int(self.config.eval.batch_size)
+    """How many images run through the model at a time: config.eval.batch_size, rounded up to a multiple of the
+    mesh's devices (padded rows are masked away)."""
+    return padded_batch_size(int(self.config.eval.batch_size), self.mesh)
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -237,11 +283,15 @@ class Model:
       return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
     return np.stack(decoded)
 
-  def probabilities(self, images_NHWC: np.ndarray, *, desc: str = '') -> np.ndarray:
-    """The model's softmax (uncalibrated) of N x S x S x 3 uint8 pixels: N x C float32, as --mode=eval has it."""
+  def probabilities(self, images_NHWC: np.ndarray, *, desc: str = '', batch_size: int | None = None
+                    ) -> np.ndarray:
+    """The model's softmax (uncalibrated) of N x S x S x 3 uint8 pixels (or prepared images): N x C float32, through
+    predict_batches and this Model's eval_step, the numbers --mode=eval has. batch_size: rows per batch (None:
+    `batch_size`; another is rounded up to a multiple of the mesh's devices too)."""
     if not len(images_NHWC):
       return np.zeros((0, len(self.classes)), np.float32)
-    return map_batches(self._probabilities_fn, self.state, self.batch_size, np.asarray(images_NHWC), desc=desc)
+    rows = self.batch_size if batch_size is None else padded_batch_size(int(batch_size), self.mesh)
+    return predict_batches(self.eval_step, self.state, images_NHWC, rows, self.mesh, desc=desc)
 
   def predict(self, images_in: ImageInput | Sequence[ImageInput], *, calibrated: bool = True) -> np.ndarray:
     """Class probabilities, N x C (columns in `classes` order, rows in the images' order), float64.
@@ -260,13 +310,23 @@ class Model:
 
   def explain_pixels(self, images_NHWC: np.ndarray, class_indices_N: np.ndarray, *, layer: str = '',
                      desc: str = '') -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities_NC, heatmaps_NHW): the softmax and Grad-CAM of `layer` (default config.explain.layer) of
-    N x S x S x 3 uint8 pixels, each map for its class index (below 0: the predicted class), in [0, 1]."""
+    """(probabilities_NC, heatmaps_NHW): the softmax (from `probabilities`: this Model's one eval step, the numbers
+    --mode=eval has) and the Grad-CAM of `layer` (default config.explain.layer) of N x S x S x 3 uint8 pixels, each
+    map for its class index (below 0: the predicted class), in [0, 1]."""
+    images_NHWC = np.asarray(images_NHWC)
+    return self.probabilities(images_NHWC), self.heatmaps(images_NHWC, class_indices_N, layer=layer, desc=desc)
+
+  def heatmaps(self, images_NHWC: np.ndarray, class_indices_N: np.ndarray, *, layer: str = '',
+               desc: str = '') -> np.ndarray:
+    """N x S x S float32 in [0, 1]: the Grad-CAM of `layer` (default config.explain.layer) of N x S x S x 3 uint8
+    pixels, each map for its class index (below 0: the predicted class); batch_size images at a time (map_batches:
+    the last zero-padded, one compile per layer)."""
     layer = layer or self.config.explain.layer
     if layer not in self._explain_fns:
       self._explain_fns[layer] = gradcam.jit_explain(self.module, layer)
-    return map_batches(self._explain_fns[layer], self.variables, self.batch_size, np.asarray(images_NHWC),
-                       np.asarray(class_indices_N, np.int32), desc=desc)
+    _, heatmaps_NHW = map_batches(self._explain_fns[layer], self.variables, self.batch_size, np.asarray(images_NHWC),
+                                  np.asarray(class_indices_N, np.int32), desc=desc)
+    return heatmaps_NHW
 
   def explain(self, image: ImageInput, class_name: str | None = None, *, layer: str = '') -> np.ndarray:
     """The Grad-CAM heat map of one image, H x W float32 in [0, 1] at the image's own height and width (the map
@@ -280,7 +340,7 @@ class Model:
     if isinstance(image, (list, tuple)) or (isinstance(image, np.ndarray) and image.ndim == 4):
       raise ValueError(f'explain takes one image, not {len(image)}')
     pixels_HWC, (height, width) = pixels_and_size(image, self.image_size, self.preprocess)
-    _, heatmaps_NHW = self.explain_pixels(pixels_HWC[None], np.full(1, target, np.int32), layer=layer)
+    heatmaps_NHW = self.heatmaps(pixels_HWC[None], np.full(1, target, np.int32), layer=layer)
     heatmap_SS = np.asarray(heatmaps_NHW[0], np.float32)
     if (height, width) == heatmap_SS.shape:
       return heatmap_SS
@@ -329,4 +389,4 @@ def load(workdir: str | os.PathLike, step: int | None = None, *, config: ml_coll
                                    fallback=config.checkpoint.fallback_to_good_step, config=config)
   finally:
     manager.close()
-  return Model(config, module, restored.state, restored.step, workdir, restored.fingerprint)
+  return Model(config, module, restored.state, restored.step, workdir, restored.fingerprint, mesh=mesh)

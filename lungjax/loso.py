@@ -36,8 +36,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import crossval, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib, report
-from lungjax import steps, train, workdir as workdir_lib
+from lungjax import distributed, evaluate, inference, metrics as metrics_lib, report
+from lungjax import train, workdir as workdir_lib
 from lungjax.data import images, loading, metadata as metadata_lib, sources as sources_lib, splits
 
 SELECTION_MEASURE = 'worst_held_out_macro_recall'
@@ -106,14 +106,12 @@ def _predict_held_out(run_dir: str, held_out: images.DecodedImages, config: ml_c
                       ) -> np.ndarray:
   """The run's best checkpoint (restored and verified as --mode=eval restores it) on the held-out images."""
   model = inference.load(run_dir)
-  mesh = mesh_lib.make_mesh()
-  return evaluate.predict_probabilities(steps.jit_eval_step(model.module, mesh), model.state, held_out,
-                                        config.eval.batch_size, mesh)
+  return model.probabilities(held_out.images_NHWC, desc='evaluating', batch_size=config.eval.batch_size)
 
 
 def _recall_summary(per_seed: list[dict[str, Any]], classes: tuple[str, ...]) -> dict[str, dict[str, float]]:
   """mean ± std over seeds of accuracy, macro recall and each held class's recall."""
-  summary = crossval.mean_and_std(per_seed, classes)
+  summary = metrics_lib.mean_and_std(per_seed, classes)
   keep = ['accuracy', 'macro_avg.recall'] + [f'{c}.recall' for c in classes]
   return {k: summary[k] for k in keep if k in summary}
 
@@ -195,7 +193,7 @@ def leave_one_source_out(config: ml_collections.ConfigDict, workdir: str) -> dic
         'n_val': len(val_indices), 'trained_on': [n for n in names if n != name],
         'summary': held, 'pooled': pooled, 'per_seed': per_seed,
         'trained_sources': {'summary': seen, 'per_source_macro_recall': {
-            n: crossval.mean_and_std([m['per_source'][n] for m in trained if n in m.get('per_source', {})],
+            n: metrics_lib.mean_and_std([m['per_source'][n] for m in trained if n in m.get('per_source', {})],
                                      classes).get('macro_avg.recall') for n in names if n != name}},
         'gap': {k: seen[k]['mean'] - held[k]['mean'] for k in ('accuracy', 'macro_avg.recall')}}
   # Every held-out image of every source, each seed's block in the same order (repeats = seeds).

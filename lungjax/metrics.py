@@ -662,3 +662,31 @@ def recall_gap(labels_N: np.ndarray, predicted_N: np.ndarray, groups_N: Sequence
   return {**result, 'high': high, 'low': low, 'gap': recalls[high] - recalls[low], 'interval': [float(lo), float(hi)],
           'method': 'percentile bootstrap of the difference, the class\'s images resampled within each group',
           'n_bootstrap': int(n_bootstrap)}
+
+
+# The headline numbers summarised over runs, as paths into metrics.json.
+_HEADLINE = ([('accuracy',)] + [(avg, m) for avg in ('macro_avg', 'weighted_avg') for m in ('precision', 'recall', 'f1')]
+             + [('roc_auc', 'macro'), ('mcc',), ('brier',), ('log_loss',)])
+_PER_CLASS = ('precision', 'recall', 'f1', 'specificity', 'npv')
+
+
+def _value(metrics: dict[str, Any], path: Sequence[str]) -> float:
+  for key in path:
+    metrics = metrics[key]
+  return float(metrics)
+
+
+def mean_and_std(per_run: Sequence[dict[str, Any]], classes: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Returns {metric name: {'mean', 'std', 'values'}} over runs (std with ddof=1; 0 for one run)."""
+  paths = [(p, '.'.join(p)) for p in _HEADLINE]
+  paths += [(('per_class', c, m), f'{c}.{m}') for c in classes for m in _PER_CLASS]
+  summary = {}
+  for path, name in paths:
+    try:
+      values = np.asarray([_value(m, path) for m in per_run])
+    except (KeyError, TypeError):  # A metric that an older run's metrics.json lacks, or undefined (None) in a run.
+      continue
+    summary[name] = {'mean': float(values.mean()), 'std': float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                     'values': values.tolist()}
+  return summary
+

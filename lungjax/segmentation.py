@@ -8,10 +8,11 @@ nor used to choose anything; the report's Dice) and the validation films (config
 the best checkpoint by val_dice) are drawn by splits.grouped_stratified_split, the test split first. The split is
 written to W/split.json.
 
-The U-Net's loss (`dice_ce_loss`), its joint augmentation (`augment_pair`) and its step (`train_step`) are small
-pure functions of their own; the loop uses the classifier's pieces: steps.TrainState / create_optimizer /
-jit_create_train_state, a grain MapDataset iterator, checkpoints.create_manager / resume / save (orbax, the
-iterator state and lungjax's checksums), clu metrics and writers, workdir ownership.
+The U-Net's loss (`dice_ce_loss`, as a steps.LossFn: `unet_loss`) and its joint augmentation (`augment_pair`) are
+small pure functions of their own; it trains through the classifier's pieces: steps.TrainState / create_optimizer /
+make_train_step, the one loop fit.fit (NaN checks, checkpoints, SIGTERM / Ctrl-C each step), a grain MapDataset
+iterator, checkpoints.create_manager / resume / save (orbax, the iterator state and lungjax's checksums), clu
+metrics and writers, workdir ownership.
 """
 
 import csv
@@ -19,7 +20,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import time
 from typing import Any
@@ -35,8 +35,8 @@ from absl import logging
 from clu import metrics as clu_metrics
 from PIL import Image
 
-from lungjax import checkpoints, event_writer, fingerprint as fingerprint_lib, lungs as lungs_lib, progress, steps
-from lungjax import workdir as workdir_lib
+from lungjax import checkpoints, event_writer, fingerprint as fingerprint_lib, fit as fit_lib, lungs as lungs_lib
+from lungjax import mesh as mesh_lib, preemption, steps, workdir as workdir_lib
 from lungjax.data import images as images_lib, splits
 from lungjax.models.unet import UNet
 
@@ -219,26 +219,27 @@ class SegMetrics(clu_metrics.Collection):
   dice: clu_metrics.Average.from_output('dice')
 
 
+def unet_loss(model: UNet, augment: AugmentSettings | None, dice_weight: float) -> steps.LossFn:
+  """The U-Net's steps.LossFn: dice_ce_loss of a batch {'image': B x S x S uint8, 'mask': B x S x S float},
+  augmented (augment_pair) with the step's key; metrics SegMetrics (loss, hard Dice)."""
+
+  def loss_fn(params, model_state, batch, key):
+    inputs_BSS, targets_BSS = batch['image'], batch['mask']
+    if augment is not None:
+      inputs_BSS, targets_BSS = augment_pair(inputs_BSS, targets_BSS, key, augment)
+    logits_BSS = model.apply({'params': params}, inputs_BSS[..., None], train=True)
+    loss = dice_ce_loss(logits_BSS, targets_BSS, dice_weight)
+    dice_B = hard_dice_B(logits_BSS, targets_BSS)
+    return loss, (SegMetrics.single_from_model_output(loss=loss, dice=dice_B), model_state)
+
+  return loss_fn
+
+
 def train_step(state: steps.TrainState, batch: dict[str, jax.Array], *, model: UNet,
                tx: optax.GradientTransformation, augment: AugmentSettings | None,
                dice_weight: float) -> tuple[steps.TrainState, SegMetrics]:
-  """One Adam step on dice_ce_loss of a batch {'image': B x S x S uint8, 'mask': B x S x S float}, augmented with
-  a key folded from the state's step."""
-  inputs_BSS, targets_BSS = batch['image'], batch['mask']
-  if augment is not None:
-    inputs_BSS, targets_BSS = augment_pair(inputs_BSS, targets_BSS, jax.random.fold_in(state.dropout_key, state.step),
-                                           augment)
-
-  def loss_fn(params):
-    logits_BSS = model.apply({'params': params}, inputs_BSS[..., None], train=True)
-    return dice_ce_loss(logits_BSS, targets_BSS, dice_weight), logits_BSS
-
-  (loss, logits_BSS), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state)
-  dice_B = hard_dice_B(logits_BSS, targets_BSS)
-  return new_state, SegMetrics.single_from_model_output(loss=loss, dice=dice_B)
+  """One Adam step on unet_loss (unjitted; training uses steps.make_train_step on it)."""
+  return steps.optimizer_step(state, batch, loss_fn=unet_loss(model, augment, dice_weight), tx=tx)
 
 
 def eval_logits(params: Any, inputs_BSS: jax.Array, *, model: UNet) -> jax.Array:
@@ -311,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains the lung U-Net on config.lungs.metadata's masked films, resuming workdir's checkpoints; writes
   config.json, split.json, checkpoints/, event files and summary.json (the best step's validation and test Dice at
   the model's side). One device (the U-Net is small)."""
-  with workdir_lib.owned(workdir):
+  with workdir_lib.owned(workdir), preemption.StopRequest() as stop:
     os.makedirs(workdir, exist_ok=True)
     size = config.data.image_size
     films, skipped = load_masked_films(config.lungs.metadata, size, config.lungs.limit)
@@ -327,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     model = model_of(config)
     tx = steps.create_optimizer(config.train, num_steps)
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('batch',))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
     abstract = steps.abstract_train_state(model, tx, size, mesh)
     manager = checkpoints.create_manager(workdir, config.checkpoint)
     fingerprint = run_fingerprint(config, train, val)
@@ -347,33 +348,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     logging.info('lung U-Net: %d parameters; %d steps (%d epochs x %d)', n_params, num_steps,
                  config.train.num_epochs, steps_per_epoch)
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx, augment=augment_settings(config),
-                                        dice_weight=config.lungs.dice_weight), donate_argnums=0)
+    train_step = steps.make_train_step(unet_loss(model, augment_settings(config), config.lungs.dice_weight), tx,
+                                       mesh)
     logits_fn = jax.jit(functools.partial(eval_logits, model=model))
-    window: list[SegMetrics] = []
     start_time = time.perf_counter()
-    first_step = int(state.step)
-    for step in progress.progress(range(first_step + 1, num_steps + 1), num_steps - first_step,
-                                  f'lungs: {config.train.num_epochs} epochs x {steps_per_epoch} steps'):
-      state, step_metrics = step_fn(state, next(data_iter))
-      window.append(step_metrics)
-      if step % steps_per_epoch == 0:
-        merged = functools.reduce(lambda a, b: a.merge(b), window).compute()
-        window = []
-        if not math.isfinite(float(merged['loss'])):
-          raise FloatingPointError(f'lung U-Net loss is {merged["loss"]} at step {step}: stopping')
-        row = {'epoch': step // steps_per_epoch, 'step': step, 'train_loss': float(merged['loss']),
-               'train_dice': float(merged['dice'])}
-        val_metrics = validation_metrics(logits_fn, state.params, val, config.eval.batch_size,
-                                         config.lungs.dice_weight) if len(val) else {}
-        row.update(val_metrics)
-        row['wall_s'] = round(time.perf_counter() - start_time, 2)
-        history.append(row)
-        writer.write_scalars(step, {k: v for k, v in row.items() if k.startswith(('train_', 'val_'))})
-        logging.info('epoch %d: %s', row['epoch'], ', '.join(f'{k} {v:.4f}' for k, v in row.items()
-                                                             if k.startswith(('train_', 'val_'))))
-        checkpoints.save(manager, state, data_iter, history, val_metrics or None, fingerprint)
-    checkpoints.wait(manager)
+
+    def end_epoch(state: steps.TrainState, step: int, train_row: dict[str, float]) -> dict[str, float] | None:
+      row = {'epoch': step // steps_per_epoch, 'step': step, **train_row}
+      val_metrics = validation_metrics(logits_fn, state.params, val, config.eval.batch_size,
+                                       config.lungs.dice_weight) if len(val) else {}
+      row.update(val_metrics)
+      row['wall_s'] = round(time.perf_counter() - start_time, 2)
+      history.append(row)
+      writer.write_scalars(step, {k: v for k, v in row.items() if k.startswith(('train_', 'val_'))})
+      logging.info('epoch %d: %s', row['epoch'], ', '.join(f'{k} {v:.4f}' for k, v in row.items()
+                                                           if k.startswith(('train_', 'val_'))))
+      return val_metrics or None
+
+    def save(state: steps.TrainState, metrics: dict[str, float] | None) -> None:
+      checkpoints.save(manager, state, data_iter, history, metrics, fingerprint)
+
+    state = fit_lib.fit(state, data_iter, manager, stop, train_step=train_step,
+                        batch_sharding=mesh_lib.batch_sharded(mesh),
+                        num_steps=num_steps, steps_per_epoch=steps_per_epoch, save=save, end_epoch=end_epoch,
+                        log_every_steps=config.train.log_every_steps, writer=writer, what='lung U-Net')
     writer.flush()
     best_step = (manager.best_step() if len(val) else None) or manager.latest_step()
     best = checkpoints.restore_state(manager, best_step, abstract)
@@ -396,7 +394,7 @@ def restore_params(workdir: str, step: int = -1) -> tuple[Any, ml_collections.Co
   config = checkpoints.load_run_config(workdir)
   model = model_of(config)
   tx = steps.create_optimizer(config.train, 1)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('batch',))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
   abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
   manager = checkpoints.create_manager(workdir, config.checkpoint, read_only=True)
   try:

@@ -13,7 +13,6 @@ Writes workdir/shortcuts/<folder name>/shortcuts.json, shortcuts.md and shortcut
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from lungjax import checkpoints, evaluate, explain, inference, mesh as mesh_lib, metrics as metrics_lib
-from lungjax import steps, workdir as workdir_lib
+from lungjax import config_check, workdir as workdir_lib
 from lungjax.data import folders, loading
 
 matplotlib.use('Agg')
@@ -39,7 +38,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 # text, the neck, shoulders and abdomen lie. It is generous on purpose: hiding it must hide the lungs whole, or
 # their edges could keep a model's score and make it look like a shortcut. Top and bottom rows are exclusive.
 LUNG_BOX = {'top': 0.10, 'bottom': 0.85, 'left': 0.10, 'right': 0.90}
-REGIONS = ('mask', 'box')  # config.shortcuts.region.
+REGIONS = config_check.SHORTCUTS_REGIONS  # config.shortcuts.region (config_check owns it: no import cycle).
 MIN_MASK_SHARE = 0.02  # A predicted lung mask below this share of the film is taken as a failure: the box instead.
 VIEWS = ('as_is', 'lungs_hidden', 'lungs_only')
 VIEW_TITLES = {'as_is': 'as is', 'lungs_hidden': 'lungs hidden', 'lungs_only': 'lungs only'}
@@ -406,9 +405,7 @@ def _load(config: ml_collections.ConfigDict) -> tuple[str, loading.FolderImages,
   return workdir_lib.folder_identity([folder]), loaded, None  # Same base name, other folder: its own output.
 
 
-def region_of(config: ml_collections.ConfigDict) -> str:
-  """config.shortcuts.region ('mask' in a config.json saved before the field existed: run_fields.upgrade)."""
-  return config.shortcuts.region
+region_of = config_check.shortcuts_region  # config.shortcuts.region (an old config.json's: upgraded).
 
 
 def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
@@ -437,19 +434,16 @@ def check_shortcuts(config: ml_collections.ConfigDict, workdir: str,
   if split_from is not None:  # '@validation' of another root: refused (issue 26 High 4).
     evaluate.check_validation_split(split_from, model, workdir)
   step = model.checkpoint_step
-  eval_step = steps.jit_eval_step(model.module, mesh)
 
   labels_N = decoded.labels_N
   region = region_of(config)
   regions_NHW, fallback_N = lung_regions(decoded.images_NHWC, region, lung_model)
   viewed = {view: mask_images(decoded.images_NHWC, view, regions_NHW=regions_NHW) for view in VIEWS}
-  probabilities = {view: evaluate.predict_probabilities(eval_step, model.state,
-                                                        dataclasses.replace(decoded, images_NHWC=x),
-                                                        config.eval.batch_size, mesh)
+  probabilities = {view: model.probabilities(x, desc='evaluating', batch_size=config.eval.batch_size)
                    for view, x in viewed.items()}
   views = {view: view_scores(labels_N, probs_NC.argmax(axis=-1), classes) for view, probs_NC in probabilities.items()}
 
-  _, heatmaps_NHW = model.explain_pixels(viewed['as_is'], np.full(len(decoded), -1, np.int32))
+  heatmaps_NHW = model.heatmaps(viewed['as_is'], np.full(len(decoded), -1, np.int32))
   shares_N = heat_share_in_box(heatmaps_NHW, regions_NHW=regions_NHW)
   cam = cam_shares(labels_N, shares_N, classes, config.eval.n_bootstrap, config.seed)
   height, width = decoded.images_NHWC.shape[1:3]

@@ -15,7 +15,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from lungjax import augment, autoencoder, checkpoints, evaluate, final_evaluation, mesh as mesh_lib, steps
-from lungjax import distributed, fingerprint as fingerprint_lib, preemption, progress, warm_start
+from lungjax import distributed, fingerprint as fingerprint_lib, fit as fit_lib, preemption, warm_start
 from lungjax import event_writer, run_fields, workdir as workdir_lib
 from lungjax.cpu import host_memory
 from lungjax.data import loading, pipeline, sources as sources_lib, splits
@@ -39,22 +39,6 @@ def class_weights(labels_N: np.ndarray, config: ml_collections.ConfigDict) -> np
   if config.train.class_weighting == 'none':
     return np.ones(num_classes, np.float32)
   return splits.balanced_class_weights(labels_N, num_classes)
-
-
-def _check_finite(window: list[tuple[int, steps.TrainMetrics]]) -> None:
-  """Raises FloatingPointError naming the first step whose loss is NaN or inf."""
-  losses = jax.device_get([m.loss.total for _, m in window])
-  for (step, _), loss in zip(window, losses):
-    if not np.isfinite(loss):
-      raise FloatingPointError(f'training loss is {loss} at step {step}: stopping (nothing of it is saved)')
-
-
-def _merge(window: list[tuple[int, steps.TrainMetrics]]) -> dict[str, float]:
-  """Merges per-step metrics and fetches their values."""
-  merged = window[0][1]
-  for _, m in window[1:]:
-    merged = merged.merge(m)
-  return {f'train_{k}': float(v) for k, v in merged.compute().items()}
 
 
 def _example_weights(config: ml_collections.ConfigDict, train: Any, weights_C: np.ndarray) -> np.ndarray | None:
@@ -163,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(config.seed))
       encoder = None
       if autoencoder.enabled(config):  # Stage 1: the conv stack pretrained on reconstruction (resumed or reused).
-        encoder = autoencoder.pretrain(config, workdir, data)
+        encoder = autoencoder.pretrain(config, workdir, data, stop)
       state = warm_start.warm_start(config, workdir, state, tx, encoder)
     _write_run_files(config, workdir, data)  # Only now that every check of a resume has passed.
     # clu's writers; TensorBoard event files by tensorboardX, never importing TensorFlow (lungjax/event_writer.py).
@@ -179,43 +163,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_step = steps.jit_train_step(model, tx, weights_C, mesh, augment_fn=augment.make_augment_fn(config.augment),
                                       frozen_mask=frozen_mask, freeze_steps=freeze_steps, compiler_options=options)
     eval_step = steps.jit_eval_step(model, mesh, compiler_options=options)
-    batch_sharding = mesh_lib.batch_sharded(mesh)
     report_progress = event_writer.periodic_actions().ReportProgress(num_train_steps=num_steps, writer=writer)
     first_step = int(state.step)
-    epoch_window: list[tuple[int, steps.TrainMetrics]] = []
-    log_window: list[tuple[int, steps.TrainMetrics]] = []
     start_time = time.perf_counter()
-    for step in progress.progress(range(first_step + 1, num_steps + 1), num_steps - first_step,
-                                  f'training {config.train.num_epochs} epochs x {steps_per_epoch} steps'):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = mesh_lib.to_global_batch(next(data_iter), batch_sharding)
-        state, step_metrics = train_step(state, batch)
-      epoch_window.append((step, step_metrics))
-      log_window.append((step, step_metrics))
-      report_progress(step)
-      epoch_end = step % steps_per_epoch == 0
-      if step % config.train.log_every_steps == 0 or epoch_end:
-        _check_finite(log_window)
-        writer.write_scalars(step, _merge(log_window))
-        log_window = []
-      if epoch_end:
-        row = {'epoch': step // steps_per_epoch, 'step': step, **_merge(epoch_window)}
-        epoch_window = []
-        row.update(_validation_row(eval_step, state, data, config, mesh))
-        metrics = {k: v for k, v in row.items() if k.startswith('val_')} or None
-        row['wall_s'] = round(time.perf_counter() - start_time, 2)
-        history.append(row)
-        writer.write_scalars(step, {k: v for k, v in row.items() if k.startswith(('train_', 'val_'))})
-        logging.info('epoch %d: %s', row['epoch'], ', '.join(
-            f'{k} {v:.4f}' for k, v in row.items() if k.startswith(('train_', 'val_'))))
-        checkpoints.save(manager, state, data_iter, history, metrics, run_fingerprint)
-      if stop.should_stop(step, manager):
-        if not epoch_end:
-          checkpoints.save(manager, state, data_iter, history, None, run_fingerprint)
-        checkpoints.wait(manager)
-        manager.close()
-        raise preemption.Preempted(step, checkpoints.checkpoint_dir(workdir), stop.signal_name)
-    checkpoints.wait(manager)
+
+    def end_epoch(state: steps.TrainState, step: int, train_row: dict[str, float]) -> dict[str, float] | None:
+      row = {'epoch': step // steps_per_epoch, 'step': step, **train_row}
+      row.update(_validation_row(eval_step, state, data, config, mesh))
+      metrics = {k: v for k, v in row.items() if k.startswith('val_')} or None
+      row['wall_s'] = round(time.perf_counter() - start_time, 2)
+      history.append(row)
+      writer.write_scalars(step, {k: v for k, v in row.items() if k.startswith(('train_', 'val_'))})
+      logging.info('epoch %d: %s', row['epoch'], ', '.join(
+          f'{k} {v:.4f}' for k, v in row.items() if k.startswith(('train_', 'val_'))))
+      return metrics
+
+    def save(state: steps.TrainState, metrics: dict[str, float] | None) -> None:
+      checkpoints.save(manager, state, data_iter, history, metrics, run_fingerprint)
+
+    # The loop (lungjax/fit.py): log points, NaN check, epoch ends, checkpoints, and SIGTERM / Ctrl-C each step.
+    state = fit_lib.fit(state, data_iter, manager, stop, train_step=train_step,
+                        batch_sharding=mesh_lib.batch_sharded(mesh), num_steps=num_steps,
+                        steps_per_epoch=steps_per_epoch, save=save, end_epoch=end_epoch,
+                        log_every_steps=config.train.log_every_steps, writer=writer, report_progress=report_progress)
     distributed.check_replicas_equal(state, 'train state')  # Multi-host: every process ends with the same state.
     writer.flush()
     train_seconds = time.perf_counter() - start_time

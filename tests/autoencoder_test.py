@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import autoencoder as autoencoder_config, cnn, tiny
-from lungjax import autoencoder, checkpoints, config_check, mesh as mesh_lib, steps, train, warm_start
+from lungjax import autoencoder, checkpoints, config_check, fit as fit_lib, mesh as mesh_lib, steps, train, warm_start
 from lungjax.data import images as images_lib, loading
 from lungjax.models import create_model
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
@@ -73,8 +73,8 @@ def test_reconstruction_loss_falls_on_a_fixed_batch():
   batch_BHWC = _images(8)
   losses = []
   for _ in range(60):
-    state, loss = train_step(state, batch_BHWC)
-    losses.append(float(loss))
+    state, metrics = train_step(state, {'image': batch_BHWC})
+    losses.append(float(metrics.loss.total))
   assert int(state.step) == 60
   assert losses[-1] < 0.5 * losses[0], losses
 
@@ -239,19 +239,19 @@ def test_stage1_trains_every_epoch_and_checkpoints_the_last(stage1):
 def test_stage1_resumes_after_a_crash_to_identical_params(stage1, tmp_path, monkeypatch):
   config, data, straight_dir, straight = stage1
   workdir = str(tmp_path / 'crashed')
-  real_check = autoencoder._check_finite
+  real_check = fit_lib.check_finite
   calls = []
 
-  def crash_in_epoch_2(window):
+  def crash_in_epoch_2(window, *args):
     calls.append(len(window))
     if len(calls) == 2:
       raise KeyboardInterrupt('killed during epoch 2')
-    return real_check(window)
+    return real_check(window, *args)
 
-  monkeypatch.setattr(autoencoder, '_check_finite', crash_in_epoch_2)
+  monkeypatch.setattr(fit_lib, 'check_finite', crash_in_epoch_2)
   with pytest.raises(KeyboardInterrupt):
     autoencoder.train_autoencoder(config, workdir, data.train.images_NHWC)
-  monkeypatch.setattr(autoencoder, '_check_finite', real_check)
+  monkeypatch.setattr(fit_lib, 'check_finite', real_check)
   resumed = autoencoder.train_autoencoder(config, workdir, data.train.images_NHWC)
   assert resumed.first_step == straight.num_steps // 2 and not resumed.reused
   assert resumed.history == straight.history

@@ -4,7 +4,7 @@ import ml_collections
 import pytest
 
 from configs import autoencoder, cnn, cnn_augment, lungs as lungs_config, multisource, resnet, tiny, vgg
-from lungjax import config_check
+from lungjax import config_check, run_fields
 
 
 def _image_folders(tmp_path):
@@ -352,3 +352,22 @@ def test_a_problem_only_the_data_shows_names_the_field_and_the_folder(tmp_path):
   (tmp_path / 'eval' / 'Normal').mkdir(parents=True)  # Class folders, but not one image in them.
   with pytest.raises(ValueError, match=rf"config.eval.dir='{tmp_path}/eval': no .jpg/.jpeg/.png images under"):
     loading.load_folders(str(tmp_path / 'eval'), config)
+
+
+def test_the_shortcuts_region_is_read_and_checked_by_config_check_and_shared_by_shortcuts(tmp_path, monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from lungjax import lungs, shortcuts  # pylint: disable=g-import-not-at-top
+  config = cnn.get_config()
+  assert shortcuts.REGIONS == config_check.SHORTCUTS_REGIONS == ('mask', 'box')
+  old = run_fields.with_defaults(ml_collections.ConfigDict({'name': 'old'}))  # Saved before the field, upgraded.
+  assert shortcuts.region_of(old) == 'mask'
+  config.shortcuts = ml_collections.ConfigDict({'region': 'box'})
+  assert config_check.shortcuts_region(config) == 'box'
+  config_check.check_shortcuts_region(config)
+  config.shortcuts.region = 'lobes'
+  with pytest.raises(ValueError, match=r"config.shortcuts.region='lobes' is not one of \['mask', 'box'\]"):
+    config_check.check_shortcuts_region(config)
+  config.shortcuts.region = 'mask'
+  monkeypatch.setattr(lungs, 'WEIGHTS_PATH', str(tmp_path / 'missing.npz'))
+  with pytest.raises(ValueError, match='region=box'):
+    config_check.check_shortcuts_region(config)

@@ -30,16 +30,6 @@ def test_one_fold_is_an_error_naming_the_field():
     splits.grouped_stratified_folds([0, 1], [0, 1], 1, 0)
 
 
-def test_mean_and_std_over_runs():
-  def metrics(accuracy):
-    row = {'precision': accuracy, 'recall': accuracy, 'f1': accuracy}
-    return {'accuracy': accuracy, 'macro_avg': row, 'weighted_avg': row, 'per_class': {'a': row}}
-  summary = crossval.mean_and_std([metrics(0.8), metrics(0.9), metrics(1.0)], ['a'])
-  assert summary['accuracy']['values'] == [0.8, 0.9, 1.0]
-  np.testing.assert_allclose(summary['accuracy']['mean'], 0.9)
-  np.testing.assert_allclose(summary['a.f1']['std'], 0.1)
-
-
 @pytest.mark.slow
 def test_cross_validation_pools_out_of_fold_predictions(tmp_path, tiny_config):
   tiny_config.cv.folds = 3

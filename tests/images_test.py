@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungjax.data import folders, images
+from lungjax.data import decoding, folders, images
 
 SIZE = 8
 
@@ -322,44 +322,16 @@ def test_strips_give_the_whole_image_pixels_hash_and_thumbnail(tmp_path, monkeyp
     assert loaded.pixel_hash == digest.hexdigest(), name
 
 
-def test_decode_budget_bounds_the_bytes_in_flight():
-  import threading
-  import time
-  budget = images.DecodeBudget(100)
-  inside, most = [0], [0]
-  lock = threading.Lock()
-
-  def work(nbytes):
-    with budget.reserve(nbytes) as held:
-      with lock:
-        inside[0] += held
-        most[0] = max(most[0], inside[0])
-      time.sleep(0.02)
-      with lock:
-        inside[0] -= held
-
-  threads = [threading.Thread(target=work, args=(n,)) for n in [40] * 6 + [500, 30, 30]]
-  for thread in threads:
-    thread.start()
-  for thread in threads:
-    thread.join(10)
-  assert not any(thread.is_alive() for thread in threads)
-  assert most[0] <= 100 and budget.peak <= 100 and budget.reserved == 0
-  assert most[0] >= 80  # Decodes that fit run together.
-  with pytest.raises(ValueError, match='capacity'):
-    images.DecodeBudget(0)
-
-
 def test_load_image_reserves_its_estimate_from_the_budget(tmp_path, monkeypatch):
-  budget = images.DecodeBudget(10**12)
-  monkeypatch.setattr(images, 'decode_budget', budget)
+  budget = decoding.DecodeBudget(10**12)
+  monkeypatch.setattr(decoding, 'decode_budget', budget)
   paths = [_save(Image.fromarray(_picture()), tmp_path / f'{i}.png') for i in range(6)]
   decoded = images.decode_records([folders.Record(p, 0) for p in paths], SIZE, threads=3)
   assert len(decoded) == 6 and budget.reserved == 0
   one = images.decode_bytes_estimate(48, 40, 'L')
   assert one <= budget.peak <= 3 * one
-  small = images.DecodeBudget(one)  # Room for one decode at a time: they queue, and all finish.
-  monkeypatch.setattr(images, 'decode_budget', small)
+  small = decoding.DecodeBudget(one)  # Room for one decode at a time: they queue, and all finish.
+  monkeypatch.setattr(decoding, 'decode_budget', small)
   decoded = images.decode_records([folders.Record(p, 0) for p in paths], SIZE, threads=3)
   assert len(decoded) == 6 and small.peak == one
 

@@ -118,6 +118,11 @@ def test_grown_lungs_reach_the_guard_distance_and_no_further():
   assert small_HW[100, 41] and not small_HW[100, 37]
   with pytest.raises(ValueError, match='lung_guard'):
     markers.grown_lungs(lungs_HW, lungs_HW.shape, -0.1)
+  specks_HW = lungs_HW.copy()
+  specks_HW[20:30, 20:30] = True  # A speck (the U-Net marks printed letters so) far from the lungs: dropped.
+  specks_HW[100:300, 320:360] = True  # A second lung (0.2 of the first's area): kept.
+  kept_HW = markers.grown_lungs(specks_HW, specks_HW.shape, 0.0)
+  assert not kept_HW[20:30, 20:30].any() and kept_HW[100:300, 320:360].all() and kept_HW[100:300, 100:300].all()
 
 
 @needs_font

@@ -154,12 +154,6 @@ def test_a_prepared_main_source_with_a_decoded_extra_gives_the_same_split_and_ba
   assert data.train.images_NHWC[3].shape == (32, 32, 3)
 
 
-def test_strata_put_the_source_before_the_class():
-  labels_N, sources_N = np.asarray([0, 1, 2, 0, 1]), np.asarray([0, 0, 0, 1, 1])
-  assert sources.strata(labels_N, sources_N, 2).tolist() == [0, 1, 2, 3, 4]
-  assert sources.strata(labels_N, None, 1).tolist() == labels_N.tolist()
-
-
 def test_folds_are_stratified_by_source():
   labels_N = np.asarray([0] * 8 + [0] * 4)
   sources_N = np.asarray([0] * 8 + [1] * 4)

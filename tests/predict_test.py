@@ -159,13 +159,13 @@ def test_predict_exits_1_when_no_image_ran(trained_workdir, bad_files, capsys):
 def test_every_batch_is_padded_to_one_shape_so_it_compiles_once(trained_workdir, synthetic_root, bad_files):
   model = inference.load(trained_workdir)
   assert model.batch_size == 4
-  real_fn, shapes = model._probabilities_fn, []  # pylint: disable=protected-access
+  real_fn, shapes = model.eval_step, []
 
-  def record(state, images_BHWC):
-    shapes.append(images_BHWC.shape)
-    return real_fn(state, images_BHWC)
+  def record(state, batch):
+    shapes.append(batch['image'].shape)
+    return real_fn(state, batch)
 
-  model._probabilities_fn = record  # pylint: disable=protected-access
+  model.eval_step = record
   test_dir = os.path.join(synthetic_root, 'test')
   files = (predict.expand_inputs([os.path.join(test_dir, 'Covid')])[:3] + [(bad_files[0], 'corrupt.png')] +
            predict.expand_inputs([os.path.join(test_dir, 'Normal')]))

@@ -169,9 +169,9 @@ def test_lungs_fill_and_crop_use_the_lung_model_when_no_mask_is_given():
 
 
 def test_lungs_default_to_the_shipped_model_everywhere(monkeypatch, tmp_path):
-  """Train's decoder (images.load_image) and the API (inference.to_pixels) both mask by lungs.load_lungs()."""
-  from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(lungs_lib, 'load_lungs', lambda path=None: _DarkLungs())
+  """Train's decoder (images.load_image) and the API (inference.to_pixels) both mask by lung_unet.load_lungs()."""
+  from lungjax.models import lung_unet  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(lung_unet, 'load_lungs', lambda path=None: _DarkLungs())
   grey, lungs = _two_lungs()
   path = tmp_path / 'film.png'
   Image.fromarray(grey).save(path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lungjax import evaluate, mesh as mesh_lib, steps, train
+from lungjax import evaluate, fit as fit_lib, mesh as mesh_lib, steps
 from lungjax.data import images as images_lib
 from lungjax.models import create_model
 from tests.conftest import striped_image
@@ -98,7 +98,7 @@ def test_non_finite_loss_raises_naming_the_step():
     state, metrics = train_step(state, batch)
     window.append((step, metrics))
   with pytest.raises(FloatingPointError, match='at step 1'):
-    train._check_finite(window)  # pylint: disable=protected-access
+    fit_lib.check_finite(window)
 
 
 def test_cpu_compiler_options_are_parsed_typed_and_reach_the_compiler():

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lungjax.data import dicom_profile, images
+from lungjax.data import decoding, dicom_profile
 
 DICOM_EXTENSIONS = ('.dcm', '.dicom')
 INSTALL_HINT = "pip install 'lungjax[dicom]'"
@@ -48,7 +48,7 @@ IDENTIFYING_TAGS = (
 # (pydicom.uid.generate_uid with the old UID as entropy), so images of one study still share a study UID.
 UID_TAGS = ('StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID', 'FrameOfReferenceUID')
 # robust_range: at most this fraction of a DICOM's pixels (at least one) may be clipped as saturated outliers.
-OUTLIER_FRACTION = images.OUTLIER_FRACTION
+OUTLIER_FRACTION = decoding.OUTLIER_FRACTION
 _MONOCHROME = ('MONOCHROME1', 'MONOCHROME2')
 _COLOUR = ('RGB', 'YBR_FULL', 'YBR_FULL_422', 'YBR_ICT', 'YBR_RCT', 'YBR_PARTIAL_420')
 
@@ -64,7 +64,7 @@ def _pydicom(path: str) -> Any:
     import pydicom  # pylint: disable=g-import-not-at-top
     import pydicom.pixels  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as error:
-    raise images.BadImageError(path, f'a DICOM file, and pydicom is not installed: {INSTALL_HINT}') from error
+    raise decoding.BadImageError(path, f'a DICOM file, and pydicom is not installed: {INSTALL_HINT}') from error
   return pydicom
 
 
@@ -85,38 +85,38 @@ def read(path: str, *, stop_before_pixels: bool = False) -> Any:
   try:
     return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
   except pydicom.errors.InvalidDicomError as error:
-    raise images.BadImageError(path, f'not a DICOM file ({error})') from error
+    raise decoding.BadImageError(path, f'not a DICOM file ({error})') from error
   except (OSError, EOFError, ValueError, KeyError, TypeError) as error:
-    raise images.BadImageError(path, f'cannot read the DICOM file ({error or type(error).__name__})') from error
+    raise decoding.BadImageError(path, f'cannot read the DICOM file ({error or type(error).__name__})') from error
 
 
 def _check_decodable(ds: Any, path: str) -> None:
   """Refuses, naming the file, what this module does not decode: no pixels, several frames, an uninstalled codec."""
   pydicom = _pydicom(path)
   if 'PixelData' not in ds:
-    raise images.BadImageError(path, 'a DICOM file with no pixel data (PixelData)')
+    raise decoding.BadImageError(path, 'a DICOM file with no pixel data (PixelData)')
   frames = int(ds.get('NumberOfFrames', 1) or 1)
   if frames > 1:
-    raise images.BadImageError(path, f'a multi-frame DICOM ({frames} frames): lungjax reads single-frame '
+    raise decoding.BadImageError(path, f'a multi-frame DICOM ({frames} frames): lungjax reads single-frame '
                                      'radiographs; save the frame to classify as its own file')
   interpretation = str(ds.get('PhotometricInterpretation', ''))
   if interpretation not in _MONOCHROME + _COLOUR:
-    raise images.BadImageError(path, f'DICOM PhotometricInterpretation {interpretation!r} is not read (only '
+    raise decoding.BadImageError(path, f'DICOM PhotometricInterpretation {interpretation!r} is not read (only '
                                      f'{", ".join(_MONOCHROME + _COLOUR)})')
   if interpretation in _COLOUR and int(ds.get('BitsStored', 8)) != 8:
-    raise images.BadImageError(path, f'a {ds.BitsStored}-bit colour DICOM: only 8-bit colour is read')
+    raise decoding.BadImageError(path, f'a {ds.BitsStored}-bit colour DICOM: only 8-bit colour is read')
   file_meta = getattr(ds, 'file_meta', None)
   syntax = file_meta.get('TransferSyntaxUID') if file_meta is not None else None
   if syntax is None:
-    raise images.BadImageError(path, 'a DICOM file without a TransferSyntaxUID in its file meta information')
+    raise decoding.BadImageError(path, 'a DICOM file without a TransferSyntaxUID in its file meta information')
   syntax = pydicom.uid.UID(syntax)
   try:
     decoder = pydicom.pixels.get_decoder(syntax)
   except NotImplementedError as error:
-    raise images.BadImageError(path, f'its pixel data is in transfer syntax {syntax.name} ({syntax}), which pydicom '
+    raise decoding.BadImageError(path, f'its pixel data is in transfer syntax {syntax.name} ({syntax}), which pydicom '
                                      'cannot decode; convert the file to an uncompressed syntax') from error
   if not decoder.is_available:
-    raise images.BadImageError(
+    raise decoding.BadImageError(
         path, f'its pixel data is compressed as {syntax.name} ({syntax}), which the installed pydicom cannot decode: '
               f'{_install_hint(decoder.missing_dependencies)}')
 
@@ -149,7 +149,7 @@ def _voi_range(ds: Any) -> tuple[float, float] | None:
 
 def _lut_entries_range(ds: Any, declared: tuple[float, float]) -> tuple[tuple[float, float], tuple[str, ...]]:
   """The output range of the first VOI LUT: `declared` (0..2^n - 1, n its LUTDescriptor's bits), unless every entry
-  fits in a smaller depth of images.COMMON_BIT_DEPTHS: then 0..2^b - 1 for the smallest such b, with a warning.
+  fits in a smaller depth of decoding.COMMON_BIT_DEPTHS: then 0..2^b - 1 for the smallest such b, with a warning.
 
   Encoders that write 12-bit entries into a LUT declared 16-bit are common; read as declared, the image is 16x too
   dark (a mean near 8 of 255). The entries are read through pydicom's own apply_voi_lut (every input it maps).
@@ -162,7 +162,7 @@ def _lut_entries_range(ds: Any, declared: tuple[float, float]) -> tuple[tuple[fl
   lut = pydicom.pixels.apply_voi_lut(np.arange(first, first + entries, dtype=np.int64), ds)
   top = int(np.max(lut))
   declared_bits = int(descriptor[2])
-  bits = next((b for b in images.COMMON_BIT_DEPTHS if top < 1 << b), declared_bits)
+  bits = next((b for b in decoding.COMMON_BIT_DEPTHS if top < 1 << b), declared_bits)
   if bits >= declared_bits:
     return declared, ()
   return (0.0, float((1 << bits) - 1)), (
@@ -249,32 +249,32 @@ def decode_bytes_estimate(ds: Any) -> int:
 def load(path: str) -> tuple[Image.Image, str]:
   """Decodes a single-frame DICOM file to an 8-bit PIL image (L, or RGB for colour) and how it was scaled.
 
-  Reserves images.decode_budget for the decode. BadImageError names the file for whatever cannot be decoded.
+  Reserves decoding.decode_budget for the decode. BadImageError names the file for whatever cannot be decoded.
   What grey_uint8 warns about (clipped outliers, a LUT deeper than its entries) is in the image's
-  info[images.WARNINGS_INFO_KEY] (load_image lists and logs it as it does its own warnings).
+  info[decoding.WARNINGS_INFO_KEY] (load_image lists and logs it as it does its own warnings).
   """
   ds = read(path)
   _check_decodable(ds, path)
   rows, columns = int(ds.get('Rows', 0)), int(ds.get('Columns', 0))
   if rows * columns > (Image.MAX_IMAGE_PIXELS or float('inf')):
-    raise images.BadImageError(path, f'too many pixels ({columns}x{rows}, more than PIL.Image.MAX_IMAGE_PIXELS='
+    raise decoding.BadImageError(path, f'too many pixels ({columns}x{rows}, more than PIL.Image.MAX_IMAGE_PIXELS='
                                      f'{Image.MAX_IMAGE_PIXELS})')
-  with images.decode_budget.reserve(decode_bytes_estimate(ds)):
+  with decoding.decode_budget.reserve(decode_bytes_estimate(ds)):
     try:
       stored = ds.pixel_array
     except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError, OSError) as error:
-      raise images.BadImageError(path, f'cannot decode its DICOM pixel data ({error or type(error).__name__})'
+      raise decoding.BadImageError(path, f'cannot decode its DICOM pixel data ({error or type(error).__name__})'
                                  ) from error
     if str(ds.PhotometricInterpretation) in _COLOUR:  # pixel_array converts YBR to RGB.
       return Image.fromarray(np.asarray(stored, np.uint8), 'RGB'), 'DICOM 8-bit colour'
     if stored.ndim != 2:
-      raise images.BadImageError(path, f'DICOM pixel data of shape {stored.shape}, not one grey frame')
+      raise decoding.BadImageError(path, f'DICOM pixel data of shape {stored.shape}, not one grey frame')
     try:
       grey_HW, how, warnings = grey_uint8(ds, stored)
     except (ValueError, AttributeError, KeyError, IndexError) as error:  # E.g. a malformed window or LUT.
-      raise images.BadImageError(path, f'cannot apply its DICOM modality/VOI transform ({error})') from error
+      raise decoding.BadImageError(path, f'cannot apply its DICOM modality/VOI transform ({error})') from error
   image = Image.fromarray(grey_HW, 'L')
-  image.info[images.WARNINGS_INFO_KEY] = tuple(f'{warning} ({how})' for warning in warnings)
+  image.info[decoding.WARNINGS_INFO_KEY] = tuple(f'{warning} ({how})' for warning in warnings)
   return image, how
 
 

@@ -11,9 +11,7 @@ at most DECODE_MEMORY_BUDGET bytes (see DecodeBudget).
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -26,83 +24,24 @@ from absl import logging
 from PIL import ExifTags, Image, ImageOps
 
 from lungjax import progress
+from lungjax.data import decoding, dicom
 from lungjax.data import preprocess as preprocess_lib
+# Re-exported: these are images.BadImageError etc. to every caller; data/decoding.py defines them (dicom.py shares them).
+from lungjax.data.decoding import (  # pylint: disable=unused-import
+    COMMON_BIT_DEPTHS, DECODE_MEMORY_BUDGET, OUTLIER_FRACTION, WARNINGS_INFO_KEY, BadImageError, DecodeBudget)
 from lungjax.data.folders import Record
 
 # Only the decoders lungjax needs are ever opened: this limits exposure to Pillow's other decoders.
 PIL_FORMATS = ('JPEG', 'PNG')
 _SIXTEEN_BIT_MODES = ('I;16', 'I;16B', 'I;16L', 'I;16N', 'I')
 _GREY_MODES = ('1', 'L', 'F') + _SIXTEEN_BIT_MODES  # Converted to one 8-bit band (to_rgb_uint8 repeats it).
-# The bit depths a grey image without a PNG sBIT chunk is assumed to have: the smallest that holds its maximum.
-COMMON_BIT_DEPTHS = (8, 10, 12, 14, 16)
 # Warnings: an image whose grey levels (after scaling to 8 bits) span less than 1/16 of 0..255, or with a side
 # shorter than MIN_SIDE pixels, carries little for the model to read, yet would get a confident prediction.
 LOW_RANGE_FRACTION = 1 / 16
 MIN_SIDE = 32
-# A deep grey image without sBIT (or a DICOM without a VOI window) may have at most this fraction of its pixels (at
-# least one) read as saturated outliers: clipped to white instead of deciding the scale (see robust_sixteen_bit_scale).
-OUTLIER_FRACTION = 0.001
-# Where data/dicom.py leaves a decoded DICOM's warnings (a tuple of str) in its PIL image's info.
-WARNINGS_INFO_KEY = 'lungjax_warnings'
 # Images are converted this many pixels at a time (a strip of rows): bounds the scratch memory of a conversion.
 STRIP_PIXELS = 1 << 20
-# The bytes that decodes in flight may hold together (all threads, all pools): 2 GiB. A decode is estimated from
-# its header (decode_bytes_estimate); one larger than the budget runs alone.
-DECODE_MEMORY_BUDGET = 2 << 30
 _ROTATED = range(2, 9)  # EXIF orientations that ImageOps.exif_transpose acts on.
-
-
-class BadImageError(ValueError):
-  """An image file that cannot be decoded; the message names the file."""
-
-  def __init__(self, path: str, reason: str):
-    super().__init__(f'cannot decode image {path!r}: {reason}')
-    self.path = path
-    self.reason = reason
-
-
-class DecodeBudget:
-  """A byte budget that decodes reserve before they load a file: at most `capacity` bytes are reserved at once.
-
-  Requests are served in order (a large one is not starved by small ones); one larger than the capacity reserves
-  all of it, i.e. runs alone. Thread pools of any size can share one budget: memory, not the thread count, is bounded.
-  """
-
-  def __init__(self, capacity: int):
-    if capacity <= 0:
-      raise ValueError(f'DecodeBudget capacity must be positive, got {capacity}')
-    self.capacity = capacity
-    self.reserved = 0
-    self.peak = 0  # The most bytes ever reserved at once (for tests and reports).
-    self._condition = threading.Condition()
-    self._queue: collections.deque[object] = collections.deque()
-
-  @contextlib.contextmanager
-  def reserve(self, nbytes: int) -> Iterator[int]:
-    """Blocks until `nbytes` (at most the capacity) fit, holds them for the `with` body, and yields them."""
-    nbytes = max(0, min(int(nbytes), self.capacity))
-    ticket = object()
-    with self._condition:
-      self._queue.append(ticket)
-      try:
-        self._condition.wait_for(lambda: self._queue[0] is ticket and self.reserved + nbytes <= self.capacity)
-      except BaseException:  # E.g. KeyboardInterrupt: leave the queue, or the requests behind would wait forever.
-        self._queue.remove(ticket)
-        self._condition.notify_all()
-        raise
-      self._queue.popleft()
-      self.reserved += nbytes
-      self.peak = max(self.peak, self.reserved)
-      self._condition.notify_all()
-    try:
-      yield nbytes
-    finally:
-      with self._condition:
-        self.reserved -= nbytes
-        self._condition.notify_all()
-
-
-decode_budget = DecodeBudget(DECODE_MEMORY_BUDGET)
 
 
 def decode_bytes_estimate(width: int, height: int, mode: str) -> int:
@@ -434,7 +373,6 @@ def _warnings(width: int, height: int, eight_bit: _EightBit) -> tuple[str, ...]:
 
 def open_image(path: str) -> Image.Image:
   """Opens a JPEG or PNG lazily, or decodes a DICOM file (.dcm, .dicom: lungjax.data.dicom) to its 8-bit image."""
-  from lungjax.data import dicom  # pylint: disable=g-import-not-at-top  (dicom imports this module)
   if dicom.is_dicom_path(path):
     return dicom.load(path)[0]
   return Image.open(path, formats=PIL_FORMATS)
@@ -443,7 +381,7 @@ def open_image(path: str) -> Image.Image:
 def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettings | None = None) -> LoadedImage:
   """Decodes one file once into its resized pixels, full-size pixel hash, grey thumbnail and warnings.
 
-  The decode first reserves decode_bytes_estimate of its header from `decode_budget` (so concurrent decodes stay
+  The decode first reserves decode_bytes_estimate of its header from `decoding.decode_budget` (so concurrent decodes stay
   within DECODE_MEMORY_BUDGET). The pixels, hash and thumbnail are exactly those of to_rgb_uint8's full-size array
   resized (and grey_thumbnail), computed without that array: L and RGB images are read in place, other modes are
   converted strip by strip and the decoded image is freed before resizing. Warnings (blank, low contrast, tiny)
@@ -463,7 +401,7 @@ def load_image(path: str, size: int, preprocess: preprocess_lib.PreprocessSettin
         raise Image.DecompressionBombError(f'{image.width}x{image.height} pixels, more than PIL.Image.MAX_IMAGE_PIXELS'
                                            f'={Image.MAX_IMAGE_PIXELS}')
       significant_bits = png_significant_bits(path) if image.mode in _SIXTEEN_BIT_MODES else None
-      with decode_budget.reserve(decode_bytes_estimate(image.width, image.height, image.mode)):
+      with decoding.decode_budget.reserve(decode_bytes_estimate(image.width, image.height, image.mode)):
         image.load()
         ImageOps.exif_transpose(image, in_place=True)  # No copy when there is no rotation.
         width, height = image.size
@@ -524,7 +462,7 @@ def decode_records(
   """Decodes every record once (threads run PIL's decoders in parallel); bad files raise or are skipped.
 
   preprocess: config.data.preprocess's steps (preprocess.settings_of), None for none.
-  threads=0 means one per CPU core; however many, the decodes in flight share `decode_budget`'s memory.
+  threads=0 means one per CPU core; however many, the decodes in flight share `decoding.decode_budget`'s memory.
   """
   threads = threads or os.cpu_count() or 1
   images = np.zeros((len(records), size, size, 3), np.uint8)

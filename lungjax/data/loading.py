@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -16,6 +15,7 @@ from absl import logging
 
 from lungjax.data import (download, duplicates, folders, images, metadata as metadata_lib, preprocess,
                           sources as sources_lib, splits)
+from lungjax.data.extras import PREPARE_EXTRA_MODULES, require_prepare_extra  # pylint: disable=unused-import  (callers' name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,25 +42,6 @@ def load_folder(folder: str, config: ml_collections.ConfigDict, *, require_all_c
   if scan.unreadable:  # Dangling links, link loops, unreadable files and folders: skipped and counted like bad images.
     decoded = dataclasses.replace(decoded, skipped=scan.unreadable + decoded.skipped)
   return _logged(FolderImages(folder, decoded, scan.ignored_files), config)
-
-
-# The [prepare] extra (pyproject.toml): prepared data (config.data.prepared_dir, `lungjax prepare`) reads and writes
-# TFDS array_record files; tensorflow-datasets brings pyarrow. Only lungjax/data/prepared.py and tfds_builders.py
-# import them, after require_prepare_extra.
-PREPARE_EXTRA_MODULES = ('tensorflow_datasets', 'array_record')
-
-
-def require_prepare_extra(what: str) -> None:
-  """Raises ModuleNotFoundError naming `what` and the [prepare] extra when one of its modules does not import."""
-  missing = []
-  for name in PREPARE_EXTRA_MODULES:
-    try:
-      importlib.import_module(name)
-    except ImportError:
-      missing.append(name)
-  if missing:
-    raise ModuleNotFoundError(f"{what} needs the [prepare] extra (tensorflow-datasets, array_record), which is not "
-                              f"installed ({', '.join(missing)} missing): pip install 'lungjax[prepare]'")
 
 
 def load_prepared_folder(config: ml_collections.ConfigDict, split: str) -> FolderImages | None:

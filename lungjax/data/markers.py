@@ -56,6 +56,7 @@ MIN_SHARPNESS = 0.3
 WORD_GAP, PAD = 1.0, 0.15
 MIN_PIXELS = 12
 LUNG_GUARD = 0.0
+LUNG_MIN_PART = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +156,10 @@ def _words(boxes: Sequence[tuple[int, int, int, int]]) -> list[tuple[tuple[int, 
 
 
 def grown_lungs(lung_mask_HW: np.ndarray, shape: tuple[int, int], lung_guard: float = LUNG_GUARD) -> np.ndarray:
-  """Bool mask of `shape`: the lungs (nonzero pixels of lung_mask_HW, resized to `shape`) grown by lung_guard of
-  the short side (Euclidean distance), OR the lungs as given when `shape` is their own."""
+  """Bool mask of `shape`: the lungs (nonzero pixels of lung_mask_HW, resized to `shape`; of its 8-connected parts
+  only those of at least LUNG_MIN_PART of the largest one's area) grown by lung_guard of the short side (Euclidean
+  distance). The small parts go because the lung U-Net marks printed markers themselves as specks of "lung" (seen on
+  planted films, results/markers/README.md): kept, they would hide the very markers they sit on."""
   if not 0 <= lung_guard <= 0.5:
     raise ValueError(f'lung_guard={lung_guard!r}: a fraction of the short side in [0, 0.5]')
   lung_mask_HW = np.asarray(lung_mask_HW) > 0
@@ -165,6 +168,10 @@ def grown_lungs(lung_mask_HW: np.ndarray, shape: tuple[int, int], lung_guard: fl
     lungs_HW = np.asarray(resized) > 0
   else:
     lungs_HW = lung_mask_HW
+  labels_HW, n = ndimage.label(lungs_HW, structure=np.ones((3, 3), bool))
+  if n > 1:
+    areas_P = np.bincount(labels_HW.ravel())[1:]
+    lungs_HW = np.isin(labels_HW, 1 + np.flatnonzero(areas_P >= LUNG_MIN_PART * areas_P.max()))
   radius = lung_guard * min(shape)
   if radius > 0 and lungs_HW.any():
     # Work at a side of at most WORK_SIDE (the distance transform of a 3,000 px film is slow), then back up.

@@ -18,9 +18,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax.data import loading
+from lungjax.data import extras
 
-loading.require_prepare_extra('prepared data (config.data.prepared_dir, lungjax prepare)')
+extras.require_prepare_extra('prepared data (config.data.prepared_dir, lungjax prepare)')
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 

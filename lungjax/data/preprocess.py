@@ -18,7 +18,7 @@ steps, each a field of config.data.preprocess and off by default, in the order t
    'clahe' (contrast-limited adaptive histogram equalisation, scikit-image `equalize_adapthist`, clip limit
    `clahe_clip_limit`); 'none' is off.
 5. the lungs (`lungs`): 'crop' (to the lungs' bounding box plus `lung_margin` of its size) or 'fill' (everything
-   outside the lungs set to 0), by apply_lungs. The mask is the shipped lung U-Net's (lungjax/lungs.py
+   outside the lungs set to 0), by apply_lungs. The mask is the shipped lung U-Net's (lungjax/models/lung_unet.py
    `lung_mask_of`, weights lungjax/models/weights/lungs_unet.npz) of the decoded full-size film, made inside
    preprocess_image itself, so training, --mode=eval / explain / shortcuts, predict and the API mask alike; the
    weights' sha256 is in `record` (the fingerprint and the model card).
@@ -42,6 +42,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 from PIL import Image
+
+from lungjax.data.resize import area_resize  # pylint: disable=unused-import  (preprocess.area_resize, as before)
 
 INTENSITY = ('none', 'equalize', 'clahe')
 LUNGS = ('none', 'crop', 'fill')
@@ -132,10 +134,10 @@ def settings_of(config: ml_collections.ConfigDict) -> PreprocessSettings:
   if values['lungs'] not in LUNGS:
     refuse('lungs', f'one of {LUNGS}')
   if values['lungs'] != 'none':
-    from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top  (lungs imports this module lazily)
+    from lungjax.models import lung_unet  # pylint: disable=g-import-not-at-top  (JAX only when the lungs are asked for)
     import os  # pylint: disable=g-import-not-at-top
-    if not os.path.isfile(lungs_lib.WEIGHTS_PATH):
-      refuse('lungs', f'it needs the shipped lung U-Net weights {lungs_lib.WEIGHTS_PATH}, which are missing '
+    if not os.path.isfile(lung_unet.WEIGHTS_PATH):
+      refuse('lungs', f'it needs the shipped lung U-Net weights {lung_unet.WEIGHTS_PATH}, which are missing '
              '(bash results/lungs/regenerate.sh trains and exports them)')
   if not 0 <= float(values['lung_margin']) <= 1:
     refuse('lung_margin', 'a fraction of the lungs\' box in [0, 1]')
@@ -148,14 +150,6 @@ def settings_of(config: ml_collections.ConfigDict) -> PreprocessSettings:
       border_max_fraction=float(values['border_max_fraction']), window_percentiles=(low, high),
       intensity=str(values['intensity']), clahe_clip_limit=float(values['clahe_clip_limit']),
       lungs=str(values['lungs']), lung_margin=float(values['lung_margin']), mask_markers=mask_markers)
-
-
-def area_resize(image: Image.Image, size: int) -> Image.Image:
-  """size x size: area-averaged (BOX) where a side shrinks, bilinear where it grows (aspect ratio not kept)."""
-  if image.size == (size, size):
-    return image
-  shrinks = image.width >= size and image.height >= size
-  return image.resize((size, size), Image.Resampling.BOX if shrinks else Image.Resampling.BILINEAR)
 
 
 def working_resolution(image: Image.Image, working_size: int, acquisition_size: int = 0) -> Image.Image:
@@ -249,8 +243,8 @@ def preprocess_image(image: Image.Image, settings: PreprocessSettings, size: int
   grey = image.convert('L')
   if (settings.lungs != 'none' or settings.mask_markers) and lung_mask_HW is None:
     # The U-Net reads the film as decoded, before any step; the marker step never fills its (grown) lungs.
-    from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
-    lung_mask_HW = lungs_lib.lung_mask_of(image, lung_model)
+    from lungjax.models import lung_unet  # pylint: disable=g-import-not-at-top
+    lung_mask_HW = lung_unet.lung_mask_of(image, lung_model)
   if settings.mask_markers:
     from lungjax.data import markers  # pylint: disable=g-import-not-at-top  (markers imports scikit-image lazily)
     grey = Image.fromarray(markers.mask_markers(np.asarray(grey, np.uint8), lung_mask_HW)[0])
@@ -283,6 +277,6 @@ def record(settings: PreprocessSettings) -> dict[str, Any]:
   if not settings.mask_markers:  # Off: the record (and old runs' fingerprints) as before the field existed.
     del found['mask_markers']
   if settings.lungs != 'none' or settings.mask_markers:  # Which lung model made the masks: other weights, other images.
-    from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
-    found['lung_weights'] = lungs_lib.weights_record()
+    from lungjax.models import lung_unet  # pylint: disable=g-import-not-at-top
+    found['lung_weights'] = lung_unet.weights_record()
   return found

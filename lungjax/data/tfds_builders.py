@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from lungjax.data import loading
+from lungjax.data import extras
 
-loading.require_prepare_extra('the TFDS builders (lungjax prepare)')
+extras.require_prepare_extra('the TFDS builders (lungjax prepare)')
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
