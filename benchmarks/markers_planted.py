@@ -216,6 +216,12 @@ def evaluate_film(grey_HW: np.ndarray, lungs_HW: np.ndarray | None, rng: np.rand
   new_HW = markers.boxes_mask(new, shape)
   for p in plants:
     p['found'] = _covered(p['text_box'], new_HW) >= 0.5
+  if segment is not None:  # The same plants, the detector given the film alone: what the lungs cost.
+    before_film_HW = markers.boxes_mask([m.box for m in markers.find_markers(grey_HW)], shape)
+    new_film_HW = markers.boxes_mask([m.box for m in markers.find_markers(planted_HW)
+                                      if _covered(m.box, before_film_HW) < 0.5], shape)
+    for p in plants:
+      p['found_film_only'] = _covered(p['text_box'], new_film_HW) >= 0.5
   true_new = [box for box in new if any(_overlap(box, p['near_box']) >= 0.5 * _area(box) for p in plants)]
   central_HW = markers.boxes_mask([central_box(shape)], shape)
   film = {'plants': plants, 'n_new': len(new), 'n_true_new': len(true_new), 'n_before': len(before),
@@ -236,6 +242,8 @@ def summarise(films: Sequence[dict[str, Any]]) -> dict[str, Any]:
   """Recall by every plant attribute, precision, lung pixels, over the films given."""
   plants = [p for f in films for p in f['plants']]
   recall = {'all': _rate(sum(p['found'] for p in plants), len(plants))}
+  if plants and all('found_film_only' in p for p in plants):
+    recall['film_only'] = _rate(sum(p['found_film_only'] for p in plants), len(plants))
   for key, of in (('colour', lambda p: p['colour']), ('plate', lambda p: 'plate' if p['plate'] else 'no plate'),
                   ('where', lambda p: p['where']), ('font', lambda p: p['font']),
                   ('letter height', lambda p: f'{int(p["letter_fraction"] * 100)}-{int(p["letter_fraction"] * 100) + 1}% '
@@ -338,8 +346,10 @@ def main(argv: Sequence[str]) -> None:
   for name, row in [*report['sources'].items(), ('all', report['all'])]:
     lungs = f', lung-mask pixels {row["lung_pixels_planted"]} (unplanted {row["lung_pixels_unplanted"]})' \
         if 'lung_pixels_planted' in row else ''
+    film_only = row['recall'].get('film_only', {}).get('rate')
     print(f'{name:<12} films {row["n_films"]:>4} planted {row["n_planted"]:>4} recall '
-          f'{row["recall"]["all"]["rate"]} precision {row["precision"]["rate"]} ({row["precision"]["new_boxes"]} new)'
+          f'{row["recall"]["all"]["rate"]} (film alone {film_only}) precision {row["precision"]["rate"]} '
+          f'({row["precision"]["new_boxes"]} new)'
           f', central pixels {row["central_pixels_planted"]}{lungs}')
 
 

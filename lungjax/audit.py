@@ -54,9 +54,10 @@ def _define_flags() -> None:
                     'of films with markers in each corner and along each edge).')
   flags.DEFINE_bool('strip_markers', False, 'With --strip: the copies are PNGs of the decoded grey film with its '
                     'burned-in markers filled (markers.mask_markers), at OUT_DIR/<folder name>/<path>.png.')
-  flags.DEFINE_bool('marker_lungs', True, 'With --markers / --strip_markers: hand the shipped lung U-Net\'s mask of '
-                    'each film to the detector, so nothing within markers.LUNG_GUARD of the lungs is reported or '
-                    'filled (--nomarker_lungs: the film alone).')
+  flags.DEFINE_bool('marker_lungs', False, 'With --markers / --strip_markers: hand the shipped lung U-Net\'s mask of '
+                    'each film to the detector, so nothing on the lungs (grown by markers.LUNG_GUARD) is reported '
+                    'or filled; it also misses more markers (planted recall 0.85 against 0.92 with the film alone: '
+                    'results/markers/README.md, "Lung guard").')
   flags.DEFINE_string('drop_from', None, 'One of the FOLDERs: list in drop_list.txt its images that are a copy of an '
                       'image in another FOLDER.')
 
@@ -567,7 +568,7 @@ def _film_lungs(grey_HW: np.ndarray, lungs: bool) -> np.ndarray | None:
   return lungs_lib.lung_mask_of(grey_HW)
 
 
-def find_file_markers(path: str, lungs: bool = True) -> dict[str, Any]:
+def find_file_markers(path: str, lungs: bool = False) -> dict[str, Any]:
   """One decodable file's markers: count, boxes (top, left, bottom, right in its pixels), polarity and place;
   lungs: hand the shipped lung U-Net's mask to the detector (markers inside the grown lungs are never reported)."""
   grey_HW = _grey_film(path)
@@ -606,7 +607,7 @@ def marker_markdown(table: dict[str, Any]) -> str:
 
 
 def marker_report(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray, out_dir: str,
-                  threads: int = 0, lungs: bool = True) -> dict[str, Any]:
+                  threads: int = 0, lungs: bool = False) -> dict[str, Any]:
   """Finds the markers of every decodable file; writes out_dir/markers.json and markers.md; returns the summary."""
   decodable = [(a, f) for a, f in zip(audits, folder_N.tolist()) if a.error is None]
   with concurrent.futures.ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
@@ -633,7 +634,7 @@ def _lungs_record(lungs: bool) -> dict[str, Any] | None:
 
 
 def write_marker_masked_copies(audits: Sequence[FileAudit], folder_paths: Sequence[str], folder_N: np.ndarray,
-                               strip_dir: str, lungs: bool = True) -> dict[str, Any]:
+                               strip_dir: str, lungs: bool = False) -> dict[str, Any]:
   """--strip --strip_markers: a metadata-free grey PNG of every decodable file with its markers filled, at
   strip_dir/<folder name>/<path in folder>.png (new files only); returns a summary."""
   written, n_regions = 0, 0
@@ -689,7 +690,7 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
               strip_dir: str | None = None, drop_from: str | None = None, threads: int = 0, metadata: str = '',
               metadata_file_column: str = metadata_lib.DEFAULT_FILE_COLUMN, subgroups: str = '',
               group_by: str = '', markers: bool = False, strip_markers: bool = False,
-              marker_lungs: bool = True) -> dict[str, Any]:
+              marker_lungs: bool = False) -> dict[str, Any]:
   """Audits the folders; writes out_dir/audit.json, pairs.png (drop_list.txt, stripped copies); returns the report.
   With `metadata` (a CSV), the report's 'metadata_table' (metadata_report); with `markers`, markers.json / .md
   (marker_report); with `strip_markers`, the --strip copies are marker-masked PNGs; marker_lungs: the marker

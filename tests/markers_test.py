@@ -96,8 +96,7 @@ def test_mask_markers_changes_the_model_input_only_where_markers_are():
   changed_HW = (masked_SSC != plain_SSC).any(-1)
   t, l, b, r = box
   assert changed_HW[t:b, l:r].mean() > 0.3  # The letter is gone ...
-  from lungjax import lungs  # pylint: disable=g-import-not-at-top
-  region_HW = markers.marker_mask(grey_HW, lungs.lung_mask_of(grey_HW))  # The step is handed the U-Net's lungs.
+  region_HW = markers.marker_mask(grey_HW)  # With config.data.preprocess.lungs off: the film alone.
   assert not changed_HW[~region_HW].any()  # ... and nothing else changed.
   assert masked_SSC[t:b, l:r, 0].max() < 200
   # Given lungs that cover the letter, the step leaves it alone: it never fills the (grown) lungs.
@@ -168,3 +167,17 @@ def test_the_lung_overlap_benchmark_counts_marker_pixels_on_the_lungs():
   given = markers_lungs.film_overlap(grey_HW, lungs_HW, predicted_HW=lungs_HW)  # The detector told of the lungs.
   assert given['lung_pixels'] == 0
   assert markers_lungs.summarise([row, given])['films_with_lung_pixels'] == 1
+
+
+@needs_font
+def test_audit_hands_the_lungs_to_the_detector_only_when_asked(tmp_path, monkeypatch):
+  from lungjax import audit, lungs  # pylint: disable=g-import-not-at-top
+  grey_HW = film()
+  t, l, b, r = plant(grey_HW, 'R', 20, 20, 20, 250)
+  path = tmp_path / 'film.png'
+  Image.fromarray(grey_HW).save(path)
+  over_HW = np.zeros(grey_HW.shape, bool)
+  over_HW[t:b, l:r] = True  # "Lungs" under the letter: a lungs-aware audit must not report it.
+  monkeypatch.setattr(lungs, 'lung_mask_of', lambda image, model=None: over_HW)
+  assert audit.find_file_markers(str(path))['n_markers'] == 1
+  assert audit.find_file_markers(str(path), lungs=True)['n_markers'] == 0

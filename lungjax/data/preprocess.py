@@ -25,8 +25,8 @@ steps, each a field of config.data.preprocess and off by default, in the order t
 
 0. burned-in markers (config.data.mask_markers, a field of config.data beside this group): before every step above,
    on the full-size grey film, the marker regions that data/markers.py finds (L, R, AP, PORTABLE, arrows, labels)
-   are filled with the grey around them (markers.mask_markers, given the lung U-Net's mask of the film: never a
-   pixel of the lungs grown by markers.LUNG_GUARD).
+   are filled with the grey around them (markers.mask_markers; when `lungs` is on, given its mask: never a lung
+   pixel. With the film alone it can fill print lying on the lungs: results/markers/README.md, "Lung guard").
 
 Then the image is resized to the model's image_size (area-averaged when it shrinks, bilinear when it grows). With
 any step on, the image is grey (its three channels equal); with every step off the pixels are exactly those lungjax
@@ -241,8 +241,7 @@ def preprocess_image(image: Image.Image, settings: PreprocessSettings, size: int
   if not settings.active:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR).convert('RGB'), np.uint8)
   grey = image.convert('L')
-  if (settings.lungs != 'none' or settings.mask_markers) and lung_mask_HW is None:
-    # The U-Net reads the film as decoded, before any step; the marker step never fills its (grown) lungs.
+  if settings.lungs != 'none' and lung_mask_HW is None:  # The U-Net reads the film as decoded, before any step.
     from lungjax.models import lung_unet  # pylint: disable=g-import-not-at-top
     lung_mask_HW = lung_unet.lung_mask_of(image, lung_model)
   if settings.mask_markers:
@@ -276,7 +275,7 @@ def record(settings: PreprocessSettings) -> dict[str, Any]:
            'steps': settings.describe()}
   if not settings.mask_markers:  # Off: the record (and old runs' fingerprints) as before the field existed.
     del found['mask_markers']
-  if settings.lungs != 'none' or settings.mask_markers:  # Which lung model made the masks: other weights, other images.
+  if settings.lungs != 'none':  # Which lung model made the masks: other weights, other images.
     from lungjax.models import lung_unet  # pylint: disable=g-import-not-at-top
     found['lung_weights'] = lung_unet.weights_record()
   return found
