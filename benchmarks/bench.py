@@ -97,7 +97,8 @@ class LungjaxRunner:
   """The config's model, optimizer, jitted steps and a train state, as training builds them."""
 
   def __init__(self, config: ml_collections.ConfigDict, class_weights_C: np.ndarray):
-    from lungjax import mesh as mesh_lib, steps  # pylint: disable=g-import-not-at-top
+    from lungjax import steps  # pylint: disable=g-import-not-at-top
+    from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     from lungjax.models import create_model  # pylint: disable=g-import-not-at-top
     self.config = config
     self.mesh = mesh_lib.make_mesh()
@@ -114,7 +115,7 @@ class LungjaxRunner:
 
   def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Shards a host batch over the mesh."""
-    from lungjax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     return mesh_lib.to_global_batch(batch, self.batch_sharding)
 
   def run_steps(self, batches: Callable[[], dict[str, jax.Array]], n: int) -> float:
@@ -298,9 +299,10 @@ def alternating_rounds(runner: LungjaxRunner, kerases: dict[str, KerasChild], ro
 
 def predict_rounds(runner: LungjaxRunner, kerases: dict[str, KerasChild], folder: str, rounds: int,
                    max_spread: float = MAX_SPREAD) -> dict[str, Any]:
-  """lungjax predict's images/s on every image file under folder (decode included: lungjax.predict.predict_files
+  """lungjax predict's images/s on every image file under folder (decode included: lungjax.tools.predict.predict_files
   with this run's model and state), alternating with each Keras child's predict loop on the same files."""
-  from lungjax import inference, predict  # pylint: disable=g-import-not-at-top
+  from lungjax import inference  # pylint: disable=g-import-not-at-top
+  from lungjax.tools import predict  # pylint: disable=g-import-not-at-top
   model = inference.Model(runner.config, runner.model, runner.state, 0, '')
   listed = predict.expand_inputs([folder])
   files = [path for path, _ in listed]
@@ -468,7 +470,7 @@ def main(argv):
                      max_spread=FLAGS.max_spread)
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   path = os.path.join(FLAGS.out_dir, f'{FLAGS.config.name}.json')
-  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:  # Atomic: a reader sees the old figures or the new ones; never through a link.
     workdir_lib.write_atomic(path, json.dumps(result, indent=2))
   except FileExistsError as e:

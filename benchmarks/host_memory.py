@@ -74,7 +74,8 @@ def child(keep_gb: float, image_size: int, batch_size: int, warmup_steps: int, s
   config.train.keep_freed_host_memory_gb = keep_gb
   trims = host_memory.apply(config.train)  # As lungjax.main does: before JAX's backend and the first allocation.
   import jax  # pylint: disable=g-import-not-at-top
-  from lungjax import mesh as mesh_lib, steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from lungjax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from lungjax.models import create_model  # pylint: disable=g-import-not-at-top
   num_classes = len(config.data.classes)
   model = create_model(config.model, num_classes)

@@ -35,7 +35,7 @@ from absl import app, flags
 from PIL import Image
 
 from benchmarks import markers_planted
-from lungjax import workdir as workdir_lib
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import markers
 
 FLAGS = flags.FLAGS

@@ -43,7 +43,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image, ImageDraw, ImageFont
 
-from lungjax import workdir as workdir_lib
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import markers
 
 FLAGS = flags.FLAGS

@@ -128,7 +128,8 @@ def run_read(config, train_steps: int, eval_batches: int) -> dict[str, Any]:
   import grain  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  from lungjax import mesh as mesh_lib, steps, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from lungjax import steps, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,g-multiple-import
   from lungjax.data import loading, pipeline  # pylint: disable=g-import-not-at-top
   from lungjax.models import create_model  # pylint: disable=g-import-not-at-top
 

@@ -29,8 +29,8 @@ from jax.sharding import Mesh
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import checkpoints, fit as fit_lib, mesh as mesh_lib, preemption, run_fields, steps
-from lungjax import workdir as workdir_lib
+from lungjax import checkpoints, fit as fit_lib, steps
+from lungjax.runtime import mesh as mesh_lib, preemption, run_fields, workdir as workdir_lib
 from lungjax.data import folders, images, loading, pipeline, preprocess
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
 

@@ -4,7 +4,7 @@ The validation split already chose the checkpoint, and an ECE measured on the ve
 fitted on flatters it. So the fit is cross-fitted: the validation images are split into K class-stratified folds,
 each fold's images are scaled by a temperature fitted on the other K - 1 folds only, and the ECE of those
 out-of-fold probabilities is the after-scaling ECE reported for the validation split. The temperature that is
-served (by lungjax.predict and on other folders) is then fitted on all the validation images.
+served (by lungjax.tools.predict and on other folders) is then fitted on all the validation images.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from lungjax import metrics as metrics_lib, workdir as workdir_lib
+from lungjax import metrics as metrics_lib
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.metrics import apply_temperature, fit_temperature  # Kept in metrics.py; served from here too.
 
 METHOD = 'temperature scaling'

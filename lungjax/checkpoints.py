@@ -31,7 +31,7 @@ from absl import logging
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from lungjax import fingerprint as fingerprint_lib, run_fields, workdir as workdir_lib
+from lungjax.runtime import fingerprint as fingerprint_lib, run_fields, workdir as workdir_lib
 from lungjax.steps import TrainState
 
 ITEMS = ('state', 'data_iter', 'history', 'integrity')

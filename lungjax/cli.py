@@ -1,7 +1,7 @@
 """The `lungjax` command: `lungjax COMMAND [FLAGS] [ARGS]` runs the module behind COMMAND with the same flags.
 
 lungjax train --config=cnn --config.data.root=DATA --workdir=W   is   python -m lungjax.main --mode=train ...
-lungjax predict --workdir=W FILES                                 is   python -m lungjax.predict --workdir=W FILES
+lungjax predict --workdir=W FILES                                 is   python -m lungjax.tools.predict --workdir=W FILES
 
 `--config` names a packaged config (lungjax/configs/NAME.py) or a config file. Each command's module runs as
 `python -m` runs it (its flags, its exit status); `lungjax COMMAND --help` prints that module's flags.
@@ -38,11 +38,11 @@ COMMANDS: dict[str, Command] = {
                        'cnn'),
     'shortcuts': Command('lungjax.main', 'does the model need the lungs? scores with them hidden / shown alone',
                          ('--mode=shortcuts',), 'cnn'),
-    'predict': Command('lungjax.predict', 'classify image files and folders with a trained --workdir (JSON lines)'),
-    'audit': Command('lungjax.audit', 'copies, leaks, unreadable files and identifying metadata in image folders'),
-    'prepare': Command('lungjax.prepare', 'decode a data root once into array_record files that training reads'),
+    'predict': Command('lungjax.tools.predict', 'classify image files and folders with a trained --workdir (JSON lines)'),
+    'audit': Command('lungjax.tools.audit', 'copies, leaks, unreadable files and identifying metadata in image folders'),
+    'prepare': Command('lungjax.tools.prepare', 'decode a data root once into array_record files that training reads'),
     'segment': Command('lungjax.tools.segment', 'lung masks (PNG) of every image of --dir, written under --out'),
-    'compare': Command('lungjax.compare', 'two trained workdirs on the same images: paired differences, McNemar'),
+    'compare': Command('lungjax.tools.compare', 'two trained workdirs on the same images: paired differences, McNemar'),
 }
 
 EXAMPLES = """\

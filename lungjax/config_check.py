@@ -17,10 +17,10 @@ from typing import Any
 
 import ml_collections
 
-from lungjax import augment, autoencoder, checkpoints, distributed, models, steps
-from lungjax import fingerprint as fingerprint_lib, run_fields
+from lungjax import autoencoder, checkpoints, models, steps
+from lungjax.data import augment, folders, loading, metadata as metadata_lib, preprocess, sources as sources_lib, splits
+from lungjax.runtime import distributed, fingerprint as fingerprint_lib, run_fields
 from lungjax.cpu import host_memory
-from lungjax.data import folders, loading, metadata as metadata_lib, preprocess, sources as sources_lib, splits
 
 MODES = ('train', 'eval', 'explain', 'shortcuts')
 

@@ -16,11 +16,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from lungjax import augment, checkpoints, mesh as mesh_lib, metrics as metrics_lib, report, report_html, steps
-from lungjax import calibration as calibration_lib, distributed, fingerprint as fingerprint_lib, inference
-from lungjax import model_card
-from lungjax import workdir as workdir_lib
-from lungjax.data import folders, images, loading, metadata as metadata_lib, preprocess, sources as sources_lib
+from lungjax import calibration as calibration_lib, checkpoints, inference, metrics as metrics_lib, steps
+from lungjax.data import augment, folders, images, loading, metadata as metadata_lib, preprocess, sources as sources_lib
+from lungjax.runtime import distributed, fingerprint as fingerprint_lib, mesh as mesh_lib, workdir as workdir_lib
+from lungjax.report import markdown as report, model_card, report_html
 
 
 # config.eval.dir value that means "the validation split of config.data.root/train" (as training made it).

@@ -15,8 +15,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from lungjax import calibration as calibration_lib, distributed, evaluate, inference, model_card, report, report_html
-from lungjax import steps, workdir as workdir_lib
+from lungjax import calibration as calibration_lib, evaluate, inference, steps
+from lungjax.runtime import distributed, workdir as workdir_lib
+from lungjax.report import markdown as report, model_card, report_html
 from lungjax.data import loading
 from lungjax.models import create_model
 

@@ -18,7 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Sharding
 
-from lungjax import checkpoints, mesh as mesh_lib, preemption, progress
+from lungjax import checkpoints
+from lungjax.runtime import mesh as mesh_lib, preemption, progress
 
 Window = list[tuple[int, Any]]  # (step, that step's clu metrics collection, still on device).
 

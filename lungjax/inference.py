@@ -1,6 +1,6 @@
 """Restore a trained run for inference, and the Python API on it: `lungjax.load(workdir).predict(images)`.
 
-load() is the one restore behind --mode=eval, explain and shortcuts, lungjax.predict, lungjax.compare and the API:
+load() is the one restore behind --mode=eval, explain and shortcuts, lungjax.tools.predict, lungjax.tools.compare and the API:
 the run's own config.json builds the model, the best (or a chosen) checkpoint is read and every array is checked
 against the sha256 the training run saved (checkpoints.restore), and a checkpoint whose fingerprint records
 other classes, another model or image size than the config is refused.
@@ -32,8 +32,9 @@ from absl import logging
 from jax.sharding import Mesh
 from PIL import Image
 
-from lungjax import calibration, checkpoints, distributed, gradcam, mesh as mesh_lib, progress, steps
-from lungjax import workdir as workdir_lib
+from lungjax import calibration, checkpoints, steps
+from lungjax.runtime import distributed, mesh as mesh_lib, progress, workdir as workdir_lib
+from lungjax.explain import gradcam
 from lungjax.data import folders, images, pipeline, preprocess as preprocess_lib
 from lungjax.models import create_model
 

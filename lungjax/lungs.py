@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from lungjax import workdir as workdir_lib
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import images, resize
 # The model itself (weights, loading, masks of decoded pixels) lives below data/ so preprocessing can use it.
 from lungjax.models.lung_unet import (  # pylint: disable=unused-import

@@ -20,10 +20,14 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
 
-from lungjax import config_check, crossval, distributed, preemption  # pylint: disable=g-import-not-at-top
-from lungjax import run_fields  # pylint: disable=g-import-not-at-top
-from lungjax import evaluate as evaluate_lib, explain as explain_lib  # pylint: disable=g-import-not-at-top
-from lungjax import shortcuts as shortcuts_lib, train as train_lib  # pylint: disable=g-import-not-at-top
+from lungjax import config_check  # pylint: disable=g-import-not-at-top
+from lungjax.experiments import crossval  # pylint: disable=g-import-not-at-top
+from lungjax.runtime import distributed, preemption  # pylint: disable=g-import-not-at-top
+from lungjax.runtime import run_fields  # pylint: disable=g-import-not-at-top
+from lungjax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+from lungjax.explain import gallery as explain_lib  # pylint: disable=g-import-not-at-top
+from lungjax import train as train_lib  # pylint: disable=g-import-not-at-top
+from lungjax.explain import shortcuts as shortcuts_lib  # pylint: disable=g-import-not-at-top
 from lungjax.cpu import host_memory  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -87,7 +91,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return summary
   if crossval.is_repeated(config):
     result = crossval.run(config, workdir)
-    if 'selection' in result:  # Leave one source out (lungjax/loso.py).
+    if 'selection' in result:  # Leave one source out (lungjax/experiments/loso.py).
       print(f'\nleave one source out under {os.path.abspath(workdir)}: {result["selection"]["measure"]} '
             f'{result["selection"]["value"]:.4f} (held-out {result["selection"]["source"]}); table: '
             f'{os.path.abspath(os.path.join(workdir, "loso", "report.md"))}')

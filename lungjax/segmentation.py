@@ -35,8 +35,9 @@ from absl import logging
 from clu import metrics as clu_metrics
 from PIL import Image
 
-from lungjax import checkpoints, event_writer, fingerprint as fingerprint_lib, fit as fit_lib, lungs as lungs_lib
-from lungjax import mesh as mesh_lib, preemption, steps, workdir as workdir_lib
+from lungjax import checkpoints, fit as fit_lib, lungs as lungs_lib, steps
+from lungjax.runtime import event_writer, fingerprint as fingerprint_lib
+from lungjax.runtime import mesh as mesh_lib, preemption, workdir as workdir_lib
 from lungjax.data import images as images_lib, splits
 from lungjax.models.unet import UNet
 

@@ -17,7 +17,7 @@ import optax
 from clu import metrics
 from jax.sharding import Mesh
 
-from lungjax import mesh as mesh_lib
+from lungjax.runtime import mesh as mesh_lib
 
 
 @flax.struct.dataclass

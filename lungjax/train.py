@@ -14,12 +14,12 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from lungjax import augment, autoencoder, checkpoints, evaluate, final_evaluation, mesh as mesh_lib, steps
-from lungjax import distributed, fingerprint as fingerprint_lib, fit as fit_lib, preemption, warm_start
-from lungjax import event_writer, run_fields, workdir as workdir_lib
+from lungjax import autoencoder, checkpoints, evaluate, final_evaluation, fit as fit_lib, steps
+from lungjax.data import augment, loading, pipeline, sources as sources_lib, splits
+from lungjax.runtime import distributed, fingerprint as fingerprint_lib, mesh as mesh_lib, preemption
+from lungjax.models import create_model, warm_start
+from lungjax.runtime import event_writer, run_fields, workdir as workdir_lib
 from lungjax.cpu import host_memory
-from lungjax.data import loading, pipeline, sources as sources_lib, splits
-from lungjax.models import create_model
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -103,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   drawing the curves (final_evaluation). Returns the summary also written to workdir/summary.json, with the best
   checkpoint's validation predictions as its `.validation`. On SIGTERM or SIGINT (Ctrl-C) it saves the current step
   and raises preemption.Preempted. The run holds workdir's lock throughout, and refuses a non-empty folder that is
-  not a lungjax run (lungjax/workdir.py).
+  not a lungjax run (lungjax/runtime/workdir.py).
   """
   config = run_fields.with_defaults(config)  # A field an older config lacks reads its packaged default.
   with workdir_lib.owned(workdir), preemption.StopRequest() as stop:
@@ -150,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         encoder = autoencoder.pretrain(config, workdir, data, stop)
       state = warm_start.warm_start(config, workdir, state, tx, encoder)
     _write_run_files(config, workdir, data)  # Only now that every check of a resume has passed.
-    # clu's writers; TensorBoard event files by tensorboardX, never importing TensorFlow (lungjax/event_writer.py).
+    # clu's writers; TensorBoard event files by tensorboardX, never importing TensorFlow (lungjax/runtime/event_writer.py).
     writer = event_writer.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams(_flatten(config.to_dict()))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 import lungjax
-from lungjax import calibration, checkpoints, evaluate, inference, workdir as workdir_lib
+from lungjax import calibration, checkpoints, evaluate, inference
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import images
 from tests.conftest import CLASSES
 from tests.predict_test import trained_workdir  # pylint: disable=unused-import  (a fixture: a tiny trained run)

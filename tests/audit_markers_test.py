@@ -66,7 +66,7 @@ def planted(tmp_path_factory):
 
 
 def audit(root, *flags_):
-  result = subprocess.run([sys.executable, '-m', 'lungjax.audit', 'srcA', 'srcB', '--out=out', *flags_], cwd=root,
+  result = subprocess.run([sys.executable, '-m', 'lungjax.tools.audit', 'srcA', 'srcB', '--out=out', *flags_], cwd=root,
                           capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': REPO}, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   return result

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from lungjax import audit, workdir
+from lungjax.tools import audit
+from lungjax.runtime import workdir
 from lungjax.data import duplicates, images
 from tests.conftest import needs_shared_data, SHARED_TRAIN
 from tests.duplicates_test import blob_image
@@ -230,7 +231,7 @@ def test_unreadable_files_and_folders_are_reported_not_raised(tmp_path, monkeypa
 
 def test_command_line_reports_dangling_links_and_loops(tmp_path):
   data = _folder_with_unreadable_paths(tmp_path)
-  result = subprocess.run([sys.executable, '-m', 'lungjax.audit', data, '--out=out'], cwd=tmp_path,
+  result = subprocess.run([sys.executable, '-m', 'lungjax.tools.audit', data, '--out=out'], cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'unreadable  data/Covid/loop.jpg: a symbolic link loop' in result.stdout
@@ -298,7 +299,7 @@ def test_command_line_finds_copies_across_folders_and_writes_the_drop_list(tmp_p
   (tmp_path / 'eval set' / 'Normal' / 'broken.jpg').write_bytes(b'\xff\xd8 cut short')
 
   result = subprocess.run(
-      [sys.executable, '-m', 'lungjax.audit', 'train', 'eval set', '--out=out', '--drop_from=eval set',
+      [sys.executable, '-m', 'lungjax.tools.audit', 'train', 'eval set', '--out=out', '--drop_from=eval set',
        '--strip=clean'], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

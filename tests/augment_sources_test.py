@@ -1,4 +1,4 @@
-"""Augmentation aimed at sources (lungjax/augment.py; issue 23 part 4): each op changes what it should, and only
+"""Augmentation aimed at sources (lungjax/data/augment.py; issue 23 part 4): each op changes what it should, and only
 when its probability says so."""
 
 import jax
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import cnn
-from lungjax import augment, run_fields
-from lungjax.data import pipeline
+from lungjax.data import augment, pipeline
+from lungjax.runtime import run_fields
 
 
 def _only(field: str, **ranges) -> augment.AugmentSettings:

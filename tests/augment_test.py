@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import cnn, cnn_augment
-from lungjax import augment
+from lungjax.data import augment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OPS = ('rotation', 'zoom', 'shift', 'hflip', 'brightness', 'contrast')
@@ -184,7 +184,8 @@ def test_rejects_integer_images_other_than_uint8():
 _SHARDED_SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     from configs import cnn_augment
-    from lungjax import augment, mesh as mesh_lib
+    from lungjax.data import augment
+    from lungjax.runtime import mesh as mesh_lib
     assert jax.device_count() == 4, jax.devices()
     fn = augment.make_augment_fn(cnn_augment.get_config().augment)
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), np.uint8)
@@ -228,7 +229,7 @@ def test_grid_figure_shows_the_batch_before_and_after_with_class_names():
 
 def _run_grid(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-  return subprocess.run([sys.executable, '-m', 'lungjax.augment', '--config=configs/tiny.py', *args], cwd=REPO,
+  return subprocess.run([sys.executable, '-m', 'lungjax.data.augment', '--config=configs/tiny.py', *args], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=300)
 
 

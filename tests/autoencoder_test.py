@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from configs import autoencoder as autoencoder_config, cnn, tiny
-from lungjax import autoencoder, checkpoints, config_check, fit as fit_lib, mesh as mesh_lib, steps, train, warm_start
+from lungjax import autoencoder, checkpoints, config_check, fit as fit_lib, steps, train
+from lungjax.runtime import mesh as mesh_lib
+from lungjax.models import create_model, warm_start
 from lungjax.data import images as images_lib, loading
-from lungjax.models import create_model
 from lungjax.models.autoencoder import ConvAutoencoder, encoder_layer_names
 from tests.conftest import striped_image
 

@@ -68,7 +68,7 @@ def test_a_deleted_best_step_is_not_served_with_its_temperature(augmented_run, t
   record = calibration.read(copy)
   assert record['fitted_on']['checkpoint_step'] == summary['best_step']
   calibration.write(copy, {**record, 'temperature': 2.0})  # A temperature other than 1.0 (whichever was served).
-  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   marked = workdir_lib.read_json(os.path.join(copy, workdir_lib.COMPLETE))['files']
   workdir_lib.finish_unit(copy, marked)  # The run's final outputs, this edit included, as one unit again.
   assert lungjax.load(copy).temperature == 2.0  # The best step: its own temperature.

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from lungjax import calibration, evaluate, metrics, report
+from lungjax import calibration, evaluate, metrics
+from lungjax.report import markdown as report
 
 CLASSES = ('Covid', 'Normal', 'Viral Pneumonia')
 

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from lungjax import checkpoints, mesh as mesh_lib, steps, train
+from lungjax import checkpoints, steps, train
+from lungjax.runtime import mesh as mesh_lib
 from lungjax.data import pipeline
 from lungjax.models import create_model
 

@@ -7,7 +7,8 @@ import pytest
 
 from configs import tiny
 from conftest import write_image_folder
-from lungjax import checkpoints, config_check, inference, workdir as workdir_lib
+from lungjax import checkpoints, config_check, inference
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import download, images, loading
 
 

@@ -14,7 +14,7 @@ from lungjax import cli, configs
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGED = ('autoencoder', 'cnn', 'cnn_augment', 'lungs', 'multisource', 'resnet', 'tiny', 'vgg')
 # Modules with a __main__ that are developer tools, not user commands (benchmarks, fault injection, a preview).
-DEVELOPER_TOOLS = {'lungjax.bench', 'lungjax.faults', 'lungjax.scale_check', 'lungjax.augment',
+DEVELOPER_TOOLS = {'lungjax.bench', 'lungjax.faults', 'lungjax.scale_check', 'lungjax.data.augment',
                    'lungjax.tools.lungs_report'}
 
 
@@ -82,7 +82,7 @@ def test_commands_cover_every_user_module_with_a_main():
         main_guard = re.search(r"^if __name__ == '__main__':", text, re.M)
         if main_guard and ('app.run(' in text or package == 'lungjax/tools'):  # tools/ use argparse.
           modules.add(f'{package.replace("/", ".")}.{entry[:-3]}')
-  assert {'lungjax.main', 'lungjax.predict', 'lungjax.audit', 'lungjax.prepare', 'lungjax.compare'} <= modules
+  assert {'lungjax.main', 'lungjax.tools.predict', 'lungjax.tools.audit', 'lungjax.tools.prepare', 'lungjax.tools.compare'} <= modules
   assert modules - DEVELOPER_TOOLS == {command.module for command in cli.COMMANDS.values()}
   assert [name for name, command in cli.COMMANDS.items() if command.module == 'lungjax.main'] == [
       'train', 'eval', 'explain', 'shortcuts']
@@ -93,7 +93,7 @@ def test_module_argv_puts_the_mode_first_and_resolves_the_config():
   assert module == 'lungjax.main'
   assert argv == ['lungjax eval', '--mode=eval', f'--config={os.path.join(configs.CONFIG_DIR, "cnn.py")}',
                   '--workdir=W']
-  assert cli.module_argv('predict', ['--workdir=W', 'a.png']) == ('lungjax.predict', ['lungjax predict',
+  assert cli.module_argv('predict', ['--workdir=W', 'a.png']) == ('lungjax.tools.predict', ['lungjax predict',
                                                                                      '--workdir=W', 'a.png'])
   with pytest.raises(ValueError, match='sets --mode itself'):
     cli.module_argv('train', ['--mode=eval'])

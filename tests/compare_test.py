@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from lungjax import compare, metrics as metrics_lib
+from lungjax import metrics as metrics_lib
+from lungjax.tools import compare
 from tests.conftest import CLASSES
 from tests.ensemble_test import two_runs  # pylint: disable=unused-import  (a fixture: two tiny runs, seeds 0 and 1)
 
@@ -160,7 +161,7 @@ def test_outputs_never_overwrite_files_compare_did_not_write(tmp_path):
 def test_outputs_go_through_the_safe_writer_never_through_a_link(tmp_path):
   """compare.json planted as a link to a file that looks like compare's own: workdir's writer refuses the link
   (what _check_ours alone would let through) and the target is untouched."""
-  from lungjax import workdir as workdir_lib
+  from lungjax.runtime import workdir as workdir_lib
   precious = tmp_path / 'precious.json'
   precious.write_text('{"tool": "lungjax.compare"}')
   out_dir = tmp_path / 'out'
@@ -212,7 +213,7 @@ def test_two_runs_from_the_command_line(two_runs, synthetic_root, tmp_path):
   os.makedirs(out_dir)
   open(os.path.join(out_dir, 'keep.txt'), 'w').write('not compare\'s')
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
-  finished = subprocess.run([sys.executable, '-m', 'lungjax.compare', workdir_a, workdir_b, f'--dir={folder}',
+  finished = subprocess.run([sys.executable, '-m', 'lungjax.tools.compare', workdir_a, workdir_b, f'--dir={folder}',
                              '--class_names=COVID=Covid', f'--out={out_dir}', '--n_bootstrap=300', '--seed=2'],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert finished.returncode == 0, finished.stderr[-3000:]
@@ -235,7 +236,7 @@ def test_two_runs_from_the_command_line(two_runs, synthetic_root, tmp_path):
   assert result['mcnemar_p'] == compare.mcnemar_exact_p(discordant['a_right_b_wrong'], discordant['a_wrong_b_right'])
   assert 'McNemar' in open(os.path.join(out_dir, 'compare.md')).read()
 
-  unmapped = subprocess.run([sys.executable, '-m', 'lungjax.compare', workdir_a, workdir_b, f'--dir={folder}',
+  unmapped = subprocess.run([sys.executable, '-m', 'lungjax.tools.compare', workdir_a, workdir_b, f'--dir={folder}',
                              f'--out={tmp_path / "unmapped"}'], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
   assert unmapped.returncode != 0 and 'class_names' in unmapped.stderr

@@ -4,7 +4,8 @@ import ml_collections
 import pytest
 
 from configs import autoencoder, cnn, cnn_augment, lungs as lungs_config, multisource, resnet, tiny, vgg
-from lungjax import config_check, run_fields
+from lungjax import config_check
+from lungjax.runtime import run_fields
 
 
 def _image_folders(tmp_path):
@@ -356,7 +357,8 @@ def test_a_problem_only_the_data_shows_names_the_field_and_the_folder(tmp_path):
 
 def test_the_shortcuts_region_is_read_and_checked_by_config_check_and_shared_by_shortcuts(tmp_path, monkeypatch):
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from lungjax import lungs, shortcuts  # pylint: disable=g-import-not-at-top
+  from lungjax import lungs  # pylint: disable=g-import-not-at-top
+  from lungjax.explain import shortcuts  # pylint: disable=g-import-not-at-top
   config = cnn.get_config()
   assert shortcuts.REGIONS == config_check.SHORTCUTS_REGIONS == ('mask', 'box')
   old = run_fields.with_defaults(ml_collections.ConfigDict({'name': 'old'}))  # Saved before the field, upgraded.

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lungjax import crossval, evaluate
+from lungjax import evaluate
+from lungjax.experiments import crossval
 from lungjax.data import splits
 
 

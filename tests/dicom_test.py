@@ -13,7 +13,7 @@ pydicom = pytest.importorskip('pydicom', reason='the [dicom] extra (pydicom) is 
 from pydicom.dataset import Dataset, FileMetaDataset  # pylint: disable=g-import-not-at-top
 from pydicom import uid as dicom_uid  # pylint: disable=g-import-not-at-top
 
-from lungjax import audit, predict  # pylint: disable=g-import-not-at-top
+from lungjax.tools import audit, predict  # pylint: disable=g-import-not-at-top
 from lungjax.data import dicom, folders, images  # pylint: disable=g-import-not-at-top
 from tests.conftest import CLASSES, striped_image  # pylint: disable=g-import-not-at-top
 from tests.predict_test import trained_workdir  # pylint: disable=g-import-not-at-top,unused-import  (a fixture)

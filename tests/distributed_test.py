@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lungjax import checkpoints, distributed, mesh as mesh_lib, steps
+from lungjax import checkpoints, steps
+from lungjax.runtime import distributed, mesh as mesh_lib
 from lungjax.models import create_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from lungjax import evaluate, train, workdir as workdir_lib
+from lungjax import evaluate, train
+from lungjax.runtime import workdir as workdir_lib
 from tests.conftest import CLASSES
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lungjax import evaluate, mesh as mesh_lib, metrics as metrics_lib
+from lungjax import evaluate, metrics as metrics_lib
+from lungjax.runtime import mesh as mesh_lib
 from lungjax.data import images
 
 CLASSES = ('Covid', 'Normal', 'Viral Pneumonia')

@@ -1,4 +1,4 @@
-"""lungjax.event_writer: TensorBoard event files written by tensorboardX, read back by tensorboard's EventAccumulator."""
+"""lungjax.runtime.event_writer: TensorBoard event files written by tensorboardX, read back by tensorboard's EventAccumulator."""
 
 import glob
 import os
@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from lungjax import event_writer
+from lungjax.runtime import event_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +93,7 @@ _WITHOUT_TENSORFLOW = textwrap.dedent('''
     sys.modules['tensorflow'] = None  # As if TensorFlow were not installed: importing it fails.
     from absl import logging
     logging.set_verbosity(logging.INFO)
-    from lungjax import event_writer
+    from lungjax.runtime import event_writer
     writer = event_writer.create_default_writer(sys.argv[1], asynchronous=True)
     from clu import metric_writers, periodic_actions  # Importable now: EventFileWriter stands in for TF's writer.
     assert isinstance(writer, metric_writers.MetricWriter)
@@ -123,7 +123,7 @@ def test_clu_writers_work_without_tensorflow(tmp_path):
 
 _WITH_TENSORFLOW_INSTALLED = textwrap.dedent('''
     import sys
-    from lungjax import event_writer
+    from lungjax.runtime import event_writer
     writer = event_writer.create_default_writer(sys.argv[1])
     event_writer.periodic_actions().ReportProgress(num_train_steps=10, writer=writer)
     writer.write_scalars(1, {'train_loss': 0.5})

@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 
-from lungjax import evaluate, final_evaluation, workdir as workdir_lib
+from lungjax import evaluate, final_evaluation
+from lungjax.runtime import workdir as workdir_lib
 from tests.train_test import one_epoch_run  # pylint: disable=unused-import  (a fixture: one epoch of tiny)
 
 

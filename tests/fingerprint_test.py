@@ -3,7 +3,8 @@
 import pytest
 
 from configs import tiny
-from lungjax import config_check, fingerprint
+from lungjax import config_check
+from lungjax.runtime import fingerprint
 
 
 def _fp(**run):
@@ -43,7 +44,8 @@ def test_changed_cpu_count_warns_that_bits_will_differ(capsys):
 
 def test_run_fingerprint_covers_the_issue_fields(tiny_config):
   import jax
-  from lungjax import mesh as mesh_lib, steps
+  from lungjax import steps
+  from lungjax.runtime import mesh as mesh_lib
   from lungjax.data import loading
   from lungjax.models import create_model
   data = loading.load_training_data(tiny_config)

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import autoencoder, checkpoints, fit as fit_lib, mesh as mesh_lib, preemption, segmentation, steps, train
+from lungjax import autoencoder, checkpoints, fit as fit_lib, segmentation, steps, train
+from lungjax.runtime import mesh as mesh_lib, preemption
 from lungjax.data import pipeline
 from lungjax.configs import lungs as lungs_config
 from tests.conftest import striped_image, write_image_folder

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lungjax import gradcam, steps
+from lungjax import steps
+from lungjax.explain import gradcam
 from lungjax.models import MODELS, create_model
 
 

@@ -60,7 +60,7 @@ def test_tensorflow_datasets_needs_no_tensorflow():
 
 def test_importing_train_does_not_import_tensorflow():
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO}
-  code = ("import sys, lungjax.train, lungjax.main, lungjax.predict, lungjax.cli; "
+  code = ("import sys, lungjax.train, lungjax.main, lungjax.tools.predict, lungjax.cli; "
           "heavy = sorted(m for m in ('tensorflow', 'keras', 'tensorboard', 'h5py') if m in sys.modules); "
           "assert not heavy, heavy")
   run = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True, text=True,
@@ -73,7 +73,7 @@ _WITHOUT_THE_PREPARE_EXTRA = textwrap.dedent('''
     for name in ('tensorflow_datasets', 'pyarrow'):
       sys.modules[name] = None  # As if the [prepare] extra were not installed (array_record comes with grain).
     import lungjax
-    PREPARE_PATH = ('lungjax.data.prepared', 'lungjax.data.tfds_builders', 'lungjax.prepare')
+    PREPARE_PATH = ('lungjax.data.prepared', 'lungjax.data.tfds_builders', 'lungjax.tools.prepare')
     imported, refused = [], []
     for module in pkgutil.walk_packages(lungjax.__path__, 'lungjax.'):
       try:

@@ -271,7 +271,8 @@ def test_a_failed_build_names_the_compiler_and_the_alternative(tmp_path):
 _NO_COMPILER = '''
 import jax, numpy as np
 from configs import tiny
-from lungjax import mesh as mesh_lib, steps
+from lungjax import steps
+from lungjax.runtime import mesh as mesh_lib
 from lungjax.models import create_model
 config = tiny.get_config()  # conv_impl = pool_impl = 'auto', as the study config
 model = create_model(config.model, 3)

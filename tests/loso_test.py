@@ -1,4 +1,4 @@
-"""Leave one source out (lungjax/loso.py, --config.cv.by_source=True; issue 23 part 1)."""
+"""Leave one source out (lungjax/experiments/loso.py, --config.cv.by_source=True; issue 23 part 1)."""
 
 import json
 import os
@@ -10,7 +10,8 @@ from PIL import Image
 
 from configs import tiny
 from conftest import striped_image, write_image_folder
-from lungjax import config_check, crossval, loso
+from lungjax import config_check
+from lungjax.experiments import crossval, loso
 from lungjax.data import images, loading
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lungjax import workdir as workdir_lib
+from lungjax.runtime import workdir as workdir_lib
 from tests.conftest import write_image_folder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

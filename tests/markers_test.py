@@ -171,7 +171,8 @@ def test_the_lung_overlap_benchmark_counts_marker_pixels_on_the_lungs():
 
 @needs_font
 def test_audit_hands_the_lungs_to_the_detector_only_when_asked(tmp_path, monkeypatch):
-  from lungjax import audit, lungs  # pylint: disable=g-import-not-at-top
+  from lungjax import lungs  # pylint: disable=g-import-not-at-top
+  from lungjax.tools import audit  # pylint: disable=g-import-not-at-top
   grey_HW = film()
   t, l, b, r = plant(grey_HW, 'R', 20, 20, 20, 250)
   path = tmp_path / 'film.png'

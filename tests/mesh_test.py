@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from lungjax import mesh as mesh_lib
+from lungjax.runtime import mesh as mesh_lib
 
 
 def test_the_mesh_spans_every_device_on_one_data_axis():

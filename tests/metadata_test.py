@@ -236,7 +236,8 @@ def test_a_numeric_column_named_without_bins_is_cut_at_its_quartiles(tmp_path):
 
 
 def test_eval_and_audit_bin_a_numeric_column_named_without_bins(tmp_path):
-  from lungjax import audit, evaluate
+  from lungjax import evaluate
+  from lungjax.tools import audit
   folder = write_image_folder(str(tmp_path / 'eval'), 6, seed=2)
   paths = sorted(os.path.join(folder, c, f) for c in CLASSES for f in os.listdir(os.path.join(folder, c)))
   rows = [{'file': os.path.relpath(p, folder), 'age': str(20 + 3 * i), 'sex': 'FM'[i % 2]} for i, p in enumerate(paths)]

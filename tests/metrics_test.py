@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (the report files they become: report_test)."""
+"""Metrics against hand-computed values (the report files they become: report_markdown_test)."""
 
 import json
 import time

@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from lungjax import checkpoints, evaluate, model_card, workdir as workdir_lib
+from lungjax import checkpoints, evaluate
+from lungjax.report import model_card
+from lungjax.runtime import workdir as workdir_lib
 from tests.conftest import CLASSES
 from tests.predict_test import trained_workdir  # pylint: disable=unused-import  (a fixture)
 

@@ -58,7 +58,8 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs_close_to_float32(name
 @pytest.mark.slow
 def test_bfloat16_train_step_follows_float32_and_keeps_float32_params():
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from lungjax import mesh as mesh_lib, steps  # pylint: disable=g-import-not-at-top
+  from lungjax import steps  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from tests.conftest import striped_image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   labels = np.arange(12, dtype=np.int32) % 3

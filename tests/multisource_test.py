@@ -14,7 +14,9 @@ from PIL import Image
 
 from configs import multisource, tiny
 from conftest import CLASSES, striped_image, write_image_folder
-from lungjax import config_check, evaluate, fingerprint, metrics as metrics_lib, report, train
+from lungjax import config_check, evaluate, metrics as metrics_lib, train
+from lungjax.runtime import fingerprint
+from lungjax.report import markdown as report
 from lungjax.data import loading, sources, splits
 
 EXTRA_FOLDERS = ('COVID', 'NORMAL')  # The second source names its folders otherwise and has no Viral Pneumonia.
@@ -293,7 +295,8 @@ def test_the_multisource_config_documents_the_command():
 
 def test_per_image_weights_reach_the_loss():
   from tests.steps_test import _batch, _setup  # pylint: disable=g-import-not-at-top
-  from lungjax import mesh as mesh_lib, steps  # pylint: disable=g-import-not-at-top
+  from lungjax import steps  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from lungjax.data import pipeline  # pylint: disable=g-import-not-at-top
   config, model, tx, mesh, _ = _setup()
   create = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)

@@ -10,7 +10,8 @@ import pytest
 
 from configs import tiny
 from conftest import write_image_folder
-from lungjax import evaluate, explain
+from lungjax import evaluate
+from lungjax.explain import gallery as explain
 from lungjax.data import folders
 from tests.predict_test import trained_workdir  # pylint: disable=unused-import  (a fixture: a tiny trained run)
 

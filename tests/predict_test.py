@@ -12,10 +12,11 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import inference, predict, train
+from lungjax import inference, train
+from lungjax.tools import predict
 from lungjax.data import images
 from tests.conftest import CLASSES, SHARED_TRAIN, needs_shared_data
-from tests.explain_test import _assert_png_without_metadata
+from tests.explain_gallery_test import _assert_png_without_metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,7 +193,7 @@ def test_predict_reads_the_real_radiographs(trained_workdir, tmp_path, capsys):
 def test_predict_command_line(trained_workdir, synthetic_root, bad_files):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   folder = os.path.join(synthetic_root, 'test', 'Normal')
-  result = subprocess.run([sys.executable, '-m', 'lungjax.predict', f'--workdir={trained_workdir}', folder,
+  result = subprocess.run([sys.executable, '-m', 'lungjax.tools.predict', f'--workdir={trained_workdir}', folder,
                            bad_files[0]], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = _lines(result.stdout)

@@ -132,7 +132,8 @@ def test_only_a_model_and_the_training_loop_build_an_eval_step():
 _TWO_DEVICES = textwrap.dedent('''
     import jax, numpy as np
     from configs import tiny
-    from lungjax import inference, mesh as mesh_lib, steps
+    from lungjax import inference, steps
+    from lungjax.runtime import mesh as mesh_lib
     from lungjax.models import create_model
     assert jax.device_count() == 2, jax.devices()
     config = tiny.get_config()

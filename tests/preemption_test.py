@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lungjax import preemption
+from lungjax.runtime import preemption
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""prepare.py (python -m lungjax.prepare): decodes a root once, prints the summary, says how to train from it and
+"""prepare.py (python -m lungjax.tools.prepare): decodes a root once, prints the summary, says how to train from it and
 that extra sources stay folders; --config is required."""
 
 import json
@@ -12,7 +12,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _prepare(*flags: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'lungjax.prepare', *flags], capture_output=True, text=True,
+  return subprocess.run([sys.executable, '-m', 'lungjax.tools.prepare', *flags], capture_output=True, text=True,
                         timeout=600, check=False, cwd=_REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
 
 

@@ -73,7 +73,7 @@ def test_the_study_config_makes_its_builder(tmp_path):
 def test_unprepared_or_mismatched_data_name_what_to_do(tmp_path, tiny_config, synthetic_root):
   config = copy.deepcopy(tiny_config)
   config.data.prepared_dir = str(tmp_path / 'nothing here')
-  with pytest.raises(FileNotFoundError, match='python -m lungjax.prepare'):
+  with pytest.raises(FileNotFoundError, match='python -m lungjax.tools.prepare'):
     loading.load_training_data(config)
   config = _prepared_config(tiny_config, tmp_path)
   config.data.image_size = 16  # Not prepared at this size.
@@ -104,7 +104,7 @@ def test_training_from_prepared_data_matches_training_from_the_folders(tmp_path,
   raw = train.train_and_evaluate(tiny_config, str(tmp_path / 'raw'))
   config = copy.deepcopy(tiny_config)
   config.data.prepared_dir = str(tmp_path / 'prepared data')
-  command = [sys.executable, '-m', 'lungjax.prepare', '--config=configs/tiny.py',
+  command = [sys.executable, '-m', 'lungjax.tools.prepare', '--config=configs/tiny.py',
              f'--config.data.root={tiny_config.data.root}', f'--config.data.prepared_dir={config.data.prepared_dir}']
   out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=300,
                        cwd=os.path.join(os.path.dirname(__file__), '..')).stdout

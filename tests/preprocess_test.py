@@ -14,7 +14,8 @@ from PIL import Image
 
 from configs import tiny
 from conftest import write_image_folder
-from lungjax import config_check, inference, run_fields, train
+from lungjax import config_check, inference, train
+from lungjax.runtime import run_fields
 from lungjax.data import folders, images, loading, preprocess
 
 OFF = preprocess.PreprocessSettings()

@@ -11,7 +11,9 @@ import numpy as np
 from PIL import Image
 
 from configs import tiny
-from lungjax import evaluate, explain, main, report
+from lungjax import evaluate, main
+from lungjax.explain import gallery as explain
+from lungjax.report import markdown as report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DECODE = """

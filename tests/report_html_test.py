@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from conftest import CLASSES, write_image_folder
-from lungjax import evaluate, metrics as metrics_lib, report, report_html, workdir as workdir_lib
+from lungjax import evaluate, metrics as metrics_lib
+from lungjax.report import markdown as report, report_html
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import loading
 
 CHROMIUM = shutil.which('chromium') or ('/usr/bin/chromium' if os.path.exists('/usr/bin/chromium') else None)

@@ -12,7 +12,10 @@ import sys
 import pytest
 
 from configs import tiny
-from lungjax import evaluate, explain, inference, model_card, report_html, workdir
+from lungjax import evaluate, inference
+from lungjax.explain import gallery as explain
+from lungjax.report import model_card, report_html
+from lungjax.runtime import workdir
 from tests.conftest import write_image_folder
 from tests.predict_test import trained_workdir  # pylint: disable=unused-import  (a fixture)
 
@@ -108,7 +111,7 @@ def test_kill_9_midway_leaves_a_folder_readers_call_incomplete(tmp_path):
   for name in ('metrics.json', 'report.md', 'predictions.csv'):  # The previous run's, complete.
     workdir.write_text(os.path.join(folder, name), f'old {name}')
   workdir.finish_unit(folder, ['metrics.json', 'report.md', 'predictions.csv'])
-  script = ('import os, signal, sys\nfrom lungjax import workdir\n'
+  script = ('import os, signal, sys\nfrom lungjax.runtime import workdir\n'
             f'folder = {folder!r}\nworkdir.begin_unit(folder)\n'
             'workdir.write_json(os.path.join(folder, "metrics.json"), {"n_images": 2})\n'
             'os.kill(os.getpid(), signal.SIGKILL)\n')
@@ -212,7 +215,7 @@ def test_kill_9_mid_overlay_lists_no_truncated_overlay(trained_workdir, tmp_path
   scans = write_image_folder(str(tmp_path / 'scans'), 1, seed=12)
   out = str(tmp_path / 'overlays')
   # Killed after the second overlay's bytes are written to its temporary file, before the rename.
-  script = ('import os, signal, sys\nfrom lungjax import predict\n'
+  script = ('import os, signal, sys\nfrom lungjax.tools import predict\n'
             'real, count = os.replace, [0]\n'
             'def replace(src, dst, **kwargs):\n'
             '  if str(dst).endswith(".gradcam.png"):\n'
@@ -235,7 +238,7 @@ def test_kill_9_mid_overlay_lists_no_truncated_overlay(trained_workdir, tmp_path
   for name in manifest['pending']:
     assert not os.path.exists(os.path.join(out, name))  # Never half a file at a listed or claimed name.
   # The rerun writes them all (its own claimed names), and lists each once whole.
-  again = subprocess.run([sys.executable, '-m', 'lungjax.predict', f'--workdir={trained_workdir}',
+  again = subprocess.run([sys.executable, '-m', 'lungjax.tools.predict', f'--workdir={trained_workdir}',
                           f'--gradcam_dir={out}', scans], cwd=REPO, env=env, capture_output=True, text=True,
                          check=False, timeout=600)
   assert again.returncode == 0, again.stderr[-2000:]

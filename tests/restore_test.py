@@ -15,7 +15,10 @@ import pytest
 from PIL import Image
 
 from configs import cnn, tiny
-from lungjax import checkpoints, evaluate, explain, fingerprint, inference, predict, train
+from lungjax import checkpoints, evaluate, inference, train
+from lungjax.explain import gallery as explain
+from lungjax.runtime import fingerprint
+from lungjax.tools import predict
 from tests.conftest import CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import autoencoder as autoencoder_config, cnn, cnn_augment, multisource, resnet, tiny, vgg
-from lungjax import autoencoder, checkpoints, fingerprint, run_fields
+from lungjax import autoencoder, checkpoints
+from lungjax.runtime import fingerprint, run_fields
 
 _GROUPS = {'run': tuple(f.field for f in run_fields.RUN_FIELDS), 'stage 1': run_fields.STAGE1_FIELDS,
            'runtime': run_fields.RUNTIME_FIELDS, 'digested': run_fields.DIGESTED_FIELDS,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lungjax import workdir
+from lungjax.runtime import workdir
 
 
 def _manifest(folder):
@@ -88,7 +88,8 @@ def test_read_json_names_a_corrupt_file(tmp_path):
 
 
 def test_a_cut_model_card_or_config_is_an_error_naming_the_file(tmp_path):
-  from lungjax import checkpoints, model_card  # pylint: disable=g-import-not-at-top
+  from lungjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from lungjax.report import model_card  # pylint: disable=g-import-not-at-top
   (tmp_path / 'model_card.json').write_bytes(b'{"model": {"best_step"' )  # Cut short by a full disk.
   with pytest.raises(workdir.CorruptFileError, match='model_card.json is not valid JSON'):
     model_card.append_evaluation(str(tmp_path), {}, 'folder-x')
@@ -98,7 +99,7 @@ def test_a_cut_model_card_or_config_is_an_error_naming_the_file(tmp_path):
 
 
 def test_a_card_evaluation_rewrites_both_files_whole(tmp_path, monkeypatch):
-  from lungjax import model_card  # pylint: disable=g-import-not-at-top
+  from lungjax.report import model_card  # pylint: disable=g-import-not-at-top
   workdir.write_json(str(tmp_path / model_card.JSON_NAME), {'evaluations': []})
   workdir.write_text(str(tmp_path / model_card.MARKDOWN_NAME), '# card\n')
   monkeypatch.setattr(model_card, 'headline', lambda metrics: {'accuracy': 0.5})

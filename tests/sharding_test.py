@@ -11,7 +11,8 @@ _SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     from jax.sharding import Mesh
     from configs import tiny
-    from lungjax import mesh as mesh_lib, steps
+    from lungjax import steps
+    from lungjax.runtime import mesh as mesh_lib
     from lungjax.models import create_model
     assert jax.device_count() == 4, jax.devices()
     config = tiny.get_config()
@@ -50,7 +51,8 @@ def test_four_devices_match_one_device():
 _SHARDS_SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     from configs import tiny
-    from lungjax import mesh as mesh_lib, steps
+    from lungjax import steps
+    from lungjax.runtime import mesh as mesh_lib
     from lungjax.models import create_model
     assert jax.device_count() == 4, jax.devices()
     mesh = mesh_lib.make_mesh()

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import shortcuts, train, workdir as workdir_lib
+from lungjax import train
+from lungjax.explain import shortcuts
+from lungjax.runtime import workdir as workdir_lib
 from tests.conftest import CLASSES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

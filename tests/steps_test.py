@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lungjax import evaluate, fit as fit_lib, mesh as mesh_lib, steps
+from lungjax import evaluate, fit as fit_lib, steps
+from lungjax.runtime import mesh as mesh_lib
 from lungjax.data import images as images_lib
 from lungjax.models import create_model
 from tests.conftest import striped_image

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from configs import vgg
-from lungjax import mesh as mesh_lib, steps, warm_start
-from lungjax.models import create_model
+from lungjax import steps
+from lungjax.runtime import mesh as mesh_lib
+from lungjax.models import create_model, warm_start
 from tests.steps_test import _batch
 
 

@@ -16,7 +16,10 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import checkpoints, distributed, evaluate, explain, mesh as mesh_lib, predict, steps, train, workdir
+from lungjax import checkpoints, evaluate, steps, train
+from lungjax.runtime import distributed, mesh as mesh_lib, workdir
+from lungjax.explain import gallery as explain
+from lungjax.tools import predict
 from lungjax.models import create_model
 from tests.conftest import write_image_folder
 
@@ -171,7 +174,7 @@ def test_claim_marks_new_empty_and_older_runs(tmp_path, trained, caplog):
 
 _HOLD_LOCK = '''
 import sys, time
-from lungjax import workdir
+from lungjax.runtime import workdir
 with workdir.owned(sys.argv[1]):
   print('locked', flush=True)
   time.sleep(300)

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.split_seed = 0  # Fixes the validation split and the folds; config.seed drives init and shuffling.
   config.data.skip_bad_images = False
   config.data.decode_threads = 0  # 0: one per CPU core (decodes in flight share images.DECODE_MEMORY_BUDGET, 2 GiB).
-  # A TFDS data_dir that `python -m lungjax.prepare` filled: train and test read from its array_record files
+  # A TFDS data_dir that `python -m lungjax.tools.prepare` filled: train and test read from its array_record files
   # (decoded once, pixels read per batch, never all in memory) instead of decoding root/ each run. '' decodes root/.
   config.data.prepared_dir = ''
   # Several labelled sources in one run (lungjax/data/sources.py). The main source is root's train/, named
@@ -130,7 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.brightness_delta = (-0.1, 0.1)  # Fractions of 255 added: exposure differences.
   config.augment.contrast_prob = 0.5
   config.augment.contrast_range = (0.85, 1.15)  # Factors about each image's mean.
-  # Aimed at what differs between sources (issue 23; lungjax/augment.py), all off (probability 0) by default.
+  # Aimed at what differs between sources (issue 23; lungjax/data/augment.py), all off (probability 0) by default.
   config.augment.crop_prob = 0.0  # Random resized crop: area fraction crop_scale, width/height ratio crop_ratio.
   config.augment.crop_scale = (0.6, 1.0)
   config.augment.crop_ratio = (0.8, 1.25)
@@ -176,7 +176,7 @@ def get_config() -> ml_collections.ConfigDict:
   # seeds > 1 repeats the run over seeds seed, seed+1, ... on the same split. Both report mean ± std.
   config.cv = ml_collections.ConfigDict()
   config.cv.folds = 0
-  # True: leave one source out (lungjax/loso.py): each training source held out in turn, trained on the others,
+  # True: leave one source out (lungjax/experiments/loso.py): each training source held out in turn, trained on the others,
   # scored on it (WORKDIR/loso/); with config.seeds seeds each. Needs extra sources; not with folds.
   config.cv.by_source = False
   config.seeds = 1
@@ -219,7 +219,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.cpu_collectives = 'gloo'  # Cross-process collectives of the CPU backend: 'gloo' or 'mpi'.
   config.distributed.initialization_timeout_s = 300  # How long to wait for every process to join.
 
-  # --mode=shortcuts (lungjax/shortcuts.py): where 'the lungs' are. 'mask': each film's mask from the shipped lung
+  # --mode=shortcuts (lungjax/explain/shortcuts.py): where 'the lungs' are. 'mask': each film's mask from the shipped lung
   # U-Net (lungjax/lungs.py); 'box': the fixed rows 10-85% x columns 10-90% (the fallback without the weights).
   config.shortcuts = ml_collections.ConfigDict()
   config.shortcuts.region = 'mask'

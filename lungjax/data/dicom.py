@@ -330,6 +330,6 @@ def write_stripped_copy(path: str, copy_path: str, root: str | None = None) -> l
     raise ValueError(f'{path}: after the confidentiality profile its copy still holds {list(left)}: not written')
   buffer = io.BytesIO()
   ds.save_as(buffer)
-  from lungjax import workdir  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import workdir  # pylint: disable=g-import-not-at-top
   workdir.write_bytes(copy_path, buffer.getvalue(), root=root, exclusive=True)  # Never over a file; in root.
   return removed

@@ -23,9 +23,8 @@ import numpy as np
 from absl import logging
 from PIL import ExifTags, Image, ImageOps
 
-from lungjax import progress
-from lungjax.data import decoding, dicom
-from lungjax.data import preprocess as preprocess_lib
+from lungjax.runtime import progress
+from lungjax.data import decoding, dicom, preprocess as preprocess_lib
 # Re-exported: these are images.BadImageError etc. to every caller; data/decoding.py defines them (dicom.py shares them).
 from lungjax.data.decoding import (  # pylint: disable=unused-import
     COMMON_BIT_DEPTHS, DECODE_MEMORY_BUDGET, OUTLIER_FRACTION, WARNINGS_INFO_KEY, BadImageError, DecodeBudget)

@@ -227,7 +227,7 @@ def save_training_thumbnails(thumbnails: TrainingThumbnails, path: str) -> None:
                       relative_paths=np.asarray(thumbnails.relative_paths, dtype=str).reshape(-1),
                       pixel_hashes=np.asarray(thumbnails.pixel_hashes, dtype=str).reshape(-1),
                       thumbnails_ND=thumbnails_ND.astype(np.uint8) if whole else thumbnails_ND)
-  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   workdir_lib.write_bytes(path, buffer.getvalue())
 
 
@@ -278,7 +278,7 @@ class Grouping:
 
 def _copy_groups(decoded: images.DecodedImages, config: ml_collections.ConfigDict) -> np.ndarray:
   """Exact copies and near copies (thumbnail r at or above config.data.near_copy_threshold, as
-  `python -m lungjax.audit` finds them) share a group. Every source is compared with every other, so a copy found
+  `python -m lungjax.tools.audit` finds them) share a group. Every source is compared with every other, so a copy found
   in two sources lands on one side too."""
   pairs = duplicates.find_copy_pairs(decoded.pixel_hashes, decoded.thumbnails_ND, config.data.near_copy_threshold)
   for pair in pairs:

@@ -24,7 +24,7 @@ extras.require_prepare_extra('prepared data (config.data.prepared_dir, lungjax p
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lungjax import workdir as workdir_lib  # pylint: disable=wrong-import-position
+from lungjax.runtime import workdir as workdir_lib  # pylint: disable=wrong-import-position
 from lungjax.data import folders, images, tfds_builders  # pylint: disable=wrong-import-position
 
 
@@ -202,7 +202,7 @@ def read_split(config: ml_collections.ConfigDict,
   if not prepared.is_prepared():
     raise FileNotFoundError(
         f'no prepared data at {prepared.data_dir} (builder {prepared.name}, for config.data.image_size='
-        f'{config.data.image_size}, classes and skip_bad_images as configured): run python -m lungjax.prepare '
+        f'{config.data.image_size}, classes and skip_bad_images as configured): run python -m lungjax.tools.prepare '
         f'--config=... with the same config.data fields and --config.data.prepared_dir={config.data.prepared_dir}')
   if split not in prepared.info.splits:
     return None

@@ -37,7 +37,7 @@ SHARD_BYTES = 64 << 20
 MANUAL_INSTRUCTIONS = (
     'Unzip the Kaggle "Covid-19 Image Dataset" (https://www.kaggle.com/datasets/{dataset}, or '
     '`kaggle datasets download -d {dataset}`) and pass the folder that holds train/ (and test/) as the manual_dir '
-    '(with lungjax: `python -m lungjax.prepare --config=configs/cnn.py --config.data.root=FOLDER '
+    '(with lungjax: `python -m lungjax.tools.prepare --config=configs/cnn.py --config.data.root=FOLDER '
     '--config.data.prepared_dir=DIR`).').format(dataset=KAGGLE_DATASET)
 
 
@@ -102,7 +102,7 @@ class IndexedMetadata(tfds.core.MetadataDict):
       np.savez(buffer, labels=np.asarray(columns['labels'], np.int32), paths=np.asarray(columns['paths'], str),
                pixel_hashes=np.asarray(columns['pixel_hashes'], str),
                thumbnails=np.asarray(columns['thumbnails'], np.uint8).reshape(-1, images.THUMBNAIL_SIZE**2))
-      from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+      from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
       workdir_lib.write_bytes(os.path.join(os.fspath(data_dir), index_file_name(split)), buffer.getvalue())
 
 

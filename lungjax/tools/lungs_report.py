@@ -14,7 +14,7 @@ contact sheets of predicted masks on every shared source.
 - sheet_<source>.png: 24 films of each shared source (spread evenly over its sorted files), the predicted mask
   outlined; with each sheet, the mask statistics that need no truth (mask share of the film, films with no mask,
   films whose mask is not two large parts).
-Writes report.json and report.md beside them through lungjax.workdir (atomic; never over a file it did not write).
+Writes report.json and report.md beside them through lungjax.runtime.workdir (atomic; never over a file it did not write).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import lungs as lungs_lib, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+from lungjax import lungs as lungs_lib  # pylint: disable=g-import-not-at-top
+from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
 BOOTSTRAP = 2000
 SHEET_FILMS = 24

@@ -2,7 +2,7 @@
 
 Walks FOLDER for .jpg / .jpeg / .png / .dcm files, mirrors its sub-folders under DIR (DIR/<sub>/<stem>.png) and
 never writes into FOLDER: an --out inside --dir is refused. Each mask is lungjax.lungs.segment's (the shipped U-Net,
-or --weights), written by lungjax.workdir.write_image: atomically, never through a link nor over a file lungjax
+or --weights), written by lungjax.runtime.workdir.write_image: atomically, never through a link nor over a file lungjax
 did not write (DIR/.lungjax-outputs.json lists what it wrote; any other existing file is refused, naming it).
 Unreadable files are counted and listed at the end (exit status 1 if any), never skipped silently.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from lungjax import workdir as workdir_lib
+from lungjax.runtime import workdir as workdir_lib
 
 EXTENSIONS = ('.jpg', '.jpeg', '.png', '.dcm', '.dicom')
 

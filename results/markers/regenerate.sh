@@ -9,7 +9,7 @@ rm -f results/markers/markers.json results/markers/markers.md results/markers/pl
   results/markers/planted_lungs.json results/markers/detections_*.png results/markers/.lungjax-outputs.json
 # The marker table of the three shared sources (markers.json: per image; markers.md: per source / class).
 rm -rf /tmp/lungjax-markers-audit
-python -m lungjax.audit "$D/covid19-image-dataset/train" "$D/covid19-radiography-sample" \
+python -m lungjax.tools.audit "$D/covid19-image-dataset/train" "$D/covid19-radiography-sample" \
   "$D/cohen-covid-chestxray/images" --out=/tmp/lungjax-markers-audit --markers
 cp /tmp/lungjax-markers-audit/markers.json /tmp/lungjax-markers-audit/markers.md results/markers/
 # Planted markers on the test half of every source (the detector's thresholds were set on the dev half).

@@ -17,7 +17,7 @@ from matplotlib.patches import Rectangle  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
-from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 from lungjax.data import markers  # pylint: disable=g-import-not-at-top
 
 data, out_dir = sys.argv[1], sys.argv[2]

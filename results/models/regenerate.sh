@@ -30,7 +30,7 @@ python -m lungjax.main --config=configs/cnn.py --workdir="$(seed0 cnn)" --mode=e
   --config.eval.ensemble="$(seed0 autoencoder),$(seed0 resnet),$(seed0 vgg)" > "$runs/ensemble.log" 2>&1
 # Each model against the study CNN on the same validation images: paired bootstrap and McNemar's exact test.
 for name in autoencoder resnet vgg; do
-  python -m lungjax.compare "$(seed0 cnn)" "$(seed0 $name)" --dir=@validation --out="$runs/compare/$name" \
+  python -m lungjax.tools.compare "$(seed0 cnn)" "$(seed0 $name)" --dir=@validation --out="$runs/compare/$name" \
     > "$runs/compare-$name.log" 2>&1
 done
 python results/models/table.py "$runs"

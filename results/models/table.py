@@ -64,7 +64,7 @@ with open(os.path.join(out, 'README.md'), 'w') as f:
           'grouped validation split (split seed 0) of the clean shared train folder, 10 epochs each, on a 2-core CPU. '
           'Where a model has several seeds the figures are mean ± std over them (each seed\'s reports are in its '
           '`seed_K/` folder, the summary in `metrics.json` / `report.md`). The comparison column pairs each model\'s '
-          'seed 0 with the CNN\'s seed 0 on the same images (`python -m lungjax.compare`, reports in `compare/`): '
+          'seed 0 with the CNN\'s seed 0 on the same images (`python -m lungjax.tools.compare`, reports in `compare/`): '
           'the difference with a 95% paired bootstrap interval and McNemar\'s exact test on the images only one of '
           'the two got right. Wall time is the whole command\'s (all its seeds), including decoding and reports, '
           'on a machine shared with other jobs: it varies with load. Regenerate with '

@@ -35,7 +35,7 @@ for arm in kaggle mixed; do
   done
 done
 for folder in kaggle-val sample-val; do
-  python -m lungjax.compare "$root/kaggle/seed_0" "$root/mixed/seed_0" --dir="$root/held_out/$folder" \
+  python -m lungjax.tools.compare "$root/kaggle/seed_0" "$root/mixed/seed_0" --dir="$root/held_out/$folder" \
     --out="$out/compare-$folder"
 done
 python results/multisource/summarize.py "$root" "$out"

@@ -16,7 +16,8 @@ import sys
 import numpy as np
 
 from configs import tiny
-from lungjax import evaluate, inference, predict, train
+from lungjax import evaluate, inference, train
+from lungjax.tools import predict
 from tests.conftest import write_image_folder
 
 

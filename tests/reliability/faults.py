@@ -154,7 +154,8 @@ class Checker:
 
   def __init__(self, root: str):
     from configs import tiny  # pylint: disable=g-import-not-at-top
-    from lungjax import mesh as mesh_lib, steps  # pylint: disable=g-import-not-at-top
+    from lungjax import steps  # pylint: disable=g-import-not-at-top
+    from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     from lungjax.models import create_model  # pylint: disable=g-import-not-at-top
     self.config = tiny.get_config()
     self.config.data.root = root
@@ -692,8 +693,8 @@ def capture(command: Sequence[str], cwd: str = REPO, prefix: Sequence[str] = (),
 
 
 def predict_command(workdir: str, *args: str) -> list[str]:
-  """The lungjax.predict command line."""
-  return [sys.executable, '-m', 'lungjax.predict', f'--workdir={workdir}', *args]
+  """The lungjax.tools.predict command line."""
+  return [sys.executable, '-m', 'lungjax.tools.predict', f'--workdir={workdir}', *args]
 
 
 def eval_command(workdir: str, folder: str, *extra: str) -> list[str]:
@@ -719,7 +720,7 @@ def row_overwrite(ctx: Context) -> Row:
   named `test`: no input changes, overlays keep the input's whole name, a foreign file is an error naming it, and
   training's own eval/test report stays as it was."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   row = Row('overwrite safety: outputs beside the inputs')
   here, _ = ctx.fresh('overwrite')
   os.makedirs(os.path.join(here, 'pair'))
@@ -882,7 +883,7 @@ def measure_peak(command: Sequence[str]) -> tuple[int, int, float, list[dict[str
 
 def row_bounded_decoding(ctx: Context) -> Row:
   """A small 9400 x 9400 RGBA PNG (88 Mpixels, just under Pillow's bomb limit): images.load_image alone in a
-  subprocess must peak under 1 GiB RSS; lungjax.predict must classify it, its peak less than 1 GiB above its peak on
+  subprocess must peak under 1 GiB RSS; lungjax.tools.predict must classify it, its peak less than 1 GiB above its peak on
   a small image (what JAX and the model take)."""
   row = Row('a 9400 x 9400 RGBA PNG of a few hundred KB')
   folder, _ = ctx.fresh('bigpng')
@@ -906,7 +907,7 @@ def row_bounded_decoding(ctx: Context) -> Row:
           f'which classified {small_ok}), {predict_seconds:.1f} s: {output[-600:]}')
   row.outcome = (f'{row.passed}/{row.trials} decoded in under 1 GiB ({os.path.getsize(path) / 1e3:.0f} KB file): '
                  f'images.load_image in a subprocess peaked at {load_peak / 2**20:.0f} MiB RSS in '
-                 f'{load_seconds:.1f} s; lungjax.predict classified it in {predict_seconds:.1f} s, peak '
+                 f'{load_seconds:.1f} s; lungjax.tools.predict classified it in {predict_seconds:.1f} s, peak '
                  f'{predict_peak / 2**20:.0f} MiB, {(predict_peak - small_peak) / 2**20:.0f} MiB above its '
                  f'{small_peak / 2**20:.0f} MiB on a 48x40 image (JAX and the model)')
   return row
@@ -928,7 +929,7 @@ def row_reports(ctx: Context) -> Row:
   """Issue 26: a planted symlink in a report folder, two eval folders of one name, kill -9 between a report's files,
   and a prepared root changed after `lungjax prepare`: never written through, never replaced, never read as whole,
   never reused."""
-  from lungjax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from lungjax.runtime import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   row = Row('report folders: planted links, name collisions, kill -9 mid-report, a changed prepared root')
   here, log = ctx.fresh('reports')
   workdir = os.path.join(here, 'run')
@@ -976,7 +977,7 @@ def row_reports(ctx: Context) -> Row:
   root = os.path.join(here, 'prepared-root')
   shutil.copytree(ctx.root, root)
   prepared_dir = os.path.join(here, 'prepared')
-  prepare = [sys.executable, '-m', 'lungjax.prepare', f'--config={os.path.join(REPO, "configs", "tiny.py")}',
+  prepare = [sys.executable, '-m', 'lungjax.tools.prepare', f'--config={os.path.join(REPO, "configs", "tiny.py")}',
              f'--config.data.root={root}', f'--config.data.prepared_dir={prepared_dir}']
   rc_prepare = finish(prepare, log)
   gone = sorted(os.listdir(os.path.join(root, 'train', 'Normal')))[0]
@@ -1067,7 +1068,7 @@ def row_filesystem(ctx: Context) -> Row:
       os.chmod(unlisted[0], 0)
       locked.append(unlisted[0])
     out = os.path.join(ctx.work, 'filesystem-audit')
-    rc, _, output = capture([sys.executable, '-m', 'lungjax.audit', os.path.join(all_bad, 'train'), f'--out={out}'],
+    rc, _, output = capture([sys.executable, '-m', 'lungjax.tools.audit', os.path.join(all_bad, 'train'), f'--out={out}'],
                             cwd=ctx.work, prefix=prefix or ())
     listed = []
     if rc == 0:
@@ -1087,7 +1088,7 @@ def row_filesystem(ctx: Context) -> Row:
                 if prefix is not None else 'no unreadable file (root, and setpriv cannot drop its capabilities here)')
   row.outcome = (f'{row.passed}/{row.trials}: a dangling link, a link loop and {unreadable} in a class folder: '
                  'training exited non-zero naming each, trained with skip_bad_images listing them in summary.json\'s '
-                 'skipped_images, and lungjax.audit exited 0 listing them' +
+                 'skipped_images, and lungjax.tools.audit exited 0 listing them' +
                  (' and a sub-folder it could not list' if unlisted else '') + ' under unreadable')
   return row
 

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import run_fields
+from lungjax.runtime import run_fields
 from lungjax.data import images, preprocess, sources as sources_lib
 
 MISMATCH_CHOICES = ('error', 'fresh')

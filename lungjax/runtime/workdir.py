@@ -32,7 +32,7 @@ from typing import Any
 
 from absl import logging
 
-from lungjax import distributed
+from lungjax.runtime import distributed
 
 RUN_MARKER = '.lungjax-run'
 LOCK = '.lock'

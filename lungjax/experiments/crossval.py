@@ -16,14 +16,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import evaluate, final_evaluation, metrics as metrics_lib, report, report_html, train
-from lungjax import distributed, loso, workdir as workdir_lib
+from lungjax import evaluate, final_evaluation, metrics as metrics_lib, train
+from lungjax.report import markdown as report, report_html
+from lungjax.runtime import distributed, workdir as workdir_lib
+from lungjax.experiments import loso
 from lungjax.data import loading, splits
 
 
 def is_repeated(config: ml_collections.ConfigDict) -> bool:
   """True when the config asks for several runs: folds (config.cv.folds > 1), seeds (config.seeds > 1) or leave one
-  source out (config.cv.by_source, lungjax/loso.py)."""
+  source out (config.cv.by_source, lungjax/experiments/loso.py)."""
   return config.cv.folds > 1 or config.seeds > 1 or bool(config.cv.by_source)
 
 

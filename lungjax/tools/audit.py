@@ -1,6 +1,6 @@
 """Dataset audit: copies within and across folders, per-class stats, bad files and patient metadata.
 
-python -m lungjax.audit FOLDER [FOLDER...] --out=DIR [--strip=OUT_DIR] [--near_threshold=0.96] [--drop_from=FOLDER]
+python -m lungjax.tools.audit FOLDER [FOLDER...] --out=DIR [--strip=OUT_DIR] [--near_threshold=0.96] [--drop_from=FOLDER]
   [--metadata=CSV [--metadata_file_column=file] [--subgroups=view,sex,age:0-18,18-40,40-65,65-] [--group_by=patientid]]
 
 With a metadata table (data/metadata.py joins it to every folder's images): class counts per subgroup ('AP Supine:
@@ -26,7 +26,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from PIL import Image  # pylint: disable=g-import-not-at-top
 
-from lungjax import progress, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+from lungjax.runtime import progress, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 from lungjax.data import markers as markers_lib  # pylint: disable=g-import-not-at-top
 from lungjax.data import dicom, duplicates, folders, images, metadata as metadata_lib  # pylint: disable=g-import-not-at-top
 
@@ -763,7 +763,7 @@ def run_audit(folder_paths: Sequence[str], out_dir: str, *, near_threshold: floa
 def main(argv: Sequence[str]) -> None:
   """Audits the FOLDERs named on the command line and prints what it found and where it wrote it."""
   if len(argv) < 2:
-    raise app.UsageError('name at least one FOLDER: python -m lungjax.audit FOLDER [FOLDER...] --out=DIR')
+    raise app.UsageError('name at least one FOLDER: python -m lungjax.tools.audit FOLDER [FOLDER...] --out=DIR')
   report = run_audit(argv[1:], FLAGS.out, near_threshold=FLAGS.near_threshold, strip_dir=FLAGS.strip,
                      drop_from=FLAGS.drop_from, metadata=FLAGS.metadata,
                      metadata_file_column=FLAGS.metadata_file_column, subgroups=FLAGS.subgroups, group_by=FLAGS.group_by,

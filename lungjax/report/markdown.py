@@ -13,7 +13,8 @@ import numpy as np
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-from lungjax import metrics as metrics_lib, workdir as workdir_lib
+from lungjax import metrics as metrics_lib
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import folders
 
 # The study's goals, in its order of importance: each must exceed 0.90.

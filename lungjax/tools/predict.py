@@ -1,6 +1,6 @@
 """Classify image files with a trained workdir: one JSON line per file, optional Grad-CAM overlays.
 
-python -m lungjax.predict --workdir=W [--gradcam_dir=DIR] IMAGE_OR_FOLDER...
+python -m lungjax.tools.predict --workdir=W [--gradcam_dir=DIR] IMAGE_OR_FOLDER...
 
 Folders are walked recursively for .jpg/.jpeg/.png files. A file that cannot be read prints a line with `file`
 and `error` and the others still run. Exit code 0 if at least one image was classified, else 1.
@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 from absl import app, flags  # pylint: disable=g-multiple-import
 
-from lungjax import calibration, explain, inference, progress, workdir as workdir_lib
+from lungjax import calibration, inference
+from lungjax.explain import gallery as explain
+from lungjax.runtime import progress, workdir as workdir_lib
 from lungjax.data import folders, images
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from lungjax import autoencoder, steps, workdir as workdir_lib
+from lungjax import autoencoder, steps
+from lungjax.runtime import workdir as workdir_lib
 
 
 def warm_start(config: ml_collections.ConfigDict, workdir: str, state: steps.TrainState, tx,

@@ -1,6 +1,6 @@
 """Compare two trained runs on the same images: paired bootstrap intervals of the difference, and McNemar's test.
 
-python -m lungjax.compare WORKDIR_A WORKDIR_B --dir=FOLDER [--out=DIR] [--class_names=COVID=Covid,...]
+python -m lungjax.tools.compare WORKDIR_A WORKDIR_B --dir=FOLDER [--out=DIR] [--class_names=COVID=Covid,...]
     [--n_bootstrap=2000] [--seed=0] [--metadata=CSV --subgroups=sex,view,age:0-40,40-65,65- [--min_images=10]
     [--metadata_file_column=file]]
 
@@ -26,8 +26,8 @@ import numpy as np
 import scipy.stats
 from absl import app, flags  # pylint: disable=g-multiple-import
 
-from lungjax import checkpoints, distributed, evaluate, inference, mesh as mesh_lib, metrics as metrics_lib
-from lungjax import workdir as workdir_lib
+from lungjax import checkpoints, evaluate, inference, metrics as metrics_lib
+from lungjax.runtime import distributed, mesh as mesh_lib, workdir as workdir_lib
 from lungjax.data import folders, loading, metadata as metadata_lib, preprocess
 
 CONFIDENCE = 0.95
@@ -249,7 +249,7 @@ def _subgroup_markdown(per_subgroup: dict[str, Any] | None) -> list[str]:
 
 
 def _check_ours(path: str) -> None:
-  """Raises FileExistsError when path exists and lungjax.compare did not write it."""
+  """Raises FileExistsError when path exists and lungjax.tools.compare did not write it."""
   if not os.path.exists(path):
     return
   try:
@@ -259,12 +259,12 @@ def _check_ours(path: str) -> None:
   except (OSError, UnicodeDecodeError, ValueError, AttributeError):
     ours = False
   if not ours:
-    raise FileExistsError(f'{path} exists and lungjax.compare did not write it: not overwriting it (pass another '
+    raise FileExistsError(f'{path} exists and lungjax.tools.compare did not write it: not overwriting it (pass another '
                           '--out)')
 
 
 def write_outputs(result: dict[str, Any], out_dir: str) -> dict[str, str]:
-  """Writes out_dir/compare.json and compare.md (only these; never over files that lungjax.compare did not write)."""
+  """Writes out_dir/compare.json and compare.md (only these; never over files that lungjax.tools.compare did not write)."""
   paths = {name: os.path.join(out_dir, name) for name in OUTPUT_FILES}
   for path in paths.values():
     _check_ours(path)
@@ -357,7 +357,7 @@ def _define_flags() -> None:
 def main(argv: Sequence[str]) -> None:
   """Compares the two workdirs named after the flags and prints where the comparison went."""
   if len(argv) != 3:
-    raise app.UsageError('name two workdirs: python -m lungjax.compare WORKDIR_A WORKDIR_B --dir=FOLDER')
+    raise app.UsageError('name two workdirs: python -m lungjax.tools.compare WORKDIR_A WORKDIR_B --dir=FOLDER')
   f = flags.FLAGS
   if f.n_bootstrap < 1:
     raise app.UsageError(f'--n_bootstrap={f.n_bootstrap} must be at least 1')

@@ -153,7 +153,7 @@ class EventFileWriter:
 def metric_writers() -> types.ModuleType:
   """clu.metric_writers with EventFileWriter as its SummaryWriter, imported without TensorFlow (module docstring)."""
   if 'clu.metric_writers' not in sys.modules:
-    stand_in = types.ModuleType(_CLU_SUMMARY_MODULE, 'lungjax.event_writer.EventFileWriter, as clu\'s SummaryWriter.')
+    stand_in = types.ModuleType(_CLU_SUMMARY_MODULE, 'lungjax.runtime.event_writer.EventFileWriter, as clu\'s SummaryWriter.')
     stand_in.SummaryWriter = EventFileWriter
     sys.modules.setdefault(_CLU_SUMMARY_MODULE, stand_in)
   module = importlib.import_module('clu.metric_writers')

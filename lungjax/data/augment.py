@@ -1,6 +1,6 @@
 """Seeded on-device augmentation of training batches, and a command that draws a batch before and after.
 
-python -m lungjax.augment --config=configs/cnn_augment.py --config.data.root=ROOT --out=FILE.png [--seed=0]
+python -m lungjax.data.augment --config=configs/cnn_augment.py --config.data.root=ROOT --out=FILE.png [--seed=0]
   [--per_op]  (one row per op, each alone)
 
 Each example draws its own rotation, zoom, shift and (off by default) horizontal flip, composed into one
@@ -34,7 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from PIL import Image
 
-from lungjax import workdir as workdir_lib
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import loading, pipeline
 
 matplotlib.use('Agg')

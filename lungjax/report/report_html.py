@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lungjax import report, workdir as workdir_lib
+from lungjax.report import markdown as report
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import folders
 
 FILE_NAME = 'report.html'
@@ -132,7 +133,7 @@ def build_gallery(images_NHWC: np.ndarray, labels_N: np.ndarray, probabilities_N
   (a model whose config.explain.layer is no feature map), the films are shown without overlays and the note says why.
   `images_NHWC` may be any array-like indexable by an index array (prepared images read from disk).
   """
-  from lungjax import explain  # pylint: disable=g-import-not-at-top  # The overlay's colours; explain imports jax.
+  from lungjax.explain import gallery as explain  # pylint: disable=g-import-not-at-top  # The overlay's colours; explain imports jax.
 
   labels_N, probabilities_NC = np.asarray(labels_N), np.asarray(probabilities_NC)
   wrong, unsure = gallery_indices(labels_N, probabilities_NC)

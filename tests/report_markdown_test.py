@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lungjax import metrics, report
+from lungjax import metrics
+from lungjax.report import markdown as report
 from tests.metrics_test import CLASSES, _one_hot, _sixty_of_sixty_six
 
 

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from configs import tiny
-from lungjax import explain, train, workdir
+from lungjax import train
+from lungjax.explain import gallery as explain
+from lungjax.runtime import workdir
 from lungjax.data import images, loading
 from tests.conftest import CLASSES
 

@@ -1,6 +1,6 @@
 """Decode a data root once into TFDS array_record files that training reads instead of the image files.
 
-python -m lungjax.prepare --config=configs/cnn.py [--config.data.root=DATA] --config.data.prepared_dir=DIR
+python -m lungjax.tools.prepare --config=configs/cnn.py [--config.data.root=DATA] --config.data.prepared_dir=DIR
 
 Then train from them with the same config and `--config.data.prepared_dir=DIR`. Without --config.data.root the
 Kaggle dataset is prepared (kagglehub cache, else TFDS' Kaggle download, which needs the `kaggle` CLI, credentials

@@ -36,8 +36,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import distributed, evaluate, inference, metrics as metrics_lib, report
-from lungjax import train, workdir as workdir_lib
+from lungjax import evaluate, inference, metrics as metrics_lib, train
+from lungjax.runtime import distributed, workdir as workdir_lib
+from lungjax.report import markdown as report
 from lungjax.data import images, loading, metadata as metadata_lib, sources as sources_lib, splits
 
 SELECTION_MEASURE = 'worst_held_out_macro_recall'

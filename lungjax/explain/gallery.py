@@ -1,4 +1,4 @@
-"""--mode=explain: Grad-CAM overlays (lungjax.gradcam) of a folder's images and a gallery of them."""
+"""--mode=explain: Grad-CAM overlays (lungjax.explain.gradcam) of a folder's images and a gallery of them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lungjax import checkpoints, config_check, gradcam, inference, workdir as workdir_lib
+from lungjax import checkpoints, config_check, inference
+from lungjax.explain import gradcam
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import folders, images, loading, preprocess
 
 matplotlib.use('Agg')

@@ -23,8 +23,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from lungjax import checkpoints, evaluate, explain, inference, mesh as mesh_lib, metrics as metrics_lib
-from lungjax import config_check, workdir as workdir_lib
+from lungjax import checkpoints, config_check, evaluate, inference, metrics as metrics_lib
+from lungjax.explain import gallery as explain
+from lungjax.runtime import mesh as mesh_lib, workdir as workdir_lib
 from lungjax.data import folders, loading
 
 matplotlib.use('Agg')

@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lungjax import workdir as workdir_lib
+from lungjax.runtime import workdir as workdir_lib
 from lungjax.data import preprocess
 
 JSON_NAME = 'model_card.json'
