@@ -128,9 +128,9 @@ def run_read(config, train_steps: int, eval_batches: int) -> dict[str, Any]:
   import grain  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  from lungjax import steps, train  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from lungjax import steps  # pylint: disable=g-import-not-at-top
   from lungjax.runtime import mesh as mesh_lib  # pylint: disable=g-import-not-at-top,g-multiple-import
-  from lungjax.data import loading, pipeline  # pylint: disable=g-import-not-at-top
+  from lungjax.data import batches as batches_lib, loading, pipeline  # pylint: disable=g-import-not-at-top
   from lungjax.models import create_model  # pylint: disable=g-import-not-at-top
 
   result: dict[str, Any] = {'after_imports': memory_mb()}
@@ -158,7 +158,7 @@ def run_read(config, train_steps: int, eval_batches: int) -> dict[str, Any]:
     model = create_model(config.model, len(config.data.classes))
     tx = steps.create_optimizer(config.train)
     state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(config.seed))
-    train_step = steps.jit_train_step(model, tx, train.class_weights(data.train.labels_N, config), mesh)
+    train_step = steps.jit_train_step(model, tx, batches_lib.class_weights(data.train.labels_N, config), mesh)
     sharding = mesh_lib.batch_sharded(mesh)
     batches = iter(pipeline.train_dataset(data.train.images_NHWC, data.train.labels_N, global_batch_size=batch_size,
                                           num_epochs=1, seed=config.seed).to_iter_dataset(

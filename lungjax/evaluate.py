@@ -41,6 +41,36 @@ def evaluation_metrics(labels_N: np.ndarray, probabilities_NC: np.ndarray,
   return metrics
 
 
+def validation_row(eval_step: Callable[..., jax.Array], state: steps.TrainState, val: images.DecodedImages,
+                   config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, float]:
+  """An epoch's validation loss, accuracy and macro averages as val_* columns, with each source's macro recall
+  (per_source_recall); {} without a validation split."""
+  if not len(val):
+    return {}
+  probabilities_NC = predict_probabilities(eval_step, state, val, config.eval.batch_size, mesh)
+  metrics = evaluation_metrics(val.labels_N, probabilities_NC, tuple(config.data.classes))
+  row = {f'val_{k}': v for k, v in (('loss', metrics['loss']), ('accuracy', metrics['accuracy']))}
+  row.update({f'val_macro_{k}': v for k, v in metrics['macro_avg'].items()})
+  row.update(per_source_recall(val, probabilities_NC, tuple(config.data.classes), metrics['macro_avg']['recall']))
+  return row
+
+
+def per_source_recall(val: images.DecodedImages, probabilities_NC: np.ndarray, classes: tuple[str, ...],
+                      pooled_recall: float) -> dict[str, float]:
+  """Each source's macro recall (over the classes it has) as val_macro_recall/<source>, and the lowest of them as
+  val_worst_source_macro_recall (checkpoint.best_metric may rank by it); with one source the latter is the whole's."""
+  sources_N, names = sources_lib.source_indices(val)
+  if len(names) < 2:
+    return {'val_worst_source_macro_recall': pooled_recall}
+  labels_N, row = np.asarray(val.labels_N), {}
+  for s, name in enumerate(names):
+    if np.any(rows := sources_N == s):
+      metrics = evaluation_metrics(labels_N[rows], probabilities_NC[rows], classes)
+      row[f'val_macro_recall/{name}'] = metrics['macro_avg']['recall']
+  row['val_worst_source_macro_recall'] = min(row.values())
+  return row
+
+
 def per_source_metrics(decoded: images.DecodedImages, probabilities_NC: np.ndarray,
                        config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   """{source name: the whole's metrics (evaluation_metrics plus with_uncertainty's intervals) on that source's rows

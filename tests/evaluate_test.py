@@ -59,6 +59,27 @@ def test_per_source_metrics_are_each_sources_rows_alone_and_empty_for_one_source
   assert evaluate.per_source_metrics(_decoded([0, 1]), np.eye(3)[[0, 1]], config) == {}
 
 
+def test_validation_row_is_the_val_columns_with_each_sources_recall_and_the_worst():
+  config = tiny.get_config()
+  config.data.classes, config.eval.batch_size = CLASSES, 4
+  decoded = _decoded([0, 1, 2, 0, 1, 2], sources_N=[0, 0, 0, 1, 1, 1], names=('kids', 'adult'))
+  predicted = np.asarray([0, 1, 2, 1, 1, 2])  # kids all right; adult's Covid called Normal.
+
+  def eval_step(state, batch):  # The image's first pixel is its index (_decoded): its row of `predicted`.
+    index_B = batch['image'][:, 0, 0, 0].astype(np.int32)
+    return jax.numpy.asarray(np.eye(3, dtype=np.float32)[predicted[np.minimum(np.asarray(index_B), 5)]] * 0.98 + 0.01)
+
+  row = evaluate.validation_row(eval_step, 'state', decoded, config, mesh_lib.make_mesh())
+  assert row['val_macro_recall/kids'] == 1.0
+  np.testing.assert_allclose(row['val_macro_recall/adult'], 2 / 3)  # Covid 0, Normal 1, Viral Pneumonia 1.
+  assert row['val_worst_source_macro_recall'] == row['val_macro_recall/adult']
+  np.testing.assert_allclose(row['val_accuracy'], 5 / 6)
+  assert {'val_loss', 'val_macro_precision', 'val_macro_recall', 'val_macro_f1'} <= set(row)
+  one_source = evaluate.validation_row(eval_step, 'state', _decoded([0, 1, 2, 0]), config, mesh_lib.make_mesh())
+  assert one_source['val_worst_source_macro_recall'] == one_source['val_macro_recall']
+  assert evaluate.validation_row(eval_step, 'state', _decoded([]), config, mesh_lib.make_mesh()) == {}
+
+
 def test_predictions_csv_round_trips_files_labels_and_six_decimals(tmp_path):
   decoded = _decoded([2, 0, 1])
   probabilities = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.3333333, 0.3333334, 0.3333333]])

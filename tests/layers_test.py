@@ -124,7 +124,7 @@ def test_only_the_model_registry_and_the_start_up_import_lungjax_cpu():
         if name.startswith('lungjax.cpu'):
           importers.setdefault(name, set()).add(str(path.relative_to(_REPO)))
   assert importers.pop('lungjax.cpu.kernels') == {'lungjax/models/__init__.py'}
-  # main applies the policy; train hands the loader's scratch back; config_check checks its setting (its hook);
+  # main applies the policy; data/batches hands the loader's scratch back; config_check checks its setting (its hook);
   # benchmarks/bench.py times it.
-  assert importers.pop('lungjax.cpu.host_memory') <= {'lungjax/main.py', 'lungjax/train.py', 'lungjax/config_check.py'}
+  assert importers.pop('lungjax.cpu.host_memory') <= {'lungjax/main.py', 'lungjax/data/batches.py', 'lungjax/config_check.py'}
   assert not importers, importers

@@ -1,6 +1,7 @@
 """data/loading.py: config.eval.dir's folders, decoding folders, images shared between folders, the training
 thumbnails a run keeps, copies of training images, and the training data's grouped validation split."""
 
+import json
 import os
 
 import numpy as np
@@ -89,3 +90,13 @@ def test_training_data_splits_train_into_disjoint_stratified_train_and_validatio
   assert len(data.train) + len(data.val) == 36 and len(data.val) > 0
   assert not set(data.train.paths) & set(data.val.paths)
   assert set(np.asarray(data.val.labels_N).tolist()) == {0, 1, 2}  # Stratified: every class in validation.
+
+
+def test_write_run_files_writes_the_config_and_the_training_thumbnails(tiny_config, tmp_path):
+  data = loading.load_training_data(tiny_config)
+  loading.write_run_files(tiny_config, str(tmp_path), data)
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f) == json.loads(tiny_config.to_json_best_effort())
+  kept = loading.load_training_thumbnails(loading.training_thumbnails_path(str(tmp_path)))
+  assert kept.paths == data.train_folder.decoded.paths
+  assert kept.pixel_hashes == data.train_folder.decoded.pixel_hashes

@@ -17,7 +17,7 @@ from conftest import CLASSES, striped_image, write_image_folder
 from lungjax import config_check, evaluate, metrics as metrics_lib, train
 from lungjax.runtime import fingerprint
 from lungjax.report import markdown as report
-from lungjax.data import loading, sources, splits
+from lungjax.data import batches as batches_lib, loading, sources, splits
 
 EXTRA_FOLDERS = ('COVID', 'NORMAL')  # The second source names its folders otherwise and has no Viral Pneumonia.
 MAPPING = 'COVID=Covid,NORMAL=Normal'
@@ -339,14 +339,14 @@ def test_each_per_source_row_shows_that_sources_own_numbers():
 
 
 def test_within_source_weighting_gives_training_per_image_weights(two_sources):
-  """train._example_weights hands the pipeline splits.example_weights' per-image weights under 'within_source' (and
+  """batches.example_weights hands the pipeline splits.example_weights' per-image weights under 'within_source' (and
   'balanced'), None under 'none' (issue 26: returning None for 'within_source' trained on class weights silently)."""
   data = loading.load_training_data(two_sources)
-  weights_C = train.class_weights(data.train.labels_N, two_sources)
-  assert train._example_weights(two_sources, data.train, weights_C) is None  # 'none', the default.
+  weights_C = batches_lib.class_weights(data.train.labels_N, two_sources)
+  assert batches_lib.example_weights(two_sources, data.train, weights_C) is None  # 'none', the default.
   for weighting in ('within_source', 'balanced'):
     two_sources.train.source_weighting = weighting
-    weights_N = train._example_weights(two_sources, data.train, weights_C)
+    weights_N = batches_lib.example_weights(two_sources, data.train, weights_C)
     assert weights_N is not None and weights_N.shape == (len(data.train),), weighting
     np.testing.assert_allclose(weights_N, splits.example_weights(data.train.labels_N, data.train.sources_N, weights_C,
                                                                  weighting), rtol=1e-6)

@@ -1,10 +1,9 @@
-"""train.py: class weights, and one short train_and_evaluate (one epoch of the tiny config, 4 steps): its steps,
+"""train.py: one short train_and_evaluate (one epoch of the tiny config, 4 steps): its steps,
 split, checkpoint and run files. The reports it ends with: final_evaluation_test."""
 
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -25,14 +24,6 @@ def one_epoch_run(tmp_path_factory):
   config.train.num_epochs = 1
   workdir = str(tmp_path_factory.mktemp('one epoch run'))
   return config, workdir, train.train_and_evaluate(config, workdir)
-
-
-def test_class_weights_are_balanced_over_the_training_labels_or_all_ones():
-  config = ml_collections.ConfigDict({'data': {'classes': ('a', 'b', 'c')}, 'train': {'class_weighting': 'balanced'}})
-  np.testing.assert_allclose(train.class_weights(np.array([0, 0, 0, 1]), config), [4 / 9, 4 / 3, 0.0], rtol=1e-6)
-  config.train.class_weighting = 'none'
-  weights = train.class_weights(np.array([0, 0, 0, 1]), config)
-  assert weights.dtype == np.float32 and weights.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_one_epoch_trains_its_steps_on_a_disjoint_split_and_keeps_the_run_files(one_epoch_run):

@@ -48,3 +48,35 @@ def test_keras_file_is_loaded_and_backbone_frozen(tmp_path):
   assert not np.array_equal(frozen['head']['kernel'], before['head']['kernel'])
   state, _ = train_step(state, batch)  # Step 3: the backbone trains again.
   assert not np.array_equal(np.asarray(state.params['block1']['conv1']['kernel']), before['block1']['conv1']['kernel'])
+
+
+def test_initial_state_is_fresh_then_resumes_this_runs_checkpoint(tiny_config, tmp_path):
+  """initial_state: a fresh state (step 0, no history, seeded) in an empty workdir; after a save, the saved step with
+  its history and the data iterator's position restored in place."""
+  from lungjax import checkpoints  # pylint: disable=g-import-not-at-top
+  from lungjax.data import batches, loading  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  mesh = mesh_lib.make_mesh()
+  data = loading.load_training_data(tiny_config)
+
+  def start():
+    made = batches.training_batches(tiny_config, data)
+    return made, warm_start.initial_state(tiny_config, workdir, data, made.data_iter, made.num_steps,
+                                          made.num_threads, mesh, stop=None)
+
+  made, fresh = start()
+  assert fresh.resumed_step is None and fresh.history == [] and int(fresh.state.step) == 0
+  assert fresh.fingerprint and jax.tree.structure(fresh.abstract.params) == jax.tree.structure(fresh.state.params)
+  again = steps.jit_create_train_state(fresh.model, fresh.tx, tiny_config.data.image_size, mesh)(
+      jax.random.PRNGKey(tiny_config.seed))
+  for a, b in zip(jax.tree.leaves(fresh.state.params), jax.tree.leaves(again.params)):  # Seeded by config.seed.
+    np.testing.assert_array_equal(a, b)
+  next(made.data_iter)
+  moved = fresh.state.replace(step=fresh.state.step + 1)
+  checkpoints.save(fresh.manager, moved, made.data_iter, [{'epoch': 0, 'step': 1}], None, fresh.fingerprint)
+  fresh.manager.wait_until_finished()
+  fresh.manager.close()
+  made, resumed = start()
+  assert resumed.resumed_step == 1 and int(resumed.state.step) == 1 and resumed.history == [{'epoch': 0, 'step': 1}]
+  assert made.data_iter.get_state() != batches.training_batches(tiny_config, data).data_iter.get_state()
+  resumed.manager.close()

@@ -231,6 +231,15 @@ def save_training_thumbnails(thumbnails: TrainingThumbnails, path: str) -> None:
   workdir_lib.write_bytes(path, buffer.getvalue())
 
 
+def write_run_files(config: ml_collections.ConfigDict, workdir: str, data: TrainingData) -> None:
+  """config.json (what eval, explain and predict rebuild the model from) and the training images' thumbnails (what
+  eval looks for copies of training images in), in a training run's workdir; process 0 only."""
+  from lungjax.runtime import distributed, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  if distributed.is_main_process():
+    workdir_lib.write_text(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    save_training_thumbnails(TrainingThumbnails.of(data.train_folder), training_thumbnails_path(workdir))
+
+
 def load_training_thumbnails(path: str) -> TrainingThumbnails:
   """Reads save_training_thumbnails' file; ValueError names it when its arrays disagree."""
   with np.load(path, allow_pickle=False) as stored:

@@ -1,16 +1,67 @@
-"""Warm starts: a fresh state's weights replaced by a Keras ImageNet file (model.init_from) or by a pretrained
-autoencoder's encoder (autoencoder.pretrain); and which parameters stay frozen for how many steps."""
+"""Where training starts from: the run's state resumed from its own checkpoints, else fresh (initial_state); a
+fresh state's weights replaced by a Keras ImageNet file (model.init_from) or by a pretrained autoencoder's encoder
+(autoencoder.pretrain); and which parameters stay frozen for how many steps."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
+import grain
+import jax
 import ml_collections
+import optax
+import orbax.checkpoint as ocp
 from absl import logging
+from flax import linen as nn
+from jax.sharding import Mesh
 
-from lungjax import autoencoder, steps
-from lungjax.runtime import workdir as workdir_lib
+from lungjax import autoencoder, checkpoints, steps
+from lungjax.data import loading
+from lungjax.models import create_model
+from lungjax.runtime import fingerprint as fingerprint_lib, preemption, workdir as workdir_lib
+
+
+@dataclasses.dataclass
+class InitialState:
+  """A run's model and optimizer, its checkpoint manager, and the state it trains from (resumed or fresh)."""
+
+  model: nn.Module
+  tx: optax.GradientTransformation
+  manager: ocp.CheckpointManager
+  abstract: steps.TrainState  # The state's shapes, dtypes and shardings (what restores read into).
+  fingerprint: dict[str, Any]  # What the run's checkpoints must carry to be resumed (runtime/fingerprint.py).
+  state: steps.TrainState
+  history: list[dict[str, float]]  # The epochs' rows so far (empty when fresh).
+  resumed_step: int | None  # The step resumed from, or None when fresh.
+
+
+def initial_state(config: ml_collections.ConfigDict, workdir: str, data: loading.TrainingData,
+                  data_iter: grain.DatasetIterator, num_steps: int, num_threads: int, mesh: Mesh,
+                  stop: preemption.StopRequest) -> InitialState:
+  """The state resumed from the newest good checkpoint of this same run (data_iter restored in place), else fresh:
+  initialised from config.seed, after stage 1 (autoencoder.pretrain) when config.autoencoder.enabled, and warm
+  started (warm_start)."""
+  classes = tuple(config.data.classes)
+  model = create_model(config.model, len(classes))
+  tx = steps.create_optimizer(config.train, num_steps)
+  manager = checkpoints.create_manager(workdir, config.checkpoint)
+  abstract = steps.abstract_train_state(model, tx, config.data.image_size, mesh)
+  run_fingerprint = fingerprint_lib.run_fingerprint(config, data, abstract, num_threads)
+  resumed = checkpoints.restore(manager, 'resume', abstract, workdir=workdir, data_iter=data_iter,
+                                checkpoint_config=config.checkpoint, fingerprint=run_fingerprint)
+  manager, restored = resumed.manager, resumed.restored
+  if restored is not None:
+    logging.info('resumed from %s at step %d', checkpoints.checkpoint_dir(workdir), restored.step)
+    return InitialState(model, tx, manager, abstract, run_fingerprint, restored.state,
+                        list(restored.history['epochs']), restored.step)
+  state = steps.jit_create_train_state(model, tx, config.data.image_size, mesh)(jax.random.PRNGKey(config.seed))
+  encoder = None
+  if autoencoder.enabled(config):  # Stage 1: the conv stack pretrained on reconstruction (resumed or reused).
+    encoder = autoencoder.pretrain(config, workdir, data, stop)
+  state = warm_start(config, workdir, state, tx, encoder)
+  return InitialState(model, tx, manager, abstract, run_fingerprint, state, [], None)
 
 
 def warm_start(config: ml_collections.ConfigDict, workdir: str, state: steps.TrainState, tx,
