@@ -12,7 +12,7 @@ import pytest
 from lungjax import cli, configs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGED = ('autoencoder', 'cnn', 'cnn_augment', 'lungs', 'multisource', 'resnet', 'tiny', 'vgg')
+PACKAGED = ('autoencoder', 'cnn', 'cnn_augment', 'lungs', 'multisource', 'resnet', 'robust', 'tiny', 'vgg')
 # Modules with a __main__ that are developer tools, not user commands (benchmarks, fault injection, a preview).
 DEVELOPER_TOOLS = {'lungjax.bench', 'lungjax.faults', 'lungjax.scale_check', 'lungjax.data.augment',
                    'lungjax.tools.lungs_report'}

@@ -3,7 +3,7 @@
 import ml_collections
 import pytest
 
-from configs import autoencoder, cnn, cnn_augment, lungs as lungs_config, multisource, resnet, tiny, vgg
+from configs import autoencoder, cnn, cnn_augment, lungs as lungs_config, multisource, resnet, robust, tiny, vgg
 from lungjax import config_check
 from lungjax.runtime import run_fields
 
@@ -22,7 +22,7 @@ def _with_folders(config, tmp_path):
   return config
 
 
-@pytest.mark.parametrize('module', [autoencoder, cnn, cnn_augment, resnet, tiny, vgg])
+@pytest.mark.parametrize('module', [autoencoder, cnn, cnn_augment, resnet, robust, tiny, vgg])
 def test_the_shipped_configs_pass_every_mode(module, tmp_path):
   for mode in config_check.MODES:
     config = _with_folders(module.get_config(), tmp_path)
@@ -373,3 +373,12 @@ def test_the_shortcuts_region_is_read_and_checked_by_config_check_and_shared_by_
   monkeypatch.setattr(lungs, 'WEIGHTS_PATH', str(tmp_path / 'missing.npz'))
   with pytest.raises(ValueError, match='region=box'):
     config_check.check_shortcuts_region(config)
+
+
+def test_robust_is_the_cnn_with_the_stage_one_winner_of_its_selection():
+  """configs/robust.py = configs/cnn.py + the changes of results/robust/selection/'s chosen candidate, nothing else."""
+  chosen, study = robust.get_config().to_dict(), cnn.get_config().to_dict()
+  assert chosen.pop('name') == 'robust'
+  study.pop('name')
+  assert chosen['model'].pop('head') == 'gap' and study['model'].pop('head') == 'flatten'
+  assert chosen == study

@@ -159,7 +159,7 @@ _TESTED_ELSEWHERE = {
     'lungjax/models/vgg.py': ('resnet_vgg_test.py', 'ResNet and VGG share one file of parametrized cases'),
     **{f'lungjax/configs/{name}.py': ('config_check_test.py', 'a config (data): every shipped config passes every '
                                       'mode in test_the_shipped_configs_pass_every_mode')
-       for name in ('autoencoder', 'cnn', 'cnn_augment', 'lungs', 'resnet', 'tiny', 'vgg')},
+       for name in ('autoencoder', 'cnn', 'cnn_augment', 'lungs', 'resnet', 'robust', 'tiny', 'vgg')},
 }
 
 

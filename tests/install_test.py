@@ -186,7 +186,7 @@ def test_a_regular_install_works_from_another_folder(synthetic_root, tmp_path):
         str(source)], cwd=tmp_path)
   (wheel,) = glob.glob(str(wheels / 'lungjax-*.whl'))
   names = zipfile.ZipFile(wheel).namelist()
-  for name in ('cnn', 'tiny', 'resnet', 'vgg', 'autoencoder', 'cnn_augment', 'multisource'):
+  for name in ('cnn', 'tiny', 'resnet', 'vgg', 'autoencoder', 'cnn_augment', 'multisource', 'robust'):
     assert f'lungjax/configs/{name}.py' in names
   assert 'lungjax/cli.py' in names and any(n.endswith('.cc') for n in names)
   assert not any(n.startswith(('configs/', 'tests/')) for n in names)

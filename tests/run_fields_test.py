@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import autoencoder as autoencoder_config, cnn, cnn_augment, multisource, resnet, tiny, vgg
+from configs import autoencoder as autoencoder_config, cnn, cnn_augment, multisource, resnet, robust, tiny, vgg
 from lungjax import autoencoder, checkpoints
 from lungjax.runtime import fingerprint, run_fields
 
@@ -17,7 +17,7 @@ _GROUPS = {'run': tuple(f.field for f in run_fields.RUN_FIELDS), 'stage 1': run_
            'other': run_fields.OTHER_FIELDS}
 
 
-@pytest.mark.parametrize('module', [autoencoder_config, cnn, cnn_augment, multisource, resnet, tiny, vgg])
+@pytest.mark.parametrize('module', [autoencoder_config, cnn, cnn_augment, multisource, resnet, robust, tiny, vgg])
 def test_every_field_of_every_classifier_config_is_declared(module):
   """A field added to a config must be placed: it defines the run, may change at inference, or neither."""
   fields = run_fields.flat(json.loads(json.dumps(module.get_config().to_dict())))
@@ -157,7 +157,7 @@ def test_an_upgrade_fills_a_model_from_its_own_packaged_config():
 
 
 def test_a_current_config_is_unchanged_by_the_upgrade():
-  for module in (cnn, tiny, resnet, vgg, multisource, autoencoder_config):
+  for module in (cnn, tiny, resnet, vgg, multisource, robust, autoencoder_config):
     saved = json.loads(json.dumps(module.get_config().to_dict()))
     assert run_fields.upgrade(saved) == saved
     assert run_fields.upgrade(run_fields.upgrade(_format_0(module))) == run_fields.upgrade(_format_0(module))
