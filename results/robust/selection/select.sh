@@ -34,4 +34,7 @@ if [ "$stage" = 1 ]; then
 else
   for name in "$@"; do run "$name" 3; done
 fi
+out=results/robust/selection
+rm -f "$out"/candidates.md "$out"/candidates.json "$out"/*/report.md "$out"/*/metrics.json
 python results/robust/selection/summarize.py "$root"
+rm -f "$out"/.lungjax-outputs.json

@@ -3,20 +3,23 @@
   python results/robust/selection/summarize.py ROOT
 
 ROOT holds one workdir per candidate (select.sh's names). For each candidate with a finished `loso/metrics.json`
-this copies its table (report.md) and metrics.json into selection/NAME/, and writes selection.md / selection.json:
+this copies its table (report.md) and metrics.json into selection/NAME/, and writes candidates.md / candidates.json:
 the measure (worst held-out source's macro recall, seed means), each held-out source's macro recall, the pooled
 accuracy, the seeds run, the measured seconds per training step and the projected time of the done-when training
 (three sources, 10 epochs) that rule 1's eligibility is judged on. Nothing here chooses: the choice is written by
-hand into selection.md's last section from these figures and RULE.md.
+hand into selection.md from these figures and RULE.md. Files go through lungjax's safe writer (atomic, never through
+a link or over a file it did not write): select.sh removes the previous outputs first and the writer's manifest
+after, as results/markers/regenerate.sh does.
 """
 
 import glob
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
+
+from lungjax.runtime import workdir as workdir_lib
 
 # RULE.md's candidates, in its numbering.
 CANDIDATES = (
@@ -75,10 +78,9 @@ def main(root: str) -> None:
                   f'| {seconds_per_step:.2f} | {projected_s / 60:.1f} | {"yes" if projected_s < LIMIT_S else "no"} |')
       continue
     metrics = json.load(open(metrics_path))
-    target = os.path.join(out_dir, name)
-    os.makedirs(target, exist_ok=True)
     for file in ('report.md', 'metrics.json'):
-      shutil.copyfile(os.path.join(root, name, 'loso', file), os.path.join(target, file))
+      with open(os.path.join(root, name, 'loso', file), encoding='utf-8') as f:
+        workdir_lib.write_text(os.path.join(out_dir, name, file), f.read(), root=out_dir)
     selection = metrics['selection']
     per_source = selection['per_source_mean']
     record = dict(number=number, change=change, seeds=metrics['seeds'], measure=selection['value'],
@@ -102,12 +104,8 @@ def main(root: str) -> None:
       '| # | candidate | change from configs/cnn.py | seeds | measure (worst source) | held-out macro recall per source '
       '| pooled held-out accuracy | s/step | projected min | eligible |',
       '|---|---|---|---|---|---|---|---|---|---|', *rows, '']
-  with open(os.path.join(out_dir, 'selection.md.new'), 'w') as f:
-    f.write('\n'.join(lines))
-  os.replace(os.path.join(out_dir, 'selection.md.new'), os.path.join(out_dir, 'candidates.md'))
-  with open(os.path.join(out_dir, 'candidates.json.new'), 'w') as f:
-    json.dump(records, f, indent=1)
-  os.replace(os.path.join(out_dir, 'candidates.json.new'), os.path.join(out_dir, 'candidates.json'))
+  workdir_lib.write_text(os.path.join(out_dir, 'candidates.md'), '\n'.join(lines), root=out_dir)
+  workdir_lib.write_json(os.path.join(out_dir, 'candidates.json'), records, root=out_dir, indent=1)
   print('\n'.join(lines))
 
 
