@@ -21,6 +21,9 @@ declare -A FLAGS=(
   [resnet18_gap]="--config.data.image_size=224 $PRE $AUG"
 )
 run() {  # NAME SEEDS
+  if [ -z "${FLAGS[$1]+known}" ]; then
+    echo "select.sh: no candidate named '$1' (candidates: ${!FLAGS[*]})" >&2; exit 2
+  fi
   local config=configs/cnn.py
   [ "$1" = resnet18_gap ] && config=configs/resnet.py
   # shellcheck disable=SC2086
